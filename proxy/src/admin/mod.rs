@@ -1,0 +1,167 @@
+//! The admin server, on its own port (loopback by default):
+//!
+//! | path | what |
+//! |---|---|
+//! | `GET /ready` | 200 once listeners are bound, 503 while draining |
+//! | `GET /live` | 200 while the process runs |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /config_dump` | the live snapshot's config as JSON, with its version |
+//! | `GET /clusters` | endpoints per cluster with weight, health, active requests |
+//! | `GET /listeners` | bound listeners and their actual addresses |
+//! | `GET /logging`, `PUT`/`POST /logging?level=...` | read or change the log filter |
+//! | `POST /drain` | stop accepting, finish in-flight requests, exit |
+
+mod views;
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::proxy::Proxy;
+
+/// Serves the admin API on `listener` forever.
+pub async fn serve(listener: TcpListener, proxy: Proxy) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(handle(&proxy, request)) }
+            });
+            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, %error, "admin connection error");
+            }
+        });
+    }
+}
+
+const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\n";
+
+fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method();
+    let read = method == Method::GET || method == Method::HEAD;
+    match request.uri().path() {
+        "/" if read => text(StatusCode::OK, INDEX),
+        "/ready" if read => {
+            if proxy.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+        }
+        "/live" if read => text(StatusCode::OK, "live\n"),
+        "/metrics" if read => with_type(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            proxy.telemetry().render(),
+        ),
+        "/config_dump" if read => json(&views::config_dump(&proxy.snapshot())),
+        "/clusters" if read => json(&views::clusters(&proxy.snapshot())),
+        "/listeners" if read => json(&proxy.listeners()),
+        "/logging" if read => match proxy.log_control() {
+            Some(log) => text(StatusCode::OK, format!("{}\n", log.current())),
+            None => text(StatusCode::NOT_IMPLEMENTED, "this process does not manage its log level\n"),
+        },
+        "/logging" if method == Method::PUT || method == Method::POST => set_logging(proxy, request.uri().query()),
+        "/drain" if method == Method::POST => {
+            proxy.begin_drain();
+            text(StatusCode::OK, "draining\n")
+        }
+        "/" | "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/listeners" | "/logging"
+        | "/drain" => text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here\n\n{INDEX}")),
+        path => text(StatusCode::NOT_FOUND, format!("no admin endpoint {path}\n\n{INDEX}")),
+    }
+}
+
+fn set_logging(proxy: &Proxy, query: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(log) = proxy.log_control() else {
+        return text(StatusCode::NOT_IMPLEMENTED, "this process does not manage its log level\n");
+    };
+    let level = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("level="))
+        .map(percent_decode);
+    match level {
+        None => text(StatusCode::BAD_REQUEST, "missing ?level=, e.g. /logging?level=debug\n"),
+        Some(level) => match log.set(&level) {
+            Ok(()) => {
+                tracing::info!(%level, "log level changed through the admin server");
+                text(StatusCode::OK, format!("log level set to {level}\n"))
+            }
+            Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+        },
+    }
+}
+
+/// Decodes `%XX` and `+` in a query value (`info%2Cremora_proxy%3Ddebug`).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, byte) => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => with_type(StatusCode::OK, "application/json", body),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render JSON: {error}\n")),
+    }
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("info%2Cremora_proxy%3Ddebug"), "info,remora_proxy=debug");
+        assert_eq!(percent_decode("a+b%"), "a b%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
+}

@@ -1,0 +1,154 @@
+//! Listener and route configuration: where the proxy accepts traffic and how an
+//! HTTP request picks its destination.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::scalar;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    #[serde(with = "scalar::socket_addr")]
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// HTTP listeners: routes in order; the first that matches wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// TCP listeners: the cluster every connection goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// How long a client may take to send a request's headers (HTTP/1) or to
+    /// open the connection with its first bytes (protocol detection).
+    #[serde(default = "default_request_headers_timeout", with = "scalar::duration")]
+    pub request_headers_timeout: Duration,
+    /// The largest request head accepted, in KiB; larger gets 431.
+    #[serde(default = "default_max_request_headers_kb")]
+    pub max_request_headers_kb: u32,
+}
+
+fn default_request_headers_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_request_headers_kb() -> u32 {
+    60
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 prior knowledge (h2c), detected per connection.
+    #[default]
+    Http,
+    /// Opaque bytes, both ways.
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Absent matches every request.
+    #[serde(rename = "match", default)]
+    pub matches: MatchConfig,
+    /// Deadline for the whole exchange: from the request until the end of the
+    /// response body. Absent means none.
+    #[serde(default, with = "scalar::duration::option", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponseConfig>,
+    #[serde(default, skip_serializing_if = "HeaderEditsConfig::is_empty")]
+    pub request_headers: HeaderEditsConfig,
+    #[serde(default, skip_serializing_if = "HeaderEditsConfig::is_empty")]
+    pub response_headers: HeaderEditsConfig,
+}
+
+/// Every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// `api.example.com`, `*.example.com` or `*`; compared without the port,
+    /// ignoring case, against the `:authority` or `Host`.
+    #[serde(default, alias = "authority", skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Must match the whole path (anchored), as Envoy's `safe_regex` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatchConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatchConfig>,
+}
+
+/// A header or query parameter condition: exactly one of `exact`, `regex`, `present`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatchConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: must be present (any value); `false`: must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRef {
+    pub cluster: String,
+    /// Share of the route's traffic relative to the other backends.
+    #[serde(default = "default_backend_weight")]
+    pub weight: u32,
+}
+
+fn default_backend_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// Applied in order: remove, then set (replace), then add (append).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEditsConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderValueConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderValueConfig>,
+}
+
+impl HeaderEditsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueConfig {
+    pub name: String,
+    pub value: String,
+}

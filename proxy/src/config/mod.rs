@@ -1,0 +1,103 @@
+//! The proxy's configuration as a user writes it: the YAML file's shape.
+//!
+//! These types only describe and parse. Semantic checks (references, duplicates,
+//! regexes, header names) happen when a config is compiled into a
+//! [`Snapshot`](crate::snapshot::Snapshot), which is also where every error gets
+//! its field path. The data path never reads these types.
+
+mod cluster;
+mod error;
+mod listener;
+mod load;
+pub mod scalar;
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use cluster::{ClusterConfig, EndpointConfig, LoadBalancerConfig, LbPolicy, UpstreamProtocol};
+pub use error::{ConfigError, ConfigErrors};
+pub use listener::{
+    BackendRef, DirectResponseConfig, HeaderEditsConfig, HeaderValueConfig, ListenerConfig,
+    ListenerProtocol, MatchConfig, RouteConfig, ValueMatchConfig,
+};
+pub use load::{EnvOverrides, load_file, parse_yaml};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Data-plane worker threads; absent means one per CPU core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<NonZeroUsize>,
+    /// How long in-flight requests get to finish on shutdown.
+    #[serde(default = "default_drain_timeout", with = "scalar::duration")]
+    pub drain_timeout: Duration,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The admin server: readiness, metrics, config dump, drain.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(with = "scalar::socket_addr")]
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: SocketAddr::from(([127, 0, 0, 1], 15000)) }
+    }
+}
+
+/// Process logs (not the access log).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, or directives like `info,remora_proxy=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_log_level(), format: LogFormat::default() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One JSON line per HTTP request.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// A file to append to, or `-` / `/dev/stdout` / `/dev/stderr`.
+    pub path: String,
+}

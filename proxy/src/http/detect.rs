@@ -1,0 +1,114 @@
+//! Per-connection protocol detection on HTTP listeners: the HTTP/2 client
+//! preface (`PRI * HTTP/2.0...`) means h2c with prior knowledge; anything
+//! else is served as HTTP/1.x. The bytes read to decide are replayed to the
+//! HTTP server by [`ServerIo`].
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+}
+
+/// The first bytes of a connection, already read.
+pub struct Prefix {
+    bytes: [u8; 24],
+    len: u8,
+}
+
+/// Reads until the first bytes decide the protocol. `None` when the client
+/// closed before sending anything.
+pub async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detected, Prefix)>> {
+    let mut prefix = Prefix { bytes: [0; 24], len: 0 };
+    loop {
+        let len = prefix.len as usize;
+        let read = stream.read(&mut prefix.bytes[len..]).await?;
+        if read == 0 {
+            return Ok(if len == 0 { None } else { Some((Detected::Http1, prefix)) });
+        }
+        let len = len + read;
+        prefix.len = len as u8;
+        if prefix.bytes[..len] != H2_PREFACE[..len] {
+            return Ok(Some((Detected::Http1, prefix)));
+        }
+        if len == H2_PREFACE.len() {
+            return Ok(Some((Detected::Http2, prefix)));
+        }
+    }
+}
+
+/// A server connection's socket: replays the detection prefix, then reads
+/// and writes the socket directly. With `reads` set, it counts reads that
+/// returned data, which the HTTP/1 header timer watches.
+pub struct ServerIo {
+    stream: TcpStream,
+    prefix: Prefix,
+    replayed: u8,
+    reads: Option<Arc<AtomicU64>>,
+}
+
+impl ServerIo {
+    pub fn new(stream: TcpStream, prefix: Prefix, reads: Option<Arc<AtomicU64>>) -> ServerIo {
+        ServerIo { stream, prefix, replayed: 0, reads }
+    }
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.replayed < this.prefix.len {
+            let rest = &this.prefix.bytes[this.replayed as usize..this.prefix.len as usize];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.replayed += n as u8;
+            if let Some(reads) = &this.reads {
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let (Some(reads), Poll::Ready(Ok(()))) = (&this.reads, &result)
+            && buf.filled().len() > before
+        {
+            reads.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

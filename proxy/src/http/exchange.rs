@@ -1,0 +1,185 @@
+//! One request's bookkeeping from its headers to the end of its response:
+//! which stats it counts in, the endpoint it occupies, the pooled HTTP/1
+//! connection it borrows, and its access-log line. All of it is settled when
+//! the exchange drops, whichever way the request ended.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{Method, Request, StatusCode, Version};
+
+use crate::cluster::ActiveRequest;
+use crate::listener::state::{ListenerKind, ListenerState};
+use crate::pool::Http1Sender;
+use crate::route::RouteAction;
+use crate::telemetry::RequestStats;
+use crate::telemetry::access_log::AccessRecord;
+
+/// Where the request's stats go.
+#[derive(Debug, Clone, Copy)]
+pub enum StatsAt {
+    NoRoute,
+    /// A route's direct response.
+    Direct { route: usize },
+    /// A route's backend.
+    Backend { route: usize, backend: usize },
+}
+
+pub struct Exchange {
+    started: Instant,
+    listener: Arc<ListenerState>,
+    stats_at: StatsAt,
+    status: Option<StatusCode>,
+    bytes_sent: u64,
+    upstream: Option<ActiveRequest>,
+    http1: Option<Http1Sender>,
+    /// Only kept when an access log is configured.
+    summary: Option<Box<Summary>>,
+}
+
+struct Summary {
+    time: SystemTime,
+    peer: SocketAddr,
+    method: Method,
+    version: Version,
+    authority: String,
+    path: String,
+}
+
+impl Exchange {
+    pub fn start<B>(listener: Arc<ListenerState>, peer: SocketAddr, request: &Request<B>) -> Exchange {
+        let summary = listener.access_log.as_ref().map(|_| {
+            let uri = request.uri();
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+                .unwrap_or_default();
+            Box::new(Summary {
+                time: SystemTime::now(),
+                peer,
+                method: request.method().clone(),
+                version: request.version(),
+                authority: authority.to_string(),
+                path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            })
+        });
+        Exchange {
+            started: Instant::now(),
+            listener,
+            stats_at: StatsAt::NoRoute,
+            status: None,
+            bytes_sent: 0,
+            upstream: None,
+            http1: None,
+            summary,
+        }
+    }
+
+    pub fn set_stats(&mut self, at: StatsAt) {
+        self.stats_at = at;
+    }
+
+    pub fn set_status(&mut self, status: StatusCode) {
+        self.status = Some(status);
+    }
+
+    pub fn set_upstream(&mut self, active: ActiveRequest) {
+        self.upstream = Some(active);
+    }
+
+    /// Lends the HTTP/1 connection to this exchange until its response ends.
+    pub fn hold_http1(&mut self, sender: Http1Sender) {
+        self.http1 = Some(sender);
+    }
+
+    pub fn add_bytes_sent(&mut self, bytes: usize) {
+        self.bytes_sent += bytes as u64;
+    }
+
+    /// The response ended cleanly: the connection may serve another request.
+    pub fn body_finished(&mut self) {
+        if let (Some(sender), Some(upstream)) = (self.http1.take(), &self.upstream) {
+            upstream.endpoint().pool.release_http1(sender);
+        }
+    }
+
+    pub fn timed_out_streaming(&mut self) {
+        self.http1 = None;
+        tracing::debug!(listener = %self.listener.name, "route timeout expired while streaming a response");
+    }
+
+    fn stats(&self) -> Option<&RequestStats> {
+        let ListenerKind::Http(http) = &self.listener.kind else { return None };
+        match self.stats_at {
+            StatsAt::NoRoute => Some(&http.no_route),
+            StatsAt::Direct { route } | StatsAt::Backend { route, .. } => {
+                match (&http.table.routes()[route].action, self.stats_at) {
+                    (RouteAction::Respond(direct), _) => Some(&direct.stats),
+                    (RouteAction::Forward(backends), StatsAt::Backend { backend, .. }) => {
+                        Some(&backends.get(backend).stats)
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn write_access_log(&self, summary: &Summary) {
+        let Some(log) = &self.listener.access_log else { return };
+        let ListenerKind::Http(http) = &self.listener.kind else { return };
+        let (route, cluster) = match self.stats_at {
+            StatsAt::NoRoute => ("", ""),
+            StatsAt::Direct { route } => (&*http.table.routes()[route].name, ""),
+            StatsAt::Backend { route, backend } => {
+                let route = &http.table.routes()[route];
+                let cluster = match &route.action {
+                    RouteAction::Forward(backends) => &*backends.get(backend).cluster.name,
+                    RouteAction::Respond(_) => "",
+                };
+                (&*route.name, cluster)
+            }
+        };
+        log.write(&AccessRecord {
+            time: summary.time,
+            listener: &self.listener.name,
+            route,
+            downstream: summary.peer.to_string(),
+            protocol: version_name(summary.version),
+            method: summary.method.as_str(),
+            authority: &summary.authority,
+            path: &summary.path,
+            status: self.status.map_or(0, |s| s.as_u16()),
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            cluster,
+            upstream: self.upstream.as_ref().map(|u| u.endpoint().address.to_string()),
+            bytes_sent: self.bytes_sent,
+        });
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(stats) = self.stats() {
+            if let Some(status) = self.status {
+                stats.record_status(status);
+            }
+            stats.record_duration(self.started.elapsed());
+        }
+        if let Some(summary) = self.summary.take() {
+            self.write_access_log(&summary);
+        }
+    }
+}
+
+fn version_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}

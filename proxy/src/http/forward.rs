@@ -1,0 +1,194 @@
+//! Forwarding a routed request: pick a backend and an endpoint, rewrite the
+//! request for the upstream's HTTP version, send it on a pooled connection,
+//! and turn the response (or the failure) into the downstream response.
+//!
+//! A request that a reused connection never sent (the peer had closed it
+//! while idle) is sent again on a fresh connection: it never reached the
+//! upstream, so this is safe for any method. Retries of requests that did
+//! reach it are a route policy, not done here.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use http::header::{EXPECT, HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version, request};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::body::{RequestBody, ResponseBody};
+use super::exchange::{Exchange, StatsAt};
+use super::{hop, local_reply, upgrade};
+use crate::cluster::{Cluster, Endpoint};
+use crate::config::UpstreamProtocol;
+use crate::config::scalar::format_duration;
+use crate::pool::ConnectError;
+use crate::route::{Route, WeightedBackends};
+
+pub enum UpstreamError {
+    Connect(ConnectError),
+    Send(hyper::Error),
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "{e}"),
+            UpstreamError::Send(e) => match std::error::Error::source(e) {
+                Some(source) => write!(f, "{e}: {source}"),
+                None => write!(f, "{e}"),
+            },
+        }
+    }
+}
+
+pub async fn forward(
+    request: Request<Incoming>,
+    route_index: usize,
+    route: &Route,
+    backends: &WeightedBackends,
+    mut exchange: Exchange,
+    tracker: &TaskTracker,
+) -> Response<ResponseBody> {
+    let grpc = local_reply::is_grpc(request.headers());
+    let (backend_index, backend) = backends.pick();
+    exchange.set_stats(StatsAt::Backend { route: route_index, backend: backend_index });
+    let cluster = &backend.cluster;
+    let Some(endpoint) = cluster.pick() else {
+        let message = format!("no endpoint available: cluster {:?} has no endpoints", cluster.name);
+        return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
+    };
+    exchange.set_upstream(endpoint.begin_request());
+
+    if upgrade::is_upgrade(&request) {
+        return upgrade::forward(request, cluster, endpoint, route, exchange, tracker).await;
+    }
+
+    let version = match (cluster.protocol, request.version()) {
+        (UpstreamProtocol::Http2, _) | (UpstreamProtocol::SameAsDownstream, Version::HTTP_2) => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    };
+    let (mut parts, body) = request.into_parts();
+    prepare(&mut parts, version, route, endpoint.address);
+    let request = Request::from_parts(parts, RequestBody::new(body));
+
+    let deadline = route.timeout.map(|timeout| Instant::now() + timeout);
+    let sent = send(endpoint, request, version, &mut exchange);
+    let result = match deadline {
+        None => sent.await,
+        Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
+            Ok(result) => result,
+            Err(_) => {
+                let timeout = format_duration(route.timeout.unwrap_or_default());
+                let message = format!(
+                    "upstream timeout: route {:?} timeout of {timeout} expired before cluster {:?} endpoint {} responded",
+                    route.name, cluster.name, endpoint.address
+                );
+                return local_reply::reply(exchange, StatusCode::GATEWAY_TIMEOUT, &message, grpc);
+            }
+        },
+    };
+    match result {
+        Ok(mut response) => {
+            hop::strip(response.headers_mut(), false);
+            route.response_headers.apply(response.headers_mut());
+            exchange.set_status(response.status());
+            let (mut parts, body) = response.into_parts();
+            parts.version = Version::HTTP_11;
+            Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange))
+        }
+        Err(error) => failure_reply(exchange, cluster, endpoint, error, grpc),
+    }
+}
+
+/// Sends on a pooled connection; a request that a reused connection handed
+/// back unsent goes once more on a fresh connection.
+async fn send(
+    endpoint: &Endpoint,
+    request: Request<RequestBody>,
+    version: Version,
+    exchange: &mut Exchange,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let pool = &endpoint.pool;
+    if version == Version::HTTP_2 {
+        let (mut sender, reused) = pool.http2().await.map_err(UpstreamError::Connect)?;
+        return match sender.try_send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(mut error) => {
+                pool.discard_http2();
+                match error.take_message() {
+                    Some(request) if reused => {
+                        let (mut sender, _) = pool.http2().await.map_err(UpstreamError::Connect)?;
+                        sender.send_request(request).await.map_err(UpstreamError::Send)
+                    }
+                    _ => Err(UpstreamError::Send(error.into_error())),
+                }
+            }
+        };
+    }
+    let (mut sender, reused) = pool.http1().await.map_err(UpstreamError::Connect)?;
+    let response = match sender.try_send_request(request).await {
+        Ok(response) => response,
+        Err(mut error) => match error.take_message() {
+            Some(request) if reused => {
+                sender = pool.connect_http1(false).await.map_err(UpstreamError::Connect)?;
+                sender.send_request(request).await.map_err(UpstreamError::Send)?
+            }
+            _ => return Err(UpstreamError::Send(error.into_error())),
+        },
+    };
+    exchange.hold_http1(sender);
+    Ok(response)
+}
+
+/// Rewrites a downstream request for the upstream: hop-by-hop headers out,
+/// the route's header edits in, and the target in the form the upstream's
+/// HTTP version wants (origin-form plus `Host` for HTTP/1.1; scheme and
+/// `:authority` for HTTP/2). The authority is the client's `Host` (or
+/// `:authority`), unless the route rewrote `host`.
+fn prepare(parts: &mut request::Parts, version: Version, route: &Route, endpoint: SocketAddr) {
+    hop::strip(&mut parts.headers, false);
+    // The proxy answered (or will answer) `100-continue` itself when it reads the body.
+    parts.headers.remove(EXPECT);
+    route.request_headers.apply(&mut parts.headers);
+
+    let host_header = parts.headers.get(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let authority = host_header
+        .or_else(|| parts.uri.authority().cloned())
+        .or_else(|| Authority::try_from(endpoint.to_string()).ok());
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    if version == Version::HTTP_2 {
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = authority;
+        parts.headers.remove(HOST);
+    } else if !parts.headers.contains_key(HOST)
+        && let Some(authority) = &authority
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(HOST, value);
+    }
+    if let Ok(target) = Uri::from_parts(uri) {
+        parts.uri = target;
+    }
+    parts.version = version;
+}
+
+/// 503 when no connection could be had, 502 when the upstream failed the
+/// exchange; the body names the cluster, the endpoint and the cause.
+pub fn failure_reply(
+    exchange: Exchange,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    error: UpstreamError,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let (status, what) = match error {
+        UpstreamError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
+        UpstreamError::Send(_) => (StatusCode::BAD_GATEWAY, "upstream error"),
+    };
+    let message = format!("{what}: cluster {:?} endpoint {}: {error}", cluster.name, endpoint.address);
+    tracing::debug!(%message, "request failed upstream");
+    local_reply::reply(exchange, status, &message, grpc)
+}

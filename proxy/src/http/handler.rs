@@ -1,0 +1,71 @@
+//! A request's way through an HTTP listener: load the listener's current
+//! state, match a route, then answer directly or forward.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
+
+use super::body::ResponseBody;
+use super::exchange::{Exchange, StatsAt};
+use super::{forward, local_reply};
+use crate::listener::ListenerSlot;
+use crate::listener::state::{ListenerKind, ListenerState};
+use crate::route::{RequestView, RouteAction};
+
+/// What every request on one downstream connection shares.
+pub struct ConnContext {
+    pub slot: Arc<ListenerSlot>,
+    pub peer: SocketAddr,
+    pub tracker: TaskTracker,
+}
+
+pub async fn handle(conn: Arc<ConnContext>, request: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    // The state loaded here serves the whole request, even if a reload lands meanwhile.
+    let listener = conn.slot.current();
+    let exchange = Exchange::start(listener.clone(), conn.peer, &request);
+    Ok(route(&listener, request, exchange, &conn.tracker).await)
+}
+
+async fn route(
+    listener: &ListenerState,
+    request: Request<Incoming>,
+    mut exchange: Exchange,
+    tracker: &TaskTracker,
+) -> Response<ResponseBody> {
+    let ListenerKind::Http(http) = &listener.kind else {
+        let message = format!("listener {:?} no longer serves HTTP", listener.name);
+        let grpc = local_reply::is_grpc(request.headers());
+        return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
+    };
+    let view = RequestView::new(request.method(), request.uri(), request.headers());
+    let Some((index, route)) = http.table.find(&view) else {
+        let message = format!(
+            "no route matched {} {}{} on listener {:?}",
+            view.method, view.host, view.path, listener.name
+        );
+        let grpc = local_reply::is_grpc(request.headers());
+        return local_reply::reply(exchange, StatusCode::NOT_FOUND, &message, grpc);
+    };
+    match &route.action {
+        RouteAction::Respond(direct) => {
+            exchange.set_stats(StatsAt::Direct { route: index });
+            exchange.set_status(direct.status);
+            exchange.add_bytes_sent(direct.body.len());
+            let mut response = Response::new(ResponseBody::local(direct.body.clone()));
+            *response.status_mut() = direct.status;
+            if !direct.body.is_empty() {
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            }
+            route.response_headers.apply(response.headers_mut());
+            response
+        }
+        RouteAction::Forward(backends) => forward::forward(request, index, route, backends, exchange, tracker).await,
+    }
+}

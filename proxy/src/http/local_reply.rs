@@ -1,0 +1,95 @@
+//! Responses the proxy makes itself (no route, no endpoint, upstream failure,
+//! timeout). A gRPC client gets a trailers-only gRPC response carrying the
+//! matching `grpc-status`, as Envoy sends, so its library reports a proper
+//! status instead of a protocol error.
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+
+use super::body::ResponseBody;
+use super::exchange::Exchange;
+
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Answers with `status` and `message`, settling the exchange now.
+pub fn reply(mut exchange: Exchange, status: StatusCode, message: &str, grpc: bool) -> Response<ResponseBody> {
+    let response = local_response(status, message, grpc);
+    exchange.set_status(response.status());
+    response
+}
+
+pub fn local_response(status: StatusCode, message: &str, grpc: bool) -> Response<ResponseBody> {
+    if grpc {
+        let mut response = Response::new(ResponseBody::empty());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(grpc_status(status)));
+        if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
+            headers.insert("grpc-message", value);
+        }
+        return response;
+    }
+    let mut body = String::with_capacity(message.len() + 1);
+    body.push_str(message);
+    body.push('\n');
+    let mut response = Response::new(ResponseBody::local(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The gRPC status for an HTTP status the proxy produced (gRPC's
+/// http-grpc-status-mapping, with 504 as DEADLINE_EXCEEDED and 429 as
+/// RESOURCE_EXHAUSTED since the proxy itself decided those).
+pub fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 => 8,
+        504 => 4,
+        502 | 503 => 14,
+        _ => 2,
+    }
+}
+
+/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &byte in message.as_bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_replies_are_trailers_only_with_a_status() {
+        let response = local_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoint: 100%", true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert_eq!(response.headers()["grpc-message"], "no endpoint: 100%25");
+        assert!(http_body::Body::is_end_stream(response.body()));
+    }
+
+    #[test]
+    fn plain_replies_carry_the_message() {
+        let response = local_response(StatusCode::NOT_FOUND, "no route", false);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(http_body::Body::size_hint(response.body()).exact(), Some(9));
+    }
+}

@@ -1,0 +1,102 @@
+//! The HTTP side of the data path: serving a downstream connection (HTTP/1.1
+//! or h2c, detected per connection), routing each request, and forwarding it
+//! upstream with bodies and trailers streamed through.
+
+pub mod body;
+mod detect;
+mod exchange;
+mod forward;
+mod handler;
+mod header_timer;
+mod hop;
+pub mod local_reply;
+mod upgrade;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::listener::ListenerSlot;
+use crate::listener::state::ListenerState;
+use detect::{Detected, ServerIo};
+use handler::ConnContext;
+use header_timer::HeaderTimer;
+
+/// Runs a hyper server connection; when `stop` fires, asks it to wind down
+/// gracefully and waits for it. (A macro: hyper's connection types share
+/// `graceful_shutdown` by name only.)
+macro_rules! drive {
+    ($connection:expr, $stop:expr, $peer:expr) => {{
+        let mut connection = std::pin::pin!($connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = $stop.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(peer = %$peer, %error, "downstream connection ended with an error");
+        }
+    }};
+}
+
+/// Serves one downstream connection until it closes, shutting it down
+/// gracefully (`Connection: close` / GOAWAY) when `stop` fires.
+pub async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    slot: Arc<ListenerSlot>,
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let headers_timeout = state.request_headers_timeout;
+    let detected = tokio::select! {
+        detected = tokio::time::timeout(headers_timeout, detect::detect(&mut stream)) => detected,
+        () = stop.cancelled() => return,
+    };
+    let (protocol, prefix) = match detected {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "client sent nothing within request_headers_timeout; closing");
+            return;
+        }
+    };
+    let conn = Arc::new(ConnContext { slot, peer, tracker });
+    let service = service_fn(move |request| handler::handle(conn.clone(), request));
+    match protocol {
+        Detected::Http1 => {
+            let reads = Arc::new(AtomicU64::new(0));
+            let io = TokioIo::new(ServerIo::new(stream, prefix, Some(reads.clone())));
+            let connection = http1::Builder::new()
+                .timer(HeaderTimer::new(reads))
+                .header_read_timeout(headers_timeout)
+                .max_header_size(state.max_request_head_bytes)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive!(connection, stop, peer);
+        }
+        Detected::Http2 => {
+            let io = TokioIo::new(ServerIo::new(stream, prefix, None));
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(state.max_request_head_bytes as u32)
+                .serve_connection(io, service);
+            drive!(connection, stop, peer);
+        }
+    }
+}
+

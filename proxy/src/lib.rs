@@ -1,0 +1,34 @@
+//! Remora's data plane: an L4/L7 proxy for HTTP/1.1, HTTP/2 (h2c), gRPC and
+//! opaque TCP.
+//!
+//! A [`Config`](config::Config) (from the YAML file) is validated and compiled
+//! into an immutable [`Snapshot`](snapshot::Snapshot); listeners accept
+//! connections and serve them from the snapshot current when each request
+//! starts. A new config swaps in a new snapshot atomically ([`Proxy::reload`]).
+//!
+//! Where things live: `config/` (the file's shape), `snapshot/` (compile and
+//! validate), `listener/` (sockets, accept, reload of bound addresses),
+//! `http/` (serving, routing, forwarding), `route/` (matching, header edits,
+//! traffic split), `cluster/` and `balance/` (endpoints and their choice),
+//! `pool/` (upstream connections), `tcp/` (opaque relay), `admin/`,
+//! `telemetry/` (metrics, logs, access log), `reload/` (file watch, SIGHUP).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod balance;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod listener;
+pub mod pool;
+mod proxy;
+mod rand;
+pub mod reload;
+pub mod route;
+pub mod snapshot;
+pub mod tcp;
+pub mod telemetry;
+
+pub use proxy::{Proxy, ProxyOptions};

@@ -1,0 +1,156 @@
+//! A listener's compiled state: what a new connection or request on it
+//! follows. Swapped whole on reload; a request keeps the state it started with.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+
+use crate::cluster::Cluster;
+use crate::config::{ConfigError, ListenerConfig, ListenerProtocol};
+use crate::route::RouteTable;
+use crate::telemetry::{self, RequestStats, Telemetry, access_log::AccessLog};
+
+#[derive(Debug)]
+pub struct ListenerState {
+    pub name: Arc<str>,
+    /// As configured; port 0 means "any free port".
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+    pub request_headers_timeout: Duration,
+    pub max_request_head_bytes: usize,
+    pub drain_timeout: Duration,
+    pub connections_active: Gauge,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+#[derive(Debug)]
+pub enum ListenerKind {
+    Http(HttpRoutes),
+    Tcp(TcpTarget),
+}
+
+#[derive(Debug)]
+pub struct HttpRoutes {
+    pub table: RouteTable,
+    /// Stats for requests that matched no route.
+    pub no_route: RequestStats,
+}
+
+#[derive(Debug)]
+pub struct TcpTarget {
+    pub cluster: Arc<Cluster>,
+    /// Bytes from the client (`direction="rx"`) and to it (`direction="tx"`).
+    pub bytes_rx: Counter,
+    pub bytes_tx: Counter,
+}
+
+/// Everything a listener compile needs from the rest of the snapshot.
+pub struct ListenerContext<'a> {
+    pub clusters: &'a HashMap<&'a str, Arc<Cluster>>,
+    pub telemetry: &'a Telemetry,
+    pub access_log: Option<&'a Arc<AccessLog>>,
+    pub drain_timeout: Duration,
+}
+
+impl ListenerState {
+    pub fn compile(
+        config: &ListenerConfig,
+        at: &str,
+        cx: &ListenerContext<'_>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ListenerState> {
+        let name = config.name.as_str();
+        let kind = match config.protocol {
+            ListenerProtocol::Http => {
+                if config.cluster.is_some() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.cluster"),
+                        "only TCP listeners take a cluster; HTTP listeners send traffic through routes[].backends",
+                    ));
+                }
+                ListenerKind::Http(HttpRoutes {
+                    table: RouteTable::compile(
+                        &config.routes,
+                        name,
+                        &format!("{at}.routes"),
+                        cx.clusters,
+                        cx.telemetry,
+                        errors,
+                    ),
+                    no_route: RequestStats::new(cx.telemetry, name, "", ""),
+                })
+            }
+            ListenerProtocol::Tcp => {
+                if !config.routes.is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.routes"),
+                        "TCP listeners have no routes; set cluster instead",
+                    ));
+                }
+                let Some(cluster_name) = &config.cluster else {
+                    errors.push(ConfigError::new(format!("{at}.cluster"), "required for protocol: tcp"));
+                    return None;
+                };
+                let Some(cluster) = cx.clusters.get(cluster_name.as_str()) else {
+                    errors.push(ConfigError::new(
+                        format!("{at}.cluster"),
+                        format!("no cluster named {cluster_name:?}"),
+                    ));
+                    return None;
+                };
+                let bytes = |direction| {
+                    cx.telemetry.counter(telemetry::TCP_BYTES_TOTAL, &[("listener", name), ("direction", direction)])
+                };
+                ListenerKind::Tcp(TcpTarget { cluster: cluster.clone(), bytes_rx: bytes("rx"), bytes_tx: bytes("tx") })
+            }
+        };
+        if config.request_headers_timeout.is_zero() {
+            errors.push(ConfigError::new(format!("{at}.request_headers_timeout"), "must be greater than 0"));
+        }
+        if !(1..=1024).contains(&config.max_request_headers_kb) {
+            errors.push(ConfigError::new(
+                format!("{at}.max_request_headers_kb"),
+                format!("{} is outside 1..=1024", config.max_request_headers_kb),
+            ));
+        }
+        Some(ListenerState {
+            name: Arc::from(name),
+            address: config.address,
+            kind,
+            request_headers_timeout: config.request_headers_timeout,
+            max_request_head_bytes: config.max_request_headers_kb as usize * 1024,
+            drain_timeout: cx.drain_timeout,
+            connections_active: cx
+                .telemetry
+                .gauge(telemetry::DOWNSTREAM_CONNECTIONS_ACTIVE, &[("listener", name)]),
+            access_log: cx.access_log.cloned(),
+        })
+    }
+}
+
+/// Duplicate listener names and addresses, reported by path.
+pub fn check_unique(configs: &[ListenerConfig], errors: &mut Vec<ConfigError>) {
+    let mut names = HashSet::new();
+    let mut addresses = HashMap::new();
+    for (i, listener) in configs.iter().enumerate() {
+        if listener.name.is_empty() {
+            errors.push(ConfigError::new(format!("listeners[{i}].name"), "must not be empty"));
+        } else if !names.insert(listener.name.as_str()) {
+            errors.push(ConfigError::new(
+                format!("listeners[{i}].name"),
+                format!("duplicate listener name {:?}", listener.name),
+            ));
+        }
+        if listener.address.port() != 0
+            && let Some(first) = addresses.insert(listener.address, i)
+        {
+            errors.push(ConfigError::new(
+                format!("listeners[{i}].address"),
+                format!("{} is already used by listeners[{first}]", listener.address),
+            ));
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `remora-proxy`: run the data plane from a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use remora_proxy::config::{EnvOverrides, load_file};
+use remora_proxy::snapshot::{Mode, Snapshot};
+use remora_proxy::telemetry::Telemetry;
+use remora_proxy::telemetry::logging::LogControl;
+use remora_proxy::{Proxy, ProxyOptions, admin, reload};
+
+/// Remora's sidecar proxy: HTTP/1.1, HTTP/2, gRPC and TCP.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The YAML config file; it is watched and reloaded on change (and on SIGHUP).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Validate the config (with REMORA_* overrides) and exit: 0 if valid.
+    #[arg(long)]
+    check: bool,
+    /// Write the admin server's bound address to this file once it listens
+    /// (useful with admin address port 0).
+    #[arg(long)]
+    admin_address_path: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("remora-proxy: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let env = EnvOverrides::from_env().context("invalid environment")?;
+    let mut config = load_file(&args.config).with_context(|| format!("invalid config {}", args.config.display()))?;
+    env.apply(&mut config);
+    if args.check {
+        let snapshot = Snapshot::compile(config, None, &Telemetry::new(), 0, Mode::Check)
+            .with_context(|| format!("invalid config {}", args.config.display()))?;
+        println!(
+            "{}: valid ({} listeners, {} clusters)",
+            args.config.display(),
+            snapshot.listeners.len(),
+            snapshot.clusters.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let log = Arc::new(LogControl::install(&config.log).map_err(anyhow::Error::msg)?);
+    let workers = config
+        .workers
+        .map(|w| w.get())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("remora-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(serve(args, config, env, log, workers))
+}
+
+async fn serve(
+    args: Args,
+    config: remora_proxy::config::Config,
+    env: EnvOverrides,
+    log: Arc<LogControl>,
+    workers: usize,
+) -> anyhow::Result<ExitCode> {
+    let admin_address = config.admin.address;
+    let admin_listener = std::net::TcpListener::bind(admin_address)
+        .with_context(|| format!("admin.address: cannot bind {admin_address}"))?;
+    admin_listener.set_nonblocking(true)?;
+    let admin_bound = admin_listener.local_addr()?;
+
+    let proxy = Proxy::start(config, ProxyOptions { env, log: Some(log) })
+        .with_context(|| format!("cannot start from {}", args.config.display()))?;
+
+    let admin_proxy = proxy.clone();
+    std::thread::Builder::new().name("remora-admin".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        match runtime {
+            Ok(runtime) => runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(admin_listener) {
+                    Ok(listener) => admin::serve(listener, admin_proxy).await,
+                    Err(error) => tracing::error!(%error, "admin server cannot start"),
+                }
+            }),
+            Err(error) => tracing::error!(%error, "admin server cannot start"),
+        }
+    })?;
+    if let Some(path) = &args.admin_address_path {
+        std::fs::write(path, admin_bound.to_string())
+            .with_context(|| format!("cannot write --admin-address-path {}", path.display()))?;
+    }
+    let _watcher = reload::watch(proxy.clone(), args.config.clone())
+        .with_context(|| format!("cannot watch {}", args.config.display()))?;
+    tracing::info!(
+        admin = %admin_bound,
+        workers,
+        version = env!("CARGO_PKG_VERSION"),
+        listeners = proxy.listeners().len(),
+        "remora-proxy started"
+    );
+
+    tokio::spawn(drain_on_signal(proxy.clone()));
+    let finished = proxy.drained().await;
+    tracing::info!(clean = finished, "drained; exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT drains; a second one exits at once.
+async fn drain_on_signal(proxy: Proxy) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    proxy.begin_drain();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting for the drain");
+    std::process::exit(1);
+}

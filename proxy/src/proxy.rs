@@ -1,0 +1,194 @@
+//! The running proxy: starts from a config, swaps in new snapshots on reload,
+//! and drains on shutdown. Cheap to clone; the admin server, the config
+//! watcher and signal handlers all hold one.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigErrors, EnvOverrides, load_file};
+use crate::listener::{BoundListener, ListenerSet, Spawner};
+use crate::snapshot::{Mode, Snapshot};
+use crate::telemetry::Telemetry;
+use crate::telemetry::logging::LogControl;
+
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    telemetry: Arc<Telemetry>,
+    snapshot: ArcSwap<Snapshot>,
+    /// Held for the whole of a reload, so reloads apply one at a time.
+    listeners: Mutex<ListenerSet>,
+    spawner: Spawner,
+    env: EnvOverrides,
+    log: Option<Arc<LogControl>>,
+    next_version: AtomicU64,
+    draining: AtomicBool,
+    drain_started: Notify,
+}
+
+/// What a proxy starts with besides its config.
+#[derive(Default)]
+pub struct ProxyOptions {
+    /// Re-applied over every reloaded file.
+    pub env: EnvOverrides,
+    /// Lets reloads and the admin server change the log level.
+    pub log: Option<Arc<LogControl>>,
+}
+
+impl Proxy {
+    /// Compiles `config`, binds its listeners and starts serving on the
+    /// current tokio runtime.
+    pub fn start(config: Config, options: ProxyOptions) -> Result<Proxy, ConfigErrors> {
+        let telemetry = Arc::new(Telemetry::new());
+        let snapshot = Snapshot::compile(config, None, &telemetry, 1, Mode::Serve)?;
+        let spawner = Spawner {
+            runtime: tokio::runtime::Handle::current(),
+            drain: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let mut listeners = ListenerSet::default();
+        listeners.apply(&snapshot.listeners, &spawner)?;
+        spawn_upkeep(Arc::downgrade(&telemetry));
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                telemetry,
+                snapshot: ArcSwap::from_pointee(snapshot),
+                listeners: Mutex::new(listeners),
+                spawner,
+                env: options.env,
+                log: options.log,
+                next_version: AtomicU64::new(2),
+                draining: AtomicBool::new(false),
+                drain_started: Notify::new(),
+            }),
+        })
+    }
+
+    /// Replaces the running config. On any error (invalid config, an address
+    /// that cannot be bound) nothing changes and the error is returned.
+    pub fn reload(&self, config: Config) -> Result<u64, ConfigErrors> {
+        let result = self.try_reload(config);
+        self.inner.telemetry.record_reload(result.is_ok());
+        result
+    }
+
+    /// Reads `path`, applies the environment overrides, and reloads.
+    pub fn reload_file(&self, path: &Path) -> Result<u64, ConfigErrors> {
+        let result = load_file(path).and_then(|mut config| {
+            self.inner.env.apply(&mut config);
+            self.try_reload(config)
+        });
+        self.inner.telemetry.record_reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, config: Config) -> Result<u64, ConfigErrors> {
+        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_draining() {
+            return Err(ConfigErrors::one("", "the proxy is draining; reloads are refused"));
+        }
+        let previous = self.inner.snapshot.load_full();
+        let version = self.inner.next_version.fetch_add(1, Ordering::Relaxed);
+        let snapshot = Snapshot::compile(config, Some(&previous), &self.inner.telemetry, version, Mode::Serve)?;
+        listeners.apply(&snapshot.listeners, &self.inner.spawner)?;
+        let (old, new) = (&previous.config, &snapshot.config);
+        if old.log.level != new.log.level
+            && let Some(log) = &self.inner.log
+            && let Err(error) = log.set(&new.log.level)
+        {
+            tracing::warn!(%error, "log level not changed");
+        }
+        if old.workers != new.workers || old.admin.address != new.admin.address || old.log.format != new.log.format {
+            tracing::warn!("workers, admin.address and log.format take effect on restart only");
+        }
+        self.inner.snapshot.store(Arc::new(snapshot));
+        Ok(version)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
+    }
+
+    pub fn log_control(&self) -> Option<&LogControl> {
+        self.inner.log.as_deref()
+    }
+
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).bound()
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners().into_iter().find(|l| l.name == name).map(|l| l.address)
+    }
+
+    /// Ready once listeners are bound; not ready once draining.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting and asks every connection to finish: HTTP/1 responses
+    /// get `Connection: close`, HTTP/2 connections a GOAWAY. Idempotent.
+    pub fn begin_drain(&self) {
+        let _listeners = self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if self.inner.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!("draining: no new connections; in-flight requests get drain_timeout to finish");
+        self.inner.spawner.drain.cancel();
+        self.inner.spawner.tracker.close();
+        self.inner.drain_started.notify_waiters();
+    }
+
+    /// Resolves once a drain has begun and every connection has finished,
+    /// or `drain_timeout` after it began. `true` when everything finished.
+    pub async fn drained(&self) -> bool {
+        let started = self.inner.drain_started.notified();
+        if !self.is_draining() {
+            started.await;
+        }
+        let timeout = self.snapshot().config.drain_timeout;
+        let finished = tokio::time::timeout(timeout, self.inner.spawner.tracker.wait()).await.is_ok();
+        if !finished {
+            tracing::warn!(
+                connections = self.inner.spawner.tracker.len(),
+                "drain_timeout expired with connections still open"
+            );
+        }
+        finished
+    }
+}
+
+/// Folds histogram samples into buckets every few seconds, until the
+/// telemetry is gone.
+fn spawn_upkeep(telemetry: Weak<Telemetry>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::telemetry::UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            match telemetry.upgrade() {
+                Some(telemetry) => telemetry.run_upkeep(),
+                None => break,
+            }
+        }
+    });
+}
+

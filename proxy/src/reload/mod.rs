@@ -1,0 +1,84 @@
+//! Hot reload: the config file is watched, and SIGHUP asks for a reload too.
+//!
+//! The file's directory is watched rather than the file, so editors that
+//! replace the file and Kubernetes ConfigMap volumes (which swap a symlink)
+//! are both seen. Events are debounced; a reload happens only when the
+//! file's bytes changed (SIGHUP always reloads). A rejected file is logged
+//! with its field paths and counted, and the running config stays.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::proxy::Proxy;
+
+/// Quiet time after the last file event before reading the file.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    FileChanged,
+    Signal,
+}
+
+/// Watches `path` and reloads `proxy` on change or SIGHUP until the proxy
+/// drains. Keep the returned watcher alive for as long as watching should go on.
+pub fn watch(proxy: Proxy, path: PathBuf) -> Result<notify::RecommendedWatcher, notify::Error> {
+    let (tx, rx) = mpsc::channel(1);
+    let file_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = file_tx.try_send(Trigger::FileChanged);
+        }
+    })?;
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    watcher.watch(directory, RecursiveMode::NonRecursive)?;
+    tokio::spawn(forward_sighup(tx));
+    tokio::spawn(reload_loop(proxy, path, rx));
+    Ok(watcher)
+}
+
+async fn forward_sighup(tx: mpsc::Sender<Trigger>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reloads follow file changes only");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        if tx.send(Trigger::Signal).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn reload_loop(proxy: Proxy, path: PathBuf, mut rx: mpsc::Receiver<Trigger>) {
+    let mut last = std::fs::read(&path).ok();
+    while let Some(mut trigger) = rx.recv().await {
+        // Let a burst of events settle (editors write in several steps).
+        loop {
+            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                Ok(Some(next)) => trigger = if next == Trigger::Signal { next } else { trigger },
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        if proxy.is_draining() {
+            return;
+        }
+        let current = std::fs::read(&path).ok();
+        if trigger == Trigger::FileChanged && current == last {
+            continue;
+        }
+        last = current;
+        match proxy.reload_file(&path) {
+            Ok(version) => tracing::info!(version, file = %path.display(), "config reloaded"),
+            Err(errors) => tracing::error!(
+                file = %path.display(),
+                serving = proxy.snapshot().version,
+                "config rejected; the running config stays:\n{errors}"
+            ),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! HTTP routing: the ordered routes of a listener, compiled once per
+//! snapshot. The first route whose match holds decides: forward to one of its
+//! weighted backends, or answer with a fixed response.
+
+mod backends;
+mod header_edit;
+mod matcher;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::cluster::Cluster;
+use crate::config::{ConfigError, RouteConfig};
+use crate::telemetry::{RequestStats, Telemetry};
+
+pub use backends::{Backend, WeightedBackends};
+pub use header_edit::HeaderEdits;
+pub use matcher::{RequestView, RouteMatch};
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    matcher: RouteMatch,
+    pub action: RouteAction,
+    pub timeout: Option<Duration>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Forward(WeightedBackends),
+    Respond(DirectResponse),
+}
+
+#[derive(Debug)]
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub stats: RequestStats,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Box<[Route]>,
+}
+
+impl RouteTable {
+    pub fn compile(
+        configs: &[RouteConfig],
+        listener: &str,
+        path: &str,
+        clusters: &HashMap<&str, Arc<Cluster>>,
+        telemetry: &Telemetry,
+        errors: &mut Vec<ConfigError>,
+    ) -> RouteTable {
+        let mut names = HashSet::new();
+        let mut routes = Vec::with_capacity(configs.len());
+        for (i, config) in configs.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            if config.name.is_empty() {
+                errors.push(ConfigError::new(format!("{at}.name"), "must not be empty"));
+            } else if !names.insert(config.name.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("duplicate route name {:?} in this listener", config.name),
+                ));
+            }
+            if let Some(route) = Route::compile(config, listener, &at, clusters, telemetry, errors) {
+                routes.push(route);
+            }
+        }
+        RouteTable { routes: routes.into() }
+    }
+
+    /// The first route that matches, with its index.
+    pub fn find(&self, request: &RequestView<'_>) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| r.matcher.matches(request))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+impl Route {
+    fn compile(
+        config: &RouteConfig,
+        listener: &str,
+        at: &str,
+        clusters: &HashMap<&str, Arc<Cluster>>,
+        telemetry: &Telemetry,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Route> {
+        let matcher = RouteMatch::compile(&config.matches, &format!("{at}.match"), errors);
+        let request_headers = HeaderEdits::compile(&config.request_headers, &format!("{at}.request_headers"), errors);
+        let response_headers =
+            HeaderEdits::compile(&config.response_headers, &format!("{at}.response_headers"), errors);
+        if config.timeout == Some(Duration::ZERO) {
+            errors.push(ConfigError::new(
+                format!("{at}.timeout"),
+                "must be greater than 0 (leave it out for no timeout)",
+            ));
+        }
+        let action = match (&config.direct_response, config.backends.is_empty()) {
+            (Some(_), false) => {
+                errors.push(ConfigError::new(at, "set either backends or direct_response, not both"));
+                return None;
+            }
+            (None, true) => {
+                errors.push(ConfigError::new(
+                    format!("{at}.backends"),
+                    "a route needs at least one backend (or a direct_response)",
+                ));
+                return None;
+            }
+            (Some(direct), true) => {
+                let status = match StatusCode::from_u16(direct.status) {
+                    Ok(status) if (200..=599).contains(&direct.status) => status,
+                    _ => {
+                        errors.push(ConfigError::new(
+                            format!("{at}.direct_response.status"),
+                            format!("{} is not a status code between 200 and 599", direct.status),
+                        ));
+                        return None;
+                    }
+                };
+                RouteAction::Respond(DirectResponse {
+                    status,
+                    body: Bytes::from(direct.body.clone().unwrap_or_default()),
+                    stats: RequestStats::new(telemetry, listener, &config.name, ""),
+                })
+            }
+            (None, false) => RouteAction::Forward(WeightedBackends::compile(
+                &config.backends,
+                listener,
+                &config.name,
+                &format!("{at}.backends"),
+                clusters,
+                telemetry,
+                errors,
+            )?),
+        };
+        Some(Route {
+            name: Arc::from(config.name.as_str()),
+            matcher,
+            action,
+            timeout: config.timeout,
+            request_headers,
+            response_headers,
+        })
+    }
+}

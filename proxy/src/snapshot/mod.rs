@@ -1,0 +1,130 @@
+//! The snapshot: one immutable, compiled picture of the whole config —
+//! listeners with their route tables, clusters with their endpoints and
+//! balancers, resolved metric handles. Every config source compiles into it;
+//! the data path reads nothing else. Compiling also validates: each problem
+//! comes back with its field path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::cluster::Cluster;
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::listener::state::{self, ListenerContext, ListenerState};
+use crate::telemetry::Telemetry;
+use crate::telemetry::access_log::AccessLog;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub config: Arc<Config>,
+    pub listeners: Box<[Arc<ListenerState>]>,
+    pub clusters: Box<[Arc<Cluster>]>,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+/// What compiling may do beyond checking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Build a snapshot to serve from: opens the access log.
+    Serve,
+    /// Only validate (`--check`): touches no files.
+    Check,
+}
+
+impl Snapshot {
+    /// Validates and compiles `config`. Clusters and the access log whose
+    /// config did not change are taken over from `previous`.
+    pub fn compile(
+        config: Config,
+        previous: Option<&Snapshot>,
+        telemetry: &Telemetry,
+        version: u64,
+        mode: Mode,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let mut errors = Vec::new();
+
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+            errors.push(ConfigError::new("log.level", format!("invalid log level {:?}: {error}", config.log.level)));
+        }
+
+        let previous_clusters: HashMap<&str, &Arc<Cluster>> = previous
+            .map(|p| p.clusters.iter().map(|c| (&*c.name, c)).collect())
+            .unwrap_or_default();
+        let mut clusters = Vec::with_capacity(config.clusters.len());
+        let mut by_name: HashMap<&str, Arc<Cluster>> = HashMap::new();
+        for (i, cluster) in config.clusters.iter().enumerate() {
+            let at = format!("clusters[{i}]");
+            if cluster.name.is_empty() {
+                errors.push(ConfigError::new(format!("{at}.name"), "must not be empty"));
+                continue;
+            }
+            if by_name.contains_key(cluster.name.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("duplicate cluster name {:?}", cluster.name),
+                ));
+                continue;
+            }
+            let previous = previous_clusters.get(cluster.name.as_str()).copied();
+            let compiled = Cluster::compile(cluster, &at, previous, telemetry, &mut errors);
+            by_name.insert(&cluster.name, compiled.clone());
+            clusters.push(compiled);
+        }
+
+        let access_log = match (&config.access_log, mode) {
+            (None, _) => None,
+            (Some(log), _) if log.path.trim().is_empty() => {
+                errors.push(ConfigError::new("access_log.path", "must not be empty"));
+                None
+            }
+            (Some(_), Mode::Check) => None,
+            (Some(log), Mode::Serve) => match previous.filter(|p| p.config.access_log.as_ref() == Some(log)) {
+                Some(previous) => previous.access_log.clone(),
+                None => match AccessLog::open(log) {
+                    Ok(opened) => Some(Arc::new(opened)),
+                    Err(error) => {
+                        errors.push(ConfigError::new("access_log.path", format!("cannot open {:?}: {error}", log.path)));
+                        None
+                    }
+                },
+            },
+        };
+
+        state::check_unique(&config.listeners, &mut errors);
+        let cx = ListenerContext {
+            clusters: &by_name,
+            telemetry,
+            access_log: access_log.as_ref(),
+            drain_timeout: config.drain_timeout,
+        };
+        let listeners: Vec<Arc<ListenerState>> = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, listener)| ListenerState::compile(listener, &format!("listeners[{i}]"), &cx, &mut errors))
+            .map(Arc::new)
+            .collect();
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        drop(by_name);
+        Ok(Snapshot {
+            version,
+            loaded_at: SystemTime::now(),
+            config: Arc::new(config),
+            listeners: listeners.into(),
+            clusters: clusters.into(),
+            access_log,
+        })
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| &*c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

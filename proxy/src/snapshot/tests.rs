@@ -1,0 +1,132 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::config::parse_yaml;
+
+fn compile(yaml: &str) -> Result<Snapshot, String> {
+    let config = parse_yaml(yaml).map_err(|e| e.to_string())?;
+    Snapshot::compile(config, None, &Telemetry::new(), 1, Mode::Check).map_err(|e| e.to_string())
+}
+
+const CLUSTERS: &str = "
+clusters:
+  - {name: api-v1, endpoints: [127.0.0.1:8091]}
+  - {name: web, endpoints: [127.0.0.1:8081]}
+";
+
+#[test]
+fn the_example_compiles() {
+    let snapshot = compile(include_str!("../../../examples/proxy.yaml")).unwrap();
+    assert_eq!(snapshot.listeners.len(), 2);
+    assert_eq!(snapshot.clusters.len(), 4);
+}
+
+#[test]
+fn a_dangling_cluster_reference_is_named_by_its_path() {
+    let yaml = format!(
+        "{CLUSTERS}
+listeners:
+  - name: web
+    address: 127.0.0.1:10000
+    routes:
+      - {{name: api, backends: [{{cluster: api-v1}}]}}
+      - {{name: v3, backends: [{{cluster: api-v3}}]}}
+"
+    );
+    assert_eq!(compile(&yaml).unwrap_err(), r#"listeners[0].routes[1].backends[0].cluster: no cluster named "api-v3""#);
+}
+
+#[test]
+fn duplicates_are_named_by_their_path() {
+    let yaml = "
+clusters:
+  - {name: a, endpoints: [127.0.0.1:1, 127.0.0.1:1]}
+  - {name: a}
+listeners:
+  - {name: l, address: 127.0.0.1:10000, routes: [{name: r, backends: [{cluster: a}]}, {name: r, backends: [{cluster: a}]}]}
+  - {name: l, address: 127.0.0.1:10000, protocol: tcp, cluster: a}
+  - {name: m, address: 127.0.0.1:0, protocol: tcp, cluster: a}
+  - {name: n, address: 127.0.0.1:0, protocol: tcp, cluster: a}
+";
+    assert_eq!(
+        compile(yaml).unwrap_err(),
+        [
+            "clusters[0].endpoints[1]: endpoint 127.0.0.1:1 is listed twice",
+            "clusters[1].name: duplicate cluster name \"a\"",
+            "listeners[1].name: duplicate listener name \"l\"",
+            "listeners[1].address: 127.0.0.1:10000 is already used by listeners[0]",
+            "listeners[0].routes[1].name: duplicate route name \"r\" in this listener",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn listener_kinds_take_only_their_own_fields() {
+    let yaml = format!(
+        "{CLUSTERS}
+listeners:
+  - {{name: a, address: 127.0.0.1:1, protocol: tcp}}
+  - {{name: b, address: 127.0.0.1:2, protocol: tcp, cluster: web, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
+  - {{name: c, address: 127.0.0.1:3, cluster: web}}
+  - {{name: d, address: 127.0.0.1:4, protocol: tcp, cluster: nope}}
+"
+    );
+    assert_eq!(
+        compile(&yaml).unwrap_err(),
+        [
+            "listeners[0].cluster: required for protocol: tcp",
+            "listeners[1].routes: TCP listeners have no routes; set cluster instead",
+            "listeners[2].cluster: only TCP listeners take a cluster; HTTP listeners send traffic through routes[].backends",
+            "listeners[3].cluster: no cluster named \"nope\"",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn route_actions_and_limits_are_checked() {
+    let yaml = format!(
+        "{CLUSTERS}
+listeners:
+  - name: l
+    address: 127.0.0.1:1
+    max_request_headers_kb: 0
+    request_headers_timeout: 0s
+    routes:
+      - {{name: both, backends: [{{cluster: web}}], direct_response: {{status: 200}}}}
+      - {{name: neither}}
+      - {{name: bad-status, direct_response: {{status: 99}}}}
+      - {{name: zero, backends: [{{cluster: web, weight: 0}}]}}
+      - {{name: no-timeout, timeout: 0s, backends: [{{cluster: web}}]}}
+"
+    );
+    assert_eq!(
+        compile(&yaml).unwrap_err(),
+        [
+            "listeners[0].routes[0]: set either backends or direct_response, not both",
+            "listeners[0].routes[1].backends: a route needs at least one backend (or a direct_response)",
+            "listeners[0].routes[2].direct_response.status: 99 is not a status code between 200 and 599",
+            "listeners[0].routes[3].backends: at least one backend needs a weight above 0",
+            "listeners[0].routes[4].timeout: must be greater than 0 (leave it out for no timeout)",
+            "listeners[0].request_headers_timeout: must be greater than 0",
+            "listeners[0].max_request_headers_kb: 0 is outside 1..=1024",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn a_bad_log_level_is_named() {
+    assert!(compile("log: {level: 'info,['}").unwrap_err().starts_with("log.level: invalid log level"));
+}
+
+#[test]
+fn unchanged_clusters_survive_a_recompile_and_changed_ones_are_rebuilt() {
+    let telemetry = Telemetry::new();
+    let first = Snapshot::compile(parse_yaml(CLUSTERS).unwrap(), None, &telemetry, 1, Mode::Check).unwrap();
+    let changed = CLUSTERS.replace("127.0.0.1:8081", "127.0.0.1:8082");
+    let second = Snapshot::compile(parse_yaml(&changed).unwrap(), Some(&first), &telemetry, 2, Mode::Check).unwrap();
+    assert!(Arc::ptr_eq(first.cluster("api-v1").unwrap(), second.cluster("api-v1").unwrap()));
+    assert!(!Arc::ptr_eq(first.cluster("web").unwrap(), second.cluster("web").unwrap()));
+}

@@ -1,0 +1,50 @@
+//! Opaque TCP proxying: each client connection is paired with a new
+//! connection to one endpoint of the listener's cluster, and bytes flow both
+//! ways until both sides are done. A half-close is passed on: when one side
+//! stops sending, the other side's write half is shut down and the opposite
+//! direction keeps flowing.
+
+mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::listener::state::{ListenerKind, ListenerState};
+use crate::pool::ActiveConnection;
+
+pub async fn proxy_connection(downstream: TcpStream, peer: SocketAddr, state: Arc<ListenerState>, stop: CancellationToken) {
+    let ListenerKind::Tcp(target) = &state.kind else { return };
+    let cluster = &target.cluster;
+    let Some(endpoint) = cluster.pick() else {
+        tracing::warn!(listener = %state.name, cluster = %cluster.name, %peer, "closing connection: the cluster has no endpoints");
+        return;
+    };
+    let _active = endpoint.begin_request();
+    let upstream = match endpoint.pool.connect_tcp().await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!(
+                listener = %state.name, cluster = %cluster.name, endpoint = %endpoint.address, %peer, %error,
+                "closing connection: cannot connect upstream"
+            );
+            return;
+        }
+    };
+    let _connection = ActiveConnection::new(endpoint.pool.stats());
+    let relay = relay::relay(downstream, upstream, &target.bytes_rx, &target.bytes_tx);
+    // On drain (or when the listener is removed) a TCP stream cannot be told
+    // to wind down, so it gets the drain timeout to finish on its own.
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(state.drain_timeout).await;
+    };
+    tokio::select! {
+        result = relay => if let Err(error) = result {
+            tracing::debug!(listener = %state.name, %peer, %error, "TCP connection ended with an error");
+        },
+        () = deadline => tracing::debug!(listener = %state.name, %peer, "closing TCP connection at the end of the drain"),
+    }
+}

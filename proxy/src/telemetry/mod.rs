@@ -1,0 +1,174 @@
+//! Telemetry: the proxy's own Prometheus registry (no global recorder, so two
+//! proxies in one process keep apart), the metric names, and the per-request
+//! stat handles that a snapshot resolves once. Also process logs and the
+//! access log.
+
+pub mod access_log;
+pub mod logging;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+pub const REQUESTS_TOTAL: &str = "remora_requests_total";
+pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
+pub const DOWNSTREAM_CONNECTIONS_ACTIVE: &str = "remora_downstream_connections_active";
+pub const UPSTREAM_CONNECTIONS_ACTIVE: &str = "remora_upstream_connections_active";
+pub const UPSTREAM_CONNECTIONS_CREATED: &str = "remora_upstream_connections_created_total";
+pub const UPSTREAM_CONNECT_FAILURES: &str = "remora_upstream_connect_failures_total";
+pub const TCP_BYTES_TOTAL: &str = "remora_tcp_bytes_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
+
+/// Upper bounds of the request-duration histogram, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// How often histogram samples are folded into buckets; bounds their memory
+/// when nobody scrapes `/metrics`.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct Telemetry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    reloads_ok: Counter,
+    reloads_rejected: Counter,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), DURATION_BUCKETS)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            recorder.describe_counter(name.into(), unit, help.into());
+        };
+        describe(REQUESTS_TOTAL, None, "HTTP requests answered, by listener, route, cluster and status class.");
+        describe(REQUEST_DURATION, Some(Unit::Seconds), "Time from request headers to the end of the response body.");
+        describe(DOWNSTREAM_CONNECTIONS_ACTIVE, None, "Open client connections per listener.");
+        describe(UPSTREAM_CONNECTIONS_ACTIVE, None, "Open connections to a cluster's endpoints.");
+        describe(UPSTREAM_CONNECTIONS_CREATED, None, "Connections opened to a cluster's endpoints.");
+        describe(UPSTREAM_CONNECT_FAILURES, None, "Failed or timed-out connection attempts to a cluster's endpoints.");
+        describe(TCP_BYTES_TOTAL, None, "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.");
+        describe(CONFIG_RELOADS_TOTAL, None, "Config reloads by result (ok or rejected).");
+        let counter = |result: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(CONFIG_RELOADS_TOTAL, vec![Label::new("result", result)]),
+                &METADATA,
+            )
+        };
+        let reloads_ok = counter("ok");
+        let reloads_rejected = counter("rejected");
+        Telemetry { recorder, handle, reloads_ok, reloads_rejected }
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder.register_counter(&key(name, labels), &METADATA)
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder.register_histogram(&key(name, labels), &METADATA)
+    }
+
+    pub fn record_reload(&self, accepted: bool) {
+        if accepted { &self.reloads_ok } else { &self.reloads_rejected }.increment(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
+    Key::from_parts(name, labels)
+}
+
+/// Request counters by status class plus the duration histogram for one
+/// (listener, route, cluster) triple, resolved once per snapshot.
+#[derive(Clone)]
+pub struct RequestStats {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl std::fmt::Debug for RequestStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestStats")
+    }
+}
+
+impl RequestStats {
+    /// `route` and `cluster` are empty for requests no route (or no cluster) served.
+    pub fn new(telemetry: &Telemetry, listener: &str, route: &str, cluster: &str) -> Self {
+        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            telemetry.counter(
+                REQUESTS_TOTAL,
+                &[("listener", listener), ("route", route), ("cluster", cluster), ("status_class", class)],
+            )
+        });
+        let duration = telemetry.histogram(
+            REQUEST_DURATION,
+            &[("listener", listener), ("route", route), ("cluster", cluster)],
+        );
+        RequestStats { by_class, duration }
+    }
+
+    pub fn record_status(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].increment(1);
+    }
+
+    pub fn record_duration(&self, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_stats_render_with_their_labels() {
+        let telemetry = Telemetry::new();
+        let stats = RequestStats::new(&telemetry, "web", "api", "api-v1");
+        stats.record_status(StatusCode::OK);
+        stats.record_status(StatusCode::SERVICE_UNAVAILABLE);
+        stats.record_duration(Duration::from_millis(3));
+        telemetry.run_upkeep();
+        let text = telemetry.render();
+        assert!(text.contains(r#"remora_requests_total{listener="web",route="api",cluster="api-v1",status_class="2xx"} 1"#), "{text}");
+        assert!(text.contains(r#"status_class="5xx"} 1"#), "{text}");
+        assert!(text.contains(r#"remora_request_duration_seconds_bucket{listener="web",route="api",cluster="api-v1",le="0.005"} 1"#), "{text}");
+        assert!(text.contains("# HELP remora_requests_total"), "{text}");
+    }
+
+    #[test]
+    fn handles_for_the_same_labels_share_one_series() {
+        let telemetry = Telemetry::new();
+        RequestStats::new(&telemetry, "web", "r", "c").record_status(StatusCode::OK);
+        RequestStats::new(&telemetry, "web", "r", "c").record_status(StatusCode::OK);
+        assert!(telemetry.render().contains(r#"status_class="2xx"} 2"#));
+    }
+}
