@@ -41,7 +41,8 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = EnvOverrides::from_env().context("invalid environment")?;
-    let mut config = load_file(&args.config).with_context(|| format!("invalid config {}", args.config.display()))?;
+    let mut config = load_file(&args.config)
+        .with_context(|| format!("invalid config {}", args.config.display()))?;
     env.apply(&mut config);
     if args.check {
         let snapshot = Snapshot::compile(config, None, &Telemetry::new(), 0, Mode::Check)
@@ -82,22 +83,32 @@ async fn serve(
     admin_listener.set_nonblocking(true)?;
     let admin_bound = admin_listener.local_addr()?;
 
-    let proxy = Proxy::start(config, ProxyOptions { env, log: Some(log) })
-        .with_context(|| format!("cannot start from {}", args.config.display()))?;
+    let proxy = Proxy::start(
+        config,
+        ProxyOptions {
+            env,
+            log: Some(log),
+        },
+    )
+    .with_context(|| format!("cannot start from {}", args.config.display()))?;
 
     let admin_proxy = proxy.clone();
-    std::thread::Builder::new().name("remora-admin".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        match runtime {
-            Ok(runtime) => runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(admin_listener) {
-                    Ok(listener) => admin::serve(listener, admin_proxy).await,
-                    Err(error) => tracing::error!(%error, "admin server cannot start"),
-                }
-            }),
-            Err(error) => tracing::error!(%error, "admin server cannot start"),
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("remora-admin".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(admin_listener) {
+                        Ok(listener) => admin::serve(listener, admin_proxy).await,
+                        Err(error) => tracing::error!(%error, "admin server cannot start"),
+                    }
+                }),
+                Err(error) => tracing::error!(%error, "admin server cannot start"),
+            }
+        })?;
     if let Some(path) = &args.admin_address_path {
         std::fs::write(path, admin_bound.to_string())
             .with_context(|| format!("cannot write --admin-address-path {}", path.display()))?;
@@ -121,7 +132,10 @@ async fn serve(
 /// SIGTERM or SIGINT drains; a second one exits at once.
 async fn drain_on_signal(proxy: Proxy) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot listen for SIGTERM/SIGINT");
         return;
     };

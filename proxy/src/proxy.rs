@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
@@ -31,7 +31,6 @@ struct Inner {
     spawner: Spawner,
     env: EnvOverrides,
     log: Option<Arc<LogControl>>,
-    next_version: AtomicU64,
     draining: AtomicBool,
     drain_started: Notify,
 }
@@ -67,7 +66,6 @@ impl Proxy {
                 spawner,
                 env: options.env,
                 log: options.log,
-                next_version: AtomicU64::new(2),
                 draining: AtomicBool::new(false),
                 drain_started: Notify::new(),
             }),
@@ -93,13 +91,26 @@ impl Proxy {
     }
 
     fn try_reload(&self, config: Config) -> Result<u64, ConfigErrors> {
-        let mut listeners = self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if self.is_draining() {
-            return Err(ConfigErrors::one("", "the proxy is draining; reloads are refused"));
+            return Err(ConfigErrors::one(
+                "",
+                "the proxy is draining; reloads are refused",
+            ));
         }
         let previous = self.inner.snapshot.load_full();
-        let version = self.inner.next_version.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Snapshot::compile(config, Some(&previous), &self.inner.telemetry, version, Mode::Serve)?;
+        let version = previous.version + 1;
+        let snapshot = Snapshot::compile(
+            config,
+            Some(&previous),
+            &self.inner.telemetry,
+            version,
+            Mode::Serve,
+        )?;
         listeners.apply(&snapshot.listeners, &self.inner.spawner)?;
         let (old, new) = (&previous.config, &snapshot.config);
         if old.log.level != new.log.level
@@ -108,7 +119,10 @@ impl Proxy {
         {
             tracing::warn!(%error, "log level not changed");
         }
-        if old.workers != new.workers || old.admin.address != new.admin.address || old.log.format != new.log.format {
+        if old.workers != new.workers
+            || old.admin.address != new.admin.address
+            || old.log.format != new.log.format
+        {
             tracing::warn!("workers, admin.address and log.format take effect on restart only");
         }
         self.inner.snapshot.store(Arc::new(snapshot));
@@ -128,12 +142,19 @@ impl Proxy {
     }
 
     pub fn listeners(&self) -> Vec<BoundListener> {
-        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).bound()
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bound()
     }
 
     /// The bound address of the listener called `name`.
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners().into_iter().find(|l| l.name == name).map(|l| l.address)
+        self.listeners()
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| l.address)
     }
 
     /// Ready once listeners are bound; not ready once draining.
@@ -148,11 +169,17 @@ impl Proxy {
     /// Stops accepting and asks every connection to finish: HTTP/1 responses
     /// get `Connection: close`, HTTP/2 connections a GOAWAY. Idempotent.
     pub fn begin_drain(&self) {
-        let _listeners = self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let _listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if self.inner.draining.swap(true, Ordering::AcqRel) {
             return;
         }
-        tracing::info!("draining: no new connections; in-flight requests get drain_timeout to finish");
+        tracing::info!(
+            "draining: no new connections; in-flight requests get drain_timeout to finish"
+        );
         self.inner.spawner.drain.cancel();
         self.inner.spawner.tracker.close();
         self.inner.drain_started.notify_waiters();
@@ -166,7 +193,9 @@ impl Proxy {
             started.await;
         }
         let timeout = self.snapshot().config.drain_timeout;
-        let finished = tokio::time::timeout(timeout, self.inner.spawner.tracker.wait()).await.is_ok();
+        let finished = tokio::time::timeout(timeout, self.inner.spawner.tracker.wait())
+            .await
+            .is_ok();
         if !finished {
             tracing::warn!(
                 connections = self.inner.spawner.tracker.len(),
@@ -191,4 +220,3 @@ fn spawn_upkeep(telemetry: Weak<Telemetry>) {
         }
     });
 }
-

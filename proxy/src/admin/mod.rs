@@ -44,7 +44,10 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(handle(&proxy, request)) }
             });
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, %error, "admin connection error");
             }
         });
@@ -76,22 +79,36 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
         "/listeners" if read => json(&proxy.listeners()),
         "/logging" if read => match proxy.log_control() {
             Some(log) => text(StatusCode::OK, format!("{}\n", log.current())),
-            None => text(StatusCode::NOT_IMPLEMENTED, "this process does not manage its log level\n"),
+            None => text(
+                StatusCode::NOT_IMPLEMENTED,
+                "this process does not manage its log level\n",
+            ),
         },
-        "/logging" if method == Method::PUT || method == Method::POST => set_logging(proxy, request.uri().query()),
+        "/logging" if method == Method::PUT || method == Method::POST => {
+            set_logging(proxy, request.uri().query())
+        }
         "/drain" if method == Method::POST => {
             proxy.begin_drain();
             text(StatusCode::OK, "draining\n")
         }
-        "/" | "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/listeners" | "/logging"
-        | "/drain" => text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here\n\n{INDEX}")),
-        path => text(StatusCode::NOT_FOUND, format!("no admin endpoint {path}\n\n{INDEX}")),
+        "/" | "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/listeners"
+        | "/logging" | "/drain" => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed here\n\n{INDEX}"),
+        ),
+        path => text(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {path}\n\n{INDEX}"),
+        ),
     }
 }
 
 fn set_logging(proxy: &Proxy, query: Option<&str>) -> Response<Full<Bytes>> {
     let Some(log) = proxy.log_control() else {
-        return text(StatusCode::NOT_IMPLEMENTED, "this process does not manage its log level\n");
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process does not manage its log level\n",
+        );
     };
     let level = query
         .into_iter()
@@ -99,7 +116,10 @@ fn set_logging(proxy: &Proxy, query: Option<&str>) -> Response<Full<Bytes>> {
         .find_map(|pair| pair.strip_prefix("level="))
         .map(percent_decode);
     match level {
-        None => text(StatusCode::BAD_REQUEST, "missing ?level=, e.g. /logging?level=debug\n"),
+        None => text(
+            StatusCode::BAD_REQUEST,
+            "missing ?level=, e.g. /logging?level=debug\n",
+        ),
         Some(level) => match log.set(&level) {
             Ok(()) => {
                 tracing::info!(%level, "log level changed through the admin server");
@@ -142,14 +162,23 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => with_type(StatusCode::OK, "application/json", body),
-        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render JSON: {error}\n")),
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render JSON: {error}\n"),
+        ),
     }
 }
 
-fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -159,7 +188,10 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("info%2Cremora_proxy%3Ddebug"), "info,remora_proxy=debug");
+        assert_eq!(
+            percent_decode("info%2Cremora_proxy%3Ddebug"),
+            "info,remora_proxy=debug"
+        );
         assert_eq!(percent_decode("a+b%"), "a b%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%C3%A9"), "é");

@@ -20,13 +20,19 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     pub fn new(endpoints: &[Arc<Endpoint>]) -> RoundRobin {
-        let weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.weight.get())).collect();
+        let weights: Vec<u64> = endpoints
+            .iter()
+            .map(|e| u64::from(e.weight.get()))
+            .collect();
         let all_equal = weights.windows(2).all(|w| w[0] == w[1]);
         let cycle = (!all_equal).then(|| interleaved_cycle(&weights));
         // Start each snapshot's cycle at a random place so a fleet of proxies
         // restarted together does not hit the same endpoint first.
         let start = crate::rand::next_u64() as usize;
-        RoundRobin { cycle, next: AtomicUsize::new(start) }
+        RoundRobin {
+            cycle,
+            next: AtomicUsize::new(start),
+        }
     }
 
     pub fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
@@ -92,7 +98,13 @@ mod tests {
     #[test]
     fn equal_weights_take_turns() {
         let p = picks(&[1, 1, 1], 6);
-        assert_eq!(&p[..3].iter().collect::<std::collections::HashSet<_>>().len(), &3);
+        assert_eq!(
+            &p[..3]
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            &3
+        );
         assert_eq!(p[..3], p[3..]);
     }
 

@@ -50,8 +50,12 @@ impl Cluster {
         let name = &config.name;
         let conn_stats = ConnStats {
             active: telemetry.gauge(telemetry::UPSTREAM_CONNECTIONS_ACTIVE, &[("cluster", name)]),
-            created: telemetry.counter(telemetry::UPSTREAM_CONNECTIONS_CREATED, &[("cluster", name)]),
-            connect_failures: telemetry.counter(telemetry::UPSTREAM_CONNECT_FAILURES, &[("cluster", name)]),
+            created: telemetry.counter(
+                telemetry::UPSTREAM_CONNECTIONS_CREATED,
+                &[("cluster", name)],
+            ),
+            connect_failures: telemetry
+                .counter(telemetry::UPSTREAM_CONNECT_FAILURES, &[("cluster", name)]),
         };
         let endpoints: Box<[Arc<Endpoint>]> = config
             .endpoints

@@ -92,11 +92,17 @@ impl<'de> Visitor<'de> for EndpointVisitor {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
         let address = scalar::parse_socket_addr(v).map_err(E::custom)?;
-        Ok(EndpointConfig { address, weight: default_weight() })
+        Ok(EndpointConfig {
+            address,
+            weight: default_weight(),
+        })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
         let fields = EndpointFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(EndpointConfig { address: fields.address, weight: fields.weight })
+        Ok(EndpointConfig {
+            address: fields.address,
+            weight: fields.weight,
+        })
     }
 }

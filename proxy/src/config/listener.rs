@@ -58,7 +58,11 @@ pub struct RouteConfig {
     pub matches: MatchConfig,
     /// Deadline for the whole exchange: from the request until the end of the
     /// response body. Absent means none.
-    #[serde(default, with = "scalar::duration::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendRef>,

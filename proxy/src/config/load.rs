@@ -31,7 +31,10 @@ pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
 /// Reads and parses a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|error| {
-        ConfigErrors::one("", format!("cannot read config file {}: {error}", path.display()))
+        ConfigErrors::one(
+            "",
+            format!("cannot read config file {}: {error}", path.display()),
+        )
     })?;
     parse_yaml(&text)
 }
@@ -58,7 +61,9 @@ impl EnvOverrides {
         if let Some(value) = get("REMORA_ADMIN_ADDRESS") {
             match scalar::parse_socket_addr(&value) {
                 Ok(address) => overrides.admin_address = Some(address),
-                Err(message) => errors.push(super::ConfigError::new("REMORA_ADMIN_ADDRESS", message)),
+                Err(message) => {
+                    errors.push(super::ConfigError::new("REMORA_ADMIN_ADDRESS", message))
+                }
             }
         }
         if let Some(value) = get("REMORA_LOG_LEVEL") {
@@ -75,11 +80,17 @@ impl EnvOverrides {
                 Ok(workers) => overrides.workers = Some(workers),
                 Err(_) => errors.push(super::ConfigError::new(
                     "REMORA_WORKERS",
-                    format!("invalid worker count {value:?}: expected a whole number of at least 1"),
+                    format!(
+                        "invalid worker count {value:?}: expected a whole number of at least 1"
+                    ),
                 )),
             }
         }
-        if errors.is_empty() { Ok(overrides) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(overrides)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     pub fn apply(&self, config: &mut Config) {
@@ -120,25 +131,45 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named_with_their_path() {
-        let err = error_of("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    routes:\n      - name: r\n        match: {path_prefx: /}\n");
-        assert!(err.starts_with("listeners[0].routes[0].match.path_prefx: unknown field `path_prefx`"), "{err}");
+        let err = error_of(
+            "listeners:\n  - name: a\n    address: 127.0.0.1:1\n    routes:\n      - name: r\n        match: {path_prefx: /}\n",
+        );
+        assert!(
+            err.starts_with("listeners[0].routes[0].match.path_prefx: unknown field `path_prefx`"),
+            "{err}"
+        );
         assert!(err.contains("line 6"), "{err}");
     }
 
     #[test]
     fn bad_scalars_are_named_with_their_path() {
         let err = error_of("listeners:\n  - {name: a, address: 'localhost:80'}\n");
-        assert!(err.starts_with("listeners[0].address: invalid address \"localhost:80\""), "{err}");
+        assert!(
+            err.starts_with("listeners[0].address: invalid address \"localhost:80\""),
+            "{err}"
+        );
         let err = error_of("clusters:\n  - {name: c, connect_timeout: 5}\n");
         assert!(err.starts_with("clusters[0].connect_timeout: invalid duration \"5\": a unit is required, such as 5s or 5ms"), "{err}");
-        let err = error_of("clusters:\n  - {name: c, endpoints: [{address: 127.0.0.1:1, weight: 0}]}\n");
+        let err =
+            error_of("clusters:\n  - {name: c, endpoints: [{address: 127.0.0.1:1, weight: 0}]}\n");
         assert!(err.starts_with("clusters[0].endpoints[0].weight:"), "{err}");
         let err = error_of("clusters:\n  - {name: c, endpoints: [127.0.0.1]}\n");
-        assert!(err.starts_with("clusters[0].endpoints[0]: invalid address \"127.0.0.1\""), "{err}");
+        assert!(
+            err.starts_with("clusters[0].endpoints[0]: invalid address \"127.0.0.1\""),
+            "{err}"
+        );
         let err = error_of("clusters:\n  - {name: c, load_balancer: {policy: fastest}}\n");
-        assert!(err.starts_with("clusters[0].load_balancer.policy: unknown variant `fastest`"), "{err}");
+        assert!(
+            err.starts_with("clusters[0].load_balancer.policy: unknown variant `fastest`"),
+            "{err}"
+        );
         let err = error_of("listeners:\n  - {name: a, address: 127.0.0.1:1, protocol: udp}\n");
-        assert!(err.starts_with("listeners[0].protocol: unknown variant `udp`, expected one of http, tcp"), "{err}");
+        assert!(
+            err.starts_with(
+                "listeners[0].protocol: unknown variant `udp`, expected one of http, tcp"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -146,8 +177,13 @@ mod tests {
         let config = parse_yaml("clusters:\n  - name: c\n    endpoints: [127.0.0.1:1, {address: '[::1]:2', weight: 5}]\n").unwrap();
         assert_eq!(config.clusters[0].endpoints[0].weight.get(), 1);
         assert_eq!(config.clusters[0].endpoints[1].address.port(), 2);
-        let err = error_of("clusters:\n  - name: c\n    endpoints: [{address: 127.0.0.1:1, wieght: 5}]\n");
-        assert!(err.starts_with("clusters[0].endpoints[0].wieght: unknown field"), "{err}");
+        let err = error_of(
+            "clusters:\n  - name: c\n    endpoints: [{address: 127.0.0.1:1, wieght: 5}]\n",
+        );
+        assert!(
+            err.starts_with("clusters[0].endpoints[0].wieght: unknown field"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -159,7 +195,12 @@ mod tests {
     #[test]
     fn environment_overrides_the_file_and_names_bad_variables() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         let overrides = EnvOverrides::from_lookup(env(&[
             ("REMORA_ADMIN_ADDRESS", "127.0.0.1:9901"),
@@ -173,12 +214,26 @@ mod tests {
         assert_eq!(config.log.level, "debug");
         assert_eq!(config.workers.unwrap().get(), 3);
 
-        let err = EnvOverrides::from_lookup(env(&[("REMORA_WORKERS", "0"), ("REMORA_ADMIN_ADDRESS", "nope")]))
+        let err = EnvOverrides::from_lookup(env(&[
+            ("REMORA_WORKERS", "0"),
+            ("REMORA_ADMIN_ADDRESS", "nope"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("REMORA_WORKERS: invalid worker count \"0\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("REMORA_ADMIN_ADDRESS: invalid address \"nope\""),
+            "{err}"
+        );
+        let err = EnvOverrides::from_lookup(env(&[("REMORA_LOG_LEVEL", "info,[")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("REMORA_WORKERS: invalid worker count \"0\""), "{err}");
-        assert!(err.contains("REMORA_ADMIN_ADDRESS: invalid address \"nope\""), "{err}");
-        let err = EnvOverrides::from_lookup(env(&[("REMORA_LOG_LEVEL", "info,[")])).unwrap_err().to_string();
-        assert!(err.starts_with("REMORA_LOG_LEVEL: invalid log level"), "{err}");
+        assert!(
+            err.starts_with("REMORA_LOG_LEVEL: invalid log level"),
+            "{err}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use cluster::{ClusterConfig, EndpointConfig, LoadBalancerConfig, LbPolicy, UpstreamProtocol};
+pub use cluster::{ClusterConfig, EndpointConfig, LbPolicy, LoadBalancerConfig, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
     BackendRef, DirectResponseConfig, HeaderEditsConfig, HeaderValueConfig, ListenerConfig,
@@ -61,7 +61,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: SocketAddr::from(([127, 0, 0, 1], 15000)) }
+        AdminConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 15000)),
+        }
     }
 }
 
@@ -78,7 +80,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: default_log_level(), format: LogFormat::default() }
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
     }
 }
 

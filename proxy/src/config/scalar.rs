@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// Parses `250ms`, `2s`, `1m`, `1h` (a whole number and a unit; `0` alone is allowed).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: expected a whole number and a unit (ms, s, m or h), such as 250ms, 2s or 1m");
+    let bad = || {
+        format!(
+            "invalid duration {text:?}: expected a whole number and a unit (ms, s, m or h), such as 250ms, 2s or 1m"
+        )
+    };
     let text_trimmed = text.trim();
     if text_trimmed == "0" {
         return Ok(Duration::ZERO);
@@ -18,7 +22,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let (number, unit) = text_trimmed.split_at(digits);
     if unit.is_empty() {
-        return Err(format!("invalid duration {text:?}: a unit is required, such as {number}s or {number}ms"));
+        return Err(format!(
+            "invalid duration {text:?}: a unit is required, such as {number}s or {number}ms"
+        ));
     }
     let number: u64 = number.parse().map_err(|_| bad())?;
     let millis_per_unit: u64 = match unit {
@@ -85,7 +91,9 @@ pub mod duration {
             if v == 0 {
                 Ok(Duration::ZERO)
             } else {
-                Err(E::custom(format!("invalid duration \"{v}\": a unit is required, such as {v}s or {v}ms")))
+                Err(E::custom(format!(
+                    "invalid duration \"{v}\": a unit is required, such as {v}s or {v}ms"
+                )))
             }
         }
     }
@@ -150,12 +158,23 @@ mod tests {
 
     #[test]
     fn bad_durations_say_what_is_expected() {
-        assert!(parse_duration("2").unwrap_err().contains("a unit is required, such as 2s or 2ms"));
+        assert!(
+            parse_duration("2")
+                .unwrap_err()
+                .contains("a unit is required, such as 2s or 2ms")
+        );
         for bad in ["", "s", "2 s", "1.5s", "-1s", "2d", "ms"] {
             let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains("expected a whole number and a unit"), "{bad:?}: {err}");
+            assert!(
+                err.contains("expected a whole number and a unit"),
+                "{bad:?}: {err}"
+            );
         }
-        assert!(parse_duration("99999999999999999h").unwrap_err().contains("too large"));
+        assert!(
+            parse_duration("99999999999999999h")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

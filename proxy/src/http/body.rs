@@ -28,7 +28,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -79,17 +82,27 @@ pin_project! {
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: Incoming, deadline: Option<tokio::time::Instant>, mut exchange: Exchange) -> ResponseBody {
+    pub fn upstream(
+        inner: Incoming,
+        deadline: Option<tokio::time::Instant>,
+        mut exchange: Exchange,
+    ) -> ResponseBody {
         if inner.is_end_stream() {
             // hyper will not poll an empty body, so finish the exchange now.
             exchange.body_finished();
         }
-        ResponseBody::Upstream { inner, deadline: deadline.map(tokio::time::sleep_until), exchange }
+        ResponseBody::Upstream {
+            inner,
+            deadline: deadline.map(tokio::time::sleep_until),
+            exchange,
+        }
     }
 
     pub fn local(data: impl Into<Bytes>) -> ResponseBody {
         let data = data.into();
-        ResponseBody::Local { data: (!data.is_empty()).then_some(data) }
+        ResponseBody::Local {
+            data: (!data.is_empty()).then_some(data),
+        }
     }
 
     pub fn empty() -> ResponseBody {
@@ -101,13 +114,27 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            ResponseBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBodyProj::Upstream { inner, deadline, exchange } => match inner.poll_frame(cx) {
+            ResponseBodyProj::Local { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+            ResponseBodyProj::Upstream {
+                mut inner,
+                deadline,
+                exchange,
+            } => match inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         exchange.add_bytes_sent(data.len());
+                    }
+                    // With a known length hyper stops polling after the last
+                    // byte, so the end is seen here rather than as `None`.
+                    if inner.is_end_stream() {
+                        exchange.body_finished();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -136,7 +163,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Local { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ResponseBody::Local { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             ResponseBody::Upstream { inner, .. } => inner.size_hint(),
         }
     }

@@ -29,12 +29,19 @@ pub struct Prefix {
 /// Reads until the first bytes decide the protocol. `None` when the client
 /// closed before sending anything.
 pub async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detected, Prefix)>> {
-    let mut prefix = Prefix { bytes: [0; 24], len: 0 };
+    let mut prefix = Prefix {
+        bytes: [0; 24],
+        len: 0,
+    };
     loop {
         let len = prefix.len as usize;
         let read = stream.read(&mut prefix.bytes[len..]).await?;
         if read == 0 {
-            return Ok(if len == 0 { None } else { Some((Detected::Http1, prefix)) });
+            return Ok(if len == 0 {
+                None
+            } else {
+                Some((Detected::Http1, prefix))
+            });
         }
         let len = len + read;
         prefix.len = len as u8;
@@ -59,12 +66,21 @@ pub struct ServerIo {
 
 impl ServerIo {
     pub fn new(stream: TcpStream, prefix: Prefix, reads: Option<Arc<AtomicU64>>) -> ServerIo {
-        ServerIo { stream, prefix, replayed: 0, reads }
+        ServerIo {
+            stream,
+            prefix,
+            replayed: 0,
+            reads,
+        }
     }
 }
 
 impl AsyncRead for ServerIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.replayed < this.prefix.len {
             let rest = &this.prefix.bytes[this.replayed as usize..this.prefix.len as usize];
@@ -88,7 +104,11 @@ impl AsyncRead for ServerIo {
 }
 
 impl AsyncWrite for ServerIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 

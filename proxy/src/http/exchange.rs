@@ -21,9 +21,14 @@ use crate::telemetry::access_log::AccessRecord;
 pub enum StatsAt {
     NoRoute,
     /// A route's direct response.
-    Direct { route: usize },
+    Direct {
+        route: usize,
+    },
     /// A route's backend.
-    Backend { route: usize, backend: usize },
+    Backend {
+        route: usize,
+        backend: usize,
+    },
 }
 
 pub struct Exchange {
@@ -48,13 +53,22 @@ struct Summary {
 }
 
 impl Exchange {
-    pub fn start<B>(listener: Arc<ListenerState>, peer: SocketAddr, request: &Request<B>) -> Exchange {
+    pub fn start<B>(
+        listener: Arc<ListenerState>,
+        peer: SocketAddr,
+        request: &Request<B>,
+    ) -> Exchange {
         let summary = listener.access_log.as_ref().map(|_| {
             let uri = request.uri();
             let authority = uri
                 .authority()
                 .map(|a| a.as_str())
-                .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+                .or_else(|| {
+                    request
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
                 .unwrap_or_default();
             Box::new(Summary {
                 time: SystemTime::now(),
@@ -111,7 +125,9 @@ impl Exchange {
     }
 
     fn stats(&self) -> Option<&RequestStats> {
-        let ListenerKind::Http(http) = &self.listener.kind else { return None };
+        let ListenerKind::Http(http) = &self.listener.kind else {
+            return None;
+        };
         match self.stats_at {
             StatsAt::NoRoute => Some(&http.no_route),
             StatsAt::Direct { route } | StatsAt::Backend { route, .. } => {
@@ -127,8 +143,12 @@ impl Exchange {
     }
 
     fn write_access_log(&self, summary: &Summary) {
-        let Some(log) = &self.listener.access_log else { return };
-        let ListenerKind::Http(http) = &self.listener.kind else { return };
+        let Some(log) = &self.listener.access_log else {
+            return;
+        };
+        let ListenerKind::Http(http) = &self.listener.kind else {
+            return;
+        };
         let (route, cluster) = match self.stats_at {
             StatsAt::NoRoute => ("", ""),
             StatsAt::Direct { route } => (&*http.table.routes()[route].name, ""),
@@ -153,7 +173,10 @@ impl Exchange {
             status: self.status.map_or(0, |s| s.as_u16()),
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             cluster,
-            upstream: self.upstream.as_ref().map(|u| u.endpoint().address.to_string()),
+            upstream: self
+                .upstream
+                .as_ref()
+                .map(|u| u.endpoint().address.to_string()),
             bytes_sent: self.bytes_sent,
         });
     }

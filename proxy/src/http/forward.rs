@@ -53,10 +53,16 @@ pub async fn forward(
 ) -> Response<ResponseBody> {
     let grpc = local_reply::is_grpc(request.headers());
     let (backend_index, backend) = backends.pick();
-    exchange.set_stats(StatsAt::Backend { route: route_index, backend: backend_index });
+    exchange.set_stats(StatsAt::Backend {
+        route: route_index,
+        backend: backend_index,
+    });
     let cluster = &backend.cluster;
     let Some(endpoint) = cluster.pick() else {
-        let message = format!("no endpoint available: cluster {:?} has no endpoints", cluster.name);
+        let message = format!(
+            "no endpoint available: cluster {:?} has no endpoints",
+            cluster.name
+        );
         return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
     };
     exchange.set_upstream(endpoint.begin_request());
@@ -66,7 +72,9 @@ pub async fn forward(
     }
 
     let version = match (cluster.protocol, request.version()) {
-        (UpstreamProtocol::Http2, _) | (UpstreamProtocol::SameAsDownstream, Version::HTTP_2) => Version::HTTP_2,
+        (UpstreamProtocol::Http2, _) | (UpstreamProtocol::SameAsDownstream, Version::HTTP_2) => {
+            Version::HTTP_2
+        }
         _ => Version::HTTP_11,
     };
     let (mut parts, body) = request.into_parts();
@@ -120,7 +128,10 @@ async fn send(
                 match error.take_message() {
                     Some(request) if reused => {
                         let (mut sender, _) = pool.http2().await.map_err(UpstreamError::Connect)?;
-                        sender.send_request(request).await.map_err(UpstreamError::Send)
+                        sender
+                            .send_request(request)
+                            .await
+                            .map_err(UpstreamError::Send)
                     }
                     _ => Err(UpstreamError::Send(error.into_error())),
                 }
@@ -132,8 +143,14 @@ async fn send(
         Ok(response) => response,
         Err(mut error) => match error.take_message() {
             Some(request) if reused => {
-                sender = pool.connect_http1(false).await.map_err(UpstreamError::Connect)?;
-                sender.send_request(request).await.map_err(UpstreamError::Send)?
+                sender = pool
+                    .connect_http1(false)
+                    .await
+                    .map_err(UpstreamError::Connect)?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(UpstreamError::Send)?
             }
             _ => return Err(UpstreamError::Send(error.into_error())),
         },
@@ -153,12 +170,21 @@ fn prepare(parts: &mut request::Parts, version: Version, route: &Route, endpoint
     parts.headers.remove(EXPECT);
     route.request_headers.apply(&mut parts.headers);
 
-    let host_header = parts.headers.get(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let host_header = parts
+        .headers
+        .get(HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
     let authority = host_header
         .or_else(|| parts.uri.authority().cloned())
         .or_else(|| Authority::try_from(endpoint.to_string()).ok());
     let mut uri = http::uri::Parts::default();
-    uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     if version == Version::HTTP_2 {
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = authority;
@@ -188,7 +214,10 @@ pub fn failure_reply(
         UpstreamError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
         UpstreamError::Send(_) => (StatusCode::BAD_GATEWAY, "upstream error"),
     };
-    let message = format!("{what}: cluster {:?} endpoint {}: {error}", cluster.name, endpoint.address);
+    let message = format!(
+        "{what}: cluster {:?} endpoint {}: {error}",
+        cluster.name, endpoint.address
+    );
     tracing::debug!(%message, "request failed upstream");
     local_reply::reply(exchange, status, &message, grpc)
 }

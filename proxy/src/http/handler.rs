@@ -24,7 +24,10 @@ pub struct ConnContext {
     pub tracker: TaskTracker,
 }
 
-pub async fn handle(conn: Arc<ConnContext>, request: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    conn: Arc<ConnContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     // The state loaded here serves the whole request, even if a reload lands meanwhile.
     let listener = conn.slot.current();
     let exchange = Exchange::start(listener.clone(), conn.peer, &request);
@@ -59,13 +62,16 @@ async fn route(
             let mut response = Response::new(ResponseBody::local(direct.body.clone()));
             *response.status_mut() = direct.status;
             if !direct.body.is_empty() {
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
             }
             route.response_headers.apply(response.headers_mut());
             response
         }
-        RouteAction::Forward(backends) => forward::forward(request, index, route, backends, exchange, tracker).await,
+        RouteAction::Forward(backends) => {
+            forward::forward(request, index, route, backends, exchange, tracker).await
+        }
     }
 }

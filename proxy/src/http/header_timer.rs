@@ -32,7 +32,9 @@ impl HeaderTimer {
 
 impl Timer for HeaderTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        Box::pin(PlainSleep { inner: tokio::time::sleep(duration) })
+        Box::pin(PlainSleep {
+            inner: tokio::time::sleep(duration),
+        })
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {

@@ -2,8 +2,8 @@
 //! proxy drops them before passing a message on. `te: trailers` survives
 //! (gRPC needs it); an upgrade keeps `connection: upgrade` and `upgrade`.
 
-use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderMap;
+use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -17,7 +17,9 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
             .split(',')
             .map(str::trim)
             // The common tokens name no header; skipping them keeps this allocation-free.
-            .filter(|token| !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close"))
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close")
+            })
             .filter(|token| !token.eq_ignore_ascii_case("upgrade") || !keep_upgrade)
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .filter(|name| *name != TE)
@@ -50,7 +52,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         map
     }
@@ -74,7 +79,11 @@ mod tests {
 
     #[test]
     fn te_trailers_and_upgrades_survive_when_asked() {
-        let mut h = headers(&[("te", "trailers"), ("connection", "Upgrade, keep-alive"), ("upgrade", "websocket")]);
+        let mut h = headers(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade, keep-alive"),
+            ("upgrade", "websocket"),
+        ]);
         strip(&mut h, true);
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("connection").unwrap(), "upgrade");

@@ -16,7 +16,12 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// Answers with `status` and `message`, settling the exchange now.
-pub fn reply(mut exchange: Exchange, status: StatusCode, message: &str, grpc: bool) -> Response<ResponseBody> {
+pub fn reply(
+    mut exchange: Exchange,
+    status: StatusCode,
+    message: &str,
+    grpc: bool,
+) -> Response<ResponseBody> {
     let response = local_response(status, message, grpc);
     exchange.set_status(response.status());
     response
@@ -38,9 +43,10 @@ pub fn local_response(status: StatusCode, message: &str, grpc: bool) -> Response
     body.push('\n');
     let mut response = Response::new(ResponseBody::local(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 

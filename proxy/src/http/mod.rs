@@ -75,7 +75,11 @@ pub async fn serve_connection(
             return;
         }
     };
-    let conn = Arc::new(ConnContext { slot, peer, tracker });
+    let conn = Arc::new(ConnContext {
+        slot,
+        peer,
+        tracker,
+    });
     let service = service_fn(move |request| handler::handle(conn.clone(), request));
     match protocol {
         Detected::Http1 => {
@@ -99,4 +103,3 @@ pub async fn serve_connection(
         }
     }
 }
-

@@ -19,9 +19,16 @@ use crate::route::Route;
 /// An HTTP/1.1 request asking to switch protocols (other than to h2c).
 pub fn is_upgrade<B>(request: &Request<B>) -> bool {
     request.version() == Version::HTTP_11
-        && request.headers().get(UPGRADE).is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        && request
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
         && request.headers().get_all(CONNECTION).iter().any(|value| {
-            value.to_str().unwrap_or_default().split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            value
+                .to_str()
+                .unwrap_or_default()
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         })
 }
 
@@ -44,11 +51,27 @@ pub async fn forward(
 
     let mut sender = match endpoint.pool.connect_http1(true).await {
         Ok(sender) => sender,
-        Err(error) => return failure_reply(exchange, cluster, endpoint, UpstreamError::Connect(error), false),
+        Err(error) => {
+            return failure_reply(
+                exchange,
+                cluster,
+                endpoint,
+                UpstreamError::Connect(error),
+                false,
+            );
+        }
     };
     let mut response = match sender.send_request(request).await {
         Ok(response) => response,
-        Err(error) => return failure_reply(exchange, cluster, endpoint, UpstreamError::Send(error), false),
+        Err(error) => {
+            return failure_reply(
+                exchange,
+                cluster,
+                endpoint,
+                UpstreamError::Send(error),
+                false,
+            );
+        }
     };
 
     exchange.set_status(response.status());

@@ -64,7 +64,11 @@ pub struct ListenerSet {
 
 impl ListenerSet {
     /// Makes the bound listeners match `wanted` (in config order).
-    pub fn apply(&mut self, wanted: &[Arc<ListenerState>], spawner: &Spawner) -> Result<(), ConfigErrors> {
+    pub fn apply(
+        &mut self,
+        wanted: &[Arc<ListenerState>],
+        spawner: &Spawner,
+    ) -> Result<(), ConfigErrors> {
         let _runtime = spawner.runtime.enter();
         let mut claimed = vec![false; self.bound.len()];
         let mut plan = Vec::with_capacity(wanted.len());
@@ -92,15 +96,24 @@ impl ListenerSet {
         for (state, plan) in wanted.iter().zip(plan) {
             let bound = match plan {
                 Plan::Reuse(index) => {
-                    let bound = old[index].take().expect("each old listener is claimed once");
+                    let bound = old[index]
+                        .take()
+                        .expect("each old listener is claimed once");
                     bound.slot.state.store(state.clone());
                     bound
                 }
                 Plan::New(listener) => {
                     let local = listener.local_addr().unwrap_or(state.address);
-                    let slot = Arc::new(ListenerSlot { state: ArcSwap::new(state.clone()) });
+                    let slot = Arc::new(ListenerSlot {
+                        state: ArcSwap::new(state.clone()),
+                    });
                     let stop = spawner.drain.child_token();
-                    spawner.runtime.spawn(accept_loop(listener, slot.clone(), stop.clone(), spawner.tracker.clone()));
+                    spawner.runtime.spawn(accept_loop(
+                        listener,
+                        slot.clone(),
+                        stop.clone(),
+                        spawner.tracker.clone(),
+                    ));
                     tracing::info!(listener = %state.name, address = %local, "listening");
                     Bound { slot, local, stop }
                 }
@@ -134,7 +147,11 @@ impl ListenerSet {
                     ListenerKind::Http(_) => ListenerProtocol::Http,
                     ListenerKind::Tcp(_) => ListenerProtocol::Tcp,
                 };
-                BoundListener { name: state.name.to_string(), address: b.local, protocol }
+                BoundListener {
+                    name: state.name.to_string(),
+                    address: b.local,
+                    protocol,
+                }
             })
             .collect()
     }
@@ -146,13 +163,22 @@ enum Plan {
 }
 
 fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, stop: CancellationToken, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    slot: Arc<ListenerSlot>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -162,7 +188,14 @@ async fn accept_loop(listener: TcpListener, slot: Arc<ListenerSlot>, stop: Cance
         match accepted {
             Ok((stream, peer)) => {
                 let state = slot.current();
-                tracker.spawn(connection(stream, peer, slot.clone(), state, stop.clone(), tracker.clone()));
+                tracker.spawn(connection(
+                    stream,
+                    peer,
+                    slot.clone(),
+                    state,
+                    stop.clone(),
+                    tracker.clone(),
+                ));
             }
             Err(error) => {
                 // Out of file descriptors or memory: back off instead of spinning.
@@ -185,7 +218,9 @@ async fn connection(
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
     match &state.kind {
-        ListenerKind::Http(_) => crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await,
+        ListenerKind::Http(_) => {
+            crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await
+        }
         ListenerKind::Tcp(_) => crate::tcp::proxy_connection(stream, peer, state, stop).await,
     }
     gauge.decrement(1.0);

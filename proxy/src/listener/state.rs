@@ -91,7 +91,10 @@ impl ListenerState {
                     ));
                 }
                 let Some(cluster_name) = &config.cluster else {
-                    errors.push(ConfigError::new(format!("{at}.cluster"), "required for protocol: tcp"));
+                    errors.push(ConfigError::new(
+                        format!("{at}.cluster"),
+                        "required for protocol: tcp",
+                    ));
                     return None;
                 };
                 let Some(cluster) = cx.clusters.get(cluster_name.as_str()) else {
@@ -102,13 +105,23 @@ impl ListenerState {
                     return None;
                 };
                 let bytes = |direction| {
-                    cx.telemetry.counter(telemetry::TCP_BYTES_TOTAL, &[("listener", name), ("direction", direction)])
+                    cx.telemetry.counter(
+                        telemetry::TCP_BYTES_TOTAL,
+                        &[("listener", name), ("direction", direction)],
+                    )
                 };
-                ListenerKind::Tcp(TcpTarget { cluster: cluster.clone(), bytes_rx: bytes("rx"), bytes_tx: bytes("tx") })
+                ListenerKind::Tcp(TcpTarget {
+                    cluster: cluster.clone(),
+                    bytes_rx: bytes("rx"),
+                    bytes_tx: bytes("tx"),
+                })
             }
         };
         if config.request_headers_timeout.is_zero() {
-            errors.push(ConfigError::new(format!("{at}.request_headers_timeout"), "must be greater than 0"));
+            errors.push(ConfigError::new(
+                format!("{at}.request_headers_timeout"),
+                "must be greater than 0",
+            ));
         }
         if !(1..=1024).contains(&config.max_request_headers_kb) {
             errors.push(ConfigError::new(
@@ -123,9 +136,10 @@ impl ListenerState {
             request_headers_timeout: config.request_headers_timeout,
             max_request_head_bytes: config.max_request_headers_kb as usize * 1024,
             drain_timeout: cx.drain_timeout,
-            connections_active: cx
-                .telemetry
-                .gauge(telemetry::DOWNSTREAM_CONNECTIONS_ACTIVE, &[("listener", name)]),
+            connections_active: cx.telemetry.gauge(
+                telemetry::DOWNSTREAM_CONNECTIONS_ACTIVE,
+                &[("listener", name)],
+            ),
             access_log: cx.access_log.cloned(),
         })
     }
@@ -137,7 +151,10 @@ pub fn check_unique(configs: &[ListenerConfig], errors: &mut Vec<ConfigError>) {
     let mut addresses = HashMap::new();
     for (i, listener) in configs.iter().enumerate() {
         if listener.name.is_empty() {
-            errors.push(ConfigError::new(format!("listeners[{i}].name"), "must not be empty"));
+            errors.push(ConfigError::new(
+                format!("listeners[{i}].name"),
+                "must not be empty",
+            ));
         } else if !names.insert(listener.name.as_str()) {
             errors.push(ConfigError::new(
                 format!("listeners[{i}].name"),

@@ -34,7 +34,11 @@ pub struct ConnStats {
 impl ConnStats {
     #[cfg(test)]
     pub fn detached() -> ConnStats {
-        ConnStats { active: Gauge::noop(), created: Counter::noop(), connect_failures: Counter::noop() }
+        ConnStats {
+            active: Gauge::noop(),
+            created: Counter::noop(),
+            connect_failures: Counter::noop(),
+        }
     }
 }
 
@@ -51,7 +55,11 @@ impl fmt::Display for ConnectError {
         match self {
             ConnectError::Io(e) => write!(f, "{e}"),
             ConnectError::Timeout(t) => {
-                write!(f, "connect timeout ({} elapsed)", crate::config::scalar::format_duration(*t))
+                write!(
+                    f,
+                    "connect timeout ({} elapsed)",
+                    crate::config::scalar::format_duration(*t)
+                )
             }
             ConnectError::Handshake(e) => write!(f, "HTTP/2 handshake failed: {e}"),
         }
@@ -108,11 +116,17 @@ impl EndpointPool {
     }
 
     pub fn idle_http1(&self) -> usize {
-        self.idle_http1.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.idle_http1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     fn pop_idle(&self) -> Option<Http1Sender> {
-        self.idle_http1.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        self.idle_http1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
     }
 
     /// A new HTTP/1 connection outside the pool; with `upgrades` it can be
@@ -126,7 +140,11 @@ impl EndpointPool {
         let guard = ActiveConnection::new(&self.stats);
         let address = self.address;
         tokio::spawn(async move {
-            let result = if upgrades { conn.with_upgrades().await } else { conn.await };
+            let result = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
             if let Err(error) = result {
                 tracing::debug!(%address, %error, "upstream HTTP/1 connection ended with an error");
             }
@@ -180,7 +198,12 @@ impl EndpointPool {
 
     /// A TCP connection with `TCP_NODELAY`, bounded by the connect timeout.
     pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
-        let result = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address)).await {
+        let result = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.address),
+        )
+        .await
+        {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(error)) => Err(ConnectError::Io(error)),
             Err(_) => Err(ConnectError::Timeout(self.connect_timeout)),

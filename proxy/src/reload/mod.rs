@@ -33,7 +33,10 @@ pub fn watch(proxy: Proxy, path: PathBuf) -> Result<notify::RecommendedWatcher, 
             let _ = file_tx.try_send(Trigger::FileChanged);
         }
     })?;
-    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let directory = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     watcher.watch(directory, RecursiveMode::NonRecursive)?;
     tokio::spawn(forward_sighup(tx));
     tokio::spawn(reload_loop(proxy, path, rx));
@@ -59,7 +62,13 @@ async fn reload_loop(proxy: Proxy, path: PathBuf, mut rx: mpsc::Receiver<Trigger
         // Let a burst of events settle (editors write in several steps).
         loop {
             match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                Ok(Some(next)) => trigger = if next == Trigger::Signal { next } else { trigger },
+                Ok(Some(next)) => {
+                    trigger = if next == Trigger::Signal {
+                        next
+                    } else {
+                        trigger
+                    }
+                }
                 Ok(None) => return,
                 Err(_) => break,
             }

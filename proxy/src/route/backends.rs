@@ -43,7 +43,10 @@ impl WeightedBackends {
             if backend.weight > MAX_WEIGHT {
                 errors.push(ConfigError::new(
                     format!("{path}[{i}].weight"),
-                    format!("{} is larger than the maximum of {MAX_WEIGHT}", backend.weight),
+                    format!(
+                        "{} is larger than the maximum of {MAX_WEIGHT}",
+                        backend.weight
+                    ),
                 ));
             }
             let Some(cluster) = clusters.get(backend.cluster.as_str()) else {
@@ -61,10 +64,15 @@ impl WeightedBackends {
             });
         }
         if total == 0 && errors.len() == errors_before {
-            errors.push(ConfigError::new(path, "at least one backend needs a weight above 0"));
+            errors.push(ConfigError::new(
+                path,
+                "at least one backend needs a weight above 0",
+            ));
         }
-        (errors.len() == errors_before)
-            .then(|| WeightedBackends { backends: backends.into(), cumulative: cumulative.into() })
+        (errors.len() == errors_before).then(|| WeightedBackends {
+            backends: backends.into(),
+            cumulative: cumulative.into(),
+        })
     }
 
     pub fn pick(&self) -> (usize, &Backend) {

@@ -26,7 +26,11 @@ const PROTECTED: &[&str] = &[
 ];
 
 impl HeaderEdits {
-    pub fn compile(config: &HeaderEditsConfig, path: &str, errors: &mut Vec<ConfigError>) -> HeaderEdits {
+    pub fn compile(
+        config: &HeaderEditsConfig,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> HeaderEdits {
         let remove = config
             .remove
             .iter()
@@ -60,13 +64,18 @@ fn editable_name(name: &str, at: String, errors: &mut Vec<ConfigError>) -> Optio
         Ok(parsed) if PROTECTED.contains(&parsed.as_str()) => {
             errors.push(ConfigError::new(
                 at,
-                format!("{name:?} frames the message and is managed by the proxy; it cannot be edited"),
+                format!(
+                    "{name:?} frames the message and is managed by the proxy; it cannot be edited"
+                ),
             ));
             None
         }
         Ok(parsed) => Some(parsed),
         Err(_) => {
-            errors.push(ConfigError::new(at, format!("{name:?} is not a valid header name")));
+            errors.push(ConfigError::new(
+                at,
+                format!("{name:?} is not a valid header name"),
+            ));
             None
         }
     }
@@ -85,7 +94,10 @@ fn compile_pairs(
             Err(_) => {
                 errors.push(ConfigError::new(
                     format!("{path}[{i}].value"),
-                    format!("{:?} is not a valid header value (control characters are not allowed)", header.value),
+                    format!(
+                        "{:?} is not a valid header value (control characters are not allowed)",
+                        header.value
+                    ),
                 ));
                 None
             }
@@ -102,7 +114,10 @@ mod tests {
     use super::*;
 
     fn kv(name: &str, value: &str) -> HeaderValueConfig {
-        HeaderValueConfig { name: name.into(), value: value.into() }
+        HeaderValueConfig {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 
     #[test]
@@ -122,7 +137,11 @@ mod tests {
         edits.apply(&mut headers);
         assert!(headers.get("x-debug").is_none());
         assert_eq!(headers.get("x-env").unwrap(), "prod");
-        let ones: Vec<_> = headers.get_all("x-one").iter().map(|v| v.to_str().unwrap()).collect();
+        let ones: Vec<_> = headers
+            .get_all("x-one")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(ones, ["1", "2"]);
     }
 
@@ -136,11 +155,14 @@ mod tests {
         let mut errors = Vec::new();
         HeaderEdits::compile(&config, "r.request_headers", &mut errors);
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(messages, [
-            "r.request_headers.remove[0]: \"Content-Length\" frames the message and is managed by the proxy; it cannot be edited",
-            "r.request_headers.set[0].value: \"bad\\nvalue\" is not a valid header value (control characters are not allowed)",
-            "r.request_headers.set[1].name: \"bad name\" is not a valid header name",
-            "r.request_headers.add[0].name: \"transfer-encoding\" frames the message and is managed by the proxy; it cannot be edited",
-        ]);
+        assert_eq!(
+            messages,
+            [
+                "r.request_headers.remove[0]: \"Content-Length\" frames the message and is managed by the proxy; it cannot be edited",
+                "r.request_headers.set[0].value: \"bad\\nvalue\" is not a valid header value (control characters are not allowed)",
+                "r.request_headers.set[1].name: \"bad name\" is not a valid header name",
+                "r.request_headers.add[0].name: \"transfer-encoding\" frames the message and is managed by the proxy; it cannot be edited",
+            ]
+        );
     }
 }

@@ -20,7 +20,9 @@ pub struct RequestView<'a> {
 impl<'a> RequestView<'a> {
     pub fn new(method: &'a Method, uri: &'a Uri, headers: &'a HeaderMap) -> Self {
         let authority = uri.authority().map(|a| a.as_str()).or_else(|| {
-            headers.get(http::header::HOST).and_then(|h| h.to_str().ok())
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
         });
         RequestView {
             method,
@@ -33,12 +35,16 @@ impl<'a> RequestView<'a> {
 }
 
 fn strip_port(authority: &str) -> &str {
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     if let Some(rest) = authority.strip_prefix('[') {
         // [::1]:80 → ::1
         return rest.split_once(']').map_or(rest, |(host, _)| host);
     }
-    authority.split_once(':').map_or(authority, |(host, _)| host)
+    authority
+        .split_once(':')
+        .map_or(authority, |(host, _)| host)
 }
 
 #[derive(Debug)]
@@ -75,13 +81,16 @@ enum ValueMatch {
 impl RouteMatch {
     /// Compiles `config`, adding a path-named error for each problem.
     pub fn compile(config: &MatchConfig, path: &str, errors: &mut Vec<ConfigError>) -> RouteMatch {
-        let host = config.host.as_deref().and_then(|host| match compile_host(host) {
-            Ok(m) => Some(m),
-            Err(message) => {
-                errors.push(ConfigError::new(format!("{path}.host"), message));
-                None
-            }
-        });
+        let host = config
+            .host
+            .as_deref()
+            .and_then(|host| match compile_host(host) {
+                Ok(m) => Some(m),
+                Err(message) => {
+                    errors.push(ConfigError::new(format!("{path}.host"), message));
+                    None
+                }
+            });
 
         let given = [&config.path, &config.path_prefix, &config.path_regex];
         if given.iter().filter(|p| p.is_some()).count() > 1 {
@@ -108,17 +117,22 @@ impl RouteMatch {
         if let Some(pattern) = &config.path_regex {
             match anchored_regex(pattern) {
                 Ok(re) => path_match = Some(PathMatch::Regex(re)),
-                Err(message) => errors.push(ConfigError::new(format!("{path}.path_regex"), message)),
+                Err(message) => {
+                    errors.push(ConfigError::new(format!("{path}.path_regex"), message))
+                }
             }
         }
 
-        let method = config.method.as_deref().and_then(|m| match compile_method(m) {
-            Ok(method) => Some(method),
-            Err(message) => {
-                errors.push(ConfigError::new(format!("{path}.method"), message));
-                None
-            }
-        });
+        let method = config
+            .method
+            .as_deref()
+            .and_then(|m| match compile_method(m) {
+                Ok(method) => Some(method),
+                Err(message) => {
+                    errors.push(ConfigError::new(format!("{path}.method"), message));
+                    None
+                }
+            });
 
         let mut headers = Vec::with_capacity(config.headers.len());
         for (i, header) in config.headers.iter().enumerate() {
@@ -174,8 +188,13 @@ impl RouteMatch {
         {
             return false;
         }
-        self.headers.iter().all(|(name, m)| m.matches_header(req.headers, name))
-            && self.query.iter().all(|(name, m)| m.matches_query(req.query, name))
+        self.headers
+            .iter()
+            .all(|(name, m)| m.matches_header(req.headers, name))
+            && self
+                .query
+                .iter()
+                .all(|(name, m)| m.matches_query(req.query, name))
     }
 }
 
@@ -239,7 +258,8 @@ impl ValueMatch {
 fn compile_host(host: &str) -> Result<HostMatch, String> {
     let valid = |h: &str| {
         !h.is_empty()
-            && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
     };
     if host == "*" {
         return Ok(HostMatch::Any);
@@ -248,7 +268,10 @@ fn compile_host(host: &str) -> Result<HostMatch, String> {
         && valid(suffix)
         && !suffix.contains('*')
     {
-        return Ok(HostMatch::Suffix(format!(".{}", suffix.to_ascii_lowercase())));
+        return Ok(HostMatch::Suffix(format!(
+            ".{}",
+            suffix.to_ascii_lowercase()
+        )));
     }
     if valid(host) {
         return Ok(HostMatch::Exact(host.to_ascii_lowercase()));
@@ -265,19 +288,31 @@ fn compile_host(host: &str) -> Result<HostMatch, String> {
 
 fn compile_method(method: &str) -> Result<Method, String> {
     let upper = method.to_ascii_uppercase();
-    let standard = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    let standard = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
     if method != upper && standard.contains(&upper.as_str()) {
-        return Err(format!("methods are case-sensitive: {method:?} is not {upper:?}"));
+        return Err(format!(
+            "methods are case-sensitive: {method:?} is not {upper:?}"
+        ));
     }
-    Method::from_bytes(method.as_bytes()).map_err(|_| format!("{method:?} is not a valid HTTP method"))
+    Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("{method:?} is not a valid HTTP method"))
 }
 
-fn compile_value(config: &ValueMatchConfig, at: &str, errors: &mut Vec<ConfigError>) -> Option<ValueMatch> {
+fn compile_value(
+    config: &ValueMatchConfig,
+    at: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ValueMatch> {
     let given = usize::from(config.exact.is_some())
         + usize::from(config.regex.is_some())
         + usize::from(config.present.is_some());
     if given != 1 {
-        errors.push(ConfigError::new(at, "exactly one of exact, regex and present must be set"));
+        errors.push(ConfigError::new(
+            at,
+            "exactly one of exact, regex and present must be set",
+        ));
         return None;
     }
     if let Some(exact) = &config.exact {
@@ -310,22 +345,33 @@ mod tests {
 
     fn compile(yaml: &str) -> Result<RouteMatch, String> {
         let config: MatchConfig = {
-            let full = format!("listeners: [{{name: l, address: 127.0.0.1:1, routes: [{{name: r, match: {yaml}}}]}}]");
-            parse_yaml(&full).map_err(|e| e.to_string())?.listeners[0].routes[0].matches.clone()
+            let full = format!(
+                "listeners: [{{name: l, address: 127.0.0.1:1, routes: [{{name: r, match: {yaml}}}]}}]"
+            );
+            parse_yaml(&full).map_err(|e| e.to_string())?.listeners[0].routes[0]
+                .matches
+                .clone()
         };
         let mut errors = Vec::new();
         let m = RouteMatch::compile(&config, "m", &mut errors);
         if errors.is_empty() {
             Ok(m)
         } else {
-            Err(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+            Err(errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
     }
 
     fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap) {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
-            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         (method.parse().unwrap(), uri.parse().unwrap(), map)
     }
@@ -352,13 +398,21 @@ mod tests {
         assert!(!matches(&prefix, "GET", "/ap", &[]));
         let regex = compile(r"{path_regex: '/v[0-9]+/.*'}").unwrap();
         assert!(matches(&regex, "GET", "/v2/users", &[]));
-        assert!(!matches(&regex, "GET", "/x/v2/users", &[]), "regex is anchored");
+        assert!(
+            !matches(&regex, "GET", "/x/v2/users", &[]),
+            "regex is anchored"
+        );
     }
 
     #[test]
     fn hosts_match_without_port_and_case() {
         let exact = compile("{host: Api.Example.com}").unwrap();
-        assert!(matches(&exact, "GET", "/", &[("host", "api.example.COM:8080")]));
+        assert!(matches(
+            &exact,
+            "GET",
+            "/",
+            &[("host", "api.example.COM:8080")]
+        ));
         assert!(matches(&exact, "GET", "http://api.example.com/", &[]));
         assert!(!matches(&exact, "GET", "/", &[("host", "example.com")]));
         let wild = compile("{host: '*.example.com'}").unwrap();
@@ -377,24 +431,80 @@ mod tests {
         let good = [("x-canary", "1"), ("x-v", "v3")];
         assert!(matches(&m, "POST", "/?tenant=acme&dry", &good));
         assert!(!matches(&m, "GET", "/?tenant=acme&dry", &good));
-        assert!(!matches(&m, "POST", "/?tenant=acme", &good), "dry must be present");
+        assert!(
+            !matches(&m, "POST", "/?tenant=acme", &good),
+            "dry must be present"
+        );
         assert!(!matches(&m, "POST", "/?tenant=other&dry", &good));
-        assert!(!matches(&m, "POST", "/?tenant=acme&dry", &[("x-canary", "2"), ("x-v", "v3")]));
-        assert!(!matches(&m, "POST", "/?tenant=acme&dry", &[("x-canary", "1"), ("x-v", "v3"), ("x-debug", "")]));
-        assert!(!matches(&m, "POST", "/?tenant=acme&dry", &[("x-canary", "1"), ("x-v", "v33")]));
-        assert!(matches(&m, "POST", "/?dry=&tenant=x&tenant=acme", &[("x-canary", "0"), ("x-canary", "1"), ("x-v", "v3")]), "any value may match");
+        assert!(!matches(
+            &m,
+            "POST",
+            "/?tenant=acme&dry",
+            &[("x-canary", "2"), ("x-v", "v3")]
+        ));
+        assert!(!matches(
+            &m,
+            "POST",
+            "/?tenant=acme&dry",
+            &[("x-canary", "1"), ("x-v", "v3"), ("x-debug", "")]
+        ));
+        assert!(!matches(
+            &m,
+            "POST",
+            "/?tenant=acme&dry",
+            &[("x-canary", "1"), ("x-v", "v33")]
+        ));
+        assert!(
+            matches(
+                &m,
+                "POST",
+                "/?dry=&tenant=x&tenant=acme",
+                &[("x-canary", "0"), ("x-canary", "1"), ("x-v", "v3")]
+            ),
+            "any value may match"
+        );
     }
 
     #[test]
     fn bad_matchers_are_named() {
-        assert_eq!(compile("{path: api}").unwrap_err(), "m.path: \"api\" must start with /");
-        assert_eq!(compile("{path: /a, path_prefix: /b}").unwrap_err(), "m: only one of path, path_prefix and path_regex may be set");
-        assert!(compile("{path_regex: '('}").unwrap_err().starts_with("m.path_regex: invalid regex \"(\""));
-        assert_eq!(compile("{method: get}").unwrap_err(), "m.method: methods are case-sensitive: \"get\" is not \"GET\"");
-        assert_eq!(compile("{headers: [{name: 'a b', exact: x}]}").unwrap_err(), "m.headers[0].name: \"a b\" is not a valid header name");
-        assert_eq!(compile("{headers: [{name: a, exact: x, present: true}]}").unwrap_err(), "m.headers[0]: exactly one of exact, regex and present must be set");
-        assert_eq!(compile("{query_params: [{name: a}]}").unwrap_err(), "m.query_params[0]: exactly one of exact, regex and present must be set");
-        assert!(compile("{host: 'a.com:80'}").unwrap_err().starts_with("m.host: invalid host \"a.com:80\""));
-        assert!(compile("{host: 'a.*.com'}").unwrap_err().starts_with("m.host: invalid host"));
+        assert_eq!(
+            compile("{path: api}").unwrap_err(),
+            "m.path: \"api\" must start with /"
+        );
+        assert_eq!(
+            compile("{path: /a, path_prefix: /b}").unwrap_err(),
+            "m: only one of path, path_prefix and path_regex may be set"
+        );
+        assert!(
+            compile("{path_regex: '('}")
+                .unwrap_err()
+                .starts_with("m.path_regex: invalid regex \"(\"")
+        );
+        assert_eq!(
+            compile("{method: get}").unwrap_err(),
+            "m.method: methods are case-sensitive: \"get\" is not \"GET\""
+        );
+        assert_eq!(
+            compile("{headers: [{name: 'a b', exact: x}]}").unwrap_err(),
+            "m.headers[0].name: \"a b\" is not a valid header name"
+        );
+        assert_eq!(
+            compile("{headers: [{name: a, exact: x, present: true}]}").unwrap_err(),
+            "m.headers[0]: exactly one of exact, regex and present must be set"
+        );
+        assert_eq!(
+            compile("{query_params: [{name: a}]}").unwrap_err(),
+            "m.query_params[0]: exactly one of exact, regex and present must be set"
+        );
+        assert!(
+            compile("{host: 'a.com:80'}")
+                .unwrap_err()
+                .starts_with("m.host: invalid host \"a.com:80\"")
+        );
+        assert!(
+            compile("{host: 'a.*.com'}")
+                .unwrap_err()
+                .starts_with("m.host: invalid host")
+        );
     }
 }

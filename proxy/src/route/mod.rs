@@ -70,16 +70,22 @@ impl RouteTable {
                     format!("duplicate route name {:?} in this listener", config.name),
                 ));
             }
-            if let Some(route) = Route::compile(config, listener, &at, clusters, telemetry, errors) {
+            if let Some(route) = Route::compile(config, listener, &at, clusters, telemetry, errors)
+            {
                 routes.push(route);
             }
         }
-        RouteTable { routes: routes.into() }
+        RouteTable {
+            routes: routes.into(),
+        }
     }
 
     /// The first route that matches, with its index.
     pub fn find(&self, request: &RequestView<'_>) -> Option<(usize, &Route)> {
-        self.routes.iter().enumerate().find(|(_, r)| r.matcher.matches(request))
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matcher.matches(request))
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -97,9 +103,16 @@ impl Route {
         errors: &mut Vec<ConfigError>,
     ) -> Option<Route> {
         let matcher = RouteMatch::compile(&config.matches, &format!("{at}.match"), errors);
-        let request_headers = HeaderEdits::compile(&config.request_headers, &format!("{at}.request_headers"), errors);
-        let response_headers =
-            HeaderEdits::compile(&config.response_headers, &format!("{at}.response_headers"), errors);
+        let request_headers = HeaderEdits::compile(
+            &config.request_headers,
+            &format!("{at}.request_headers"),
+            errors,
+        );
+        let response_headers = HeaderEdits::compile(
+            &config.response_headers,
+            &format!("{at}.response_headers"),
+            errors,
+        );
         if config.timeout == Some(Duration::ZERO) {
             errors.push(ConfigError::new(
                 format!("{at}.timeout"),
@@ -108,7 +121,10 @@ impl Route {
         }
         let action = match (&config.direct_response, config.backends.is_empty()) {
             (Some(_), false) => {
-                errors.push(ConfigError::new(at, "set either backends or direct_response, not both"));
+                errors.push(ConfigError::new(
+                    at,
+                    "set either backends or direct_response, not both",
+                ));
                 return None;
             }
             (None, true) => {

@@ -46,7 +46,10 @@ impl Snapshot {
         let mut errors = Vec::new();
 
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
-            errors.push(ConfigError::new("log.level", format!("invalid log level {:?}: {error}", config.log.level)));
+            errors.push(ConfigError::new(
+                "log.level",
+                format!("invalid log level {:?}: {error}", config.log.level),
+            ));
         }
 
         let previous_clusters: HashMap<&str, &Arc<Cluster>> = previous
@@ -80,16 +83,21 @@ impl Snapshot {
                 None
             }
             (Some(_), Mode::Check) => None,
-            (Some(log), Mode::Serve) => match previous.filter(|p| p.config.access_log.as_ref() == Some(log)) {
-                Some(previous) => previous.access_log.clone(),
-                None => match AccessLog::open(log) {
-                    Ok(opened) => Some(Arc::new(opened)),
-                    Err(error) => {
-                        errors.push(ConfigError::new("access_log.path", format!("cannot open {:?}: {error}", log.path)));
-                        None
-                    }
-                },
-            },
+            (Some(log), Mode::Serve) => {
+                match previous.filter(|p| p.config.access_log.as_ref() == Some(log)) {
+                    Some(previous) => previous.access_log.clone(),
+                    None => match AccessLog::open(log) {
+                        Ok(opened) => Some(Arc::new(opened)),
+                        Err(error) => {
+                            errors.push(ConfigError::new(
+                                "access_log.path",
+                                format!("cannot open {:?}: {error}", log.path),
+                            ));
+                            None
+                        }
+                    },
+                }
+            }
         };
 
         state::check_unique(&config.listeners, &mut errors);
@@ -103,7 +111,9 @@ impl Snapshot {
             .listeners
             .iter()
             .enumerate()
-            .filter_map(|(i, listener)| ListenerState::compile(listener, &format!("listeners[{i}]"), &cx, &mut errors))
+            .filter_map(|(i, listener)| {
+                ListenerState::compile(listener, &format!("listeners[{i}]"), &cx, &mut errors)
+            })
             .map(Arc::new)
             .collect();
 

@@ -33,7 +33,10 @@ listeners:
       - {{name: v3, backends: [{{cluster: api-v3}}]}}
 "
     );
-    assert_eq!(compile(&yaml).unwrap_err(), r#"listeners[0].routes[1].backends[0].cluster: no cluster named "api-v3""#);
+    assert_eq!(
+        compile(&yaml).unwrap_err(),
+        r#"listeners[0].routes[1].backends[0].cluster: no cluster named "api-v3""#
+    );
 }
 
 #[test]
@@ -118,15 +121,39 @@ listeners:
 
 #[test]
 fn a_bad_log_level_is_named() {
-    assert!(compile("log: {level: 'info,['}").unwrap_err().starts_with("log.level: invalid log level"));
+    assert!(
+        compile("log: {level: 'info,['}")
+            .unwrap_err()
+            .starts_with("log.level: invalid log level")
+    );
 }
 
 #[test]
 fn unchanged_clusters_survive_a_recompile_and_changed_ones_are_rebuilt() {
     let telemetry = Telemetry::new();
-    let first = Snapshot::compile(parse_yaml(CLUSTERS).unwrap(), None, &telemetry, 1, Mode::Check).unwrap();
+    let first = Snapshot::compile(
+        parse_yaml(CLUSTERS).unwrap(),
+        None,
+        &telemetry,
+        1,
+        Mode::Check,
+    )
+    .unwrap();
     let changed = CLUSTERS.replace("127.0.0.1:8081", "127.0.0.1:8082");
-    let second = Snapshot::compile(parse_yaml(&changed).unwrap(), Some(&first), &telemetry, 2, Mode::Check).unwrap();
-    assert!(Arc::ptr_eq(first.cluster("api-v1").unwrap(), second.cluster("api-v1").unwrap()));
-    assert!(!Arc::ptr_eq(first.cluster("web").unwrap(), second.cluster("web").unwrap()));
+    let second = Snapshot::compile(
+        parse_yaml(&changed).unwrap(),
+        Some(&first),
+        &telemetry,
+        2,
+        Mode::Check,
+    )
+    .unwrap();
+    assert!(Arc::ptr_eq(
+        first.cluster("api-v1").unwrap(),
+        second.cluster("api-v1").unwrap()
+    ));
+    assert!(!Arc::ptr_eq(
+        first.cluster("web").unwrap(),
+        second.cluster("web").unwrap()
+    ));
 }

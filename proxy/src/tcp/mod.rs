@@ -15,8 +15,15 @@ use tokio_util::sync::CancellationToken;
 use crate::listener::state::{ListenerKind, ListenerState};
 use crate::pool::ActiveConnection;
 
-pub async fn proxy_connection(downstream: TcpStream, peer: SocketAddr, state: Arc<ListenerState>, stop: CancellationToken) {
-    let ListenerKind::Tcp(target) = &state.kind else { return };
+pub async fn proxy_connection(
+    downstream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+) {
+    let ListenerKind::Tcp(target) = &state.kind else {
+        return;
+    };
     let cluster = &target.cluster;
     let Some(endpoint) = cluster.pick() else {
         tracing::warn!(listener = %state.name, cluster = %cluster.name, %peer, "closing connection: the cluster has no endpoints");

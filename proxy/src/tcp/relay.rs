@@ -10,7 +10,12 @@ const BUFFER: usize = 16 * 1024;
 
 /// Relays until both directions have ended; `rx` counts client→upstream
 /// bytes, `tx` upstream→client. An error in either direction ends both.
-pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, rx: &Counter, tx: &Counter) -> io::Result<()> {
+pub async fn relay(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    rx: &Counter,
+    tx: &Counter,
+) -> io::Result<()> {
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     tokio::try_join!(

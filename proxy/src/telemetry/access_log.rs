@@ -50,11 +50,16 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("remora-access-log".into())
             .spawn(move || write_lines(rx, BufWriter::new(out)))?;
-        Ok(AccessLog { lines, dropped: AtomicU64::new(0) })
+        Ok(AccessLog {
+            lines,
+            dropped: AtomicU64::new(0),
+        })
     }
 
     pub fn write(&self, record: &AccessRecord<'_>) {
-        let Ok(mut line) = serde_json::to_vec(record) else { return };
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
         line.push(b'\n');
         match self.lines.try_send(line) {
             Ok(()) => {}
@@ -76,7 +81,10 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         let dropped = self.dropped.load(Ordering::Relaxed);
         if dropped > 0 {
-            tracing::warn!(dropped, "access log lines dropped because the writer fell behind");
+            tracing::warn!(
+                dropped,
+                "access log lines dropped because the writer fell behind"
+            );
         }
     }
 }
@@ -132,7 +140,10 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        assert_eq!(format_rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_millis(UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
         let t = UNIX_EPOCH + Duration::from_millis(1_795_318_080_123);
         assert_eq!(format_rfc3339_millis(t), "2026-11-22T03:28:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29

@@ -42,19 +42,27 @@ impl LogControl {
                 .try_init(),
         };
         installed.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
-        Ok(LogControl { handle, current: Mutex::new(config.level.clone()) })
+        Ok(LogControl {
+            handle,
+            current: Mutex::new(config.level.clone()),
+        })
     }
 
     /// Replaces the filter: `debug`, `warn`, or directives like `info,remora_proxy::http=trace`.
     pub fn set(&self, directives: &str) -> Result<(), String> {
         let filter = parse(directives)?;
-        self.handle.reload(filter).map_err(|e| format!("cannot change the log level: {e}"))?;
+        self.handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log level: {e}"))?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = directives.to_string();
         Ok(())
     }
 
     pub fn current(&self) -> String {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

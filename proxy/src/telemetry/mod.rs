@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
 pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
@@ -23,7 +25,8 @@ pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 
 /// Upper bounds of the request-duration histogram, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 /// How often histogram samples are folded into buckets; bounds their memory
@@ -46,21 +49,56 @@ impl Default for Telemetry {
 impl Telemetry {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), DURATION_BUCKETS)
+            .set_buckets_for_metric(
+                Matcher::Full(REQUEST_DURATION.to_string()),
+                DURATION_BUCKETS,
+            )
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
         let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
             recorder.describe_counter(name.into(), unit, help.into());
         };
-        describe(REQUESTS_TOTAL, None, "HTTP requests answered, by listener, route, cluster and status class.");
-        describe(REQUEST_DURATION, Some(Unit::Seconds), "Time from request headers to the end of the response body.");
-        describe(DOWNSTREAM_CONNECTIONS_ACTIVE, None, "Open client connections per listener.");
-        describe(UPSTREAM_CONNECTIONS_ACTIVE, None, "Open connections to a cluster's endpoints.");
-        describe(UPSTREAM_CONNECTIONS_CREATED, None, "Connections opened to a cluster's endpoints.");
-        describe(UPSTREAM_CONNECT_FAILURES, None, "Failed or timed-out connection attempts to a cluster's endpoints.");
-        describe(TCP_BYTES_TOTAL, None, "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.");
-        describe(CONFIG_RELOADS_TOTAL, None, "Config reloads by result (ok or rejected).");
+        describe(
+            REQUESTS_TOTAL,
+            None,
+            "HTTP requests answered, by listener, route, cluster and status class.",
+        );
+        describe(
+            REQUEST_DURATION,
+            Some(Unit::Seconds),
+            "Time from request headers to the end of the response body.",
+        );
+        describe(
+            DOWNSTREAM_CONNECTIONS_ACTIVE,
+            None,
+            "Open client connections per listener.",
+        );
+        describe(
+            UPSTREAM_CONNECTIONS_ACTIVE,
+            None,
+            "Open connections to a cluster's endpoints.",
+        );
+        describe(
+            UPSTREAM_CONNECTIONS_CREATED,
+            None,
+            "Connections opened to a cluster's endpoints.",
+        );
+        describe(
+            UPSTREAM_CONNECT_FAILURES,
+            None,
+            "Failed or timed-out connection attempts to a cluster's endpoints.",
+        );
+        describe(
+            TCP_BYTES_TOTAL,
+            None,
+            "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.",
+        );
+        describe(
+            CONFIG_RELOADS_TOTAL,
+            None,
+            "Config reloads by result (ok or rejected).",
+        );
         let counter = |result: &'static str| {
             recorder.register_counter(
                 &Key::from_parts(CONFIG_RELOADS_TOTAL, vec![Label::new("result", result)]),
@@ -69,11 +107,17 @@ impl Telemetry {
         };
         let reloads_ok = counter("ok");
         let reloads_rejected = counter("rejected");
-        Telemetry { recorder, handle, reloads_ok, reloads_rejected }
+        Telemetry {
+            recorder,
+            handle,
+            reloads_ok,
+            reloads_rejected,
+        }
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.recorder.register_counter(&key(name, labels), &METADATA)
+        self.recorder
+            .register_counter(&key(name, labels), &METADATA)
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
@@ -81,11 +125,17 @@ impl Telemetry {
     }
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder.register_histogram(&key(name, labels), &METADATA)
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
     }
 
     pub fn record_reload(&self, accepted: bool) {
-        if accepted { &self.reloads_ok } else { &self.reloads_rejected }.increment(1);
+        if accepted {
+            &self.reloads_ok
+        } else {
+            &self.reloads_rejected
+        }
+        .increment(1);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -101,7 +151,10 @@ impl Telemetry {
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
     Key::from_parts(name, labels)
 }
 
@@ -125,12 +178,21 @@ impl RequestStats {
         let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
             telemetry.counter(
                 REQUESTS_TOTAL,
-                &[("listener", listener), ("route", route), ("cluster", cluster), ("status_class", class)],
+                &[
+                    ("listener", listener),
+                    ("route", route),
+                    ("cluster", cluster),
+                    ("status_class", class),
+                ],
             )
         });
         let duration = telemetry.histogram(
             REQUEST_DURATION,
-            &[("listener", listener), ("route", route), ("cluster", cluster)],
+            &[
+                ("listener", listener),
+                ("route", route),
+                ("cluster", cluster),
+            ],
         );
         RequestStats { by_class, duration }
     }

@@ -1,0 +1,14 @@
+//! End-to-end tests: the proxy between real clients and real servers on
+//! loopback. Each file is one behaviour area; see `support/` for the harness.
+
+mod admin_api;
+mod bad_input;
+mod config_cli;
+mod grpc_calls;
+mod proxying;
+mod reload;
+mod routing;
+mod shutdown;
+mod support;
+mod tcp_relay;
+mod websocket;

@@ -1,0 +1,249 @@
+//! Hot reload of the config file (and SIGHUP): under load nothing fails, a
+//! bad file is rejected while the old config serves, listeners come and go.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::client;
+use crate::support::process::ProxyProcess;
+use crate::support::upstream::Upstream;
+use crate::support::{eventually, metric_in, within};
+
+fn config(route_to: &str, a: &Upstream, b: &Upstream, extra_listeners: &str) -> String {
+    config_at("127.0.0.1:0", route_to, a, b, extra_listeners)
+}
+
+fn config_at(
+    web: &str,
+    route_to: &str,
+    a: &Upstream,
+    b: &Upstream,
+    extra_listeners: &str,
+) -> String {
+    format!(
+        "
+admin: {{address: 127.0.0.1:0}}
+workers: 2
+listeners:
+  - name: web
+    address: {web}
+    routes: [{{name: all, backends: [{{cluster: {route_to}}}]}}]
+{extra_listeners}
+clusters:
+  - {{name: a, endpoints: ['{}']}}
+  - {{name: b, endpoints: ['{}'], protocol: http2}}
+",
+        a.addr, b.addr
+    )
+}
+
+async fn version(process: &ProxyProcess) -> u64 {
+    let (_, body) = process.admin_get("/config_dump").await;
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn metric(process: &ProxyProcess, series: &str) -> f64 {
+    metric_in(&process.admin_get("/metrics").await.1, series)
+}
+
+async fn wait_for_version(process: &ProxyProcess, wanted: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while version(process).await != wanted {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "config version {wanted} never went live:\n{}",
+            process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_load_lose_no_request() {
+    let a = Upstream::http1("a").await;
+    let b = Upstream::http2("b").await;
+    let process = ProxyProcess::start(&config("a", &a, &b, "")).await;
+    let url = Arc::new(format!("http://{}/", process.listener("web").await));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for i in 0..6 {
+        let (url, stop, sent, failed) = (url.clone(), stop.clone(), sent.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            // Keep-alive clients: their connections span the reloads.
+            let client = if i % 2 == 0 {
+                client::http1()
+            } else {
+                client::http2()
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let request = http::Request::get(url.as_str())
+                    .body(client::empty())
+                    .unwrap();
+                match client::try_send(&client, request).await {
+                    Ok(reply) if reply.status == StatusCode::OK => {}
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    for (round, target) in ["b", "a", "b", "a", "b", "a"].into_iter().enumerate() {
+        let hits_before = if target == "a" { a.hits() } else { b.hits() };
+        process.write_config(&config(target, &a, &b, ""));
+        wait_for_version(&process, round as u64 + 2).await;
+        let target_upstream = if target == "a" { &a } else { &b };
+        eventually("traffic reaches the new backend", || {
+            target_upstream.hits() > hits_before + 50
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        within("load stops", task).await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "reload under load: {sent} requests, {failed} failed, a={} b={}",
+        a.hits(),
+        b.hits()
+    );
+    assert!(sent > 1000, "the load must be real: {sent} requests");
+    assert_eq!(failed, 0, "no request may fail across 6 reloads");
+    assert_eq!(
+        metric(&process, r#"remora_config_reloads_total{result="ok"}"#).await,
+        6.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_file_is_rejected_counted_and_the_old_config_serves() {
+    let a = Upstream::http1("a").await;
+    let b = Upstream::http2("b").await;
+    let process = ProxyProcess::start(&config("a", &a, &b, "")).await;
+    let url = format!("http://{}/", process.listener("web").await);
+
+    process.write_config(&config("api-v3", &a, &b, ""));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &process,
+        r#"remora_config_reloads_total{result="rejected"}"#,
+    )
+    .await
+        != 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bad file was never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(version(&process).await, 1);
+    assert_eq!(
+        client::get(&client::http1(), &url).await.body,
+        "a",
+        "the old config still serves"
+    );
+    eventually("the rejection is logged with its field path", || {
+        process
+            .output()
+            .contains(r#"listeners[0].routes[0].backends[0].cluster: no cluster named \"api-v3\""#)
+            || process.output().contains(
+                r#"listeners[0].routes[0].backends[0].cluster: no cluster named "api-v3""#,
+            )
+    })
+    .await;
+
+    process.write_config("listeners: [oops");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &process,
+        r#"remora_config_reloads_total{result="rejected"}"#,
+    )
+    .await
+        != 2.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken YAML was never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client::get(&client::http1(), &url).await.body, "a");
+
+    // A good file after bad ones is taken.
+    process.write_config(&config("b", &a, &b, ""));
+    wait_for_version(&process, 2).await;
+    assert_eq!(client::get(&client::http1(), &url).await.body, "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_are_added_rebound_and_removed() {
+    let a = Upstream::http1("a").await;
+    let b = Upstream::http2("b").await;
+    let process = ProxyProcess::start(&config("a", &a, &b, "")).await;
+    let web = process.listener("web").await;
+
+    // Add a TCP listener.
+    let extra = "  - {name: raw, address: 127.0.0.1:0, protocol: tcp, cluster: a}";
+    process.write_config(&config("a", &a, &b, extra));
+    wait_for_version(&process, 2).await;
+    let raw = process.listener("raw").await;
+    assert!(std::net::TcpStream::connect(raw).is_ok());
+    assert_eq!(
+        process.listener("web").await,
+        web,
+        "an unchanged listener keeps its socket"
+    );
+
+    // Rebind web to a fixed port.
+    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    process.write_config(&config_at(&fixed.to_string(), "a", &a, &b, extra));
+    wait_for_version(&process, 3).await;
+    let web_now = process.listener("web").await;
+    assert_eq!(web_now, fixed);
+    assert_eq!(
+        client::get(&client::http1(), &format!("http://{fixed}/"))
+            .await
+            .body,
+        "a"
+    );
+    eventually("the old address is released", || {
+        std::net::TcpStream::connect(web).is_err()
+    })
+    .await;
+
+    // Remove the TCP listener.
+    process.write_config(&config_at(&fixed.to_string(), "a", &a, &b, ""));
+    wait_for_version(&process, 4).await;
+    eventually("the removed listener stops accepting", || {
+        std::net::TcpStream::connect(raw).is_err()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_even_an_unchanged_file() {
+    let a = Upstream::http1("a").await;
+    let b = Upstream::http2("b").await;
+    let process = ProxyProcess::start(&config("a", &a, &b, "")).await;
+    process.signal("HUP");
+    wait_for_version(&process, 2).await;
+    assert_eq!(
+        metric(&process, r#"remora_config_reloads_total{result="ok"}"#).await,
+        1.0
+    );
+}

@@ -1,0 +1,231 @@
+//! Routing end to end: every matcher kind, first match wins, traffic split,
+//! header edits, direct responses, and the 404 for no route.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use crate::support::TestProxy;
+use crate::support::client::{self, Reply};
+use crate::support::upstream::Upstream;
+
+async fn matcher_proxy() -> (Upstream, TestProxy) {
+    let upstream = Upstream::http1("api").await;
+    let direct = |name: &str| format!("direct_response: {{status: 200, body: {name}}}");
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - {{name: host, match: {{host: '*.api.test'}}, backends: [{{cluster: api}}]}}
+      - {{name: exact, match: {{path: /exact}}, {}}}
+      - {{name: regex, match: {{path_regex: '/v[0-9]+/.*'}}, {}}}
+      - {{name: canary, match: {{method: POST, headers: [{{name: x-canary, exact: '1'}}]}}, {}}}
+      - {{name: debug, match: {{headers: [{{name: x-debug, present: true}}]}}, {}}}
+      - {{name: admin, match: {{headers: [{{name: x-user, regex: 'admin-[a-z]+'}}]}}, {}}}
+      - {{name: tenant, match: {{query_params: [{{name: tenant, exact: acme}}]}}, {}}}
+      - {{name: prefix, match: {{path_prefix: /api}}, backends: [{{cluster: api}}]}}
+clusters:
+  - {{name: api, endpoints: ['{}']}}
+",
+        direct("exact"),
+        direct("regex"),
+        direct("canary"),
+        direct("debug"),
+        direct("admin"),
+        direct("tenant"),
+        upstream.addr
+    ))
+    .await;
+    (upstream, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_matcher_selects_its_route_and_the_first_match_wins() {
+    let (_upstream, proxy) = matcher_proxy().await;
+    let client = client::http1();
+    let url = |path: &str| proxy.url("web", path);
+    type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (Method::GET, "/exact", vec![("host", "a.api.test")], "api"),
+        (Method::GET, "/exact", vec![], "exact"),
+        (Method::GET, "/exact/more", vec![("x-debug", "")], "debug"),
+        (Method::GET, "/v2/users", vec![], "regex"),
+        (Method::POST, "/x", vec![("x-canary", "1")], "canary"),
+        (
+            Method::GET,
+            "/x",
+            vec![("x-canary", "1"), ("x-debug", "1")],
+            "debug",
+        ),
+        (Method::GET, "/x", vec![("x-user", "admin-root")], "admin"),
+        (Method::GET, "/x?tenant=acme&y=2", vec![], "tenant"),
+        (Method::GET, "/api/items", vec![], "api"),
+    ];
+    for (method, path, headers, expected) in cases {
+        let reply = client::request(&client, method.clone(), &url(path), &headers).await;
+        assert_eq!(reply.status, StatusCode::OK, "{method} {path} {headers:?}");
+        assert_eq!(reply.body, expected, "{method} {path} {headers:?}");
+    }
+    for (method, path, headers) in [
+        (Method::GET, "/x", vec![("x-canary", "1")]),
+        (Method::GET, "/x", vec![("x-user", "admin-ROOT")]),
+        (Method::GET, "/x?tenant=acme2", vec![]),
+        (Method::GET, "/v2", vec![]),
+        (Method::GET, "/Exact", vec![]),
+    ] {
+        let reply = client::request(&client, method.clone(), &url(path), &headers).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{method} {path} {headers:?}: {}",
+            reply.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_a_404_that_says_so() {
+    let (_upstream, proxy) = matcher_proxy().await;
+    let reply = client::get(&client::http1(), &proxy.url("web", "/nowhere")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(
+        reply
+            .body
+            .starts_with("no route matched GET 127.0.0.1/nowhere on listener \"web\""),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        proxy.metric(
+            r#"remora_requests_total{listener="web",route="",cluster="",status_class="4xx"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_responses_carry_status_body_and_header_edits() {
+    let proxy = TestProxy::start(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - name: gone
+        match: {path: /old}
+        direct_response: {status: 410, body: moved away}
+        response_headers: {set: [{name: cache-control, value: no-store}]}
+",
+    )
+    .await;
+    let reply = client::get(&client::http2(), &proxy.url("web", "/old")).await;
+    assert_eq!(reply.status, StatusCode::GONE);
+    assert_eq!(reply.body, "moved away");
+    assert_eq!(reply.header("cache-control"), "no-store");
+    assert_eq!(reply.header("content-type"), "text/plain; charset=utf-8");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_edits_apply_to_requests_and_responses() {
+    let upstream = Upstream::http1("api").await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - name: edit
+        backends: [{{cluster: api}}]
+        request_headers:
+          remove: [x-drop]
+          set: [{{name: x-env, value: prod}}, {{name: host, value: internal.api}}]
+          add: [{{name: x-tag, value: b}}]
+        response_headers:
+          remove: [x-upstream]
+          add: [{{name: x-served-by, value: remora}}]
+clusters:
+  - {{name: api, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    let reply = client::get_with(
+        &client::http1(),
+        &proxy.url("web", "/"),
+        &[("x-drop", "1"), ("x-env", "dev"), ("x-tag", "a")],
+    )
+    .await;
+    assert_eq!(reply.header("x-echo-drop"), "");
+    assert_eq!(reply.header("x-echo-env"), "prod");
+    let tags: Vec<_> = reply
+        .headers
+        .get_all("x-echo-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["a", "b"]);
+    assert_eq!(
+        reply.header("x-seen-host"),
+        "internal.api",
+        "a route may rewrite the host"
+    );
+    assert_eq!(reply.header("x-upstream"), "");
+    assert_eq!(reply.header("x-served-by"), "remora");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_backends_split_traffic_by_weight() {
+    let v1 = Upstream::http1("v1").await;
+    let v2 = Upstream::http1("v2").await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - {{name: split, backends: [{{cluster: v1, weight: 90}}, {{cluster: v2, weight: 10}}]}}
+clusters:
+  - {{name: v1, endpoints: ['{}']}}
+  - {{name: v2, endpoints: ['{}']}}
+",
+        v1.addr, v2.addr
+    ))
+    .await;
+    let url = Arc::new(proxy.url("web", "/"));
+    let workers = (0..8).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = client::http1();
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            for _ in 0..1250 {
+                let Reply { status, body, .. } = client::get(&client, &url).await;
+                assert_eq!(status, StatusCode::OK);
+                *counts.entry(body).or_default() += 1;
+            }
+            counts
+        })
+    });
+    let mut total: HashMap<String, u32> = HashMap::new();
+    for worker in futures_util::future::join_all(workers).await {
+        for (name, count) in worker.unwrap() {
+            *total.entry(name).or_default() += count;
+        }
+    }
+    let v2_share = f64::from(total["v2"]) / 10_000.0;
+    // 10,000 draws at p = 0.1: σ = 0.3 %, so ±1.5 % is five sigmas.
+    assert!(
+        (v2_share - 0.10).abs() < 0.015,
+        "v2 got {:.2} % of 10,000 requests: {total:?}",
+        v2_share * 100.0
+    );
+    assert_eq!(total["v1"] + total["v2"], 10_000);
+    assert_eq!(
+        proxy.metric(
+            r#"remora_requests_total{listener="web",route="split",cluster="v2",status_class="2xx"}"#
+        ),
+        f64::from(total["v2"])
+    );
+}

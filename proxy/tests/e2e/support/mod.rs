@@ -1,0 +1,88 @@
+//! The test harness: a proxy running in this process (or as a real
+//! `remora-proxy` process), real upstream servers and real clients, all on
+//! loopback with ephemeral ports.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod grpc;
+pub mod process;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use remora_proxy::config::parse_yaml;
+use remora_proxy::{Proxy, ProxyOptions};
+
+/// A proxy started in this process from YAML, with its admin server.
+pub struct TestProxy {
+    pub proxy: Proxy,
+    pub admin: SocketAddr,
+}
+
+impl TestProxy {
+    pub async fn start(yaml: &str) -> TestProxy {
+        init_logs();
+        let config =
+            parse_yaml(yaml).unwrap_or_else(|e| panic!("test config does not parse:\n{e}\n{yaml}"));
+        let proxy = Proxy::start(config, ProxyOptions::default())
+            .unwrap_or_else(|e| panic!("proxy does not start:\n{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        tokio::spawn(remora_proxy::admin::serve(listener, proxy.clone()));
+        TestProxy { proxy, admin }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.proxy
+            .listener_address(listener)
+            .unwrap_or_else(|| panic!("no listener {listener}"))
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(listener))
+    }
+
+    /// One metric's value from `/metrics` (0 when absent), e.g.
+    /// `remora_requests_total{listener="web",route="r",cluster="c",status_class="2xx"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_in(&self.proxy.telemetry().render(), series)
+    }
+}
+
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn init_logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Waits until `check` holds, polling; panics with `what` after 10 s.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A test must finish a step within this time, or it fails rather than hangs.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}

@@ -1,0 +1,340 @@
+//! Upstream servers for tests: an HTTP server (HTTP/1.1, h2c, or both) that
+//! reports what it saw, a TCP echo server and a WebSocket echo server.
+//!
+//! HTTP paths: `/` and anything else answer 200 with the server's name as
+//! body; `/echo` streams the request body back; `/slow/MS` answers after MS
+//! milliseconds; `/status/CODE` answers CODE; `/bytes/N` sends N bytes in
+//! 64 KiB chunks; `/gated` sends one chunk, then waits for [`Upstream::open_gate`]
+//! before the second; `/first-chunk` answers with the request body's first
+//! chunk before reading the rest; `/trailers` sends a body and trailers.
+//! Every response carries `x-upstream`, `x-seen-version`, `x-seen-host`,
+//! `x-seen-path`, and `x-echo-NAME` for each request header `x-NAME`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Auto,
+}
+
+/// A running upstream; stops (closing every connection) when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct State {
+    name: String,
+    hits: AtomicUsize,
+    connections: AtomicUsize,
+    gate: Notify,
+}
+
+impl Upstream {
+    pub async fn http1(name: &str) -> Upstream {
+        Self::start(name, Protocol::Http1, None).await
+    }
+
+    pub async fn http2(name: &str) -> Upstream {
+        Self::start(name, Protocol::Http2, None).await
+    }
+
+    pub async fn auto(name: &str) -> Upstream {
+        Self::start(name, Protocol::Auto, None).await
+    }
+
+    /// Starts on a given address (to bring a stopped upstream back).
+    pub async fn start(name: &str, protocol: Protocol, addr: Option<SocketAddr>) -> Upstream {
+        let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            name: name.to_string(),
+            hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            gate: Notify::new(),
+        });
+        let task = tokio::spawn(serve(listener, protocol, state.clone()));
+        Upstream {
+            addr,
+            name: name.to_string(),
+            state,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn open_gate(&self) {
+        self.state.gate.notify_one();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        state.connections.fetch_add(1, Ordering::SeqCst);
+        let state = state.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| handle(state.clone(), request));
+            let io = TokioIo::new(stream);
+            let _ = match protocol {
+                Protocol::Http1 => hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Protocol::Http2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Protocol::Auto => {
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(io, service)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let path = request.uri().path().to_string();
+    let mut seen = HeaderMap::new();
+    seen.insert("x-upstream", HeaderValue::from_str(&state.name).unwrap());
+    seen.insert(
+        "x-seen-version",
+        HeaderValue::from_str(&format!("{:?}", request.version())).unwrap(),
+    );
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    seen.insert("x-seen-host", HeaderValue::from_str(&host).unwrap());
+    seen.insert(
+        "x-seen-path",
+        HeaderValue::from_str(request.uri().path_and_query().map_or("/", |p| p.as_str())).unwrap(),
+    );
+    for (name, value) in request.headers() {
+        if let Some(rest) = name.as_str().strip_prefix("x-") {
+            seen.append(
+                HeaderName::from_bytes(format!("x-echo-{rest}").as_bytes()).unwrap(),
+                value.clone(),
+            );
+        }
+    }
+    // Commands may follow a route prefix: `/one/slow/5` runs `slow/5`.
+    const COMMANDS: &[&str] = &[
+        "echo",
+        "slow",
+        "status",
+        "bytes",
+        "gated",
+        "first-chunk",
+        "trailers",
+    ];
+    let segments: Vec<&str> = path.split('/').collect();
+    let start = segments
+        .iter()
+        .position(|s| COMMANDS.contains(s))
+        .unwrap_or(segments.len());
+    let command: Vec<&str> = std::iter::once("")
+        .chain(segments[start..].iter().copied())
+        .collect();
+    let (status, body): (StatusCode, Body) = match command.as_slice() {
+        ["", "echo"] => (StatusCode::OK, request.into_body().boxed()),
+        ["", "slow", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            (StatusCode::OK, full(state.name.clone()))
+        }
+        ["", "status", code] => (
+            StatusCode::from_u16(code.parse().unwrap()).unwrap(),
+            full(state.name.clone()),
+        ),
+        ["", "bytes", n] => (StatusCode::OK, bytes_body(n.parse().unwrap())),
+        ["", "gated"] => (StatusCode::OK, gated_body(state.clone())),
+        ["", "first-chunk"] => {
+            let mut body = request.into_body();
+            let first = loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            break data;
+                        }
+                    }
+                    _ => break Bytes::new(),
+                }
+            };
+            // Keep reading the rest in the background so the client can finish.
+            tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+            (
+                StatusCode::OK,
+                Full::new(first).map_err(|never| match never {}).boxed(),
+            )
+        }
+        ["", "trailers"] => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-trailer", HeaderValue::from_static("yes"));
+            let frames = vec![
+                Ok(Frame::data(Bytes::from_static(b"with trailers"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            (
+                StatusCode::OK,
+                StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+            )
+        }
+        _ => (StatusCode::OK, full(state.name.clone())),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().extend(seen);
+    Ok(response)
+}
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn bytes_body(total: usize) -> Body {
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let mut left = total;
+    let frames = std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(chunk.len());
+        left -= n;
+        Some(Ok::<_, hyper::Error>(Frame::data(chunk.slice(..n))))
+    });
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+fn gated_body(state: Arc<State>) -> Body {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(1);
+    tokio::spawn(async move {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"first;"))))
+            .await;
+        state.gate.notified().await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+            .await;
+    });
+    StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| (f, rx))
+    }))
+    .boxed()
+}
+
+/// Echoes every byte; after the client's half-close it sends `bye` and closes.
+pub async fn tcp_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.write_all(b"bye").await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A WebSocket server that echoes text and binary messages.
+pub async fn websocket_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        if ws.send(message).await.is_err() {
+                            break;
+                        }
+                    } else if message.is_close() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A raw connection for speaking bytes at the proxy.
+pub async fn raw(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}

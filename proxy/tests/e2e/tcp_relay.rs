@@ -1,0 +1,76 @@
+//! TCP listeners relay opaque bytes both ways, pass half-closes on, and
+//! count bytes.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::upstream::{raw, tcp_echo};
+use crate::support::{TestProxy, eventually, within};
+
+async fn tcp_proxy(endpoint: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        "
+listeners:
+  - {{name: db, address: 127.0.0.1:0, protocol: tcp, cluster: echo}}
+clusters:
+  - {{name: echo, endpoints: ['{endpoint}']}}
+"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_flow_both_ways_and_are_counted() {
+    let (echo, _task) = tcp_echo().await;
+    let proxy = tcp_proxy(&echo.to_string()).await;
+    let mut stream = raw(proxy.addr("db")).await;
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+    let writer = {
+        let payload = payload.clone();
+        let (mut read, mut write) = stream.split();
+        let send = async move {
+            write.write_all(&payload).await.unwrap();
+            write.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let receive = read.read_to_end(&mut back);
+        let ((), received) = within("echo", async { tokio::join!(send, receive) }).await;
+        received.unwrap();
+        back
+    };
+    assert_eq!(&writer[..payload.len()], &payload[..]);
+    assert_eq!(&writer[payload.len()..], b"bye");
+    eventually("bytes counted", || {
+        proxy.metric(r#"remora_tcp_bytes_total{listener="db",direction="rx"}"#) == 1_000_000.0
+            && proxy.metric(r#"remora_tcp_bytes_total{listener="db",direction="tx"}"#)
+                == 1_000_003.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_close_lets_the_other_direction_finish() {
+    let (echo, _task) = tcp_echo().await;
+    let proxy = tcp_proxy(&echo.to_string()).await;
+    let mut stream = raw(proxy.addr("db")).await;
+    stream.write_all(b"ping").await.unwrap();
+    stream.shutdown().await.unwrap();
+    // The echo server only says "bye" after it sees our FIN through the proxy.
+    let mut back = Vec::new();
+    within("reply after half-close", stream.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(back, b"pingbye");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_closes_the_client_connection() {
+    let proxy = tcp_proxy("127.0.0.1:1").await;
+    let mut stream = raw(proxy.addr("db")).await;
+    let mut buffer = [0u8; 16];
+    let read = within("close", stream.read(&mut buffer)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(
+        proxy.metric(r#"remora_upstream_connect_failures_total{cluster="echo"}"#),
+        1.0
+    );
+}
