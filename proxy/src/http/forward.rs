@@ -170,13 +170,6 @@ fn prepare(parts: &mut request::Parts, version: Version, route: &Route, endpoint
     parts.headers.remove(EXPECT);
     route.request_headers.apply(&mut parts.headers);
 
-    let host_header = parts
-        .headers
-        .get(HOST)
-        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
-    let authority = host_header
-        .or_else(|| parts.uri.authority().cloned())
-        .or_else(|| Authority::try_from(endpoint.to_string()).ok());
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(
         parts
@@ -187,13 +180,21 @@ fn prepare(parts: &mut request::Parts, version: Version, route: &Route, endpoint
     );
     if version == Version::HTTP_2 {
         uri.scheme = Some(Scheme::HTTP);
-        uri.authority = authority;
-        parts.headers.remove(HOST);
-    } else if !parts.headers.contains_key(HOST)
-        && let Some(authority) = &authority
-        && let Ok(value) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(HOST, value);
+        uri.authority = parts
+            .headers
+            .remove(HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .or_else(|| parts.uri.authority().cloned())
+            .or_else(|| Authority::try_from(endpoint.to_string()).ok());
+    } else if !parts.headers.contains_key(HOST) {
+        // An HTTP/2 client sent only `:authority`; HTTP/1.1 needs `Host`.
+        let authority = parts
+            .uri
+            .authority()
+            .map_or_else(|| endpoint.to_string(), |a| a.to_string());
+        if let Ok(value) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(HOST, value);
+        }
     }
     if let Ok(target) = Uri::from_parts(uri) {
         parts.uri = target;

@@ -240,7 +240,7 @@ async fn sighup_reloads_even_an_unchanged_file() {
     let a = Upstream::http1("a").await;
     let b = Upstream::http2("b").await;
     let process = ProxyProcess::start(&config("a", &a, &b, "")).await;
-    process.signal("HUP");
+    process.signal(libc::SIGHUP);
     wait_for_version(&process, 2).await;
     assert_eq!(
         metric(&process, r#"remora_config_reloads_total{result="ok"}"#).await,

@@ -40,7 +40,7 @@ async fn sigterm_lets_slow_requests_finish_then_exits() {
     })
     .await;
 
-    process.signal("TERM");
+    process.signal(libc::SIGTERM);
     eventually("new connections are refused once draining", || {
         std::net::TcpStream::connect(web).is_err()
     })
@@ -94,7 +94,7 @@ async fn drain_timeout_bounds_the_wait_for_stuck_requests() {
     let stuck = client::spawn_get(client::http1(), format!("http://{web}/slow/60000"));
     eventually("the request reached the upstream", || upstream.hits() == 1).await;
     let signalled = Instant::now();
-    process.signal("TERM");
+    process.signal(libc::SIGTERM);
     assert_eq!(process.wait().await, 0);
     assert!(
         signalled.elapsed() < Duration::from_secs(30),
