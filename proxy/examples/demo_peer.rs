@@ -54,7 +54,9 @@ async fn upstream(name: String, addr: SocketAddr) -> Result<(), Error> {
                     request.uri().path()
                 );
                 let mut response = Response::new(Full::new(Bytes::from(body)));
-                response.headers_mut().insert("x-upstream", name.parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("x-upstream", name.parse().unwrap());
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -97,11 +99,19 @@ async fn get(url: &str, options: &[&str]) -> Result<(), Error> {
         match *option {
             "--h2" => h2 = true,
             "--count" => count = Some(options.next().ok_or("--count N")?.parse::<usize>()?),
-            "--header" => headers.push(options.next().ok_or("--header NAME:VALUE")?.split_once(':').ok_or("NAME:VALUE")?),
+            "--header" => headers.push(
+                options
+                    .next()
+                    .ok_or("--header NAME:VALUE")?
+                    .split_once(':')
+                    .ok_or("NAME:VALUE")?,
+            ),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
-    let client = Client::builder(TokioExecutor::new()).http2_only(h2).build_http::<Empty<Bytes>>();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http::<Empty<Bytes>>();
     let mut answered: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..count.unwrap_or(1) {
         let mut request = Request::get(url);
@@ -111,7 +121,11 @@ async fn get(url: &str, options: &[&str]) -> Result<(), Error> {
         let response = client.request(request.body(Empty::new())?).await?;
         let status = response.status();
         let version = response.version();
-        let upstream = response.headers().get("x-upstream").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let upstream = response
+            .headers()
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = response.into_body().collect().await?.to_bytes();
         if count.is_none() {
             println!("{version:?} {status}");
@@ -123,10 +137,15 @@ async fn get(url: &str, options: &[&str]) -> Result<(), Error> {
         if !status.is_success() {
             return Err(format!("{url} answered {status}").into());
         }
-        *answered.entry(upstream.unwrap_or_else(|| "(the proxy itself)".into())).or_default() += 1;
+        *answered
+            .entry(upstream.unwrap_or_else(|| "(the proxy itself)".into()))
+            .or_default() += 1;
     }
     if let Some(count) = count {
-        let summary: Vec<String> = answered.iter().map(|(who, n)| format!("{who}: {n}")).collect();
+        let summary: Vec<String> = answered
+            .iter()
+            .map(|(who, n)| format!("{who}: {n}"))
+            .collect();
         println!("{count} requests answered by  {}", summary.join(", "));
     }
     Ok(())

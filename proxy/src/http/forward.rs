@@ -124,8 +124,13 @@ async fn send(
         return match sender.try_send_request(request).await {
             Ok(response) => Ok(response),
             Err(mut error) => {
-                pool.discard_http2();
-                match error.take_message() {
+                // A stream the upstream reset is that stream's problem; only a
+                // connection that is gone or refuses new streams is replaced.
+                let unsent = error.take_message();
+                if unsent.is_some() || sender.is_closed() {
+                    pool.discard_http2();
+                }
+                match unsent {
                     Some(request) if reused => {
                         let (mut sender, _) = pool.http2().await.map_err(UpstreamError::Connect)?;
                         sender

@@ -236,3 +236,33 @@ async fn upstream_connections_are_reused() {
     let active = proxy.metric("remora_upstream_connections_active{cluster=\"two\"}");
     assert_eq!(active, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_stream_fails_one_request_and_keeps_the_shared_http2_connection() {
+    let (_one, two, _three, proxy) = three_upstreams().await;
+    let client = client::http1();
+    assert_eq!(
+        client::get(&client, &proxy.url("web", "/two/a"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reset = client::get(&client, &proxy.url("web", "/two/reset")).await;
+    assert_eq!(reset.status, StatusCode::BAD_GATEWAY, "{}", reset.body);
+    assert!(
+        reset.body.starts_with("upstream error: cluster \"two\""),
+        "{}",
+        reset.body
+    );
+    assert_eq!(
+        client::get(&client, &proxy.url("web", "/two/b"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        two.connections(),
+        1,
+        "the other streams' connection stays up"
+    );
+}

@@ -247,3 +247,71 @@ async fn sighup_reloads_even_an_unchanged_file() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_finish_on_the_snapshot_they_started_with() {
+    use crate::support::TestProxy;
+    let a = Upstream::http1("a").await;
+    let version = |tag: &str| {
+        format!(
+            "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - name: all
+        backends: [{{cluster: a}}]
+        response_headers: {{set: [{{name: x-config, value: {tag}}}]}}
+  - name: old
+    address: 127.0.0.1:0
+    routes: [{{name: all, backends: [{{cluster: a}}]}}]
+clusters:
+  - {{name: a, endpoints: ['{}']}}
+",
+            a.addr
+        )
+    };
+    let proxy = TestProxy::start(&version("one")).await;
+    let old = proxy.addr("old");
+    let in_flight = client::spawn_get(client::http1(), proxy.url("web", "/slow/800"));
+    let on_removed_listener = client::spawn_get(client::http1(), format!("http://{old}/slow/800"));
+    eventually("both requests reached the upstream", || a.hits() == 2).await;
+
+    // Version two edits the header differently and drops the `old` listener.
+    let two = version("two");
+    let two = two.split("  - name: old").next().unwrap().to_string()
+        + &two[two.find("clusters:").unwrap()..];
+    proxy
+        .proxy
+        .reload(remora_proxy::config::parse_yaml(&two).unwrap())
+        .unwrap();
+
+    let reply = client::get(&client::http1(), &proxy.url("web", "/")).await;
+    assert_eq!(
+        reply.header("x-config"),
+        "two",
+        "new requests use the new snapshot"
+    );
+    let reply = within("in-flight request", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.header("x-config")),
+        (StatusCode::OK, "one")
+    );
+    let reply = within("request on the removed listener", on_removed_listener)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "a removed listener drains its requests"
+    );
+    assert_eq!(reply.header("connection"), "close");
+    eventually("the removed listener is closed", || {
+        std::net::TcpStream::connect(old).is_err()
+    })
+    .await;
+}

@@ -229,3 +229,57 @@ clusters:
         f64::from(total["v2"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_json_line_per_request() {
+    let upstream = Upstream::http1("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let proxy = TestProxy::start(&format!(
+        "
+access_log: {{path: '{}'}}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - {{name: api, match: {{path_prefix: /api}}, backends: [{{cluster: api}}]}}
+clusters:
+  - {{name: api, endpoints: ['{}']}}
+",
+        log.display(),
+        upstream.addr
+    ))
+    .await;
+    let client = client::http2();
+    client::get(&client, &proxy.url("web", "/api/items?page=2")).await;
+    client::get(&client, &proxy.url("web", "/nowhere")).await;
+    let mut lines = Vec::new();
+    crate::support::eventually("two access-log lines", || {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.len() == 2
+    })
+    .await;
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["listener"], "web");
+    assert_eq!(first["route"], "api");
+    assert_eq!(first["cluster"], "api");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["protocol"], "HTTP/2");
+    assert_eq!(first["path"], "/api/items?page=2");
+    assert_eq!(first["authority"], proxy.addr("web").to_string());
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["upstream"], upstream.addr.to_string());
+    assert_eq!(first["bytes_sent"], 3);
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(
+        (second["route"].as_str(), second["status"].as_u64()),
+        (Some(""), Some(404))
+    );
+    assert!(second["upstream"].is_null());
+}

@@ -6,11 +6,11 @@
 //! milliseconds; `/status/CODE` answers CODE; `/bytes/N` sends N bytes in
 //! 64 KiB chunks; `/gated` sends one chunk, then waits for [`Upstream::open_gate`]
 //! before the second; `/first-chunk` answers with the request body's first
-//! chunk before reading the rest; `/trailers` sends a body and trailers.
+//! chunk before reading the rest; `/trailers` sends a body and trailers;
+//! a path ending in `/reset` resets the stream (HTTP/2) or connection.
 //! Every response carries `x-upstream`, `x-seen-version`, `x-seen-host`,
 //! `x-seen-path`, and `x-echo-NAME` for each request header `x-NAME`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,8 +141,13 @@ async fn serve(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
 async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, std::io::Error> {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    if request.uri().path().ends_with("/reset") {
+        // An error from the service: hyper resets the HTTP/2 stream (or closes
+        // the HTTP/1.1 connection) without answering.
+        return Err(std::io::Error::other("reset on purpose"));
+    }
     let path = request.uri().path().to_string();
     let mut seen = HeaderMap::new();
     seen.insert("x-upstream", HeaderValue::from_str(&state.name).unwrap());
