@@ -5,6 +5,7 @@
 //! `remora_upstream_connections_active` while it lives.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -137,19 +138,11 @@ impl EndpointPool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
-        let guard = ActiveConnection::new(&self.stats);
-        let address = self.address;
-        tokio::spawn(async move {
-            let result = if upgrades {
-                conn.with_upgrades().await
-            } else {
-                conn.await
-            };
-            if let Err(error) = result {
-                tracing::debug!(%address, %error, "upstream HTTP/1 connection ended with an error");
-            }
-            drop(guard);
-        });
+        if upgrades {
+            self.spawn_connection(conn.with_upgrades());
+        } else {
+            self.spawn_connection(conn);
+        }
         Ok(sender)
     }
 
@@ -169,14 +162,7 @@ impl EndpointPool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
-        let guard = ActiveConnection::new(&self.stats);
-        let address = self.address;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%address, %error, "upstream HTTP/2 connection ended with an error");
-            }
-            drop(guard);
-        });
+        self.spawn_connection(conn);
         *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         Ok((sender, false))
     }
@@ -194,6 +180,22 @@ impl EndpointPool {
     fn current_http2(&self) -> Option<Http2Sender> {
         let slot = self.http2.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Drives a client connection in a task of its own, counted as active
+    /// while it lives.
+    fn spawn_connection<C>(&self, connection: C)
+    where
+        C: Future<Output = hyper::Result<()>> + Send + 'static,
+    {
+        let guard = ActiveConnection::new(&self.stats);
+        let address = self.address;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%address, %error, "upstream connection ended with an error");
+            }
+            drop(guard);
+        });
     }
 
     /// A TCP connection with `TCP_NODELAY`, bounded by the connect timeout.

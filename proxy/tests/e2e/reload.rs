@@ -51,6 +51,18 @@ async fn metric(process: &ProxyProcess, series: &str) -> f64 {
     metric_in(&process.admin_get("/metrics").await.1, series)
 }
 
+async fn wait_for_metric(process: &ProxyProcess, series: &str, wanted: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(process, series).await != wanted {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {wanted}:\n{}",
+            process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_for_version(process: &ProxyProcess, wanted: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while version(process).await != wanted {
@@ -134,20 +146,12 @@ async fn an_invalid_file_is_rejected_counted_and_the_old_config_serves() {
     let url = format!("http://{}/", process.listener("web").await);
 
     process.write_config(&config("api-v3", &a, &b, ""));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(
+    wait_for_metric(
         &process,
         r#"remora_config_reloads_total{result="rejected"}"#,
+        1.0,
     )
-    .await
-        != 1.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bad file was never rejected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    .await;
     assert_eq!(version(&process).await, 1);
     assert_eq!(
         client::get(&client::http1(), &url).await.body,
@@ -165,20 +169,12 @@ async fn an_invalid_file_is_rejected_counted_and_the_old_config_serves() {
     .await;
 
     process.write_config("listeners: [oops");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(
+    wait_for_metric(
         &process,
         r#"remora_config_reloads_total{result="rejected"}"#,
+        2.0,
     )
-    .await
-        != 2.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the broken YAML was never rejected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    .await;
     assert_eq!(client::get(&client::http1(), &url).await.body, "a");
 
     // A good file after bad ones is taken.
