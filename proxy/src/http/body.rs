@@ -1,7 +1,6 @@
 //! Message bodies as the proxy passes them on. Bodies stream frame by frame
 //! (data and trailers); nothing is buffered whole.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -45,23 +44,14 @@ impl Body for RequestBody {
 }
 
 /// Why a response body stopped early.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    #[error("upstream body: {0}")]
     Upstream(hyper::Error),
     /// The route's timeout expired while the body was still streaming.
+    #[error("route timeout expired while streaming the response")]
     Timeout,
 }
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BodyError::Upstream(e) => write!(f, "upstream body: {e}"),
-            BodyError::Timeout => f.write_str("route timeout expired while streaming the response"),
-        }
-    }
-}
-
-impl std::error::Error for BodyError {}
 
 pin_project! {
     /// A response body on its way downstream: either the upstream's, which

@@ -7,7 +7,6 @@
 //! upstream, so this is safe for any method. Retries of requests that did
 //! reach it are a route policy, not done here.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use http::header::{EXPECT, HOST, HeaderValue};
@@ -26,21 +25,20 @@ use crate::config::scalar::format_duration;
 use crate::pool::ConnectError;
 use crate::route::{Route, WeightedBackends};
 
+#[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    #[error("{0}")]
     Connect(ConnectError),
-    Send(hyper::Error),
+    /// hyper's message alone ("connection error") hides the cause, so its
+    /// source is shown too.
+    #[error("{error}{}", with_cause(.error))]
+    Send { error: hyper::Error },
 }
 
-impl fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UpstreamError::Connect(e) => write!(f, "{e}"),
-            UpstreamError::Send(e) => match std::error::Error::source(e) {
-                Some(source) => write!(f, "{e}: {source}"),
-                None => write!(f, "{e}"),
-            },
-        }
-    }
+fn with_cause(error: &hyper::Error) -> String {
+    std::error::Error::source(error)
+        .map(|cause| format!(": {cause}"))
+        .unwrap_or_default()
 }
 
 pub async fn forward(
@@ -136,9 +134,11 @@ async fn send(
                         sender
                             .send_request(request)
                             .await
-                            .map_err(UpstreamError::Send)
+                            .map_err(|error| UpstreamError::Send { error })
                     }
-                    _ => Err(UpstreamError::Send(error.into_error())),
+                    _ => Err(UpstreamError::Send {
+                        error: error.into_error(),
+                    }),
                 }
             }
         };
@@ -155,9 +155,13 @@ async fn send(
                 sender
                     .send_request(request)
                     .await
-                    .map_err(UpstreamError::Send)?
+                    .map_err(|error| UpstreamError::Send { error })?
             }
-            _ => return Err(UpstreamError::Send(error.into_error())),
+            _ => {
+                return Err(UpstreamError::Send {
+                    error: error.into_error(),
+                });
+            }
         },
     };
     exchange.hold_http1(sender);
@@ -218,7 +222,7 @@ pub fn failure_reply(
 ) -> Response<ResponseBody> {
     let (status, what) = match error {
         UpstreamError::Connect(_) => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
-        UpstreamError::Send(_) => (StatusCode::BAD_GATEWAY, "upstream error"),
+        UpstreamError::Send { .. } => (StatusCode::BAD_GATEWAY, "upstream error"),
     };
     let message = format!(
         "{what}: cluster {:?} endpoint {}: {error}",

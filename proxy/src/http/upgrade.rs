@@ -68,7 +68,7 @@ pub async fn forward(
                 exchange,
                 cluster,
                 endpoint,
-                UpstreamError::Send(error),
+                UpstreamError::Send { error },
                 false,
             );
         }

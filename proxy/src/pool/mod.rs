@@ -4,7 +4,6 @@
 //! for the TCP proxy and upgrades. Every connection counts in its cluster's
 //! `remora_upstream_connections_active` while it lives.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -44,27 +43,14 @@ impl ConnStats {
 }
 
 /// Why no connection could be had.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    #[error("{0}")]
     Io(io::Error),
+    #[error("connect timeout ({} elapsed)", crate::config::scalar::format_duration(*.0))]
     Timeout(Duration),
+    #[error("HTTP/2 handshake failed: {0}")]
     Handshake(hyper::Error),
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Io(e) => write!(f, "{e}"),
-            ConnectError::Timeout(t) => {
-                write!(
-                    f,
-                    "connect timeout ({} elapsed)",
-                    crate::config::scalar::format_duration(*t)
-                )
-            }
-            ConnectError::Handshake(e) => write!(f, "HTTP/2 handshake failed: {e}"),
-        }
-    }
 }
 
 #[derive(Debug)]
