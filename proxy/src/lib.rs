@@ -20,14 +20,16 @@ pub mod admin;
 pub mod balance;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod http;
 pub mod listener;
 pub mod pool;
 mod proxy;
-mod rand;
+pub(crate) mod rand;
 pub mod reload;
 pub mod route;
 pub mod snapshot;
+mod socket;
 pub mod tcp;
 pub mod telemetry;
 

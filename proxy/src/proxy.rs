@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigErrors, EnvOverrides, load_file};
+use crate::discovery::ResolverHandle;
 use crate::listener::{BoundListener, ListenerSet, Spawner};
 use crate::snapshot::{Mode, Snapshot};
 use crate::telemetry::Telemetry;
@@ -29,6 +30,7 @@ struct Inner {
     /// Held for the whole of a reload, so reloads apply one at a time.
     listeners: Mutex<ListenerSet>,
     spawner: Spawner,
+    resolver: ResolverHandle,
     env: EnvOverrides,
     log: Option<Arc<LogControl>>,
     draining: AtomicBool,
@@ -55,8 +57,11 @@ impl Proxy {
             drain: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
+        let resolver = ResolverHandle::default();
+        prepare_discovery(&snapshot, &resolver)?;
         let mut listeners = ListenerSet::default();
         listeners.apply(&snapshot.listeners, &spawner)?;
+        activate(&snapshot, &resolver);
         spawn_upkeep(Arc::downgrade(&telemetry));
         Ok(Proxy {
             inner: Arc::new(Inner {
@@ -64,6 +69,7 @@ impl Proxy {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 listeners: Mutex::new(listeners),
                 spawner,
+                resolver,
                 env: options.env,
                 log: options.log,
                 draining: AtomicBool::new(false),
@@ -111,7 +117,9 @@ impl Proxy {
             version,
             Mode::Serve,
         )?;
+        prepare_discovery(&snapshot, &self.inner.resolver)?;
         listeners.apply(&snapshot.listeners, &self.inner.spawner)?;
+        activate(&snapshot, &self.inner.resolver);
         let (old, new) = (&previous.config, &snapshot.config);
         if old.log.level != new.log.level
             && let Some(log) = &self.inner.log
@@ -157,9 +165,10 @@ impl Proxy {
             .map(|l| l.address)
     }
 
-    /// Ready once listeners are bound; not ready once draining.
+    /// Ready once listeners are bound and DNS clusters have had their first
+    /// answer (or failure); not ready once draining.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining()
+        !self.is_draining() && self.inner.snapshot.load().is_warm()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -203,6 +212,24 @@ impl Proxy {
             );
         }
         finished
+    }
+}
+
+/// Builds the DNS resolver when the snapshot has DNS clusters (or reuses it
+/// when `dns_resolver` is unchanged).
+fn prepare_discovery(snapshot: &Snapshot, resolver: &ResolverHandle) -> Result<(), ConfigErrors> {
+    if !snapshot.clusters.iter().any(|c| c.dns.is_some()) {
+        return Ok(());
+    }
+    resolver
+        .update(snapshot.config.dns_resolver.as_ref())
+        .map_err(|message| ConfigErrors::one("dns_resolver", message))
+}
+
+/// Starts each new cluster's background work (DNS, idle sweeps, warm-up).
+fn activate(snapshot: &Snapshot, resolver: &ResolverHandle) {
+    for cluster in snapshot.clusters.iter() {
+        cluster.activate(resolver);
     }
 }
 

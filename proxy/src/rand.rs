@@ -22,6 +22,11 @@ pub fn below(n: u64) -> u64 {
     ((u128::from(next_u64()) * u128::from(n)) >> 64) as u64
 }
 
+/// Uniform in `[0, 1)`.
+pub fn unit() -> f64 {
+    (next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

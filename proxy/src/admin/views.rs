@@ -2,7 +2,11 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, UpstreamProtocol};
+use std::time::Instant;
+
+use crate::config::{Config, LbPolicy, UpstreamProtocol};
+use crate::discovery::DnsStatus;
+use crate::pool::PoolSizes;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::format_rfc3339_millis;
 
@@ -25,7 +29,20 @@ pub fn config_dump(snapshot: &Snapshot) -> ConfigDump<'_> {
 pub struct ClusterView<'a> {
     pub name: &'a str,
     pub protocol: UpstreamProtocol,
+    pub policy: &'static str,
+    /// Endpoints counted healthy, and whether too few are (all are used then).
+    pub healthy: usize,
+    pub panic: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsView>,
     pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Serialize)]
+pub struct DnsView {
+    pub name: String,
+    #[serde(flatten)]
+    pub status: DnsStatus,
 }
 
 #[derive(Serialize)]
@@ -34,29 +51,51 @@ pub struct EndpointView {
     pub weight: u32,
     pub healthy: bool,
     pub active_requests: usize,
-    pub idle_http1_connections: usize,
-    pub http2_connected: bool,
+    /// Share of its weight the endpoint gets now (below 1 during slow start).
+    pub weight_factor: f64,
+    /// Peak-EWMA latency estimate (policy `peak_ewma` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ewma_ms: Option<f64>,
+    pub pool: PoolSizes,
 }
 
 pub fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
+    let now = Instant::now();
     snapshot
         .clusters
         .iter()
-        .map(|cluster| ClusterView {
-            name: &cluster.name,
-            protocol: cluster.protocol,
-            endpoints: cluster
-                .endpoints()
-                .iter()
-                .map(|e| EndpointView {
-                    address: e.address.to_string(),
-                    weight: e.weight.get(),
-                    healthy: e.is_healthy(),
-                    active_requests: e.active_requests(),
-                    idle_http1_connections: e.pool.idle_http1(),
-                    http2_connected: e.pool.has_http2(),
-                })
-                .collect(),
+        .map(|cluster| {
+            let set = cluster.endpoints();
+            let lb = &cluster.lb;
+            ClusterView {
+                name: &cluster.name,
+                protocol: cluster.protocol,
+                policy: lb.policy.name(),
+                healthy: set.healthy(),
+                panic: set.is_panic(),
+                dns: cluster.dns.as_ref().map(|target| DnsView {
+                    name: format!("{}:{}", target.host, target.port),
+                    status: cluster
+                        .dns_status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                }),
+                endpoints: set
+                    .all()
+                    .iter()
+                    .map(|e| EndpointView {
+                        address: e.address.to_string(),
+                        weight: e.weight.get(),
+                        healthy: e.is_healthy(),
+                        active_requests: e.active_requests(),
+                        weight_factor: lb.slow_start.as_ref().map_or(1.0, |s| s.factor(e)),
+                        ewma_ms: (lb.policy == LbPolicy::PeakEwma)
+                            .then(|| e.ewma.cost(now, lb.decay) / 1e6),
+                        pool: e.pool.sizes(),
+                    })
+                    .collect(),
+            }
         })
         .collect()
 }

@@ -1,10 +1,11 @@
-//! Round robin that respects endpoint weights: an endpoint of weight w gets w
-//! turns per cycle, spread through the cycle rather than in a burst. The
-//! cycle is computed once per snapshot; a pick is one atomic increment.
+//! `round_robin`: each endpoint in turn. An endpoint of weight w gets w turns
+//! per cycle, spread through the cycle rather than in a burst. The cycle is
+//! computed once per endpoint set; a pick is one atomic increment.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::SlowStart;
 use crate::cluster::Endpoint;
 
 /// Longest cycle kept; larger weight sums are scaled down to fit.
@@ -26,8 +27,8 @@ impl RoundRobin {
             .collect();
         let all_equal = weights.windows(2).all(|w| w[0] == w[1]);
         let cycle = (!all_equal).then(|| interleaved_cycle(&weights));
-        // Start each snapshot's cycle at a random place so a fleet of proxies
-        // restarted together does not hit the same endpoint first.
+        // Start at a random place so a fleet of proxies restarted together
+        // does not send its first requests to the same endpoint.
         let start = crate::rand::next_u64() as usize;
         RoundRobin {
             cycle,
@@ -35,21 +36,23 @@ impl RoundRobin {
         }
     }
 
-    pub fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
+    pub fn pick<'a>(
+        &self,
+        endpoints: &'a [Arc<Endpoint>],
+        slow_start: Option<&SlowStart>,
+    ) -> Option<&'a Arc<Endpoint>> {
         let len = self.cycle.as_ref().map_or(endpoints.len(), |c| c.len());
         if len == 0 {
             return None;
         }
-        let at = |turn: usize| {
-            let turn = turn % len;
-            let index = self.cycle.as_ref().map_or(turn, |c| c[turn] as usize);
-            &endpoints[index]
+        let next = || {
+            let turn = self.next.fetch_add(1, Ordering::Relaxed) % len;
+            endpoints.get(self.cycle.as_ref().map_or(turn, |c| c[turn] as usize))
         };
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..len)
-            .map(|i| at(start.wrapping_add(i)))
-            .find(|e| e.is_healthy())
-            .or_else(|| Some(at(start)))
+        match slow_start {
+            None => next(),
+            Some(slow_start) => slow_start.admit(next),
+        }
     }
 }
 
@@ -82,14 +85,14 @@ fn gcd(a: u64, b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::test_endpoints;
+    use crate::balance::consistency::endpoints;
 
     fn picks(weights: &[u32], n: usize) -> Vec<usize> {
-        let endpoints = test_endpoints(weights);
+        let endpoints = endpoints(weights);
         let rr = RoundRobin::new(&endpoints);
         (0..n)
             .map(|_| {
-                let e = rr.pick(&endpoints).unwrap();
+                let e = rr.pick(&endpoints, None).unwrap();
                 endpoints.iter().position(|x| Arc::ptr_eq(x, e)).unwrap()
             })
             .collect()
@@ -99,11 +102,11 @@ mod tests {
     fn equal_weights_take_turns() {
         let p = picks(&[1, 1, 1], 6);
         assert_eq!(
-            &p[..3]
+            p[..3]
                 .iter()
                 .collect::<std::collections::HashSet<_>>()
                 .len(),
-            &3
+            3
         );
         assert_eq!(p[..3], p[3..]);
     }
@@ -115,24 +118,6 @@ mod tests {
         // Never two turns of endpoint 0 in a row, and never more than 3 of endpoint 1.
         assert!(p.windows(2).all(|w| w != [0, 0]), "{p:?}");
         assert!(p.windows(4).all(|w| w != [1, 1, 1, 1]), "{p:?}");
-    }
-
-    #[test]
-    fn unhealthy_endpoints_are_skipped_until_all_are_unhealthy() {
-        let endpoints = test_endpoints(&[1, 1, 1]);
-        let rr = RoundRobin::new(&endpoints);
-        endpoints[1].set_healthy(false);
-        for _ in 0..30 {
-            assert!(!Arc::ptr_eq(rr.pick(&endpoints).unwrap(), &endpoints[1]));
-        }
-        for e in &endpoints {
-            e.set_healthy(false);
-        }
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..3 {
-            seen.insert(Arc::as_ptr(rr.pick(&endpoints).unwrap()));
-        }
-        assert_eq!(seen.len(), 3, "panic mode uses every endpoint");
     }
 
     #[test]

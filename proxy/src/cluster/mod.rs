@@ -1,29 +1,52 @@
-//! Clusters: a named set of upstream endpoints, the balancer that chooses
-//! among them, and per endpoint its connection pool and live state (health,
-//! active requests). A cluster whose config is unchanged survives a reload
-//! as the same object, so its pools and counters carry over.
+//! Clusters: a named set of upstream endpoints, how to balance across them
+//! and how to connect to them. The endpoints live in an [`EndpointSet`]
+//! swapped atomically when DNS answers change or an endpoint's health
+//! changes; endpoints that stay keep their pools and state. A cluster whose
+//! config is unchanged survives a reload as the same object.
 
-use std::collections::HashSet;
+mod endpoint;
+mod set;
+
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use crate::balance::Balancer;
+use arc_swap::{ArcSwap, Guard};
+use metrics::Counter;
+
+use crate::balance::ewma::PeakEwma;
+use crate::balance::{HashPolicy, LbSettings};
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
-use crate::pool::{ConnStats, EndpointPool};
+use crate::discovery::{DnsStatus, DnsTarget};
+use crate::pool::{ConnStats, EndpointPool, PoolSettings};
 use crate::telemetry::{self, Telemetry};
+
+pub use endpoint::{ActiveRequest, Endpoint};
+pub use set::EndpointSet;
 
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
     config: ClusterConfig,
     pub protocol: UpstreamProtocol,
-    pub connect_timeout: Duration,
-    endpoints: Box<[Arc<Endpoint>]>,
-    balancer: Balancer,
-    pub conn_stats: ConnStats,
+    pub lb: LbSettings,
+    set: ArcSwap<EndpointSet>,
+    /// Serializes rebuilds of the set (DNS answers, health changes).
+    rebuild: Mutex<()>,
+    pool: Arc<PoolSettings>,
+    pub dns: Option<DnsTarget>,
+    pub dns_status: Mutex<DnsStatus>,
+    stats: LbStats,
+    activated: AtomicBool,
+}
+
+#[derive(Debug)]
+struct LbStats {
+    panic: Counter,
+    no_hash_key: Counter,
 }
 
 impl Cluster {
@@ -38,6 +61,25 @@ impl Cluster {
         if let Some(previous) = previous.filter(|p| p.config == *config) {
             return previous.clone();
         }
+        let lb = LbSettings::compile(
+            &config.load_balancer,
+            &format!("{path}.load_balancer"),
+            errors,
+        );
+        check_pool(config, path, errors);
+        let dns = match (&config.dns, config.endpoints.is_empty()) {
+            (Some(_), false) => {
+                errors.push(ConfigError::new(
+                    path,
+                    "set either endpoints or dns, not both",
+                ));
+                None
+            }
+            (Some(dns), true) => {
+                DnsTarget::parse(dns, &format!("{path}.dns"), &config.name, telemetry, errors)
+            }
+            (None, _) => None,
+        };
         let mut seen = HashSet::new();
         for (i, endpoint) in config.endpoints.iter().enumerate() {
             if !seen.insert(endpoint.address) {
@@ -57,109 +99,227 @@ impl Cluster {
             connect_failures: telemetry
                 .counter(telemetry::UPSTREAM_CONNECT_FAILURES, &[("cluster", name)]),
         };
+        let stats = LbStats {
+            panic: telemetry.counter(
+                telemetry::LB_FALLBACK_TOTAL,
+                &[("cluster", name), ("reason", "panic")],
+            ),
+            no_hash_key: telemetry.counter(
+                telemetry::LB_FALLBACK_TOTAL,
+                &[("cluster", name), ("reason", "no_hash_key")],
+            ),
+        };
+        let pool = Arc::new(PoolSettings::new(config, conn_stats));
         let endpoints: Box<[Arc<Endpoint>]> = config
             .endpoints
             .iter()
-            .map(|e| {
-                Arc::new(Endpoint::new(
-                    e.address,
-                    e.weight,
-                    EndpointPool::new(e.address, config.connect_timeout, conn_stats.clone()),
-                ))
-            })
+            .map(|e| new_endpoint(e.address, e.weight, None, &lb, &pool))
             .collect();
-        let balancer = Balancer::new(config.load_balancer.policy, &endpoints);
+        let set = EndpointSet::build(endpoints, &lb);
         Arc::new(Cluster {
             name: Arc::from(name.as_str()),
             config: config.clone(),
             protocol: config.protocol,
-            connect_timeout: config.connect_timeout,
-            endpoints,
-            balancer,
-            conn_stats,
+            lb,
+            set: ArcSwap::from_pointee(set),
+            rebuild: Mutex::new(()),
+            pool,
+            dns,
+            dns_status: Mutex::new(DnsStatus::default()),
+            stats,
+            activated: AtomicBool::new(false),
         })
     }
 
-    /// The endpoint for the next request; `None` when the cluster is empty.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        self.balancer.pick(&self.endpoints)
-    }
-
-    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
-        &self.endpoints
-    }
-}
-
-/// One upstream address of a cluster.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    pub weight: NonZeroU32,
-    healthy: AtomicBool,
-    active_requests: AtomicUsize,
-    pub pool: EndpointPool,
-}
-
-impl Endpoint {
-    pub fn new(address: SocketAddr, weight: NonZeroU32, pool: EndpointPool) -> Endpoint {
-        Endpoint {
-            address,
-            weight,
-            healthy: AtomicBool::new(true),
-            active_requests: AtomicUsize::new(0),
-            pool,
+    /// Starts what a serving cluster runs in the background (once): DNS
+    /// resolution, the idle-connection sweeper, and warm-up connections.
+    pub fn activate(self: &Arc<Self>, resolver: &crate::discovery::ResolverHandle) {
+        if self.activated.swap(true, Ordering::AcqRel) {
+            return;
         }
+        if let Some(target) = &self.dns {
+            crate::discovery::spawn(Arc::downgrade(self), target.clone(), resolver.clone());
+        }
+        if let Some(idle) = self.pool.idle_timeout.or(self.pool.max_age) {
+            tokio::spawn(sweep(Arc::downgrade(self), idle));
+        }
+        self.warm(self.endpoints().all());
     }
 
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+    /// Whether the cluster has its endpoints: static ones always, DNS ones
+    /// once the first lookup has come back (successful or not).
+    pub fn is_warm(&self) -> bool {
+        self.dns.is_none()
+            || self
+                .dns_status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .resolutions
+                > 0
+    }
+
+    /// The endpoint for the next request, counted as active until the guard
+    /// drops; `None` when no endpoint can be picked.
+    pub fn pick(&self, hash: Option<u64>) -> Option<ActiveRequest> {
+        let set = self.set.load();
+        if set.is_panic() {
+            self.stats.panic.increment(1);
+        }
+        if hash.is_none() && self.lb.policy.is_hash_based() {
+            self.stats.no_hash_key.increment(1);
+        }
+        set.balancer()
+            .pick(set.picks(), &self.lb, hash)
+            .map(|e| e.begin_request())
+    }
+
+    pub fn endpoints(&self) -> Guard<Arc<EndpointSet>> {
+        self.set.load()
+    }
+
+    pub fn hash_policy(&self) -> Option<&HashPolicy> {
+        self.lb.hash.as_ref()
+    }
+
+    pub fn is_hash_based(&self) -> bool {
+        self.lb.policy.is_hash_based()
+    }
+
+    pub fn pool_settings(&self) -> &PoolSettings {
+        &self.pool
     }
 
     /// The hook for health checking and outlier detection: an unhealthy
-    /// endpoint is skipped by the balancer.
-    pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+    /// endpoint leaves the balancer's set (and comes back when healthy).
+    /// Returns `false` when no endpoint has that address.
+    pub fn set_health(&self, address: SocketAddr, healthy: bool) -> bool {
+        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.set.load_full();
+        let Some(endpoint) = current.all().iter().find(|e| e.address == address) else {
+            return false;
+        };
+        if endpoint.swap_health(healthy) {
+            self.set
+                .store(Arc::new(EndpointSet::build(current.all().into(), &self.lb)));
+        }
+        true
     }
 
-    pub fn active_requests(&self) -> usize {
-        self.active_requests.load(Ordering::Relaxed)
+    /// Replaces the endpoints (from DNS). Endpoints that stay keep their
+    /// pools and state; new ones join in slow start and are warmed up.
+    pub fn replace_endpoints(&self, wanted: &[(SocketAddr, NonZeroU32)]) -> bool {
+        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.set.load_full();
+        let existing: HashMap<(SocketAddr, NonZeroU32), &Arc<Endpoint>> = current
+            .all()
+            .iter()
+            .map(|e| ((e.address, e.weight), e))
+            .collect();
+        if existing.len() == wanted.len() && wanted.iter().all(|w| existing.contains_key(w)) {
+            return false;
+        }
+        let now = Instant::now();
+        let mut fresh = Vec::new();
+        let endpoints: Box<[Arc<Endpoint>]> = wanted
+            .iter()
+            .map(
+                |&(address, weight)| match existing.get(&(address, weight)) {
+                    Some(endpoint) => Arc::clone(endpoint),
+                    None => {
+                        let endpoint =
+                            new_endpoint(address, weight, Some(now), &self.lb, &self.pool);
+                        fresh.push(endpoint.clone());
+                        endpoint
+                    }
+                },
+            )
+            .collect();
+        self.set
+            .store(Arc::new(EndpointSet::build(endpoints, &self.lb)));
+        self.warm(&fresh);
+        true
     }
 
-    /// Counts a request against this endpoint until the guard drops.
-    pub fn begin_request(self: &Arc<Self>) -> ActiveRequest {
-        self.active_requests.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(self.clone())
+    fn warm(&self, endpoints: &[Arc<Endpoint>]) {
+        let http2 = match self.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::SameAsDownstream => return,
+        };
+        if self.pool.min_idle == 0 {
+            return;
+        }
+        for endpoint in endpoints {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move { endpoint.pool.warm(http2).await });
+        }
     }
 }
 
-/// A request in flight to an endpoint.
-pub struct ActiveRequest(Arc<Endpoint>);
-
-impl ActiveRequest {
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.0
-    }
+fn new_endpoint(
+    address: SocketAddr,
+    weight: NonZeroU32,
+    joined: Option<Instant>,
+    lb: &LbSettings,
+    pool: &Arc<PoolSettings>,
+) -> Arc<Endpoint> {
+    Arc::new(Endpoint::new(
+        address,
+        weight,
+        joined,
+        PeakEwma::new(lb.default_rtt),
+        EndpointPool::new(address, pool.clone()),
+    ))
 }
 
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+fn check_pool(config: &ClusterConfig, path: &str, errors: &mut Vec<ConfigError>) {
+    let pool = &config.pool;
+    if pool.max_connections == Some(0) {
+        errors.push(ConfigError::new(
+            format!("{path}.pool.max_connections"),
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    if pool.max_requests_per_connection == Some(0) {
+        errors.push(ConfigError::new(
+            format!("{path}.pool.max_requests_per_connection"),
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    if pool.max_connection_age.is_some_and(|a| a.is_zero()) {
+        errors.push(ConfigError::new(
+            format!("{path}.pool.max_connection_age"),
+            "must be greater than 0 (leave it out for no limit)",
+        ));
+    }
+    if let Some(max) = pool.max_connections
+        && pool.min_idle > max
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.pool.min_idle"),
+            format!("{} is more than max_connections ({max})", pool.min_idle),
+        ));
+    }
+    config.http2.check(&format!("{path}.http2"), errors);
+    config.keepalive.check(&format!("{path}.keepalive"), errors);
+}
+
+/// Closes idle and over-age connections of every endpoint, until the cluster is gone.
+async fn sweep(cluster: Weak<Cluster>, every: Duration) {
+    let period = (every / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        for endpoint in cluster.endpoints().all() {
+            endpoint.pool.evict_idle(now);
+        }
     }
 }
 
 #[cfg(test)]
-pub fn test_endpoints(weights: &[u32]) -> Vec<Arc<Endpoint>> {
-    let stats = ConnStats::detached();
-    weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| {
-            let address = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
-            Arc::new(Endpoint::new(
-                address,
-                NonZeroU32::new(w).unwrap(),
-                EndpointPool::new(address, Duration::from_secs(1), stats.clone()),
-            ))
-        })
-        .collect()
-}
+mod tests;

@@ -8,24 +8,45 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::scalar;
+use super::network::{Http2Config, KeepaliveConfig};
+use super::{LoadBalancerConfig, scalar};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
-    #[serde(default)]
+    /// Static endpoints; or use `dns`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointConfig>,
+    /// Endpoints from DNS: every A/AAAA record of the name, at the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     #[serde(default = "default_connect_timeout", with = "scalar::duration")]
     pub connect_timeout: Duration,
     #[serde(default)]
     pub load_balancer: LoadBalancerConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub keepalive: KeepaliveConfig,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub http2: Http2Config,
+    #[serde(default = "default_true")]
+    pub tcp_nodelay: bool,
 }
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+pub(super) fn default_true() -> bool {
+    true
+}
+
+pub(super) fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Which HTTP version the proxy speaks to the cluster's endpoints.
@@ -39,19 +60,115 @@ pub enum UpstreamProtocol {
     SameAsDownstream,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+/// Connections per endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoadBalancerConfig {
+pub struct PoolConfig {
+    /// Connections (busy or idle) per endpoint; requests beyond wait for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Idle HTTP/1.1 connections kept per endpoint.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: u32,
+    /// An idle connection is closed after this long (`0s`: never).
+    #[serde(default = "default_idle_timeout", with = "scalar::duration")]
+    pub idle_timeout: Duration,
+    /// A connection is retired after this many requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// A connection is retired after this long, once its requests finish.
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connection_age: Option<Duration>,
+    /// Connections opened ahead of traffic when an endpoint appears.
     #[serde(default)]
-    pub policy: LbPolicy,
+    pub min_idle: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LbPolicy {
-    /// Each endpoint in turn; an endpoint of weight w gets w turns per cycle, interleaved.
-    #[default]
-    RoundRobin,
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections: None,
+            max_idle_per_endpoint: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+            max_requests_per_connection: None,
+            max_connection_age: None,
+            min_idle: 0,
+        }
+    }
+}
+
+fn default_max_idle() -> u32 {
+    1024
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// `api.internal:8080`, or `{address: api.internal:8080, min_refresh: 1s, max_refresh: 5m}`.
+/// The name is re-resolved when its records' TTL runs out, but not sooner
+/// than `min_refresh` nor later than `max_refresh`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DnsConfig {
+    /// `NAME:PORT`.
+    pub address: String,
+    #[serde(with = "scalar::duration")]
+    pub min_refresh: Duration,
+    #[serde(with = "scalar::duration")]
+    pub max_refresh: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsFields {
+    address: String,
+    #[serde(default = "default_min_refresh", with = "scalar::duration")]
+    min_refresh: Duration,
+    #[serde(default = "default_max_refresh", with = "scalar::duration")]
+    max_refresh: Duration,
+}
+
+fn default_min_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl<'de> Deserialize<'de> for DnsConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DnsVisitor;
+        impl<'de> Visitor<'de> for DnsVisitor {
+            type Value = DnsConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("NAME:PORT, or {address: NAME:PORT, min_refresh, max_refresh}")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DnsConfig, E> {
+                Ok(DnsConfig {
+                    address: v.to_string(),
+                    min_refresh: default_min_refresh(),
+                    max_refresh: default_max_refresh(),
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DnsConfig, A::Error> {
+                let f = DnsFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(DnsConfig {
+                    address: f.address,
+                    min_refresh: f.min_refresh,
+                    max_refresh: f.max_refresh,
+                })
+            }
+        }
+        d.deserialize_any(DnsVisitor)
+    }
 }
 
 /// `127.0.0.1:8081` or `{address: 127.0.0.1:8082, weight: 3}`.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::scalar;
+use super::cluster::{default_true, is_default};
+use super::network::{Http2Config, KeepaliveConfig};
+use super::{HashOnConfig, scalar};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +31,27 @@ pub struct ListenerConfig {
     /// The largest request head accepted, in KiB; larger gets 431.
     #[serde(default = "default_max_request_headers_kb")]
     pub max_request_headers_kb: u32,
+    /// A connection with no request in flight (HTTP) or no bytes either way
+    /// (TCP) for this long is closed (`0s`: never).
+    #[serde(default = "default_idle_timeout", with = "scalar::duration")]
+    pub idle_timeout: Duration,
+    /// Connections are closed gracefully (GOAWAY / `Connection: close`) once this old.
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connection_age: Option<Duration>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub keepalive: KeepaliveConfig,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub http2: Http2Config,
+    #[serde(default = "default_true")]
+    pub tcp_nodelay: bool,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_request_headers_timeout() -> Duration {
@@ -68,6 +91,9 @@ pub struct RouteConfig {
     pub backends: Vec<BackendRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponseConfig>,
+    /// The hash input for a consistent-hash cluster, instead of the cluster's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOnConfig>,
     #[serde(default, skip_serializing_if = "HeaderEditsConfig::is_empty")]
     pub request_headers: HeaderEditsConfig,
     #[serde(default, skip_serializing_if = "HeaderEditsConfig::is_empty")]

@@ -5,10 +5,12 @@
 //! [`Snapshot`](crate::snapshot::Snapshot), which is also where every error gets
 //! its field path. The data path never reads these types.
 
+mod balancer;
 mod cluster;
 mod error;
 mod listener;
 mod load;
+mod network;
 pub mod scalar;
 
 use std::net::SocketAddr;
@@ -17,13 +19,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use cluster::{ClusterConfig, EndpointConfig, LbPolicy, LoadBalancerConfig, UpstreamProtocol};
+pub use balancer::{HashCookieConfig, HashOnConfig, LbPolicy, LoadBalancerConfig, SlowStartConfig};
+pub use cluster::{ClusterConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
     BackendRef, DirectResponseConfig, HeaderEditsConfig, HeaderValueConfig, ListenerConfig,
     ListenerProtocol, MatchConfig, RouteConfig, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml};
+pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepaliveConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -41,6 +45,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// How `dns:` clusters are resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_resolver: Option<DnsResolverConfig>,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -105,4 +112,27 @@ pub enum LogFormat {
 pub struct AccessLogConfig {
     /// A file to append to, or `-` / `/dev/stdout` / `/dev/stderr`.
     pub path: String,
+}
+
+/// The DNS resolver for `dns:` clusters. Absent: the system's
+/// `/etc/resolv.conf` (nameservers, search domains, options).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsResolverConfig {
+    /// `IP:PORT` of each nameserver, asked over UDP (and TCP for large answers).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// Per query attempt.
+    #[serde(default = "default_dns_timeout", with = "scalar::duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_dns_attempts")]
+    pub attempts: u32,
+}
+
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_dns_attempts() -> u32 {
+    2
 }

@@ -3,15 +3,15 @@
 //! connection it borrows, and its access-log line. All of it is settled when
 //! the exchange drops, whichever way the request ended.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{Method, Request, StatusCode, Version};
 
+use super::handler::ConnContext;
 use crate::cluster::ActiveRequest;
 use crate::listener::state::{ListenerKind, ListenerState};
-use crate::pool::Http1Sender;
+use crate::pool::{Http1Lease, Http2Lease};
 use crate::route::RouteAction;
 use crate::telemetry::RequestStats;
 use crate::telemetry::access_log::AccessRecord;
@@ -34,18 +34,21 @@ pub enum StatsAt {
 pub struct Exchange {
     started: Instant,
     listener: Arc<ListenerState>,
+    /// The downstream connection, whose in-flight count this request is in.
+    conn: Arc<ConnContext>,
     stats_at: StatsAt,
     status: Option<StatusCode>,
     bytes_sent: u64,
     upstream: Option<ActiveRequest>,
-    http1: Option<Http1Sender>,
+    http1: Option<Http1Lease>,
+    /// Keeps the HTTP/2 stream counted against its connection until the exchange ends.
+    http2: Option<Http2Lease>,
     /// Only kept when an access log is configured.
     summary: Option<Box<Summary>>,
 }
 
 struct Summary {
     time: SystemTime,
-    peer: SocketAddr,
     method: Method,
     version: Version,
     authority: String,
@@ -55,9 +58,10 @@ struct Summary {
 impl Exchange {
     pub fn start<B>(
         listener: Arc<ListenerState>,
-        peer: SocketAddr,
+        conn: Arc<ConnContext>,
         request: &Request<B>,
     ) -> Exchange {
+        conn.activity.begin();
         let summary = listener.access_log.as_ref().map(|_| {
             let uri = request.uri();
             let authority = uri
@@ -72,7 +76,6 @@ impl Exchange {
                 .unwrap_or_default();
             Box::new(Summary {
                 time: SystemTime::now(),
-                peer,
                 method: request.method().clone(),
                 version: request.version(),
                 authority: authority.to_string(),
@@ -82,11 +85,13 @@ impl Exchange {
         Exchange {
             started: Instant::now(),
             listener,
+            conn,
             stats_at: StatsAt::NoRoute,
             status: None,
             bytes_sent: 0,
             upstream: None,
             http1: None,
+            http2: None,
             summary,
         }
     }
@@ -104,8 +109,12 @@ impl Exchange {
     }
 
     /// Lends the HTTP/1 connection to this exchange until its response ends.
-    pub fn hold_http1(&mut self, sender: Http1Sender) {
-        self.http1 = Some(sender);
+    pub fn hold_http1(&mut self, lease: Http1Lease) {
+        self.http1 = Some(lease);
+    }
+
+    pub fn hold_http2(&mut self, lease: Http2Lease) {
+        self.http2 = Some(lease);
     }
 
     pub fn add_bytes_sent(&mut self, bytes: usize) {
@@ -114,8 +123,8 @@ impl Exchange {
 
     /// The response ended cleanly: the connection may serve another request.
     pub fn body_finished(&mut self) {
-        if let (Some(sender), Some(upstream)) = (self.http1.take(), &self.upstream) {
-            upstream.endpoint().pool.release_http1(sender);
+        if let (Some(lease), Some(upstream)) = (self.http1.take(), &self.upstream) {
+            upstream.endpoint().pool.release_http1(lease);
         }
     }
 
@@ -165,7 +174,7 @@ impl Exchange {
             time: summary.time,
             listener: &self.listener.name,
             route,
-            downstream: summary.peer.to_string(),
+            downstream: self.conn.peer.to_string(),
             protocol: version_name(summary.version),
             method: summary.method.as_str(),
             authority: &summary.authority,
@@ -193,6 +202,7 @@ impl Drop for Exchange {
         if let Some(summary) = self.summary.take() {
             self.write_access_log(&summary);
         }
+        self.conn.activity.end();
     }
 }
 

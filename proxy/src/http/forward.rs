@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use http::header::{EXPECT, HOST, HeaderValue};
+use http::header::{EXPECT, HOST, HeaderValue, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version, request};
 use hyper::body::Incoming;
@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 use super::body::{RequestBody, ResponseBody};
 use super::exchange::{Exchange, StatsAt};
 use super::{hop, local_reply, upgrade};
+use crate::balance::HashInput;
 use crate::cluster::{Cluster, Endpoint};
-use crate::config::UpstreamProtocol;
 use crate::config::scalar::format_duration;
+use crate::config::{LbPolicy, UpstreamProtocol};
 use crate::pool::ConnectError;
 use crate::route::{Route, WeightedBackends};
 
@@ -43,6 +44,7 @@ fn with_cause(error: &hyper::Error) -> String {
 
 pub async fn forward(
     request: Request<Incoming>,
+    client: SocketAddr,
     route_index: usize,
     route: &Route,
     backends: &WeightedBackends,
@@ -56,17 +58,39 @@ pub async fn forward(
         backend: backend_index,
     });
     let cluster = &backend.cluster;
-    let Some(endpoint) = cluster.pick() else {
+
+    let mut set_cookie = None;
+    let hash = match route
+        .hash
+        .as_ref()
+        .or(cluster.hash_policy())
+        .filter(|_| cluster.is_hash_based())
+    {
+        None => None,
+        Some(policy) => match policy.input(request.headers(), request.uri(), client.ip()) {
+            HashInput::Key(hash) => Some(hash),
+            HashInput::Missing => None,
+            HashInput::NewCookie {
+                hash,
+                set_cookie: cookie,
+            } => {
+                set_cookie = Some(cookie);
+                Some(hash)
+            }
+        },
+    };
+    let Some(active) = cluster.pick(hash) else {
         let message = format!(
-            "no endpoint available: cluster {:?} has no endpoints",
+            "no endpoint available: cluster {:?} has no healthy endpoints",
             cluster.name
         );
         return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
     };
-    exchange.set_upstream(endpoint.begin_request());
+    let endpoint = active.endpoint().clone();
+    exchange.set_upstream(active);
 
     if upgrade::is_upgrade(&request) {
-        return upgrade::forward(request, cluster, endpoint, route, exchange, tracker).await;
+        return upgrade::forward(request, cluster, &endpoint, route, exchange, tracker).await;
     }
 
     let version = match (cluster.protocol, request.version()) {
@@ -80,7 +104,8 @@ pub async fn forward(
     let request = Request::from_parts(parts, RequestBody::new(body));
 
     let deadline = route.timeout.map(|timeout| Instant::now() + timeout);
-    let sent = send(endpoint, request, version, &mut exchange);
+    let sent_at = std::time::Instant::now();
+    let sent = send(&endpoint, request, version, &mut exchange);
     let result = match deadline {
         None => sent.await,
         Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
@@ -97,14 +122,21 @@ pub async fn forward(
     };
     match result {
         Ok(mut response) => {
+            if cluster.lb.policy == LbPolicy::PeakEwma {
+                let now = std::time::Instant::now();
+                endpoint.ewma.observe(now - sent_at, now, cluster.lb.decay);
+            }
             hop::strip(response.headers_mut(), false);
             route.response_headers.apply(response.headers_mut());
+            if let Some(cookie) = set_cookie {
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
             exchange.set_status(response.status());
             let (mut parts, body) = response.into_parts();
             parts.version = Version::HTTP_11;
             Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange))
         }
-        Err(error) => failure_reply(exchange, cluster, endpoint, error, grpc),
+        Err(error) => failure_reply(exchange, cluster, &endpoint, error, grpc),
     }
 }
 
@@ -117,54 +149,56 @@ async fn send(
     exchange: &mut Exchange,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let pool = &endpoint.pool;
+    let send_error = |error| UpstreamError::Send { error };
     if version == Version::HTTP_2 {
-        let (mut sender, reused) = pool.http2().await.map_err(UpstreamError::Connect)?;
+        let lease = pool.http2().await.map_err(UpstreamError::Connect)?;
+        let mut sender = lease.sender();
         return match sender.try_send_request(request).await {
-            Ok(response) => Ok(response),
+            Ok(response) => {
+                exchange.hold_http2(lease);
+                Ok(response)
+            }
             Err(mut error) => {
                 // A stream the upstream reset is that stream's problem; only a
                 // connection that is gone or refuses new streams is replaced.
                 let unsent = error.take_message();
                 if unsent.is_some() || sender.is_closed() {
-                    pool.discard_http2();
+                    pool.discard_http2(&lease);
                 }
                 match unsent {
-                    Some(request) if reused => {
-                        let (mut sender, _) = pool.http2().await.map_err(UpstreamError::Connect)?;
-                        sender
+                    Some(request) if lease.reused => {
+                        drop(lease);
+                        let lease = pool.http2().await.map_err(UpstreamError::Connect)?;
+                        let response = lease
+                            .sender()
                             .send_request(request)
                             .await
-                            .map_err(|error| UpstreamError::Send { error })
+                            .map_err(send_error)?;
+                        exchange.hold_http2(lease);
+                        Ok(response)
                     }
-                    _ => Err(UpstreamError::Send {
-                        error: error.into_error(),
-                    }),
+                    _ => Err(send_error(error.into_error())),
                 }
             }
         };
     }
-    let (mut sender, reused) = pool.http1().await.map_err(UpstreamError::Connect)?;
-    let response = match sender.try_send_request(request).await {
+    let mut lease = pool.http1().await.map_err(UpstreamError::Connect)?;
+    let response = match lease.sender.try_send_request(request).await {
         Ok(response) => response,
         Err(mut error) => match error.take_message() {
-            Some(request) if reused => {
-                sender = pool
-                    .connect_http1(false)
-                    .await
-                    .map_err(UpstreamError::Connect)?;
-                sender
+            Some(request) if lease.reused => {
+                drop(lease);
+                lease = pool.http1().await.map_err(UpstreamError::Connect)?;
+                lease
+                    .sender
                     .send_request(request)
                     .await
-                    .map_err(|error| UpstreamError::Send { error })?
+                    .map_err(send_error)?
             }
-            _ => {
-                return Err(UpstreamError::Send {
-                    error: error.into_error(),
-                });
-            }
+            _ => return Err(send_error(error.into_error())),
         },
     };
-    exchange.hold_http1(sender);
+    exchange.hold_http1(lease);
     Ok(response)
 }
 

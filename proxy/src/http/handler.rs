@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::ResponseBody;
 use super::exchange::{Exchange, StatsAt};
+use super::lifetime::Activity;
 use super::{forward, local_reply};
 use crate::listener::ListenerSlot;
 use crate::listener::state::{ListenerKind, ListenerState};
@@ -22,6 +23,7 @@ pub struct ConnContext {
     pub slot: Arc<ListenerSlot>,
     pub peer: SocketAddr,
     pub tracker: TaskTracker,
+    pub activity: Activity,
 }
 
 pub async fn handle(
@@ -30,14 +32,16 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     // The state loaded here serves the whole request, even if a reload lands meanwhile.
     let listener = conn.slot.current();
-    let exchange = Exchange::start(listener.clone(), conn.peer, &request);
-    Ok(route(&listener, request, exchange, &conn.tracker).await)
+    let (peer, tracker) = (conn.peer, conn.tracker.clone());
+    let exchange = Exchange::start(listener.clone(), conn, &request);
+    Ok(route(&listener, request, exchange, peer, &tracker).await)
 }
 
 async fn route(
     listener: &ListenerState,
     request: Request<Incoming>,
     mut exchange: Exchange,
+    client: SocketAddr,
     tracker: &TaskTracker,
 ) -> Response<ResponseBody> {
     let ListenerKind::Http(http) = &listener.kind else {
@@ -71,7 +75,7 @@ async fn route(
             response
         }
         RouteAction::Forward(backends) => {
-            forward::forward(request, index, route, backends, exchange, tracker).await
+            forward::forward(request, client, index, route, backends, exchange, tracker).await
         }
     }
 }

@@ -9,6 +9,7 @@ mod forward;
 mod handler;
 mod header_timer;
 mod hop;
+mod lifetime;
 pub mod local_reply;
 mod upgrade;
 
@@ -28,22 +29,24 @@ use crate::listener::state::ListenerState;
 use detect::{Detected, ServerIo};
 use handler::ConnContext;
 use header_timer::HeaderTimer;
+use lifetime::Activity;
 
-/// Runs a hyper server connection; when `stop` fires, asks it to wind down
-/// gracefully and waits for it. (A macro: hyper's connection types share
-/// `graceful_shutdown` by name only.)
+/// Runs a hyper server connection; when it should wind down (drain, idle
+/// timeout, max age), asks it to finish gracefully and waits for it. (A
+/// macro: hyper's connection types share `graceful_shutdown` by name only.)
 macro_rules! drive {
-    ($connection:expr, $stop:expr, $peer:expr) => {{
+    ($connection:expr, $conn:expr, $stop:expr, $state:expr) => {{
         let mut connection = std::pin::pin!($connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
-            () = $stop.cancelled() => {
+            reason = $conn.activity.wind_down(&$stop, $state.idle_timeout, $state.max_connection_age) => {
+                tracing::debug!(peer = %$conn.peer, reason, "winding the connection down");
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
         };
         if let Err(error) = result {
-            tracing::debug!(peer = %$peer, %error, "downstream connection ended with an error");
+            tracing::debug!(peer = %$conn.peer, %error, "downstream connection ended with an error");
         }
     }};
 }
@@ -79,8 +82,12 @@ pub async fn serve_connection(
         slot,
         peer,
         tracker,
+        activity: Activity::default(),
     });
-    let service = service_fn(move |request| handler::handle(conn.clone(), request));
+    let service = {
+        let conn = conn.clone();
+        service_fn(move |request| handler::handle(conn.clone(), request))
+    };
     match protocol {
         Detected::Http1 => {
             let reads = Arc::new(AtomicU64::new(0));
@@ -91,15 +98,30 @@ pub async fn serve_connection(
                 .max_header_size(state.max_request_head_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive!(connection, stop, peer);
+            drive!(connection, conn, stop, state);
         }
         Detected::Http2 => {
             let io = TokioIo::new(ServerIo::new(stream, prefix, None));
-            let connection = http2::Builder::new(TokioExecutor::new())
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
                 .timer(TokioTimer::new())
-                .max_header_list_size(state.max_request_head_bytes as u32)
-                .serve_connection(io, service);
-            drive!(connection, stop, peer);
+                .max_header_list_size(state.max_request_head_bytes as u32);
+            if let Some(streams) = state.http2.max_concurrent_streams {
+                builder.max_concurrent_streams(streams);
+            }
+            if let Some(window) = state.http2.initial_stream_window_size {
+                builder.initial_stream_window_size(window);
+            }
+            if let Some(window) = state.http2.initial_connection_window_size {
+                builder.initial_connection_window_size(window);
+            }
+            if let Some(keepalive) = &state.http2_keepalive {
+                builder
+                    .keep_alive_interval(keepalive.interval)
+                    .keep_alive_timeout(keepalive.timeout);
+            }
+            let connection = builder.serve_connection(io, service);
+            drive!(connection, conn, stop, state);
         }
     }
 }

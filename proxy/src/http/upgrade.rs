@@ -49,8 +49,8 @@ pub async fn forward(
     }
     let request = Request::from_parts(parts, RequestBody::new(body));
 
-    let mut sender = match endpoint.pool.connect_http1(true).await {
-        Ok(sender) => sender,
+    let mut lease = match endpoint.pool.connect_http1(true).await {
+        Ok(lease) => lease,
         Err(error) => {
             return failure_reply(
                 exchange,
@@ -61,7 +61,7 @@ pub async fn forward(
             );
         }
     };
-    let mut response = match sender.send_request(request).await {
+    let mut response = match lease.sender.send_request(request).await {
         Ok(response) => response,
         Err(error) => {
             return failure_reply(
@@ -96,7 +96,7 @@ pub async fn forward(
         if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
             tracing::debug!(%address, %error, "upgraded connection ended with an error");
         }
-        drop(sender);
+        drop(lease);
     });
     hop::strip(response.headers_mut(), true);
     route.response_headers.apply(response.headers_mut());

@@ -214,7 +214,9 @@ async fn connection(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let _ = stream.set_nodelay(true);
+    if let Err(error) = state.socket.apply(&stream) {
+        tracing::debug!(%peer, %error, "cannot set socket options");
+    }
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
     match &state.kind {

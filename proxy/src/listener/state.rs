@@ -9,8 +9,11 @@ use std::time::Duration;
 use metrics::{Counter, Gauge};
 
 use crate::cluster::Cluster;
-use crate::config::{ConfigError, ListenerConfig, ListenerProtocol};
+use crate::config::{
+    ConfigError, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol,
+};
 use crate::route::RouteTable;
+use crate::socket::SocketOptions;
 use crate::telemetry::{self, RequestStats, Telemetry, access_log::AccessLog};
 
 #[derive(Debug)]
@@ -22,6 +25,12 @@ pub struct ListenerState {
     pub request_headers_timeout: Duration,
     pub max_request_head_bytes: usize,
     pub drain_timeout: Duration,
+    /// No request in flight (HTTP) or no bytes (TCP) for this long closes a connection.
+    pub idle_timeout: Option<Duration>,
+    pub max_connection_age: Option<Duration>,
+    pub socket: SocketOptions,
+    pub http2: Http2Config,
+    pub http2_keepalive: Option<Http2KeepaliveConfig>,
     pub connections_active: Gauge,
     pub access_log: Option<Arc<AccessLog>>,
 }
@@ -123,6 +132,14 @@ impl ListenerState {
                 "must be greater than 0",
             ));
         }
+        if config.max_connection_age.is_some_and(|age| age.is_zero()) {
+            errors.push(ConfigError::new(
+                format!("{at}.max_connection_age"),
+                "must be greater than 0 (leave it out for no limit)",
+            ));
+        }
+        config.keepalive.check(&format!("{at}.keepalive"), errors);
+        config.http2.check(&format!("{at}.http2"), errors);
         if !(1..=1024).contains(&config.max_request_headers_kb) {
             errors.push(ConfigError::new(
                 format!("{at}.max_request_headers_kb"),
@@ -136,6 +153,14 @@ impl ListenerState {
             request_headers_timeout: config.request_headers_timeout,
             max_request_head_bytes: config.max_request_headers_kb as usize * 1024,
             drain_timeout: cx.drain_timeout,
+            idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+            max_connection_age: config.max_connection_age,
+            socket: SocketOptions {
+                nodelay: config.tcp_nodelay,
+                keepalive: config.keepalive.tcp.clone(),
+            },
+            http2: config.http2.clone(),
+            http2_keepalive: config.keepalive.http2.clone(),
             connections_active: cx.telemetry.gauge(
                 telemetry::DOWNSTREAM_CONNECTIONS_ACTIVE,
                 &[("listener", name)],

@@ -1,27 +1,34 @@
-//! Upstream connections to one endpoint: an HTTP/1.1 keep-alive pool (a
-//! connection serves one request at a time and goes back idle when its
-//! response ends), one multiplexed HTTP/2 connection, and plain TCP connects
-//! for the TCP proxy and upgrades. Every connection counts in its cluster's
-//! `remora_upstream_connections_active` while it lives.
+//! Upstream connections to one endpoint: HTTP/1.1 keep-alive connections
+//! (one request at a time, back to the idle list when the response ends),
+//! HTTP/2 connections (shared by many requests; another is opened when every
+//! one is at its stream limit), and plain TCP connections for the TCP proxy
+//! and upgrades.
+//!
+//! Every connection holds one of the endpoint's `max_connections` slots for
+//! as long as it lives; a request that finds none free waits for a
+//! connection to come back or close. Idle connections are closed after
+//! `idle_timeout`, connections are retired after `max_requests_per_connection`
+//! requests or `max_connection_age`, and `min_idle` connections can be opened
+//! ahead of traffic.
+
+mod http1;
+mod http2;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics::{Counter, Gauge};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
-use crate::http::body::RequestBody;
+use crate::config::{ClusterConfig, Http2Config, Http2KeepaliveConfig};
+use crate::socket::SocketOptions;
 
-/// Idle HTTP/1 connections kept per endpoint; more are closed when released.
-const MAX_IDLE_HTTP1: usize = 1024;
-
-pub type Http1Sender = http1::SendRequest<RequestBody>;
-pub type Http2Sender = http2::SendRequest<RequestBody>;
+pub use http1::{Http1Lease, Http1Sender};
+pub use http2::{Http2Lease, Http2Sender};
 
 /// Connection metrics of one cluster, shared by its endpoints' pools.
 #[derive(Debug, Clone)]
@@ -31,14 +38,64 @@ pub struct ConnStats {
     pub connect_failures: Counter,
 }
 
-impl ConnStats {
+/// How a cluster's pools connect and what limits them; shared by all of its endpoints.
+#[derive(Debug)]
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    pub socket: SocketOptions,
+    pub http2: Http2Config,
+    pub http2_keepalive: Option<Http2KeepaliveConfig>,
+    pub max_connections: Option<usize>,
+    pub max_idle: usize,
+    pub idle_timeout: Option<Duration>,
+    pub max_requests: Option<u32>,
+    pub max_age: Option<Duration>,
+    pub min_idle: usize,
+    pub stats: ConnStats,
+}
+
+impl PoolSettings {
+    pub fn new(config: &ClusterConfig, stats: ConnStats) -> PoolSettings {
+        let pool = &config.pool;
+        PoolSettings {
+            connect_timeout: config.connect_timeout,
+            socket: SocketOptions {
+                nodelay: config.tcp_nodelay,
+                keepalive: config.keepalive.tcp.clone(),
+            },
+            http2: config.http2.clone(),
+            http2_keepalive: config.keepalive.http2.clone(),
+            max_connections: pool.max_connections.map(|m| m as usize),
+            max_idle: pool.max_idle_per_endpoint as usize,
+            idle_timeout: (!pool.idle_timeout.is_zero()).then_some(pool.idle_timeout),
+            max_requests: pool.max_requests_per_connection,
+            max_age: pool.max_connection_age,
+            min_idle: pool.min_idle as usize,
+            stats,
+        }
+    }
+
     #[cfg(test)]
-    pub fn detached() -> ConnStats {
-        ConnStats {
+    pub fn detached() -> PoolSettings {
+        let stats = ConnStats {
             active: Gauge::noop(),
             created: Counter::noop(),
             connect_failures: Counter::noop(),
-        }
+        };
+        PoolSettings::new(
+            &crate::config::parse_yaml("clusters: [{name: c}]")
+                .unwrap()
+                .clusters[0],
+            stats,
+        )
+    }
+
+    /// Whether a connection born at `born` that served `served` requests is done.
+    fn retired(&self, born: Instant, served: u32, now: Instant) -> bool {
+        self.max_requests.is_some_and(|max| served >= max)
+            || self
+                .max_age
+                .is_some_and(|age| now.saturating_duration_since(born) >= age)
     }
 }
 
@@ -51,181 +108,217 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("HTTP/2 handshake failed: {0}")]
     Handshake(hyper::Error),
+    #[error("connection limit reached ({0} connections to this endpoint)")]
+    Full(usize),
 }
 
 #[derive(Debug)]
 pub struct EndpointPool {
     address: SocketAddr,
-    connect_timeout: Duration,
-    stats: ConnStats,
-    idle_http1: Mutex<Vec<Http1Sender>>,
-    http2: Mutex<Option<Http2Sender>>,
-    http2_connecting: tokio::sync::Mutex<()>,
+    settings: Arc<PoolSettings>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken when a connection goes idle, a stream or slot frees, or an
+    /// HTTP/2 connection comes up.
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Connections alive, counted against `max_connections`.
+    open: usize,
+    idle: Vec<http1::Idle>,
+    http2: Vec<Arc<http2::Http2Conn>>,
+    http2_connecting: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One of `max_connections`, held by a connection (or a connect in progress)
+/// until it drops.
+#[derive(Debug)]
+struct Slot {
+    shared: Arc<Shared>,
+    gauge: Option<Gauge>,
+}
+
+impl Slot {
+    /// Marks the slot's connection as up, counting it in the cluster's gauge.
+    fn connected(&mut self, stats: &ConnStats) {
+        stats.active.increment(1.0);
+        self.gauge = Some(stats.active.clone());
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.decrement(1.0);
+        }
+        self.shared.lock().open -= 1;
+        self.shared.changed.notify_one();
+    }
+}
+
+/// An upstream TCP connection that holds a pool slot until it drops (TCP
+/// proxy and upgraded connections).
+#[derive(Debug)]
+pub struct PooledStream {
+    pub stream: TcpStream,
+    _slot: Slot,
 }
 
 impl EndpointPool {
-    pub fn new(address: SocketAddr, connect_timeout: Duration, stats: ConnStats) -> EndpointPool {
+    pub fn new(address: SocketAddr, settings: Arc<PoolSettings>) -> EndpointPool {
         EndpointPool {
             address,
-            connect_timeout,
-            stats,
-            idle_http1: Mutex::new(Vec::new()),
-            http2: Mutex::new(None),
-            http2_connecting: tokio::sync::Mutex::new(()),
+            settings,
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                changed: Notify::new(),
+            }),
         }
     }
 
-    /// An idle HTTP/1 connection, or a new one. The `bool` says whether it was
-    /// reused (a reused connection may have been closed by the peer meanwhile).
-    pub async fn http1(&self) -> Result<(Http1Sender, bool), ConnectError> {
-        while let Some(mut sender) = self.pop_idle() {
-            if sender.is_closed() {
-                continue;
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Takes a slot if one is free.
+    fn try_slot(&self) -> Option<Slot> {
+        let mut state = self.shared.lock();
+        self.reserve(&mut state)
+    }
+
+    fn reserve(&self, state: &mut State) -> Option<Slot> {
+        if self
+            .settings
+            .max_connections
+            .is_some_and(|max| state.open >= max)
+        {
+            return None;
+        }
+        state.open += 1;
+        Some(Slot {
+            shared: self.shared.clone(),
+            gauge: None,
+        })
+    }
+
+    /// A TCP connection with the cluster's socket options, bounded by the
+    /// connect timeout; holds a slot. Fails at once when no slot is free.
+    pub async fn connect_stream(&self) -> Result<PooledStream, ConnectError> {
+        let slot = self.try_slot().ok_or(ConnectError::Full(
+            self.settings.max_connections.unwrap_or(0),
+        ))?;
+        let (stream, slot) = self.connect(slot).await?;
+        Ok(PooledStream {
+            stream,
+            _slot: slot,
+        })
+    }
+
+    async fn connect(&self, mut slot: Slot) -> Result<(TcpStream, Slot), ConnectError> {
+        let settings = &self.settings;
+        let connected =
+            tokio::time::timeout(settings.connect_timeout, TcpStream::connect(self.address)).await;
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                settings.stats.connect_failures.increment(1);
+                return Err(ConnectError::Io(error));
             }
-            // A connection is released when its response ends; its task may
-            // need a moment more to be ready for the next request.
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Ok((sender, true));
+            Err(_) => {
+                settings.stats.connect_failures.increment(1);
+                return Err(ConnectError::Timeout(settings.connect_timeout));
             }
+        };
+        if let Err(error) = settings.socket.apply(&stream) {
+            tracing::debug!(address = %self.address, %error, "cannot set socket options");
         }
-        self.connect_http1(false).await.map(|s| (s, false))
+        settings.stats.created.increment(1);
+        slot.connected(&settings.stats);
+        Ok((stream, slot))
     }
 
-    /// Returns a connection whose exchange finished cleanly.
-    pub fn release_http1(&self, sender: Http1Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle_http1.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_HTTP1 {
-            idle.push(sender);
-        }
-    }
-
-    pub fn idle_http1(&self) -> usize {
-        self.idle_http1
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    }
-
-    fn pop_idle(&self) -> Option<Http1Sender> {
-        self.idle_http1
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-    }
-
-    /// A new HTTP/1 connection outside the pool; with `upgrades` it can be
-    /// taken over after a `101 Switching Protocols`.
-    pub async fn connect_http1(&self, upgrades: bool) -> Result<Http1Sender, ConnectError> {
-        let stream = self.connect_tcp().await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        if upgrades {
-            self.spawn_connection(conn.with_upgrades());
-        } else {
-            self.spawn_connection(conn);
-        }
-        Ok(sender)
-    }
-
-    /// The endpoint's HTTP/2 connection, opened on first use and shared by
-    /// every request until it closes.
-    pub async fn http2(&self) -> Result<(Http2Sender, bool), ConnectError> {
-        if let Some(sender) = self.current_http2() {
-            return Ok((sender, true));
-        }
-        let _connecting = self.http2_connecting.lock().await;
-        if let Some(sender) = self.current_http2() {
-            return Ok((sender, true));
-        }
-        let stream = self.connect_tcp().await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        self.spawn_connection(conn);
-        *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
-        Ok((sender, false))
-    }
-
-    /// Forgets the shared HTTP/2 connection after it failed a request, so the
-    /// next request opens a fresh one.
-    pub fn discard_http2(&self) {
-        self.http2.lock().unwrap_or_else(|p| p.into_inner()).take();
-    }
-
-    pub fn has_http2(&self) -> bool {
-        self.current_http2().is_some()
-    }
-
-    fn current_http2(&self) -> Option<Http2Sender> {
-        let slot = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
-    /// Drives a client connection in a task of its own, counted as active
-    /// while it lives.
-    fn spawn_connection<C>(&self, connection: C)
+    /// Drives a client connection in a task of its own; the slot is freed
+    /// when it ends.
+    fn spawn_connection<C>(&self, connection: C, slot: Slot)
     where
         C: Future<Output = hyper::Result<()>> + Send + 'static,
     {
-        let guard = ActiveConnection::new(&self.stats);
         let address = self.address;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%address, %error, "upstream connection ended with an error");
             }
-            drop(guard);
+            drop(slot);
         });
     }
 
-    /// A TCP connection with `TCP_NODELAY`, bounded by the connect timeout.
-    pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
-        let result = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.address),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => Err(ConnectError::Io(error)),
-            Err(_) => Err(ConnectError::Timeout(self.connect_timeout)),
-        };
-        match result {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                self.stats.created.increment(1);
-                Ok(stream)
+    /// Closes connections idle for longer than `idle_timeout` or past their
+    /// age; returns how many were closed.
+    pub fn evict_idle(&self, now: Instant) -> usize {
+        let settings = &self.settings;
+        let mut state = self.shared.lock();
+        let before = state.idle.len() + state.http2.len();
+        state.idle.retain(|idle| !idle.expired(settings, now));
+        state.http2.retain(|conn| !conn.expired(settings, now));
+        before - state.idle.len() - state.http2.len()
+    }
+
+    /// Opens connections ahead of traffic: `min_idle` idle HTTP/1.1
+    /// connections, or one HTTP/2 connection.
+    pub async fn warm(&self, http2: bool) {
+        if self.settings.min_idle == 0 {
+            return;
+        }
+        if http2 {
+            if let Err(error) = self.http2().await {
+                tracing::debug!(address = %self.address, %error, "warm-up connection failed");
             }
-            Err(error) => {
-                self.stats.connect_failures.increment(1);
-                Err(error)
+            return;
+        }
+        let mut leases = Vec::new();
+        for _ in 0..self.settings.min_idle {
+            let Some(slot) = self.try_slot() else { break };
+            match self.open_http1(slot, false).await {
+                Ok(lease) => leases.push(lease),
+                Err(error) => {
+                    tracing::debug!(address = %self.address, %error, "warm-up connection failed");
+                    break;
+                }
             }
+        }
+        for lease in leases {
+            self.release_http1(lease.unused());
         }
     }
 
-    pub fn stats(&self) -> &ConnStats {
-        &self.stats
+    /// Connections by state, for the admin view.
+    pub fn sizes(&self) -> PoolSizes {
+        let state = self.shared.lock();
+        PoolSizes {
+            open: state.open,
+            idle_http1: state.idle.len(),
+            http2_connections: state.http2.len(),
+            http2_streams: state.http2.iter().map(|c| c.active()).sum(),
+        }
     }
 }
 
-/// Counts one open upstream connection in its cluster's gauge.
-pub struct ActiveConnection(Gauge);
-
-impl ActiveConnection {
-    pub fn new(stats: &ConnStats) -> ActiveConnection {
-        stats.active.increment(1.0);
-        ActiveConnection(stats.active.clone())
-    }
-}
-
-impl Drop for ActiveConnection {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PoolSizes {
+    pub open: usize,
+    pub idle_http1: usize,
+    pub http2_connections: usize,
+    pub http2_streams: usize,
 }

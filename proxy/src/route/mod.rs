@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 
+use crate::balance::HashPolicy;
 use crate::cluster::Cluster;
 use crate::config::{ConfigError, RouteConfig};
 use crate::telemetry::{RequestStats, Telemetry};
@@ -27,6 +28,8 @@ pub struct Route {
     matcher: RouteMatch,
     pub action: RouteAction,
     pub timeout: Option<Duration>,
+    /// Overrides the cluster's hash input for consistent-hash backends.
+    pub hash: Option<HashPolicy>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
 }
@@ -161,11 +164,27 @@ impl Route {
                 errors,
             )?),
         };
+        let hash = config
+            .hash_on
+            .as_ref()
+            .and_then(|h| HashPolicy::compile(h, &format!("{at}.hash_on"), errors));
+        if let (Some(_), RouteAction::Forward(backends)) = (&hash, &action)
+            && !backends
+                .backends()
+                .iter()
+                .any(|b| b.cluster.is_hash_based())
+        {
+            errors.push(ConfigError::new(
+                format!("{at}.hash_on"),
+                "applies only to ring_hash or maglev clusters, and none of this route's backends is one",
+            ));
+        }
         Some(Route {
             name: Arc::from(config.name.as_str()),
             matcher,
             action,
             timeout: config.timeout,
+            hash,
             request_headers,
             response_headers,
         })

@@ -100,6 +100,10 @@ impl Snapshot {
             }
         };
 
+        if let Some(resolver) = &config.dns_resolver {
+            crate::discovery::check(resolver, &mut errors);
+        }
+
         state::check_unique(&config.listeners, &mut errors);
         let cx = ListenerContext {
             clusters: &by_name,
@@ -129,6 +133,11 @@ impl Snapshot {
             clusters: clusters.into(),
             access_log,
         })
+    }
+
+    /// Whether every cluster has its endpoints (DNS clusters after their first lookup).
+    pub fn is_warm(&self) -> bool {
+        self.clusters.iter().all(|c| c.is_warm())
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {

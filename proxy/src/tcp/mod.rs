@@ -2,7 +2,8 @@
 //! connection to one endpoint of the listener's cluster, and bytes flow both
 //! ways until both sides are done. A half-close is passed on: when one side
 //! stops sending, the other side's write half is shut down and the opposite
-//! direction keeps flowing.
+//! direction keeps flowing. No bytes either way for `idle_timeout` closes
+//! both.
 
 mod relay;
 
@@ -13,7 +14,6 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::state::{ListenerKind, ListenerState};
-use crate::pool::ActiveConnection;
 
 pub async fn proxy_connection(
     downstream: TcpStream,
@@ -25,12 +25,12 @@ pub async fn proxy_connection(
         return;
     };
     let cluster = &target.cluster;
-    let Some(endpoint) = cluster.pick() else {
-        tracing::warn!(listener = %state.name, cluster = %cluster.name, %peer, "closing connection: the cluster has no endpoints");
+    let Some(active) = cluster.pick(None) else {
+        tracing::warn!(listener = %state.name, cluster = %cluster.name, %peer, "closing connection: the cluster has no healthy endpoints");
         return;
     };
-    let _active = endpoint.begin_request();
-    let upstream = match endpoint.pool.connect_tcp().await {
+    let endpoint = active.endpoint();
+    let upstream = match endpoint.pool.connect_stream().await {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::warn!(
@@ -40,8 +40,13 @@ pub async fn proxy_connection(
             return;
         }
     };
-    let _connection = ActiveConnection::new(endpoint.pool.stats());
-    let relay = relay::relay(downstream, upstream, &target.bytes_rx, &target.bytes_tx);
+    let relay = relay::relay(
+        downstream,
+        upstream.stream,
+        &target.bytes_rx,
+        &target.bytes_tx,
+        state.idle_timeout,
+    );
     // On drain (or when the listener is removed) a TCP stream cannot be told
     // to wind down, so it gets the drain timeout to finish on its own.
     let deadline = async {
@@ -49,8 +54,10 @@ pub async fn proxy_connection(
         tokio::time::sleep(state.drain_timeout).await;
     };
     tokio::select! {
-        result = relay => if let Err(error) = result {
-            tracing::debug!(listener = %state.name, %peer, %error, "TCP connection ended with an error");
+        result = relay => match result {
+            Ok(relay::Ended::Closed) => {}
+            Ok(relay::Ended::Idle) => tracing::debug!(listener = %state.name, %peer, "closing idle TCP connection"),
+            Err(error) => tracing::debug!(listener = %state.name, %peer, %error, "TCP connection ended with an error"),
         },
         () = deadline => tracing::debug!(listener = %state.name, %peer, "closing TCP connection at the end of the drain"),
     }

@@ -1,31 +1,69 @@
 //! Copying bytes both ways between two sockets, counting them as they pass.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 const BUFFER: usize = 16 * 1024;
 
-/// Relays until both directions have ended; `rx` counts client→upstream
-/// bytes, `tx` upstream→client. An error in either direction ends both.
+pub enum Ended {
+    /// Both directions finished.
+    Closed,
+    /// No bytes either way for the idle timeout.
+    Idle,
+}
+
+/// Relays until both directions have ended (or nothing moved for `idle`);
+/// `rx` counts client→upstream bytes, `tx` upstream→client. An error in
+/// either direction ends both.
 pub async fn relay(
     mut client: TcpStream,
     mut upstream: TcpStream,
     rx: &Counter,
     tx: &Counter,
-) -> io::Result<()> {
+    idle: Option<Duration>,
+) -> io::Result<Ended> {
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
-    tokio::try_join!(
-        pipe(&mut client_read, &mut upstream_write, rx),
-        pipe(&mut upstream_read, &mut client_write, tx),
-    )?;
-    Ok(())
+    let start = Instant::now();
+    // Milliseconds after `start` when bytes last moved either way.
+    let last = AtomicU64::new(0);
+    let copy = async {
+        tokio::try_join!(
+            pipe(&mut client_read, &mut upstream_write, rx, (start, &last)),
+            pipe(&mut upstream_read, &mut client_write, tx, (start, &last)),
+        )
+    };
+    let Some(idle) = idle else {
+        copy.await?;
+        return Ok(Ended::Closed);
+    };
+    let quiet = async {
+        loop {
+            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        result = copy => result.map(|_| Ended::Closed),
+        () = quiet => Ok(Ended::Idle),
+    }
 }
 
-async fn pipe<R, W>(reader: &mut R, writer: &mut W, counter: &Counter) -> io::Result<()>
+async fn pipe<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    counter: &Counter,
+    (start, last): (Instant, &AtomicU64),
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -39,5 +77,6 @@ where
         }
         writer.write_all(&buffer[..read]).await?;
         counter.increment(read as u64);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

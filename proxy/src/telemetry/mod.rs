@@ -21,6 +21,8 @@ pub const UPSTREAM_CONNECTIONS_ACTIVE: &str = "remora_upstream_connections_activ
 pub const UPSTREAM_CONNECTIONS_CREATED: &str = "remora_upstream_connections_created_total";
 pub const UPSTREAM_CONNECT_FAILURES: &str = "remora_upstream_connect_failures_total";
 pub const TCP_BYTES_TOTAL: &str = "remora_tcp_bytes_total";
+pub const LB_FALLBACK_TOTAL: &str = "remora_lb_fallback_total";
+pub const DNS_RESOLUTIONS_TOTAL: &str = "remora_dns_resolutions_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 
 /// Upper bounds of the request-duration histogram, in seconds.

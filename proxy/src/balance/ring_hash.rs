@@ -1,0 +1,121 @@
+//! `ring_hash`: consistent hashing on a ring (ketama). Each endpoint gets
+//! points on a 64-bit ring in proportion to its weight
+//! (`xxh64("{address}_{n}")`, as Envoy hashes them); a request's hash is
+//! served by the first point at or after it.
+//!
+//! Unlike Envoy, which rescales every endpoint's point count to the ring size
+//! whenever the endpoint count changes (so adding a fifth endpoint to four
+//! also moves keys between the old four), an endpoint here gets a fixed
+//! [`POINTS_PER_WEIGHT`] points per unit of weight. Its points stay where they
+//! are when others come and go: adding an endpoint takes over only the keys
+//! just before its points, and removing one hands on only its keys. The
+//! count per weight changes only when the ring would be smaller than
+//! `minimum_ring_size` or larger than `maximum_ring_size`.
+
+use std::sync::Arc;
+
+use xxhash_rust::xxh64::xxh64;
+
+use crate::cluster::Endpoint;
+
+pub const DEFAULT_MIN_SIZE: u64 = 1024;
+pub const DEFAULT_MAX_SIZE: u64 = 8 * 1024 * 1024;
+/// Points per unit of weight while the ring stays within its size bounds.
+pub const POINTS_PER_WEIGHT: u64 = 256;
+
+#[derive(Debug)]
+pub struct Ring {
+    /// (point, endpoint index), sorted by point.
+    points: Box<[(u64, u32)]>,
+}
+
+impl Ring {
+    pub fn new(endpoints: &[Arc<Endpoint>], min_size: u64, max_size: u64) -> Ring {
+        if endpoints.is_empty() {
+            return Ring {
+                points: Box::new([]),
+            };
+        }
+        let gcd = endpoints
+            .iter()
+            .map(|e| u64::from(e.weight.get()))
+            .fold(0, gcd);
+        let weights: Vec<u64> = endpoints
+            .iter()
+            .map(|e| u64::from(e.weight.get()) / gcd)
+            .collect();
+        let total: u64 = weights.iter().sum();
+        let per_weight = POINTS_PER_WEIGHT
+            .max(min_size.div_ceil(total))
+            .min((max_size / total).max(1));
+        let mut points = Vec::with_capacity((total * per_weight) as usize);
+        let mut key = String::new();
+        for (index, (endpoint, weight)) in endpoints.iter().zip(&weights).enumerate() {
+            for n in 0..weight * per_weight {
+                use std::fmt::Write;
+                key.clear();
+                let _ = write!(key, "{}_{n}", endpoint.address);
+                points.push((xxh64(key.as_bytes(), 0), index as u32));
+            }
+        }
+        points.sort_unstable();
+        Ring {
+            points: points.into(),
+        }
+    }
+
+    pub fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>], hash: u64) -> Option<&'a Arc<Endpoint>> {
+        let at = self.points.partition_point(|&(point, _)| point < hash);
+        let (_, index) = self.points.get(at).or_else(|| self.points.first())?;
+        endpoints.get(*index as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::consistency::{Exactness, assert_consistent, endpoints};
+
+    #[test]
+    fn keys_are_stable_and_move_minimally() {
+        assert_consistent(Exactness::Exact, |e| {
+            let ring = Ring::new(e, DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE);
+            let e = e.to_vec();
+            Box::new(move |hash| ring.pick(&e, hash).map(|e| e.address))
+        });
+    }
+
+    #[test]
+    fn the_ring_is_as_large_as_asked_and_weights_get_proportional_points() {
+        let e = endpoints(&[1, 3]);
+        let ring = Ring::new(&e, DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE);
+        assert_eq!(ring.len(), 4 * 256);
+        let heavy = ring.points.iter().filter(|p| p.1 == 1).count();
+        assert_eq!(heavy * 4, ring.len() * 3);
+        assert_eq!(
+            Ring::new(&e, 8192, DEFAULT_MAX_SIZE).len(),
+            8192,
+            "minimum_ring_size raises the count"
+        );
+        let capped = Ring::new(&endpoints(&[1; 100]), 1, 5_000);
+        assert_eq!(capped.len(), 5_000, "maximum_ring_size caps the ring");
+        let scaled = Ring::new(&endpoints(&[100, 300]), DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE);
+        assert_eq!(
+            scaled.len(),
+            4 * 256,
+            "weights count relative to each other"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! When a downstream HTTP connection should wind down gracefully: the proxy
+//! drains, the connection has had no request in flight for `idle_timeout`,
+//! or it has lived `max_connection_age`. Winding down means GOAWAY on
+//! HTTP/2 and `Connection: close` after the current response on HTTP/1.1
+//! (an idle HTTP/1.1 connection closes at once).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+pub struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` when the connection last became idle.
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn end(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let ms = self.born.elapsed().as_millis() as u64;
+            self.idle_since_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let deadline = if self.in_flight.load(Ordering::Relaxed) == 0 {
+                self.born
+                    + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed))
+                    + timeout
+            } else {
+                Instant::now() + timeout
+            };
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+            if self.in_flight.load(Ordering::Relaxed) == 0
+                && self.born
+                    + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed))
+                    + timeout
+                    <= Instant::now()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The first reason to wind the connection down.
+    pub async fn wind_down(
+        &self,
+        stop: &CancellationToken,
+        idle_timeout: Option<Duration>,
+        max_age: Option<Duration>,
+    ) -> &'static str {
+        let idle = async {
+            match idle_timeout {
+                Some(timeout) => self.idle_for(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let age = async {
+            match max_age {
+                Some(age) => tokio::time::sleep_until(self.born + age).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => "draining",
+            () = idle => "idle_timeout",
+            () = age => "max_connection_age",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_counts_from_the_last_request() {
+        let activity = Activity::default();
+        let stop = CancellationToken::new();
+        activity.begin();
+        let started = Instant::now();
+        let wind_down = activity.wind_down(&stop, Some(Duration::from_secs(10)), None);
+        tokio::pin!(wind_down);
+        // Busy for 25 s: no idle timeout while a request is in flight.
+        tokio::select! {
+            _ = &mut wind_down => panic!("wound down while busy"),
+            () = tokio::time::sleep(Duration::from_secs(25)) => {}
+        }
+        activity.end();
+        assert_eq!(wind_down.await, "idle_timeout");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(35) && elapsed < Duration::from_secs(36),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn age_and_drain_end_a_busy_connection() {
+        let activity = Activity::default();
+        activity.begin();
+        let stop = CancellationToken::new();
+        assert_eq!(
+            activity
+                .wind_down(
+                    &stop,
+                    Some(Duration::from_secs(1)),
+                    Some(Duration::from_secs(60))
+                )
+                .await,
+            "max_connection_age"
+        );
+        stop.cancel();
+        assert_eq!(activity.wind_down(&stop, None, None).await, "draining");
+    }
+}

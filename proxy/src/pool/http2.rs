@@ -1,0 +1,205 @@
+//! HTTP/2 connections: many requests share one connection, each a stream.
+//! A request takes the first connection with a free stream (so as few
+//! connections as possible carry the load); when every connection is at its
+//! stream limit (the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, capped by the
+//! cluster's `http2.max_concurrent_streams`), another is opened if a slot is
+//! free, else the request waits for a stream. A retired connection takes no
+//! new streams and closes once its last one ends.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot};
+use crate::http::body::RequestBody;
+
+pub type Http2Sender = http2::SendRequest<RequestBody>;
+
+#[derive(Debug)]
+pub(super) struct Http2Conn {
+    sender: Http2Sender,
+    born: Instant,
+    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, published by the connection task.
+    peer_limit: Arc<AtomicUsize>,
+    served: AtomicU32,
+    streams: AtomicUsize,
+    retired: AtomicBool,
+    /// Milliseconds after `born` when the last stream ended.
+    idle_since_ms: AtomicU64,
+}
+
+impl Http2Conn {
+    pub(super) fn active(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn expired(&self, settings: &PoolSettings, now: Instant) -> bool {
+        if self.sender.is_closed() || self.retired.load(Ordering::Relaxed) {
+            return true;
+        }
+        let idle_since =
+            self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        self.active() == 0
+            && (settings
+                .idle_timeout
+                .is_some_and(|t| now.saturating_duration_since(idle_since) >= t)
+                || settings
+                    .max_age
+                    .is_some_and(|age| now.saturating_duration_since(self.born) >= age))
+    }
+
+    fn stream_limit(&self, settings: &PoolSettings) -> usize {
+        let peer = self.peer_limit.load(Ordering::Relaxed);
+        settings
+            .http2
+            .max_concurrent_streams
+            .map_or(peer, |mine| peer.min(mine as usize))
+    }
+}
+
+/// A stream on a shared HTTP/2 connection, held by one exchange.
+#[derive(Debug)]
+pub struct Http2Lease {
+    conn: Arc<Http2Conn>,
+    shared: Arc<Shared>,
+    /// Whether the connection carried a request before.
+    pub reused: bool,
+}
+
+impl Http2Lease {
+    pub fn sender(&self) -> Http2Sender {
+        self.conn.sender.clone()
+    }
+}
+
+impl Drop for Http2Lease {
+    fn drop(&mut self) {
+        if self.conn.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let idle_ms = self.conn.born.elapsed().as_millis() as u64;
+            self.conn.idle_since_ms.store(idle_ms, Ordering::Relaxed);
+        }
+        self.shared.changed.notify_one();
+    }
+}
+
+enum Next {
+    Stream(Http2Lease),
+    Connect(Slot),
+    Wait,
+}
+
+impl EndpointPool {
+    /// A stream on an HTTP/2 connection to this endpoint.
+    pub async fn http2(&self) -> Result<Http2Lease, ConnectError> {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let next = {
+                let mut state = self.shared.lock();
+                let now = Instant::now();
+                let settings = &self.settings;
+                state.http2.retain(|conn| {
+                    !conn.sender.is_closed() && !conn.retired.load(Ordering::Relaxed)
+                });
+                let free = state
+                    .http2
+                    .iter()
+                    .position(|conn| conn.active() < conn.stream_limit(settings));
+                if let Some(index) = free {
+                    let conn = state.http2[index].clone();
+                    conn.streams.fetch_add(1, Ordering::Relaxed);
+                    let served = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
+                    if settings.retired(conn.born, served, now) {
+                        conn.retired.store(true, Ordering::Relaxed);
+                        state.http2.remove(index);
+                    }
+                    Next::Stream(Http2Lease {
+                        reused: served > 1,
+                        conn,
+                        shared: self.shared.clone(),
+                    })
+                } else if state.http2_connecting {
+                    Next::Wait
+                } else {
+                    match self.reserve(&mut state) {
+                        Some(slot) => {
+                            state.http2_connecting = true;
+                            Next::Connect(slot)
+                        }
+                        None => Next::Wait,
+                    }
+                }
+            };
+            match next {
+                Next::Stream(lease) => return Ok(lease),
+                Next::Wait => changed.await,
+                Next::Connect(slot) => {
+                    let opened = self.open_http2(slot).await;
+                    let mut state = self.shared.lock();
+                    state.http2_connecting = false;
+                    if let Ok(conn) = &opened {
+                        state.http2.push(conn.clone());
+                    }
+                    drop(state);
+                    self.shared.changed.notify_waiters();
+                    opened?;
+                }
+            }
+        }
+    }
+
+    async fn open_http2(&self, slot: Slot) -> Result<Arc<Http2Conn>, ConnectError> {
+        let (stream, slot) = self.connect(slot).await?;
+        let settings = &self.settings;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(window) = settings.http2.initial_stream_window_size {
+            builder.initial_stream_window_size(window);
+        }
+        if let Some(window) = settings.http2.initial_connection_window_size {
+            builder.initial_connection_window_size(window);
+        }
+        if let Some(keepalive) = &settings.http2_keepalive {
+            builder
+                .keep_alive_interval(keepalive.interval)
+                .keep_alive_timeout(keepalive.timeout)
+                .keep_alive_while_idle(true);
+        }
+        let (sender, mut conn) = builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        let peer_limit = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
+        let published = peer_limit.clone();
+        let watched = std::future::poll_fn(move |cx| {
+            let polled = std::pin::Pin::new(&mut conn).poll(cx);
+            published.store(conn.current_max_send_streams(), Ordering::Relaxed);
+            polled
+        });
+        self.spawn_connection(watched, slot);
+        Ok(Arc::new(Http2Conn {
+            sender,
+            born: Instant::now(),
+            peer_limit,
+            served: AtomicU32::new(0),
+            streams: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(0),
+        }))
+    }
+
+    /// Stops giving out streams on the lease's connection after it failed a
+    /// request at the connection level.
+    pub fn discard_http2(&self, lease: &Http2Lease) {
+        lease.conn.retired.store(true, Ordering::Relaxed);
+        self.shared
+            .lock()
+            .http2
+            .retain(|conn| !Arc::ptr_eq(conn, &lease.conn));
+    }
+}

@@ -1,0 +1,64 @@
+//! Options every TCP connection gets, downstream and upstream: `TCP_NODELAY`
+//! (on unless turned off) and TCP keepalive probes when configured.
+
+use std::io;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
+
+use crate::config::TcpKeepaliveConfig;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SocketOptions {
+    pub nodelay: bool,
+    pub keepalive: Option<TcpKeepaliveConfig>,
+}
+
+impl SocketOptions {
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nodelay(self.nodelay)?;
+        if let Some(keepalive) = &self.keepalive {
+            let params = TcpKeepalive::new()
+                .with_time(keepalive.time)
+                .with_interval(keepalive.interval)
+                .with_retries(keepalive.probes);
+            SockRef::from(stream).set_tcp_keepalive(&params)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn keepalive_and_nodelay_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let options = SocketOptions {
+            nodelay: true,
+            keepalive: Some(TcpKeepaliveConfig {
+                time: Duration::from_secs(42),
+                interval: Duration::from_secs(7),
+                probes: 5,
+            }),
+        };
+        options.apply(&stream).unwrap();
+        let socket = SockRef::from(&stream);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(42)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 5);
+    }
+}
