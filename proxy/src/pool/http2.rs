@@ -6,7 +6,6 @@
 //! free, else the request waits for a stream. A retired connection takes no
 //! new streams and closes once its last one ends.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +17,11 @@ use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot};
 use crate::http::body::RequestBody;
 
 pub type Http2Sender = http2::SendRequest<RequestBody>;
+
+/// How often a new connection is checked for the peer's SETTINGS.
+const SETTLING_CHECK: Duration = Duration::from_millis(2);
+/// How often a settled connection's stream limit is re-read.
+const SETTLED_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(super) struct Http2Conn {
@@ -50,6 +54,11 @@ impl Http2Conn {
                 || settings
                     .max_age
                     .is_some_and(|age| now.saturating_duration_since(self.born) >= age))
+    }
+
+    /// The peer's SETTINGS have not come yet.
+    fn is_settling(&self) -> bool {
+        self.peer_limit.load(Ordering::Relaxed) == 0 && !self.retired.load(Ordering::Relaxed)
     }
 
     fn stream_limit(&self, settings: &PoolSettings) -> usize {
@@ -123,7 +132,7 @@ impl EndpointPool {
                         conn,
                         shared: self.shared.clone(),
                     })
-                } else if state.http2_connecting {
+                } else if state.http2_connecting || state.http2.iter().any(|c| c.is_settling()) {
                     Next::Wait
                 } else {
                     match self.reserve(&mut state) {
@@ -164,6 +173,10 @@ impl EndpointPool {
         if let Some(window) = settings.http2.initial_connection_window_size {
             builder.initial_connection_window_size(window);
         }
+        // No streams until the peer's SETTINGS say how many it takes (hyper
+        // would assume 100): until then the connection is settling, and
+        // requests wait for it rather than pile onto it or open more.
+        builder.initial_max_send_streams(0);
         if let Some(keepalive) = &settings.http2_keepalive {
             builder
                 .keep_alive_interval(keepalive.interval)
@@ -176,13 +189,31 @@ impl EndpointPool {
             .map_err(ConnectError::Handshake)?;
         let peer_limit = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
         let published = peer_limit.clone();
-        let watched = std::future::poll_fn(move |cx| {
-            let polled = std::pin::Pin::new(&mut conn).poll(cx);
-            published.store(conn.current_max_send_streams(), Ordering::Relaxed);
-            polled
-        });
+        let shared = self.shared.clone();
+        // hyper reads the peer's SETTINGS in a task of its own and tells no
+        // one, so the limit is read here: often while the connection
+        // settles, then now and then to follow changes.
+        let watched = async move {
+            let mut check = tokio::time::interval(SETTLING_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    result = &mut conn => return result,
+                    _ = check.tick() => {
+                        let limit = conn.current_max_send_streams();
+                        if published.swap(limit, Ordering::Relaxed) != limit {
+                            // Waiting requests may fit now.
+                            shared.changed.notify_waiters();
+                        }
+                        if limit > 0 && check.period() == SETTLING_CHECK {
+                            check = tokio::time::interval_at(tokio::time::Instant::now() + SETTLED_CHECK, SETTLED_CHECK);
+                        }
+                    }
+                }
+            }
+        };
         self.spawn_connection(watched, slot);
-        Ok(Arc::new(Http2Conn {
+        let conn = Arc::new(Http2Conn {
             sender,
             born: Instant::now(),
             peer_limit,
@@ -190,7 +221,18 @@ impl EndpointPool {
             streams: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
-        }))
+        });
+        // A peer that never sends its SETTINGS is given up on.
+        let (settling, shared, timeout) =
+            (conn.clone(), self.shared.clone(), settings.connect_timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if settling.is_settling() {
+                settling.retired.store(true, Ordering::Relaxed);
+                shared.changed.notify_waiters();
+            }
+        });
+        Ok(conn)
     }
 
     /// Stops giving out streams on the lease's connection after it failed a

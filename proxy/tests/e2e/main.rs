@@ -3,8 +3,10 @@
 
 mod admin_api;
 mod bad_input;
+mod balancing;
 mod config_cli;
 mod grpc_calls;
+mod pools;
 mod proxying;
 mod reload;
 mod routing;

@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod blackhole;
 pub mod client;
+pub mod dns;
 pub mod grpc;
 pub mod process;
 pub mod upstream;

@@ -45,10 +45,21 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How an upstream behaves beyond its protocol.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Added before every answer.
+    pub delay: Duration,
+    /// HTTP/2: the `SETTINGS_MAX_CONCURRENT_STREAMS` it advertises.
+    pub max_concurrent_streams: Option<u32>,
+}
+
 struct State {
     name: String,
+    options: Options,
     hits: AtomicUsize,
     connections: AtomicUsize,
+    open: AtomicUsize,
     gate: Notify,
 }
 
@@ -67,14 +78,25 @@ impl Upstream {
 
     /// Starts on a given address (to bring a stopped upstream back).
     pub async fn start(name: &str, protocol: Protocol, addr: Option<SocketAddr>) -> Upstream {
+        Self::with(name, protocol, addr, Options::default()).await
+    }
+
+    pub async fn with(
+        name: &str,
+        protocol: Protocol,
+        addr: Option<SocketAddr>,
+        options: Options,
+    ) -> Upstream {
         let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             name: name.to_string(),
+            options,
             hits: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             gate: Notify::new(),
         });
         let task = tokio::spawn(serve(listener, protocol, state.clone()));
@@ -90,8 +112,14 @@ impl Upstream {
         self.state.hits.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
     }
 
     pub fn open_gate(&self) {
@@ -112,8 +140,11 @@ async fn serve(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
             continue;
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
+        state.open.fetch_add(1, Ordering::SeqCst);
         let state = state.clone();
         connections.spawn(async move {
+            let options = state.options;
+            let open = OpenGuard(state.clone());
             let service = service_fn(move |request| handle(state.clone(), request));
             let io = TokioIo::new(stream);
             let _ = match protocol {
@@ -123,6 +154,7 @@ async fn serve(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
                     .await
                     .map_err(|e| e.to_string()),
                 Protocol::Http2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(options.max_concurrent_streams)
                     .serve_connection(io, service)
                     .await
                     .map_err(|e| e.to_string()),
@@ -133,8 +165,17 @@ async fn serve(listener: TcpListener, protocol: Protocol, state: Arc<State>) {
                         .map_err(|e| e.to_string())
                 }
             };
+            drop(open);
         });
         while connections.try_join_next().is_some() {}
+    }
+}
+
+struct OpenGuard(Arc<State>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -143,6 +184,9 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    if !state.options.delay.is_zero() {
+        tokio::time::sleep(state.options.delay).await;
+    }
     if request.uri().path().ends_with("/reset") {
         // An error from the service: hyper resets the HTTP/2 stream (or closes
         // the HTTP/1.1 connection) without answering.
