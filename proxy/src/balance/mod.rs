@@ -133,17 +133,14 @@ impl LbSettings {
                 .maximum_ring_size
                 .unwrap_or(ring_hash::DEFAULT_MAX_SIZE),
         );
-        if ring_size.0 == 0
-            || ring_size.0 > ring_size.1
-            || ring_size.1 > ring_hash::DEFAULT_MAX_SIZE
-        {
+        if ring_size.0 == 0 || ring_size.0 > ring_size.1 || ring_size.1 > ring_hash::LARGEST_SIZE {
             errors.push(ConfigError::new(
                 path,
                 format!(
                     "ring sizes must satisfy 1 <= minimum_ring_size ({}) <= maximum_ring_size ({}) <= {}",
                     ring_size.0,
                     ring_size.1,
-                    ring_hash::DEFAULT_MAX_SIZE
+                    ring_hash::LARGEST_SIZE
                 ),
             ));
         }

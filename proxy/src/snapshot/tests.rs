@@ -15,7 +15,18 @@ clusters:
 ";
 
 #[test]
-fn the_example_compiles() {
+fn every_example_compiles() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            compile(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "examples/*.yaml: {checked}");
     let snapshot = compile(include_str!("../../../examples/proxy.yaml")).unwrap();
     assert_eq!(snapshot.listeners.len(), 2);
     assert_eq!(snapshot.clusters.len(), 4);

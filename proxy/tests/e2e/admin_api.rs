@@ -110,6 +110,15 @@ async fn config_dump_clusters_and_listeners_are_json() {
     assert_eq!(spare[1]["weight"], 3);
     assert_eq!(spare[0]["healthy"], true);
     assert_eq!(spare[0]["active_requests"], 0);
+    assert_eq!(spare[0]["weight_factor"], 1.0);
+    assert_eq!(spare[0]["pool"]["open"], 0);
+    assert_eq!(clusters[1]["policy"], "round_robin");
+    assert_eq!(clusters[1]["healthy"], 2);
+    assert_eq!(clusters[1]["panic"], false);
+    assert!(
+        clusters[1].get("dns").is_none(),
+        "static clusters show no DNS state"
+    );
 
     let (_, body) = admin_request(proxy.admin, "GET", "/listeners").await;
     let listeners: serde_json::Value = serde_json::from_str(&body).unwrap();

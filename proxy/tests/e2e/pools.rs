@@ -287,3 +287,37 @@ clusters:
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_reach_the_client() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = Upstream::http1("up").await;
+    let proxy = proxy_to(
+        &upstream.addr.to_string(),
+        "",
+        ", http2: {max_concurrent_streams: 7}",
+    )
+    .await;
+    let stream = raw(proxy.addr("web")).await;
+    let (mut sender, mut conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let request = http::Request::get(proxy.url("web", "/"))
+        .body(client::empty())
+        .unwrap();
+    let response = async {
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    };
+    // Drive the connection until the response is in; by then the proxy's SETTINGS are too.
+    tokio::select! {
+        () = response => {}
+        _ = &mut conn => panic!("connection ended"),
+    }
+    assert_eq!(
+        conn.current_max_send_streams(),
+        7,
+        "the listener advertises its max_concurrent_streams"
+    );
+}
