@@ -52,7 +52,6 @@ impl Http1Lease {
 enum Next {
     Idle(Idle),
     Connect(Slot),
-    Wait,
 }
 
 impl EndpointPool {
@@ -60,25 +59,7 @@ impl EndpointPool {
     /// that comes back or frees a slot.
     pub async fn http1(&self) -> Result<Http1Lease, ConnectError> {
         loop {
-            let changed = self.shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let next = {
-                let mut state = self.shared.lock();
-                let now = Instant::now();
-                let mut found = None;
-                while let Some(idle) = state.idle.pop() {
-                    if !idle.expired(&self.settings, now) {
-                        found = Some(idle);
-                        break;
-                    }
-                }
-                match found {
-                    Some(idle) => Next::Idle(idle),
-                    None => self.reserve(&mut state).map_or(Next::Wait, Next::Connect),
-                }
-            };
-            match next {
+            match self.when_available(|| self.try_http1()).await {
                 Next::Idle(mut idle) => {
                     // A connection is released when its response ends; its task
                     // may need a moment more to be ready for the next request.
@@ -92,9 +73,19 @@ impl EndpointPool {
                     }
                 }
                 Next::Connect(slot) => return self.open_http1(slot, false).await,
-                Next::Wait => changed.await,
             }
         }
+    }
+
+    fn try_http1(&self) -> Option<Next> {
+        let mut state = self.shared.lock();
+        let now = Instant::now();
+        while let Some(idle) = state.idle.pop() {
+            if !idle.expired(&self.settings, now) {
+                return Some(Next::Idle(idle));
+            }
+        }
+        self.reserve(&mut state).map(Next::Connect)
     }
 
     /// A new connection outside the idle list, if a slot is free now; with

@@ -98,55 +98,14 @@ impl Drop for Http2Lease {
 enum Next {
     Stream(Http2Lease),
     Connect(Slot),
-    Wait,
 }
 
 impl EndpointPool {
     /// A stream on an HTTP/2 connection to this endpoint.
     pub async fn http2(&self) -> Result<Http2Lease, ConnectError> {
         loop {
-            let changed = self.shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let next = {
-                let mut state = self.shared.lock();
-                let now = Instant::now();
-                let settings = &self.settings;
-                state.http2.retain(|conn| {
-                    !conn.sender.is_closed() && !conn.retired.load(Ordering::Relaxed)
-                });
-                let free = state
-                    .http2
-                    .iter()
-                    .position(|conn| conn.active() < conn.stream_limit(settings));
-                if let Some(index) = free {
-                    let conn = state.http2[index].clone();
-                    conn.streams.fetch_add(1, Ordering::Relaxed);
-                    let served = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
-                    if settings.retired(conn.born, served, now) {
-                        conn.retired.store(true, Ordering::Relaxed);
-                        state.http2.remove(index);
-                    }
-                    Next::Stream(Http2Lease {
-                        reused: served > 1,
-                        conn,
-                        shared: self.shared.clone(),
-                    })
-                } else if state.http2_connecting || state.http2.iter().any(|c| c.is_settling()) {
-                    Next::Wait
-                } else {
-                    match self.reserve(&mut state) {
-                        Some(slot) => {
-                            state.http2_connecting = true;
-                            Next::Connect(slot)
-                        }
-                        None => Next::Wait,
-                    }
-                }
-            };
-            match next {
+            match self.when_available(|| self.try_http2()).await {
                 Next::Stream(lease) => return Ok(lease),
-                Next::Wait => changed.await,
                 Next::Connect(slot) => {
                     let opened = self.open_http2(slot).await;
                     let mut state = self.shared.lock();
@@ -160,6 +119,41 @@ impl EndpointPool {
                 }
             }
         }
+    }
+
+    /// A stream on a connection with room, or a slot to open a connection;
+    /// `None` to wait (at the limit, or a connection is still coming up).
+    fn try_http2(&self) -> Option<Next> {
+        let mut state = self.shared.lock();
+        let now = Instant::now();
+        let settings = &self.settings;
+        state
+            .http2
+            .retain(|conn| !conn.sender.is_closed() && !conn.retired.load(Ordering::Relaxed));
+        let free = state
+            .http2
+            .iter()
+            .position(|conn| conn.active() < conn.stream_limit(settings));
+        if let Some(index) = free {
+            let conn = state.http2[index].clone();
+            conn.streams.fetch_add(1, Ordering::Relaxed);
+            let served = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
+            if settings.retired(conn.born, served, now) {
+                conn.retired.store(true, Ordering::Relaxed);
+                state.http2.remove(index);
+            }
+            return Some(Next::Stream(Http2Lease {
+                reused: served > 1,
+                conn,
+                shared: self.shared.clone(),
+            }));
+        }
+        if state.http2_connecting || state.http2.iter().any(|c| c.is_settling()) {
+            return None;
+        }
+        let slot = self.reserve(&mut state)?;
+        state.http2_connecting = true;
+        Some(Next::Connect(slot))
     }
 
     async fn open_http2(&self, slot: Slot) -> Result<Arc<Http2Conn>, ConnectError> {

@@ -192,6 +192,24 @@ impl EndpointPool {
         &self.settings
     }
 
+    /// Runs `attempt` until it yields something, waiting for a change in the
+    /// pool between tries. Registers for wake-ups only after a try came up
+    /// empty (then tries once more, so a change in between is not missed).
+    async fn when_available<T>(&self, mut attempt: impl FnMut() -> Option<T>) -> T {
+        loop {
+            if let Some(found) = attempt() {
+                return found;
+            }
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(found) = attempt() {
+                return found;
+            }
+            changed.await;
+        }
+    }
+
     /// Takes a slot if one is free.
     fn try_slot(&self) -> Option<Slot> {
         let mut state = self.shared.lock();
