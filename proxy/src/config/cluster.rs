@@ -1,11 +1,9 @@
 //! Cluster configuration: a named set of upstream endpoints and how to talk to them.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::network::{Http2Config, KeepaliveConfig};
@@ -142,32 +140,22 @@ fn default_max_refresh() -> Duration {
 
 impl<'de> Deserialize<'de> for DnsConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct DnsVisitor;
-        impl<'de> Visitor<'de> for DnsVisitor {
-            type Value = DnsConfig;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("NAME:PORT, or {address: NAME:PORT, min_refresh, max_refresh}")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<DnsConfig, E> {
+        scalar::string_or_map(
+            d,
+            "NAME:PORT, or {address: NAME:PORT, min_refresh, max_refresh}",
+            |address| {
                 Ok(DnsConfig {
-                    address: v.to_string(),
+                    address: address.to_string(),
                     min_refresh: default_min_refresh(),
                     max_refresh: default_max_refresh(),
                 })
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DnsConfig, A::Error> {
-                let f = DnsFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(DnsConfig {
-                    address: f.address,
-                    min_refresh: f.min_refresh,
-                    max_refresh: f.max_refresh,
-                })
-            }
-        }
-        d.deserialize_any(DnsVisitor)
+            },
+            |f: DnsFields| DnsConfig {
+                address: f.address,
+                min_refresh: f.min_refresh,
+                max_refresh: f.max_refresh,
+            },
+        )
     }
 }
 
@@ -181,7 +169,20 @@ pub struct EndpointConfig {
 
 impl<'de> Deserialize<'de> for EndpointConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(EndpointVisitor)
+        scalar::string_or_map(
+            d,
+            "an endpoint: IP:PORT, or {address: IP:PORT, weight: N}",
+            |text| {
+                Ok(EndpointConfig {
+                    address: scalar::parse_socket_addr(text)?,
+                    weight: default_weight(),
+                })
+            },
+            |f: EndpointFields| EndpointConfig {
+                address: f.address,
+                weight: f.weight,
+            },
+        )
     }
 }
 
@@ -196,30 +197,4 @@ struct EndpointFields {
 
 fn default_weight() -> NonZeroU32 {
     NonZeroU32::MIN
-}
-
-struct EndpointVisitor;
-
-impl<'de> Visitor<'de> for EndpointVisitor {
-    type Value = EndpointConfig;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an endpoint: IP:PORT, or {address: IP:PORT, weight: N}")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
-        let address = scalar::parse_socket_addr(v).map_err(E::custom)?;
-        Ok(EndpointConfig {
-            address,
-            weight: default_weight(),
-        })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
-        let fields = EndpointFields::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(EndpointConfig {
-            address: fields.address,
-            weight: fields.weight,
-        })
-    }
 }

@@ -61,6 +61,58 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// Deserializes a value written either as a string (`parse`) or as a map of
+/// fields (`F`, then `from_fields`), as endpoints and DNS targets are.
+pub fn string_or_map<'de, D, T, F>(
+    d: D,
+    expecting: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+    from_fields: impl FnOnce(F) -> T,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    F: serde::Deserialize<'de>,
+{
+    use serde::de::{self, MapAccess, Visitor};
+    use std::marker::PhantomData;
+
+    struct Either<P, M, F> {
+        expecting: &'static str,
+        parse: P,
+        from_fields: M,
+        fields: PhantomData<F>,
+    }
+
+    impl<'de, T, F, P, M> Visitor<'de> for Either<P, M, F>
+    where
+        F: serde::Deserialize<'de>,
+        P: FnOnce(&str) -> Result<T, String>,
+        M: FnOnce(F) -> T,
+    {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.expecting)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.parse)(v).map_err(E::custom)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            let fields = F::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            Ok((self.from_fields)(fields))
+        }
+    }
+
+    d.deserialize_any(Either {
+        expecting,
+        parse,
+        from_fields,
+        fields: PhantomData,
+    })
+}
+
 /// `#[serde(with = "scalar::duration")]`
 pub mod duration {
     use super::*;
