@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use std::time::Instant;
 
+use crate::cluster::limits::Limit;
 use crate::config::{Config, LbPolicy, UpstreamProtocol};
 use crate::discovery::DnsStatus;
 use crate::pool::PoolSizes;
@@ -35,7 +36,29 @@ pub struct ClusterView<'a> {
     pub panic: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsView>,
+    /// What the circuit breakers count now.
+    pub in_flight: InFlightView,
     pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Serialize)]
+pub struct InFlightView {
+    pub requests: usize,
+    pub pending: usize,
+    pub connections: usize,
+    pub retries: usize,
+}
+
+#[derive(Serialize)]
+pub struct HealthView {
+    /// Failing its active health checks.
+    pub check_failed: bool,
+    pub check_failures_in_a_row: u32,
+    /// Ejected by outlier detection, and for how much longer.
+    pub ejected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_secs: Option<f64>,
+    pub ejections: u32,
 }
 
 #[derive(Serialize)]
@@ -56,6 +79,7 @@ pub struct EndpointView {
     /// Peak-EWMA latency estimate (policy `peak_ewma` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ewma_ms: Option<f64>,
+    pub health: HealthView,
     pub pool: PoolSizes,
 }
 
@@ -73,6 +97,15 @@ pub fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
                 policy: lb.policy.name(),
                 healthy: set.healthy(),
                 panic: set.is_panic(),
+                in_flight: {
+                    let limits = cluster.limits();
+                    InFlightView {
+                        requests: limits.current(Limit::Requests),
+                        pending: limits.current(Limit::Pending),
+                        connections: limits.current(Limit::Connections),
+                        retries: limits.current(Limit::Retries),
+                    }
+                },
                 dns: cluster.dns.as_ref().map(|target| DnsView {
                     name: format!("{}:{}", target.host, target.port),
                     status: cluster
@@ -92,6 +125,18 @@ pub fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
                         weight_factor: lb.slow_start.as_ref().map_or(1.0, |s| s.factor(e)),
                         ewma_ms: (lb.policy == LbPolicy::PeakEwma)
                             .then(|| e.ewma.cost(now, lb.decay) / 1e6),
+                        health: HealthView {
+                            check_failed: e.is_check_failed(),
+                            check_failures_in_a_row: e.checks.failures(),
+                            ejected: e.is_ejected(),
+                            ejected_for_secs: cluster
+                                .outlier
+                                .as_ref()
+                                .filter(|_| e.is_ejected())
+                                .and_then(|d| d.remaining(e, now))
+                                .map(|d| d.as_secs_f64()),
+                            ejections: e.outlier.ejections(),
+                        },
                         pool: e.pool.sizes(),
                     })
                     .collect(),

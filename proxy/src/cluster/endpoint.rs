@@ -9,13 +9,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::balance::ewma::PeakEwma;
+use crate::health::CheckState;
+use crate::outlier::OutlierState;
 use crate::pool::EndpointPool;
 
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
     pub weight: NonZeroU32,
-    healthy: AtomicBool,
+    /// Failed active health checks (set by the health checker).
+    check_failed: AtomicBool,
+    /// Ejected by outlier detection.
+    ejected: AtomicBool,
+    pub outlier: OutlierState,
+    pub checks: CheckState,
     active_requests: AtomicUsize,
     pub ewma: PeakEwma,
     /// When the endpoint joined a running cluster; `None` for endpoints the
@@ -35,7 +42,10 @@ impl Endpoint {
         Endpoint {
             address,
             weight,
-            healthy: AtomicBool::new(true),
+            check_failed: AtomicBool::new(false),
+            ejected: AtomicBool::new(false),
+            outlier: OutlierState::default(),
+            checks: CheckState::default(),
             active_requests: AtomicUsize::new(0),
             ewma,
             joined,
@@ -43,14 +53,27 @@ impl Endpoint {
         }
     }
 
+    /// Neither failing its health checks nor ejected.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        !self.check_failed.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
     }
 
-    /// Returns whether the health changed. Use [`Cluster::set_health`](super::Cluster::set_health),
-    /// which also rebuilds the balancer over the healthy endpoints.
-    pub(super) fn swap_health(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    pub fn is_check_failed(&self) -> bool {
+        self.check_failed.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Returns whether the flag changed. Use the [`Cluster`](super::Cluster)
+    /// methods, which also rebuild the balancer over the healthy endpoints.
+    pub(crate) fn swap_check_failed(&self, failed: bool) -> bool {
+        self.check_failed.swap(failed, Ordering::Relaxed) != failed
+    }
+
+    pub(crate) fn swap_ejected(&self, ejected: bool) -> bool {
+        self.ejected.swap(ejected, Ordering::Relaxed) != ejected
     }
 
     pub fn active_requests(&self) -> usize {

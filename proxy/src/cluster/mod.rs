@@ -5,6 +5,7 @@
 //! config is unchanged survives a reload as the same object.
 
 mod endpoint;
+pub mod limits;
 mod set;
 
 use std::collections::{HashMap, HashSet};
@@ -21,8 +22,11 @@ use crate::balance::ewma::PeakEwma;
 use crate::balance::{HashPolicy, LbSettings};
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
 use crate::discovery::{DnsStatus, DnsTarget};
+use crate::health::HealthChecker;
+use crate::outlier::{Outcome, OutlierDetector, Reason};
 use crate::pool::{ConnStats, EndpointPool, PoolSettings};
 use crate::telemetry::{self, Telemetry};
+use limits::Limits;
 
 pub use endpoint::{ActiveRequest, Endpoint};
 pub use set::EndpointSet;
@@ -39,14 +43,48 @@ pub struct Cluster {
     pool: Arc<PoolSettings>,
     pub dns: Option<DnsTarget>,
     pub dns_status: Mutex<DnsStatus>,
+    pub outlier: Option<OutlierDetector>,
+    pub health: Option<HealthChecker>,
     stats: LbStats,
     activated: AtomicBool,
+}
+
+/// Which timeout fired, for `remora_timeouts_total{cluster,kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    Route,
+    PerTry,
+    Connect,
+    StreamIdle,
+    Grpc,
+}
+
+impl TimeoutKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutKind::Route => "route",
+            TimeoutKind::PerTry => "per_try",
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::StreamIdle => "stream_idle",
+            TimeoutKind::Grpc => "grpc",
+        }
+    }
+
+    const ALL: [TimeoutKind; 5] = [
+        TimeoutKind::Route,
+        TimeoutKind::PerTry,
+        TimeoutKind::Connect,
+        TimeoutKind::StreamIdle,
+        TimeoutKind::Grpc,
+    ];
 }
 
 #[derive(Debug)]
 struct LbStats {
     panic: Counter,
     no_hash_key: Counter,
+    timeouts: [Counter; 5],
+    retries: [Counter; crate::retry::REASONS.len()],
 }
 
 impl Cluster {
@@ -108,8 +146,40 @@ impl Cluster {
                 telemetry::LB_FALLBACK_TOTAL,
                 &[("cluster", name), ("reason", "no_hash_key")],
             ),
+            timeouts: TimeoutKind::ALL.map(|kind| {
+                telemetry.counter(
+                    telemetry::TIMEOUTS_TOTAL,
+                    &[("cluster", name), ("kind", kind.name())],
+                )
+            }),
+            retries: crate::retry::REASONS.map(|reason| {
+                telemetry.counter(
+                    telemetry::UPSTREAM_RETRIES_TOTAL,
+                    &[("cluster", name), ("reason", reason)],
+                )
+            }),
         };
-        let pool = Arc::new(PoolSettings::new(config, conn_stats));
+        let outlier = config.outlier_detection.as_ref().and_then(|od| {
+            OutlierDetector::compile(
+                od,
+                &format!("{path}.outlier_detection"),
+                name,
+                telemetry,
+                errors,
+            )
+        });
+        let health = config.health_check.as_ref().and_then(|hc| {
+            HealthChecker::compile(
+                hc,
+                name,
+                config.protocol,
+                &format!("{path}.health_check"),
+                telemetry,
+                errors,
+            )
+        });
+        let limits = Arc::new(Limits::new(&config.circuit_breakers, name, telemetry));
+        let pool = Arc::new(PoolSettings::new(config, conn_stats, limits));
         let endpoints: Box<[Arc<Endpoint>]> = config
             .endpoints
             .iter()
@@ -126,6 +196,8 @@ impl Cluster {
             pool,
             dns,
             dns_status: Mutex::new(DnsStatus::default()),
+            outlier,
+            health,
             stats,
             activated: AtomicBool::new(false),
         })
@@ -143,7 +215,78 @@ impl Cluster {
         if let Some(idle) = self.pool.idle_timeout.or(self.pool.max_age) {
             tokio::spawn(sweep(Arc::downgrade(self), idle));
         }
+        if let Some(outlier) = &self.outlier {
+            tokio::spawn(outlier_sweeps(Arc::downgrade(self), outlier.interval));
+        }
+        if self.health.is_some() {
+            HealthChecker::spawn(Arc::downgrade(self));
+        }
         self.warm(self.endpoints().all());
+    }
+
+    pub fn count_timeout(&self, kind: TimeoutKind) {
+        self.stats.timeouts[kind as usize].increment(1);
+    }
+
+    pub fn count_retry(&self, reason: &str) {
+        if let Some(i) = crate::retry::REASONS.iter().position(|r| *r == reason) {
+            self.stats.retries[i].increment(1);
+        }
+    }
+
+    /// Folds one try's outcome into outlier detection, ejecting the
+    /// endpoint if a run of failures just reached its threshold.
+    pub fn record_outcome(&self, endpoint: &Endpoint, outcome: Outcome) {
+        if let Some(reason) = self
+            .outlier
+            .as_ref()
+            .and_then(|d| d.record(&endpoint.outlier, outcome))
+        {
+            self.eject(endpoint.address, reason);
+        }
+    }
+
+    /// Ejects the endpoint at `address`, unless it is out already or
+    /// `max_ejection_percent` of the endpoints are.
+    fn eject(&self, address: SocketAddr, reason: Reason) {
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.set.load_full();
+        let Some(endpoint) = current.all().iter().find(|e| e.address == address) else {
+            return;
+        };
+        let ejected = current.all().iter().filter(|e| e.is_ejected()).count();
+        if endpoint.is_ejected() || !detector.may_eject(ejected, current.all().len()) {
+            return;
+        }
+        let time = detector.ejecting(endpoint, reason, Instant::now());
+        endpoint.swap_ejected(true);
+        self.set
+            .store(Arc::new(EndpointSet::build(current.all().into(), &self.lb)));
+        tracing::warn!(
+            cluster = %self.name, endpoint = %address, reason = reason.name(),
+            ejection = %crate::config::scalar::format_duration(time),
+            "endpoint ejected by outlier detection"
+        );
+    }
+
+    fn restore(&self, address: SocketAddr) {
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.set.load_full();
+        let Some(endpoint) = current.all().iter().find(|e| e.address == address) else {
+            return;
+        };
+        if endpoint.swap_ejected(false) {
+            detector.restored(endpoint);
+            self.set
+                .store(Arc::new(EndpointSet::build(current.all().into(), &self.lb)));
+            tracing::info!(cluster = %self.name, endpoint = %address, "ejected endpoint returns to the balancer");
+        }
     }
 
     /// Whether the cluster has its endpoints: static ones always, DNS ones
@@ -173,6 +316,21 @@ impl Cluster {
             .map(|e| e.begin_request())
     }
 
+    /// As [`pick`](Self::pick), preferring an endpoint not in `avoid` (a
+    /// retry should not go back to the endpoint that just failed). After a
+    /// few draws that all hit `avoid`, any endpoint is taken.
+    pub fn pick_avoiding(&self, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<ActiveRequest> {
+        let mut pick = self.pick(hash)?;
+        for draw in 0..3u64 {
+            if !avoid.contains(&pick.endpoint().address) {
+                break;
+            }
+            let next = hash.map(|h| xxhash_rust::xxh64::xxh64(&h.to_le_bytes(), draw + 100));
+            pick = self.pick(next)?;
+        }
+        Some(pick)
+    }
+
     pub fn endpoints(&self) -> Guard<Arc<EndpointSet>> {
         self.set.load()
     }
@@ -189,16 +347,21 @@ impl Cluster {
         &self.pool
     }
 
-    /// The hook for health checking and outlier detection: an unhealthy
-    /// endpoint leaves the balancer's set (and comes back when healthy).
-    /// Returns `false` when no endpoint has that address.
+    /// The cluster's circuit breakers.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.pool.limits
+    }
+
+    /// The health checker's hook: an endpoint failing its checks leaves the
+    /// balancer's set, and comes back when it passes again. Returns `false`
+    /// when no endpoint has that address.
     pub fn set_health(&self, address: SocketAddr, healthy: bool) -> bool {
         let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.set.load_full();
         let Some(endpoint) = current.all().iter().find(|e| e.address == address) else {
             return false;
         };
-        if endpoint.swap_health(healthy) {
+        if endpoint.swap_check_failed(!healthy) {
             self.set
                 .store(Arc::new(EndpointSet::build(current.all().into(), &self.lb)));
         }
@@ -234,6 +397,16 @@ impl Cluster {
                 },
             )
             .collect();
+        // An ejected endpoint that leaves the cluster no longer counts as ejected.
+        if let Some(detector) = &self.outlier {
+            for gone in current
+                .all()
+                .iter()
+                .filter(|e| e.is_ejected() && !endpoints.iter().any(|k| Arc::ptr_eq(k, e)))
+            {
+                detector.restored(gone);
+            }
+        }
         self.set
             .store(Arc::new(EndpointSet::build(endpoints, &self.lb)));
         self.warm(&fresh);
@@ -302,6 +475,29 @@ fn check_pool(config: &ClusterConfig, path: &str, errors: &mut Vec<ConfigError>)
     }
     config.http2.check(&format!("{path}.http2"), errors);
     config.keepalive.check(&format!("{path}.keepalive"), errors);
+}
+
+/// Outlier detection's periodic pass, until the cluster is gone.
+async fn outlier_sweeps(cluster: Weak<Cluster>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        let Some(detector) = &cluster.outlier else {
+            return;
+        };
+        let sweep = detector.sweep(cluster.endpoints().all(), Instant::now());
+        for address in sweep.restore {
+            cluster.restore(address);
+        }
+        for (address, reason) in sweep.eject {
+            cluster.eject(address, reason);
+        }
+    }
 }
 
 /// Closes idle and over-age connections of every endpoint, until the cluster is gone.

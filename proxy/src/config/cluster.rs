@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::network::{Http2Config, KeepaliveConfig};
+use super::resilience::{CircuitBreakersConfig, HealthCheckConfig, OutlierDetectionConfig};
 use super::{LoadBalancerConfig, scalar};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -33,6 +34,12 @@ pub struct ClusterConfig {
     pub http2: Http2Config,
     #[serde(default = "default_true")]
     pub tcp_nodelay: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub circuit_breakers: CircuitBreakersConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 fn default_connect_timeout() -> Duration {

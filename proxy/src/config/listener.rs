@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cluster::{default_true, is_default};
 use super::network::{Http2Config, KeepaliveConfig};
+use super::resilience::{ConnectionRateLimitConfig, FaultConfig, RateLimitConfig, RetryConfig};
 use super::{HashOnConfig, scalar};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -48,6 +49,15 @@ pub struct ListenerConfig {
     pub http2: Http2Config,
     #[serde(default = "default_true")]
     pub tcp_nodelay: bool,
+    /// HTTP listeners: a rate limit over all of the listener's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// New connections accepted per second; more are closed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_rate_limit: Option<ConnectionRateLimitConfig>,
+    /// Connections open at once; more are closed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 fn default_idle_timeout() -> Duration {
@@ -98,6 +108,26 @@ pub struct RouteConfig {
     pub request_headers: HeaderEditsConfig,
     #[serde(default, skip_serializing_if = "HeaderEditsConfig::is_empty")]
     pub response_headers: HeaderEditsConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConfig>,
+    /// gRPC: honour the client's `grpc-timeout`, but no longer than this.
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_grpc_timeout: Option<Duration>,
+    /// A stream with no body data either way for this long is reset.
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stream_idle_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultConfig>,
 }
 
 /// Every condition given must hold.

@@ -11,6 +11,7 @@ mod error;
 mod listener;
 mod load;
 mod network;
+mod resilience;
 pub mod scalar;
 
 use std::net::SocketAddr;
@@ -28,6 +29,12 @@ pub use listener::{
 };
 pub use load::{EnvOverrides, load_file, parse_yaml};
 pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepaliveConfig};
+pub use resilience::{
+    BackoffConfig, BudgetConfig, CircuitBreakersConfig, ConnectionRateLimitConfig,
+    FailurePercentageConfig, FaultAbortConfig, FaultConfig, FaultDelayConfig,
+    GrpcHealthCheckConfig, HealthCheckConfig, HttpHealthCheckConfig, OutlierDetectionConfig,
+    RateLimitConfig, RetryConfig, RetryOn, StatusRange, SuccessRateConfig, TcpHealthCheckConfig,
+};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

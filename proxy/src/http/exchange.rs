@@ -9,7 +9,8 @@ use std::time::{Instant, SystemTime};
 use http::{Method, Request, StatusCode, Version};
 
 use super::handler::ConnContext;
-use crate::cluster::ActiveRequest;
+use crate::cluster::limits::Held;
+use crate::cluster::{ActiveRequest, Cluster, TimeoutKind};
 use crate::listener::state::{ListenerKind, ListenerState};
 use crate::pool::{Http1Lease, Http2Lease};
 use crate::route::RouteAction;
@@ -43,6 +44,8 @@ pub struct Exchange {
     http1: Option<Http1Lease>,
     /// Keeps the HTTP/2 stream counted against its connection until the exchange ends.
     http2: Option<Http2Lease>,
+    /// The request's place under the cluster's `max_requests`.
+    limit: Option<Held>,
     /// Only kept when an access log is configured.
     summary: Option<Box<Summary>>,
 }
@@ -92,6 +95,7 @@ impl Exchange {
             upstream: None,
             http1: None,
             http2: None,
+            limit: None,
             summary,
         }
     }
@@ -117,6 +121,10 @@ impl Exchange {
         self.http2 = Some(lease);
     }
 
+    pub fn hold_limit(&mut self, held: Held) {
+        self.limit = Some(held);
+    }
+
     pub fn add_bytes_sent(&mut self, bytes: usize) {
         self.bytes_sent += bytes as u64;
     }
@@ -128,9 +136,27 @@ impl Exchange {
         }
     }
 
-    pub fn timed_out_streaming(&mut self) {
+    /// A timeout cut the response body short.
+    pub fn timed_out_streaming(&mut self, kind: TimeoutKind) {
         self.http1 = None;
-        tracing::debug!(listener = %self.listener.name, "route timeout expired while streaming a response");
+        if let Some(cluster) = self.cluster() {
+            cluster.count_timeout(kind);
+        }
+        tracing::debug!(listener = %self.listener.name, kind = kind.name(), "timeout while streaming a response");
+    }
+
+    /// The cluster the request went to, if it was forwarded.
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        let ListenerKind::Http(http) = &self.listener.kind else {
+            return None;
+        };
+        let StatsAt::Backend { route, backend } = self.stats_at else {
+            return None;
+        };
+        match &http.table.routes()[route].action {
+            RouteAction::Forward(backends) => Some(&backends.get(backend).cluster),
+            RouteAction::Respond(_) => None,
+        }
     }
 
     fn stats(&self) -> Option<&RequestStats> {

@@ -1,63 +1,77 @@
-//! Forwarding a routed request: pick a backend and an endpoint, rewrite the
-//! request for the upstream's HTTP version, send it on a pooled connection,
-//! and turn the response (or the failure) into the downstream response.
+//! Forwarding a routed request: faults, circuit breakers, the deadline, the
+//! endpoint choice, and the tries — the first one and any retries — until
+//! a response goes back to the client or the request fails.
 //!
-//! A request that a reused connection never sent (the peer had closed it
-//! while idle) is sent again on a fresh connection: it never reached the
-//! upstream, so this is safe for any method. Retries of requests that did
-//! reach it are a route policy, not done here.
+//! Each try picks an endpoint (a retry prefers one not tried yet), sends
+//! the request (see [`attempt`](super::attempt)), and reports its outcome to
+//! outlier detection. A failed try is retried when the route's retry policy
+//! says so (see [`crate::retry`]); the response the client gets is always
+//! from the last try, so a response that has started streaming is never
+//! retried.
 
 use std::net::SocketAddr;
 
-use http::header::{EXPECT, HOST, HeaderValue, SET_COOKIE};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version, request};
+use http::header::{HeaderValue, RETRY_AFTER, SET_COOKIE};
+use http::{Request, Response, StatusCode, Version, request};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::body::{RequestBody, ResponseBody};
-use super::exchange::{Exchange, StatsAt};
+pub use super::attempt::UpstreamError;
+use super::attempt::{self, TryError};
+use super::body::{RequestBody, ResponseBody, StreamIdle};
+use super::deadline::{self, Deadline};
+use super::exchange::Exchange;
 use super::{hop, local_reply, upgrade};
 use crate::balance::HashInput;
-use crate::cluster::{Cluster, Endpoint};
-use crate::config::scalar::format_duration;
+use crate::cluster::limits::Limit;
+use crate::cluster::{Cluster, Endpoint, TimeoutKind};
 use crate::config::{LbPolicy, UpstreamProtocol};
+use crate::fault::Abort;
+use crate::outlier::Outcome;
 use crate::pool::ConnectError;
-use crate::route::{Route, WeightedBackends};
+use crate::retry::Failure;
+use crate::route::{Backend, Route};
 
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("{0}")]
-    Connect(ConnectError),
-    /// hyper's message alone ("connection error") hides the cause, so its
-    /// source is shown too.
-    #[error("{error}{}", with_cause(.error))]
-    Send { error: hyper::Error },
-}
-
-fn with_cause(error: &hyper::Error) -> String {
-    std::error::Error::source(error)
-        .map(|cause| format!(": {cause}"))
-        .unwrap_or_default()
-}
+/// Header on responses refused by a circuit breaker (as Envoy's `x-envoy-overloaded`).
+pub const OVERLOADED: &str = "x-remora-overloaded";
 
 pub async fn forward(
     request: Request<Incoming>,
     client: SocketAddr,
-    route_index: usize,
     route: &Route,
-    backends: &WeightedBackends,
+    backend: &Backend,
     mut exchange: Exchange,
     tracker: &TaskTracker,
 ) -> Response<ResponseBody> {
     let grpc = local_reply::is_grpc(request.headers());
-    let (backend_index, backend) = backends.pick();
-    exchange.set_stats(StatsAt::Backend {
-        route: route_index,
-        backend: backend_index,
-    });
+    if let Some(fault) = &route.fault {
+        if let Some(delay) = fault.delay() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(abort) = fault.abort() {
+            return aborted(exchange, abort, grpc);
+        }
+    }
     let cluster = &backend.cluster;
+    match cluster.limits().take(Limit::Requests) {
+        Ok(held) => exchange.hold_limit(held),
+        Err(limit) => return overloaded(exchange, cluster, limit, grpc),
+    }
+    if let Some(budget) = &backend.budget {
+        budget.record_request();
+    }
+    let grpc_timeout = if grpc {
+        deadline::grpc_timeout(request.headers())
+    } else {
+        None
+    };
+    let deadline = Deadline::of(
+        route.timeout,
+        grpc_timeout,
+        route.max_grpc_timeout,
+        Instant::now(),
+    );
 
     let mut set_cookie = None;
     let hash = match route
@@ -79,17 +93,13 @@ pub async fn forward(
             }
         },
     };
-    let Some(active) = cluster.pick(hash) else {
-        let message = format!(
-            "no endpoint available: cluster {:?} has no healthy endpoints",
-            cluster.name
-        );
-        return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
-    };
-    let endpoint = active.endpoint().clone();
-    exchange.set_upstream(active);
 
     if upgrade::is_upgrade(&request) {
+        let Some(active) = cluster.pick(hash) else {
+            return no_endpoint(exchange, cluster, grpc);
+        };
+        let endpoint = active.endpoint().clone();
+        exchange.set_upstream(active);
         return upgrade::forward(request, cluster, &endpoint, route, exchange, tracker).await;
     }
 
@@ -100,153 +110,324 @@ pub async fn forward(
         _ => Version::HTTP_11,
     };
     let (mut parts, body) = request.into_parts();
-    prepare(&mut parts, version, route, endpoint.address);
-    let request = Request::from_parts(parts, RequestBody::new(body));
-
-    let deadline = route.timeout.map(|timeout| Instant::now() + timeout);
-    let sent_at = std::time::Instant::now();
-    let sent = send(&endpoint, request, version, &mut exchange);
-    let result = match deadline {
-        None => sent.await,
-        Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
-            Ok(result) => result,
-            Err(_) => {
-                let timeout = format_duration(route.timeout.unwrap_or_default());
-                let message = format!(
-                    "upstream timeout: route {:?} timeout of {timeout} expired before cluster {:?} endpoint {} responded",
-                    route.name, cluster.name, endpoint.address
-                );
-                return local_reply::reply(exchange, StatusCode::GATEWAY_TIMEOUT, &message, grpc);
-            }
-        },
-    };
-    match result {
-        Ok(mut response) => {
-            if cluster.lb.policy == LbPolicy::PeakEwma {
-                let now = std::time::Instant::now();
-                endpoint.ewma.observe(now - sent_at, now, cluster.lb.decay);
-            }
-            hop::strip(response.headers_mut(), false);
-            route.response_headers.apply(response.headers_mut());
-            if let Some(cookie) = set_cookie {
-                response.headers_mut().append(SET_COOKIE, cookie);
-            }
-            exchange.set_status(response.status());
-            let (mut parts, body) = response.into_parts();
-            parts.version = Version::HTTP_11;
-            Response::from_parts(parts, ResponseBody::upstream(body, deadline, exchange))
-        }
-        Err(error) => failure_reply(exchange, cluster, &endpoint, error, grpc),
+    attempt::prepare(&mut parts, version, route);
+    let idle = route.stream_idle_timeout.map(StreamIdle::new);
+    let body = match &route.retry {
+        Some(policy) => RequestBody::replayable(body, policy.buffer_limit),
+        None => RequestBody::streaming(body),
     }
+    .with_idle(idle.clone());
+
+    let tries = Tries {
+        route,
+        backend,
+        cluster,
+        parts: &parts,
+        version,
+        grpc,
+        deadline,
+        hash,
+    };
+    let result = tries.run(body, &mut exchange).await;
+    let mut response = match result {
+        Ok(done) => done,
+        Err(Stop::Reply(status, message)) => {
+            return local_reply::reply(exchange, status, &message, grpc);
+        }
+        Err(Stop::Overloaded(limit)) => return overloaded(exchange, cluster, limit, grpc),
+        Err(Stop::NoEndpoint) => return no_endpoint(exchange, cluster, grpc),
+    };
+    hop::strip(response.headers_mut(), false);
+    route.response_headers.apply(response.headers_mut());
+    if let Some(cookie) = set_cookie {
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    exchange.set_status(response.status());
+    let (mut parts, body) = response.into_parts();
+    parts.version = Version::HTTP_11;
+    Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, deadline.map(|d| d.at), idle, exchange),
+    )
 }
 
-/// Sends on a pooled connection; a request that a reused connection handed
-/// back unsent goes once more on a fresh connection.
-async fn send(
-    endpoint: &Endpoint,
-    request: Request<RequestBody>,
+/// Why the tries ended without an upstream response to pass on.
+enum Stop {
+    Reply(StatusCode, String),
+    Overloaded(Limit),
+    NoEndpoint,
+}
+
+/// Everything the tries of one request share.
+struct Tries<'a> {
+    route: &'a Route,
+    backend: &'a Backend,
+    cluster: &'a Cluster,
+    parts: &'a request::Parts,
     version: Version,
-    exchange: &mut Exchange,
-) -> Result<Response<Incoming>, UpstreamError> {
-    let pool = &endpoint.pool;
-    let send_error = |error| UpstreamError::Send { error };
-    if version == Version::HTTP_2 {
-        let lease = pool.http2().await.map_err(UpstreamError::Connect)?;
-        let mut sender = lease.sender();
-        return match sender.try_send_request(request).await {
-            Ok(response) => {
-                exchange.hold_http2(lease);
-                Ok(response)
-            }
-            Err(mut error) => {
-                // A stream the upstream reset is that stream's problem; only a
-                // connection that is gone or refuses new streams is replaced.
-                let unsent = error.take_message();
-                if unsent.is_some() || sender.is_closed() {
-                    pool.discard_http2(&lease);
-                }
-                match unsent {
-                    Some(request) if lease.reused => {
-                        drop(lease);
-                        let lease = pool.http2().await.map_err(UpstreamError::Connect)?;
-                        let response = lease
-                            .sender()
-                            .send_request(request)
-                            .await
-                            .map_err(send_error)?;
-                        exchange.hold_http2(lease);
-                        Ok(response)
-                    }
-                    _ => Err(send_error(error.into_error())),
-                }
-            }
-        };
-    }
-    let mut lease = pool.http1().await.map_err(UpstreamError::Connect)?;
-    let response = match lease.sender.try_send_request(request).await {
-        Ok(response) => response,
-        Err(mut error) => match error.take_message() {
-            Some(request) if lease.reused => {
-                drop(lease);
-                lease = pool.http1().await.map_err(UpstreamError::Connect)?;
-                lease
-                    .sender
-                    .send_request(request)
-                    .await
-                    .map_err(send_error)?
-            }
-            _ => return Err(send_error(error.into_error())),
-        },
-    };
-    exchange.hold_http1(lease);
-    Ok(response)
+    grpc: bool,
+    deadline: Option<Deadline>,
+    hash: Option<u64>,
 }
 
-/// Rewrites a downstream request for the upstream: hop-by-hop headers out,
-/// the route's header edits in, and the target in the form the upstream's
-/// HTTP version wants (origin-form plus `Host` for HTTP/1.1; scheme and
-/// `:authority` for HTTP/2). The authority is the client's `Host` (or
-/// `:authority`), unless the route rewrote `host`.
-fn prepare(parts: &mut request::Parts, version: Version, route: &Route, endpoint: SocketAddr) {
-    hop::strip(&mut parts.headers, false);
-    // The proxy answered (or will answer) `100-continue` itself when it reads the body.
-    parts.headers.remove(EXPECT);
-    route.request_headers.apply(&mut parts.headers);
-
-    let mut uri = http::uri::Parts::default();
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    if version == Version::HTTP_2 {
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = parts
-            .headers
-            .remove(HOST)
-            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
-            .or_else(|| parts.uri.authority().cloned())
-            .or_else(|| Authority::try_from(endpoint.to_string()).ok());
-    } else if !parts.headers.contains_key(HOST) {
-        // An HTTP/2 client sent only `:authority`; HTTP/1.1 needs `Host`.
-        let authority = parts
-            .uri
-            .authority()
-            .map_or_else(|| endpoint.to_string(), |a| a.to_string());
-        if let Ok(value) = HeaderValue::from_str(&authority) {
-            parts.headers.insert(HOST, value);
+impl Tries<'_> {
+    async fn run(
+        &self,
+        body: RequestBody,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Stop> {
+        let (cluster, route) = (self.cluster, self.route);
+        // Without a retry policy the body goes out as it is, once.
+        let (mut first, template) = match route.retry {
+            Some(_) => (None, Some(body)),
+            None => (Some(body), None),
+        };
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut _retry_slot = None;
+        loop {
+            let hash = self.hash.map(|h| {
+                if tried.is_empty() {
+                    h
+                } else {
+                    rehash(h, tried.len())
+                }
+            });
+            let Some(active) = cluster.pick_avoiding(hash, &tried) else {
+                return Err(Stop::NoEndpoint);
+            };
+            let endpoint = active.endpoint().clone();
+            exchange.set_upstream(active);
+            let body = match (&template, first.take()) {
+                (_, Some(body)) => body,
+                (Some(template), None) => template.replay().ok_or_else(|| self.give_up_body())?,
+                (None, None) => unreachable!("a request without retries is tried once"),
+            };
+            let request = self.request(body);
+            let sent_at = std::time::Instant::now();
+            let outcome = self.one_try(&endpoint, request, exchange).await;
+            let failure = match outcome {
+                Ok(response) => {
+                    let status = response.status();
+                    cluster.record_outcome(&endpoint, Outcome::of_status(status.as_u16()));
+                    if cluster.lb.policy == LbPolicy::PeakEwma {
+                        let now = std::time::Instant::now();
+                        endpoint.ewma.observe(now - sent_at, now, cluster.lb.decay);
+                    }
+                    let grpc_status = grpc_status(&response);
+                    let failure = Failure::Response {
+                        status,
+                        grpc: grpc_status,
+                    };
+                    match self.retry_reason(failure, tried.len()) {
+                        Some(reason) if self.may_retry(&mut _retry_slot) => {
+                            tried.push(endpoint.address);
+                            self.before_retry(reason, tried.len()).await?;
+                            continue;
+                        }
+                        _ => return Ok(response),
+                    }
+                }
+                Err(TryOutcome::Stop(stop)) => return Err(stop),
+                Err(TryOutcome::Failed(failure, error)) => {
+                    cluster.record_outcome(&endpoint, Outcome::LocalOrigin);
+                    (failure, error)
+                }
+            };
+            let (failure, error) = failure;
+            match self.retry_reason(failure, tried.len()) {
+                Some(reason) if self.may_retry(&mut _retry_slot) => {
+                    tried.push(endpoint.address);
+                    self.before_retry(reason, tried.len()).await?;
+                }
+                _ => return Err(self.failure_stop(&endpoint, failure, error)),
+            }
         }
     }
-    if let Ok(target) = Uri::from_parts(uri) {
-        parts.uri = target;
+
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = self.parts.uri.clone();
+        *request.version_mut() = self.parts.version;
+        *request.headers_mut() = self.parts.headers.clone();
+        if self.grpc
+            && let Some(deadline) = self.deadline
+        {
+            let left = deadline.at.saturating_duration_since(Instant::now());
+            request
+                .headers_mut()
+                .insert("grpc-timeout", deadline::grpc_timeout_value(left));
+        }
+        request
     }
-    parts.version = version;
+
+    /// One try, bounded by the per-try timeout and the request's deadline.
+    async fn one_try(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<RequestBody>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, TryOutcome> {
+        let per_try = self
+            .route
+            .retry
+            .as_ref()
+            .and_then(|p| p.per_try_timeout)
+            .map(|t| Instant::now() + t);
+        let bound = match (per_try, self.deadline) {
+            (Some(p), Some(d)) => Some(p.min(d.at)),
+            (p, d) => p.or(d.map(|d| d.at)),
+        };
+        let sent = attempt::send(endpoint, request, self.version, exchange);
+        let result = match bound {
+            None => sent.await,
+            Some(bound) => match tokio::time::timeout_at(bound, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    if let Some(deadline) = self
+                        .deadline
+                        .filter(|d| d.at <= bound && d.at <= Instant::now())
+                    {
+                        self.cluster.count_timeout(deadline.kind);
+                        return Err(TryOutcome::Stop(Stop::Reply(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            self.timeout_message(endpoint, &deadline),
+                        )));
+                    }
+                    self.cluster.count_timeout(TimeoutKind::PerTry);
+                    let error = UpstreamError::Connect(ConnectError::Timeout(
+                        self.route
+                            .retry
+                            .as_ref()
+                            .and_then(|p| p.per_try_timeout)
+                            .unwrap_or_default(),
+                    ));
+                    return Err(TryOutcome::Failed(Failure::PerTryTimeout, error));
+                }
+            },
+        };
+        match result {
+            Ok(response) => Ok(response),
+            Err(TryError::Overloaded(limit)) => Err(TryOutcome::Stop(Stop::Overloaded(limit))),
+            Err(TryError::Failed { failure, error }) => {
+                if matches!(error, UpstreamError::Connect(ConnectError::Timeout(_))) {
+                    self.cluster.count_timeout(TimeoutKind::Connect);
+                }
+                Err(TryOutcome::Failed(failure, error))
+            }
+        }
+    }
+
+    fn retry_reason(&self, failure: Failure, retries_so_far: usize) -> Option<&'static str> {
+        let policy = self.route.retry.as_ref()?;
+        if retries_so_far >= policy.attempts as usize {
+            return None;
+        }
+        policy.matches(failure, &self.parts.method)
+    }
+
+    /// The budget and `max_retries` allow one more retry.
+    fn may_retry(&self, slot: &mut Option<crate::cluster::limits::Held>) -> bool {
+        if let Some(budget) = &self.backend.budget
+            && !budget.try_retry()
+        {
+            return false;
+        }
+        match self.cluster.limits().take(Limit::Retries) {
+            Ok(held) => {
+                *slot = Some(held);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Counts the retry and waits its backoff, unless the deadline comes first.
+    async fn before_retry(&self, reason: &'static str, retry: usize) -> Result<(), Stop> {
+        self.cluster.count_retry(reason);
+        let policy = self.route.retry.as_ref().expect("retrying needs a policy");
+        let wait_until = Instant::now() + policy.backoff(retry as u32);
+        if let Some(deadline) = self.deadline
+            && deadline.at <= wait_until
+        {
+            tokio::time::sleep_until(deadline.at).await;
+            self.cluster.count_timeout(deadline.kind);
+            let message = format!(
+                "upstream timeout: {} while retrying cluster {:?}",
+                deadline.describe(&self.route.name),
+                self.cluster.name
+            );
+            return Err(Stop::Reply(StatusCode::GATEWAY_TIMEOUT, message));
+        }
+        tokio::time::sleep_until(wait_until).await;
+        Ok(())
+    }
+
+    fn give_up_body(&self) -> Stop {
+        Stop::Reply(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "upstream error: cluster {:?}: the request body was larger than the retry buffer, so it could not be sent again",
+                self.cluster.name
+            ),
+        )
+    }
+
+    fn timeout_message(&self, endpoint: &Endpoint, deadline: &Deadline) -> String {
+        format!(
+            "upstream timeout: {} before cluster {:?} endpoint {} responded",
+            deadline.describe(&self.route.name),
+            self.cluster.name,
+            endpoint.address
+        )
+    }
+
+    /// 503 when no connection could be had, 502 when the upstream failed the
+    /// exchange, 504 for a per-try timeout; the body names the cluster, the
+    /// endpoint and the cause.
+    fn failure_stop(&self, endpoint: &Endpoint, failure: Failure, error: UpstreamError) -> Stop {
+        let (status, what) = match (failure, &error) {
+            (Failure::PerTryTimeout, _) => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout")
+            }
+            (_, UpstreamError::Connect(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error")
+            }
+            (_, UpstreamError::Send { .. }) => (StatusCode::BAD_GATEWAY, "upstream error"),
+        };
+        let message = format!(
+            "{what}: cluster {:?} endpoint {}: {error}",
+            self.cluster.name, endpoint.address
+        );
+        tracing::debug!(%message, "request failed upstream");
+        Stop::Reply(status, message)
+    }
 }
 
-/// 503 when no connection could be had, 502 when the upstream failed the
-/// exchange; the body names the cluster, the endpoint and the cause.
+enum TryOutcome {
+    Stop(Stop),
+    Failed(Failure, UpstreamError),
+}
+
+/// A different but deterministic key for a retry, so a consistent-hash
+/// retry can land on another endpoint.
+fn rehash(hash: u64, retry: usize) -> u64 {
+    xxhash_rust::xxh64::xxh64(&hash.to_le_bytes(), retry as u64)
+}
+
+/// `grpc-status` of a trailers-only gRPC response.
+fn grpc_status(response: &Response<Incoming>) -> Option<u32> {
+    response
+        .headers()
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// 503 for a failure before any upstream exchange (no connection), naming
+/// the cluster, the endpoint and the cause; also used for upgrades.
 pub fn failure_reply(
     exchange: Exchange,
     cluster: &Cluster,
@@ -262,6 +443,68 @@ pub fn failure_reply(
         "{what}: cluster {:?} endpoint {}: {error}",
         cluster.name, endpoint.address
     );
-    tracing::debug!(%message, "request failed upstream");
     local_reply::reply(exchange, status, &message, grpc)
+}
+
+fn no_endpoint(exchange: Exchange, cluster: &Cluster, grpc: bool) -> Response<ResponseBody> {
+    let message = format!(
+        "no endpoint available: cluster {:?} has no healthy endpoints",
+        cluster.name
+    );
+    local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc)
+}
+
+/// 503 at once, with `x-remora-overloaded: true`, when a circuit breaker is open.
+fn overloaded(
+    exchange: Exchange,
+    cluster: &Cluster,
+    limit: Limit,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let message = format!(
+        "overloaded: cluster {:?} is at its {} circuit breaker",
+        cluster.name,
+        limit.name()
+    );
+    let mut response =
+        local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
+    response
+        .headers_mut()
+        .insert(OVERLOADED, HeaderValue::from_static("true"));
+    response
+}
+
+fn aborted(exchange: Exchange, abort: Abort, grpc: bool) -> Response<ResponseBody> {
+    match abort {
+        Abort::Http(status) => {
+            local_reply::reply(exchange, status, "fault injected: aborted", grpc)
+        }
+        Abort::Grpc(code) => {
+            let mut response =
+                local_reply::reply(exchange, StatusCode::OK, "fault injected: aborted", true);
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from(code));
+            response
+        }
+    }
+}
+
+/// 429 (or RESOURCE_EXHAUSTED) with `retry-after` in whole seconds.
+pub fn rate_limited(
+    exchange: Exchange,
+    wait: std::time::Duration,
+    scope: &str,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let message = format!(
+        "rate limited by {scope}; retry after {:.3}s",
+        wait.as_secs_f64()
+    );
+    let mut response = local_reply::reply(exchange, StatusCode::TOO_MANY_REQUESTS, &message, grpc);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }

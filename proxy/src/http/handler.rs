@@ -49,18 +49,44 @@ async fn route(
         let grpc = local_reply::is_grpc(request.headers());
         return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
     };
+    let grpc = local_reply::is_grpc(request.headers());
+    if let Some(limit) = &listener.rate_limit
+        && let Err(wait) = limit.check(request.headers(), client.ip())
+    {
+        listener.rate_limited.increment(1);
+        let scope = format!("listener {:?}", listener.name);
+        return forward::rate_limited(exchange, wait, &scope, grpc);
+    }
     let view = RequestView::new(request.method(), request.uri(), request.headers());
     let Some((index, route)) = http.table.find(&view) else {
         let message = format!(
             "no route matched {} {}{} on listener {:?}",
             view.method, view.host, view.path, listener.name
         );
-        let grpc = local_reply::is_grpc(request.headers());
         return local_reply::reply(exchange, StatusCode::NOT_FOUND, &message, grpc);
     };
-    match &route.action {
-        RouteAction::Respond(direct) => {
+    let backend = match &route.action {
+        RouteAction::Respond(_) => {
             exchange.set_stats(StatsAt::Direct { route: index });
+            None
+        }
+        RouteAction::Forward(backends) => {
+            let (backend_index, backend) = backends.pick();
+            exchange.set_stats(StatsAt::Backend {
+                route: index,
+                backend: backend_index,
+            });
+            Some(backend)
+        }
+    };
+    if let Some(limit) = &route.rate_limit
+        && let Err(wait) = limit.check(request.headers(), client.ip())
+    {
+        route.rate_limited.increment(1);
+        return forward::rate_limited(exchange, wait, &format!("route {:?}", route.name), grpc);
+    }
+    match (&route.action, backend) {
+        (RouteAction::Respond(direct), _) => {
             exchange.set_status(direct.status);
             exchange.add_bytes_sent(direct.body.len());
             let mut response = Response::new(ResponseBody::local(direct.body.clone()));
@@ -74,8 +100,11 @@ async fn route(
             route.response_headers.apply(response.headers_mut());
             response
         }
-        RouteAction::Forward(backends) => {
-            forward::forward(request, client, index, route, backends, exchange, tracker).await
+        (RouteAction::Forward(_), Some(backend)) => {
+            forward::forward(request, client, route, backend, exchange, tracker).await
+        }
+        (RouteAction::Forward(_), None) => {
+            unreachable!("a forwarding route picked a backend above")
         }
     }
 }

@@ -2,7 +2,9 @@
 //! or h2c, detected per connection), routing each request, and forwarding it
 //! upstream with bodies and trailers streamed through.
 
+mod attempt;
 pub mod body;
+mod deadline;
 mod detect;
 mod exchange;
 mod forward;
@@ -11,6 +13,7 @@ mod header_timer;
 mod hop;
 mod lifetime;
 pub mod local_reply;
+mod replay;
 mod upgrade;
 
 use std::net::SocketAddr;

@@ -47,7 +47,7 @@ pub async fn forward(
     if let Some(path) = parts.uri.path_and_query().cloned() {
         parts.uri = path.as_str().parse().unwrap_or(parts.uri);
     }
-    let request = Request::from_parts(parts, RequestBody::new(body));
+    let request = Request::from_parts(parts, RequestBody::streaming(body));
 
     let mut lease = match endpoint.pool.connect_http1(true).await {
         Ok(lease) => lease,
@@ -78,7 +78,7 @@ pub async fn forward(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         hop::strip(response.headers_mut(), false);
         route.response_headers.apply(response.headers_mut());
-        return response.map(|body| ResponseBody::upstream(body, None, exchange));
+        return response.map(|body| ResponseBody::upstream(body, None, None, exchange));
     }
 
     let upstream = hyper::upgrade::on(&mut response);

@@ -11,6 +11,7 @@ pub mod state;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,6 +26,8 @@ use state::{ListenerKind, ListenerState};
 /// A bound listener's current state, swapped atomically on reload.
 pub struct ListenerSlot {
     state: ArcSwap<ListenerState>,
+    /// Connections open on this socket (for `max_connections`, across reloads).
+    open: AtomicUsize,
 }
 
 impl ListenerSlot {
@@ -106,6 +109,7 @@ impl ListenerSet {
                     let local = listener.local_addr().unwrap_or(state.address);
                     let slot = Arc::new(ListenerSlot {
                         state: ArcSwap::new(state.clone()),
+                        open: AtomicUsize::new(0),
                     });
                     let stop = spawner.drain.child_token();
                     spawner.runtime.spawn(accept_loop(
@@ -188,6 +192,12 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let state = slot.current();
+                if let Some(reason) = refusal(&state, &slot, peer) {
+                    state.rejected.increment(1);
+                    tracing::debug!(listener = %state.name, %peer, reason, "connection closed on accept");
+                    drop(stream);
+                    continue;
+                }
                 tracker.spawn(connection(
                     stream,
                     peer,
@@ -206,6 +216,22 @@ async fn accept_loop(
     }
 }
 
+/// Why a new connection is refused, if it is.
+fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<&'static str> {
+    if state
+        .max_connections
+        .is_some_and(|max| slot.open.load(Ordering::Relaxed) >= max)
+    {
+        return Some("max_connections");
+    }
+    match &state.connection_rate {
+        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => {
+            Some("connection_rate_limit")
+        }
+        _ => None,
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -219,11 +245,14 @@ async fn connection(
     }
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
+    slot.open.fetch_add(1, Ordering::Relaxed);
+    let counted = slot.clone();
     match &state.kind {
         ListenerKind::Http(_) => {
             crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await
         }
         ListenerKind::Tcp(_) => crate::tcp::proxy_connection(stream, peer, state, stop).await,
     }
+    counted.open.fetch_sub(1, Ordering::Relaxed);
     gauge.decrement(1.0);
 }

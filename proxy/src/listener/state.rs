@@ -12,6 +12,7 @@ use crate::cluster::Cluster;
 use crate::config::{
     ConfigError, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol,
 };
+use crate::ratelimit::RateLimit;
 use crate::route::RouteTable;
 use crate::socket::SocketOptions;
 use crate::telemetry::{self, RequestStats, Telemetry, access_log::AccessLog};
@@ -33,6 +34,14 @@ pub struct ListenerState {
     pub http2_keepalive: Option<Http2KeepaliveConfig>,
     pub connections_active: Gauge,
     pub access_log: Option<Arc<AccessLog>>,
+    /// HTTP: a limit over all of the listener's requests.
+    pub rate_limit: Option<RateLimit>,
+    /// `remora_rate_limited_total{listener,route=""}`.
+    pub rate_limited: Counter,
+    pub connection_rate: Option<RateLimit>,
+    pub max_connections: Option<usize>,
+    /// Connections closed on accept by the two limits above.
+    pub rejected: Counter,
 }
 
 #[derive(Debug)]
@@ -140,6 +149,38 @@ impl ListenerState {
         }
         config.keepalive.check(&format!("{at}.keepalive"), errors);
         config.http2.check(&format!("{at}.http2"), errors);
+        if config.max_connections == Some(0) {
+            errors.push(ConfigError::new(
+                format!("{at}.max_connections"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        let rate_limit = match (&config.rate_limit, config.protocol) {
+            (Some(_), ListenerProtocol::Tcp) => {
+                errors.push(ConfigError::new(
+                    format!("{at}.rate_limit"),
+                    "limits HTTP requests; TCP listeners take connection_rate_limit",
+                ));
+                None
+            }
+            (Some(r), ListenerProtocol::Http) => RateLimit::compile(
+                r.requests_per_second,
+                r.burst,
+                &r.key,
+                &format!("{at}.rate_limit"),
+                errors,
+            ),
+            (None, _) => None,
+        };
+        let connection_rate = config.connection_rate_limit.as_ref().and_then(|r| {
+            RateLimit::compile(
+                r.connections_per_second,
+                r.burst,
+                "none",
+                &format!("{at}.connection_rate_limit"),
+                errors,
+            )
+        });
         if !(1..=1024).contains(&config.max_request_headers_kb) {
             errors.push(ConfigError::new(
                 format!("{at}.max_request_headers_kb"),
@@ -166,6 +207,16 @@ impl ListenerState {
                 &[("listener", name)],
             ),
             access_log: cx.access_log.cloned(),
+            rate_limit,
+            rate_limited: cx.telemetry.counter(
+                telemetry::RATE_LIMITED_TOTAL,
+                &[("listener", name), ("route", "")],
+            ),
+            connection_rate,
+            max_connections: config.max_connections.map(|m| m as usize),
+            rejected: cx
+                .telemetry
+                .counter(telemetry::LISTENER_REJECTED_TOTAL, &[("listener", name)]),
         })
     }
 }

@@ -59,7 +59,7 @@ impl EndpointPool {
     /// that comes back or frees a slot.
     pub async fn http1(&self) -> Result<Http1Lease, ConnectError> {
         loop {
-            match self.when_available(|| self.try_http1()).await {
+            match self.when_available(|| self.try_http1()).await? {
                 Next::Idle(mut idle) => {
                     // A connection is released when its response ends; its task
                     // may need a moment more to be ready for the next request.
@@ -91,9 +91,7 @@ impl EndpointPool {
     /// A new connection outside the idle list, if a slot is free now; with
     /// `upgrades` it can be taken over after a `101 Switching Protocols`.
     pub async fn connect_http1(&self, upgrades: bool) -> Result<Http1Lease, ConnectError> {
-        let slot = self.try_slot().ok_or(ConnectError::Full(
-            self.settings.max_connections.unwrap_or(0),
-        ))?;
+        let slot = self.slot_now()?;
         self.open_http1(slot, upgrades).await
     }
 

@@ -104,7 +104,7 @@ impl EndpointPool {
     /// A stream on an HTTP/2 connection to this endpoint.
     pub async fn http2(&self) -> Result<Http2Lease, ConnectError> {
         loop {
-            match self.when_available(|| self.try_http2()).await {
+            match self.when_available(|| self.try_http2()).await? {
                 Next::Stream(lease) => return Ok(lease),
                 Next::Connect(slot) => {
                     let opened = self.open_http2(slot).await;

@@ -24,6 +24,7 @@ use metrics::{Counter, Gauge};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::cluster::limits::{Held, Limit, Limits};
 use crate::config::{ClusterConfig, Http2Config, Http2KeepaliveConfig};
 use crate::socket::SocketOptions;
 
@@ -52,10 +53,12 @@ pub struct PoolSettings {
     pub max_age: Option<Duration>,
     pub min_idle: usize,
     pub stats: ConnStats,
+    /// The cluster's circuit breakers (connections and pending requests are taken here).
+    pub limits: Arc<Limits>,
 }
 
 impl PoolSettings {
-    pub fn new(config: &ClusterConfig, stats: ConnStats) -> PoolSettings {
+    pub fn new(config: &ClusterConfig, stats: ConnStats, limits: Arc<Limits>) -> PoolSettings {
         let pool = &config.pool;
         PoolSettings {
             connect_timeout: config.connect_timeout,
@@ -72,6 +75,7 @@ impl PoolSettings {
             max_age: pool.max_connection_age,
             min_idle: pool.min_idle as usize,
             stats,
+            limits,
         }
     }
 
@@ -82,12 +86,15 @@ impl PoolSettings {
             created: Counter::noop(),
             connect_failures: Counter::noop(),
         };
-        PoolSettings::new(
-            &crate::config::parse_yaml("clusters: [{name: c}]")
-                .unwrap()
-                .clusters[0],
-            stats,
-        )
+        let config = &crate::config::parse_yaml("clusters: [{name: c}]")
+            .unwrap()
+            .clusters[0];
+        let limits = Arc::new(Limits::new(
+            &config.circuit_breakers,
+            "c",
+            &crate::telemetry::Telemetry::new(),
+        ));
+        PoolSettings::new(config, stats, limits)
     }
 
     /// Whether a connection born at `born` that served `served` requests is done.
@@ -110,6 +117,9 @@ pub enum ConnectError {
     Handshake(hyper::Error),
     #[error("connection limit reached ({0} connections to this endpoint)")]
     Full(usize),
+    /// A circuit breaker is open: no connection, or no place in the queue for one.
+    #[error("circuit breaker open: the cluster is at {}", .0.name())]
+    Overloaded(Limit),
 }
 
 #[derive(Debug)]
@@ -148,6 +158,8 @@ impl Shared {
 struct Slot {
     shared: Arc<Shared>,
     gauge: Option<Gauge>,
+    /// The slot's share of the cluster's `max_connections`.
+    _cluster: Held,
 }
 
 impl Slot {
@@ -195,16 +207,26 @@ impl EndpointPool {
     /// Runs `attempt` until it yields something, waiting for a change in the
     /// pool between tries. Registers for wake-ups only after a try came up
     /// empty (then tries once more, so a change in between is not missed).
-    async fn when_available<T>(&self, mut attempt: impl FnMut() -> Option<T>) -> T {
+    /// A request that has to wait counts against the cluster's
+    /// `max_pending_requests`; when that is full it fails at once.
+    async fn when_available<T>(
+        &self,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Result<T, ConnectError> {
+        if let Some(found) = attempt() {
+            return Ok(found);
+        }
+        let _pending = self
+            .settings
+            .limits
+            .take(Limit::Pending)
+            .map_err(ConnectError::Overloaded)?;
         loop {
-            if let Some(found) = attempt() {
-                return found;
-            }
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if let Some(found) = attempt() {
-                return found;
+                return Ok(found);
             }
             changed.await;
         }
@@ -224,19 +246,42 @@ impl EndpointPool {
         {
             return None;
         }
+        let cluster = self.settings.limits.take_quietly(Limit::Connections)?;
         state.open += 1;
         Some(Slot {
             shared: self.shared.clone(),
             gauge: None,
+            _cluster: cluster,
+        })
+    }
+
+    /// A slot now, or the reason there is none.
+    fn slot_now(&self) -> Result<Slot, ConnectError> {
+        let mut state = self.shared.lock();
+        if self
+            .settings
+            .max_connections
+            .is_some_and(|max| state.open >= max)
+        {
+            return Err(ConnectError::Full(state.open));
+        }
+        let cluster = self
+            .settings
+            .limits
+            .take(Limit::Connections)
+            .map_err(ConnectError::Overloaded)?;
+        state.open += 1;
+        Ok(Slot {
+            shared: self.shared.clone(),
+            gauge: None,
+            _cluster: cluster,
         })
     }
 
     /// A TCP connection with the cluster's socket options, bounded by the
     /// connect timeout; holds a slot. Fails at once when no slot is free.
     pub async fn connect_stream(&self) -> Result<PooledStream, ConnectError> {
-        let slot = self.try_slot().ok_or(ConnectError::Full(
-            self.settings.max_connections.unwrap_or(0),
-        ))?;
+        let slot = self.slot_now()?;
         let (stream, slot) = self.connect(slot).await?;
         Ok(PooledStream {
             stream,

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cluster::Cluster;
-use crate::config::{BackendRef, ConfigError};
-use crate::telemetry::{RequestStats, Telemetry};
+use crate::config::{ConfigError, RouteConfig};
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::telemetry::{self, RequestStats, Telemetry};
 
 /// Largest weight a single backend may have; keeps sums far from overflow.
 const MAX_WEIGHT: u32 = 1_000_000;
@@ -15,6 +16,8 @@ pub struct Backend {
     pub cluster: Arc<Cluster>,
     /// Stats for requests this route sends to this cluster.
     pub stats: RequestStats,
+    /// The route's retry budget for this cluster (when the route retries).
+    pub budget: Option<RetryBudget>,
 }
 
 #[derive(Debug)]
@@ -26,15 +29,18 @@ pub struct WeightedBackends {
 }
 
 impl WeightedBackends {
+    /// Compiles `route`'s backends (at `path`), with a retry budget each
+    /// when the route retries.
     pub fn compile(
-        refs: &[BackendRef],
+        route: &RouteConfig,
         listener: &str,
-        route: &str,
         path: &str,
         clusters: &HashMap<&str, Arc<Cluster>>,
+        retry: Option<&RetryPolicy>,
         telemetry: &Telemetry,
         errors: &mut Vec<ConfigError>,
     ) -> Option<WeightedBackends> {
+        let refs = &route.backends;
         let mut backends = Vec::with_capacity(refs.len());
         let mut cumulative = Vec::with_capacity(refs.len());
         let mut total = 0u64;
@@ -58,9 +64,21 @@ impl WeightedBackends {
             };
             total += u64::from(backend.weight);
             cumulative.push(total);
+            let budget = retry.map(|policy| {
+                let exhausted = telemetry.counter(
+                    telemetry::RETRY_BUDGET_EXHAUSTED_TOTAL,
+                    &[("cluster", backend.cluster.as_str())],
+                );
+                RetryBudget::new(
+                    policy.budget_percent,
+                    policy.budget_min_per_second,
+                    exhausted,
+                )
+            });
             backends.push(Backend {
                 cluster: cluster.clone(),
-                stats: RequestStats::new(telemetry, listener, route, &backend.cluster),
+                stats: RequestStats::new(telemetry, listener, &route.name, &backend.cluster),
+                budget,
             });
         }
         if total == 0 && errors.len() == errors_before {

@@ -13,10 +13,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 
+use metrics::Counter;
+
 use crate::balance::HashPolicy;
 use crate::cluster::Cluster;
 use crate::config::{ConfigError, RouteConfig};
-use crate::telemetry::{RequestStats, Telemetry};
+use crate::fault::Fault;
+use crate::ratelimit::RateLimit;
+use crate::retry::RetryPolicy;
+use crate::telemetry::{self, RequestStats, Telemetry};
 
 pub use backends::{Backend, WeightedBackends};
 pub use header_edit::HeaderEdits;
@@ -32,6 +37,14 @@ pub struct Route {
     pub hash: Option<HashPolicy>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
+    pub retry: Option<RetryPolicy>,
+    /// gRPC requests: the client's `grpc-timeout`, capped at this.
+    pub max_grpc_timeout: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
+    pub rate_limit: Option<RateLimit>,
+    /// `remora_rate_limited_total{listener,route}`.
+    pub rate_limited: Counter,
+    pub fault: Option<Fault>,
 }
 
 #[derive(Debug)]
@@ -116,12 +129,35 @@ impl Route {
             &format!("{at}.response_headers"),
             errors,
         );
-        if config.timeout == Some(Duration::ZERO) {
-            errors.push(ConfigError::new(
-                format!("{at}.timeout"),
-                "must be greater than 0 (leave it out for no timeout)",
-            ));
+        for (field, value) in [
+            ("timeout", config.timeout),
+            ("max_grpc_timeout", config.max_grpc_timeout),
+            ("stream_idle_timeout", config.stream_idle_timeout),
+        ] {
+            if value == Some(Duration::ZERO) {
+                errors.push(ConfigError::new(
+                    format!("{at}.{field}"),
+                    "must be greater than 0 (leave it out for no timeout)",
+                ));
+            }
         }
+        let retry = config
+            .retry
+            .as_ref()
+            .and_then(|r| RetryPolicy::compile(r, &format!("{at}.retry"), errors));
+        let rate_limit = config.rate_limit.as_ref().and_then(|r| {
+            RateLimit::compile(
+                r.requests_per_second,
+                r.burst,
+                &r.key,
+                &format!("{at}.rate_limit"),
+                errors,
+            )
+        });
+        let fault = config
+            .fault
+            .as_ref()
+            .and_then(|f| Fault::compile(f, &format!("{at}.fault"), errors));
         let action = match (&config.direct_response, config.backends.is_empty()) {
             (Some(_), false) => {
                 errors.push(ConfigError::new(
@@ -155,11 +191,11 @@ impl Route {
                 })
             }
             (None, false) => RouteAction::Forward(WeightedBackends::compile(
-                &config.backends,
+                config,
                 listener,
-                &config.name,
                 &format!("{at}.backends"),
                 clusters,
+                retry.as_ref(),
                 telemetry,
                 errors,
             )?),
@@ -187,6 +223,15 @@ impl Route {
             hash,
             request_headers,
             response_headers,
+            retry,
+            max_grpc_timeout: config.max_grpc_timeout,
+            stream_idle_timeout: config.stream_idle_timeout,
+            rate_limit,
+            rate_limited: telemetry.counter(
+                telemetry::RATE_LIMITED_TOTAL,
+                &[("listener", listener), ("route", &config.name)],
+            ),
+            fault,
         })
     }
 }

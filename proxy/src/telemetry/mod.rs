@@ -23,6 +23,15 @@ pub const UPSTREAM_CONNECT_FAILURES: &str = "remora_upstream_connect_failures_to
 pub const TCP_BYTES_TOTAL: &str = "remora_tcp_bytes_total";
 pub const LB_FALLBACK_TOTAL: &str = "remora_lb_fallback_total";
 pub const DNS_RESOLUTIONS_TOTAL: &str = "remora_dns_resolutions_total";
+pub const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "remora_outlier_ejections_total";
+pub const ENDPOINTS_EJECTED: &str = "remora_endpoints_ejected";
+pub const RATE_LIMITED_TOTAL: &str = "remora_rate_limited_total";
+pub const TIMEOUTS_TOTAL: &str = "remora_timeouts_total";
+pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "remora_health_check_failures_total";
+pub const LISTENER_REJECTED_TOTAL: &str = "remora_listener_connections_rejected_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 
 /// Upper bounds of the request-duration histogram, in seconds.

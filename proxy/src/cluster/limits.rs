@@ -1,0 +1,153 @@
+//! Circuit breakers: cluster-wide caps on connections, requests waiting for a
+//! connection, requests in flight and retries in flight. Taking a unit over a
+//! cap fails at once (the request gets 503 with `x-remora-overloaded: true`,
+//! or the retry is not made) and is counted in
+//! `remora_circuit_open_total{cluster,limit}`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use metrics::Counter;
+
+use crate::config::CircuitBreakersConfig;
+use crate::telemetry::{self, Telemetry};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Connections,
+    Pending,
+    Requests,
+    Retries,
+}
+
+impl Limit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Connections => "max_connections",
+            Limit::Pending => "max_pending_requests",
+            Limit::Requests => "max_requests",
+            Limit::Retries => "max_retries",
+        }
+    }
+
+    const ALL: [Limit; 4] = [
+        Limit::Connections,
+        Limit::Pending,
+        Limit::Requests,
+        Limit::Retries,
+    ];
+}
+
+#[derive(Debug)]
+struct Gauge {
+    max: Option<usize>,
+    current: AtomicUsize,
+    tripped: Counter,
+}
+
+#[derive(Debug)]
+pub struct Limits {
+    gauges: [Gauge; 4],
+}
+
+/// One unit of a limit, given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    limits: Arc<Limits>,
+    limit: Limit,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.limits.gauges[self.limit as usize]
+            .current
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Limits {
+    pub fn new(config: &CircuitBreakersConfig, cluster: &str, telemetry: &Telemetry) -> Limits {
+        let maxima = [
+            config.max_connections,
+            config.max_pending_requests,
+            config.max_requests,
+            config.max_retries,
+        ];
+        let gauges = Limit::ALL.map(|limit| Gauge {
+            max: maxima[limit as usize].map(|m| m as usize),
+            current: AtomicUsize::new(0),
+            tripped: telemetry.counter(
+                telemetry::CIRCUIT_OPEN_TOTAL,
+                &[("cluster", cluster), ("limit", limit.name())],
+            ),
+        });
+        Limits { gauges }
+    }
+
+    /// Takes one unit of `limit`, or fails (and counts the trip) if it is at
+    /// its maximum.
+    pub fn take(self: &Arc<Self>, limit: Limit) -> Result<Held, Limit> {
+        self.take_quietly(limit).ok_or_else(|| {
+            self.gauges[limit as usize].tripped.increment(1);
+            limit
+        })
+    }
+
+    /// As [`take`](Self::take) without counting a trip: for a request that
+    /// will wait for a unit rather than fail.
+    pub fn take_quietly(self: &Arc<Self>, limit: Limit) -> Option<Held> {
+        let gauge = &self.gauges[limit as usize];
+        match gauge.max {
+            None => {
+                gauge.current.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(max) => {
+                gauge
+                    .current
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < max).then_some(n + 1)
+                    })
+                    .ok()?;
+            }
+        }
+        Some(Held {
+            limits: self.clone(),
+            limit,
+        })
+    }
+
+    pub fn current(&self, limit: Limit) -> usize {
+        self.gauges[limit as usize].current.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_trips_at_exactly_its_maximum_and_frees_on_drop() {
+        let telemetry = Telemetry::new();
+        let config = CircuitBreakersConfig {
+            max_requests: Some(3),
+            ..CircuitBreakersConfig::default()
+        };
+        let limits = Arc::new(Limits::new(&config, "c", &telemetry));
+        let held: Vec<Held> = (0..3)
+            .map(|_| limits.take(Limit::Requests).unwrap())
+            .collect();
+        assert_eq!(limits.take(Limit::Requests).unwrap_err(), Limit::Requests);
+        drop(held);
+        assert!(limits.take(Limit::Requests).is_ok());
+        assert!(
+            telemetry
+                .render()
+                .contains(r#"remora_circuit_open_total{cluster="c",limit="max_requests"} 1"#)
+        );
+        // No maximum: never trips, but still counts.
+        let unlimited: Vec<Held> = (0..100)
+            .map(|_| limits.take(Limit::Retries).unwrap())
+            .collect();
+        assert_eq!(limits.current(Limit::Retries), unlimited.len());
+    }
+}

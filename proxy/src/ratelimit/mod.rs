@@ -1,0 +1,189 @@
+//! Rate limits: a token bucket (GCRA, via governor) per key, refilled at
+//! `requests_per_second` and holding `burst` requests. The key is `none`
+//! (one bucket), `source_ip`, or `header:NAME` (one bucket per value;
+//! requests without the header share one). Over the limit, HTTP gets 429
+//! with `retry-after`, gRPC gets RESOURCE_EXHAUSTED. Keys are forgotten once
+//! their bucket is full again, so the table does not grow without bound.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::ConfigError;
+
+/// Checks between sweeps of forgotten keys.
+const SWEEP_EVERY: u64 = 4096;
+
+#[derive(Debug)]
+pub struct RateLimit {
+    buckets: Buckets,
+    checks: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Buckets {
+    One(DefaultDirectRateLimiter),
+    BySourceIp(DefaultKeyedRateLimiter<IpAddr>),
+    ByHeader(HeaderName, DefaultKeyedRateLimiter<HeaderValue>),
+}
+
+impl RateLimit {
+    /// `rate` per second with `burst` (default: one second's worth).
+    pub fn compile(
+        rate: f64,
+        burst: Option<u32>,
+        key: &str,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<RateLimit> {
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
+            errors.push(ConfigError::new(
+                path,
+                format!("rate {rate} must be above 0 (per second)"),
+            ));
+            return None;
+        }
+        let burst = burst.unwrap_or(rate.ceil().max(1.0) as u32);
+        let Some(burst) = NonZeroU32::new(burst) else {
+            errors.push(ConfigError::new(
+                format!("{path}.burst"),
+                "must be at least 1",
+            ));
+            return None;
+        };
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))?.allow_burst(burst);
+        let buckets = match key {
+            "none" => Buckets::One(RateLimiter::direct(quota)),
+            "source_ip" => Buckets::BySourceIp(RateLimiter::keyed(quota)),
+            "peer_identity" => {
+                errors.push(ConfigError::new(
+                    format!("{path}.key"),
+                    "peer_identity needs mutual TLS between proxies, which is not available yet; use none, source_ip or header:NAME",
+                ));
+                return None;
+            }
+            other => match other
+                .strip_prefix("header:")
+                .map(|name| HeaderName::from_bytes(name.trim().as_bytes()))
+            {
+                Some(Ok(name)) => Buckets::ByHeader(name, RateLimiter::keyed(quota)),
+                _ => {
+                    errors.push(ConfigError::new(
+                        format!("{path}.key"),
+                        format!("{other:?} is not a key: use none, source_ip or header:NAME"),
+                    ));
+                    return None;
+                }
+            },
+        };
+        Some(RateLimit {
+            buckets,
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    /// `Ok` when the request may go; else how long until it could.
+    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
+        let outcome = match &self.buckets {
+            Buckets::One(limiter) => limiter.check(),
+            Buckets::BySourceIp(limiter) => {
+                self.sweep(|| limiter.retain_recent());
+                limiter.check_key(&client)
+            }
+            Buckets::ByHeader(name, limiter) => {
+                self.sweep(|| limiter.retain_recent());
+                let key = headers
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| HeaderValue::from_static(""));
+                limiter.check_key(&key)
+            }
+        };
+        outcome.map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    fn sweep(&self, forget: impl FnOnce()) {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            forget();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(rate: f64, burst: Option<u32>, key: &str) -> Result<RateLimit, String> {
+        let mut errors = Vec::new();
+        RateLimit::compile(rate, burst, key, "r.rate_limit", &mut errors).ok_or_else(|| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn the_burst_passes_then_the_rate_holds() {
+        let l = limit(1.0, Some(3), "none").unwrap();
+        let headers = HeaderMap::new();
+        for _ in 0..3 {
+            assert!(l.check(&headers, A).is_ok());
+        }
+        let wait = l.check(&headers, A).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn keys_get_their_own_buckets() {
+        let by_ip = limit(1.0, Some(1), "source_ip").unwrap();
+        let headers = HeaderMap::new();
+        assert!(by_ip.check(&headers, A).is_ok());
+        assert!(by_ip.check(&headers, A).is_err());
+        assert!(by_ip.check(&headers, B).is_ok());
+
+        let by_header = limit(1.0, Some(1), "header:x-tenant").unwrap();
+        let tenant = |t: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-tenant", HeaderValue::from_static(t));
+            h
+        };
+        assert!(by_header.check(&tenant("a"), A).is_ok());
+        assert!(by_header.check(&tenant("a"), B).is_err());
+        assert!(by_header.check(&tenant("b"), A).is_ok());
+    }
+
+    #[test]
+    fn bad_limits_are_named() {
+        assert_eq!(
+            limit(0.0, None, "none").unwrap_err(),
+            "r.rate_limit: rate 0 must be above 0 (per second)"
+        );
+        assert_eq!(
+            limit(1.0, Some(0), "none").unwrap_err(),
+            "r.rate_limit.burst: must be at least 1"
+        );
+        assert!(
+            limit(1.0, None, "cookie")
+                .unwrap_err()
+                .starts_with("r.rate_limit.key: \"cookie\" is not a key")
+        );
+        assert!(
+            limit(1.0, None, "peer_identity")
+                .unwrap_err()
+                .contains("needs mutual TLS")
+        );
+    }
+}
