@@ -54,6 +54,7 @@ pub struct HealthView {
     /// Failing its active health checks.
     pub check_failed: bool,
     pub check_failures_in_a_row: u32,
+    pub check_passes_in_a_row: u32,
     /// Ejected by outlier detection, and for how much longer.
     pub ejected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +129,8 @@ pub fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
                         health: HealthView {
                             check_failed: e.is_check_failed(),
                             check_failures_in_a_row: e.checks.failures(),
+                            check_passes_in_a_row: e.checks.passes(),
+
                             ejected: e.is_ejected(),
                             ejected_for_secs: cluster
                                 .outlier

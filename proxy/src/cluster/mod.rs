@@ -178,6 +178,17 @@ impl Cluster {
                 errors,
             )
         });
+        for (field, value) in [
+            ("max_connections", config.circuit_breakers.max_connections),
+            ("max_requests", config.circuit_breakers.max_requests),
+        ] {
+            if value == Some(0) {
+                errors.push(ConfigError::new(
+                    format!("{path}.circuit_breakers.{field}"),
+                    "must be at least 1 (0 would refuse every request; leave it out for no limit)",
+                ));
+            }
+        }
         let limits = Arc::new(Limits::new(&config.circuit_breakers, name, telemetry));
         let pool = Arc::new(PoolSettings::new(config, conn_stats, limits));
         let endpoints: Box<[Arc<Endpoint>]> = config

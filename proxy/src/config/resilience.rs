@@ -80,7 +80,8 @@ pub enum RetryOn {
     Retriable4xx,
     /// Any status in `retriable_status_codes`.
     RetriableStatusCodes,
-    /// gRPC statuses (from a trailers-only response).
+    /// gRPC statuses: `grpc-status` of a trailers-only response, or of
+    /// trailers that come before any message.
     Cancelled,
     DeadlineExceeded,
     Internal,

@@ -36,6 +36,10 @@ impl CheckState {
     pub fn failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    pub fn passes(&self) -> u32 {
+        self.passes.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -68,23 +72,30 @@ impl HealthChecker {
                 "exactly one of http, grpc and tcp must be set",
             ));
         }
-        if config.interval.is_zero() || config.timeout.is_zero() {
-            errors.push(ConfigError::new(
-                path,
-                "interval and timeout must be greater than 0",
-            ));
+        for (field, value) in [("interval", config.interval), ("timeout", config.timeout)] {
+            if value.is_zero() {
+                errors.push(ConfigError::new(
+                    format!("{path}.{field}"),
+                    "must be greater than 0",
+                ));
+            }
         }
-        if config.timeout > config.interval {
+        if !config.interval.is_zero() && config.timeout > config.interval {
             errors.push(ConfigError::new(
                 format!("{path}.timeout"),
                 "must not be longer than the interval",
             ));
         }
-        if config.unhealthy_threshold == 0 || config.healthy_threshold == 0 {
-            errors.push(ConfigError::new(
-                path,
-                "unhealthy_threshold and healthy_threshold must be at least 1",
-            ));
+        for (field, value) in [
+            ("unhealthy_threshold", config.unhealthy_threshold),
+            ("healthy_threshold", config.healthy_threshold),
+        ] {
+            if value == 0 {
+                errors.push(ConfigError::new(
+                    format!("{path}.{field}"),
+                    "must be at least 1",
+                ));
+            }
         }
         let probe = if let Some(http) = &config.http {
             if !http.path.starts_with('/') {

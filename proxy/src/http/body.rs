@@ -58,6 +58,15 @@ impl RequestBody {
         self
     }
 
+    /// Whether [`replay`](Self::replay) would give a body now.
+    pub fn can_replay(&self) -> bool {
+        match &self.source {
+            Source::Streaming(_) => false,
+            Source::Replay(body) => body.can_replay(),
+            Source::Empty => true,
+        }
+    }
+
     /// The body for another try, if it can be sent again.
     pub fn replay(&self) -> Option<RequestBody> {
         let source = match &self.source {
@@ -156,6 +165,8 @@ pin_project! {
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
         Upstream {
+            // A frame already read (while waiting for a gRPC status), sent first.
+            first: Option<Frame<Bytes>>,
             #[pin]
             inner: Incoming,
             #[pin]
@@ -174,11 +185,12 @@ pin_project! {
 impl ResponseBody {
     pub fn upstream(
         inner: Incoming,
+        first: Option<Frame<Bytes>>,
         deadline: Option<tokio::time::Instant>,
         idle: Option<Arc<StreamIdle>>,
         mut exchange: Exchange,
     ) -> ResponseBody {
-        if inner.is_end_stream() {
+        if first.is_none() && inner.is_end_stream() {
             // hyper will not poll an empty body, so finish the exchange now.
             exchange.body_finished();
         }
@@ -186,6 +198,7 @@ impl ResponseBody {
             .as_ref()
             .map(|i| tokio::time::sleep_until(i.deadline()));
         ResponseBody::Upstream {
+            first,
             inner,
             deadline: deadline.map(tokio::time::sleep_until),
             idle,
@@ -219,12 +232,17 @@ impl Body for ResponseBody {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
             ResponseBodyProj::Upstream {
+                first,
                 mut inner,
                 deadline,
                 idle,
                 mut idle_check,
                 exchange,
-            } => match inner.as_mut().poll_frame(cx) {
+            } => match first
+                .take()
+                .map(|f| Poll::Ready(Some(Ok(f))))
+                .unwrap_or_else(|| inner.as_mut().poll_frame(cx))
+            {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         exchange.add_bytes_sent(data.len());
@@ -273,7 +291,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Local { data } => data.is_none(),
-            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Upstream { first, inner, .. } => first.is_none() && inner.is_end_stream(),
         }
     }
 

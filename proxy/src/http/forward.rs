@@ -11,8 +11,11 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, RETRY_AFTER, SET_COOKIE};
 use http::{Request, Response, StatusCode, Version, request};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -129,7 +132,7 @@ pub async fn forward(
         hash,
     };
     let result = tries.run(body, &mut exchange).await;
-    let mut response = match result {
+    let (mut response, first) = match result {
         Ok(done) => done,
         Err(Stop::Reply(status, message)) => {
             return local_reply::reply(exchange, status, &message, grpc);
@@ -147,7 +150,7 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     Response::from_parts(
         parts,
-        ResponseBody::upstream(body, deadline.map(|d| d.at), idle, exchange),
+        ResponseBody::upstream(body, first, deadline.map(|d| d.at), idle, exchange),
     )
 }
 
@@ -175,7 +178,7 @@ impl Tries<'_> {
         &self,
         body: RequestBody,
         exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, Stop> {
+    ) -> Result<(Response<Incoming>, Option<Frame<Bytes>>), Stop> {
         let (cluster, route) = (self.cluster, self.route);
         // Without a retry policy the body goes out as it is, once.
         let (mut first, template) = match route.retry {
@@ -213,18 +216,49 @@ impl Tries<'_> {
                         let now = std::time::Instant::now();
                         endpoint.ewma.observe(now - sent_at, now, cluster.lb.decay);
                     }
-                    let grpc_status = grpc_status(&response);
+                    let mut response = response;
+                    let mut grpc_status = grpc_status_in(response.headers());
+                    let mut first = None;
+                    if grpc_status.is_none()
+                        && self.waits_for_grpc_status()
+                        && !response.body().is_end_stream()
+                    {
+                        match self.first_frame(&mut response, &endpoint).await {
+                            Ok(frame) => {
+                                grpc_status = frame
+                                    .as_ref()
+                                    .and_then(|f| f.trailers_ref())
+                                    .and_then(grpc_status_in);
+                                first = frame;
+                            }
+                            Err(TryOutcome::Stop(stop)) => return Err(stop),
+                            Err(TryOutcome::Failed(failure, error)) => {
+                                cluster.record_outcome(&endpoint, Outcome::LocalOrigin);
+                                match self.retry_reason(failure, tried.len()) {
+                                    Some(reason)
+                                        if self.may_retry(&mut _retry_slot, template.as_ref()) =>
+                                    {
+                                        tried.push(endpoint.address);
+                                        self.before_retry(reason, tried.len()).await?;
+                                        continue;
+                                    }
+                                    _ => return Err(self.failure_stop(&endpoint, failure, error)),
+                                }
+                            }
+                        }
+                    }
                     let failure = Failure::Response {
                         status,
                         grpc: grpc_status,
                     };
+
                     match self.retry_reason(failure, tried.len()) {
-                        Some(reason) if self.may_retry(&mut _retry_slot) => {
+                        Some(reason) if self.may_retry(&mut _retry_slot, template.as_ref()) => {
                             tried.push(endpoint.address);
                             self.before_retry(reason, tried.len()).await?;
                             continue;
                         }
-                        _ => return Ok(response),
+                        _ => return Ok((response, first)),
                     }
                 }
                 Err(TryOutcome::Stop(stop)) => return Err(stop),
@@ -235,7 +269,7 @@ impl Tries<'_> {
             };
             let (failure, error) = failure;
             match self.retry_reason(failure, tried.len()) {
-                Some(reason) if self.may_retry(&mut _retry_slot) => {
+                Some(reason) if self.may_retry(&mut _retry_slot, template.as_ref()) => {
                     tried.push(endpoint.address);
                     self.before_retry(reason, tried.len()).await?;
                 }
@@ -261,6 +295,81 @@ impl Tries<'_> {
         request
     }
 
+    /// When the try started now must end: its per-try timeout or the
+    /// request's deadline, whichever comes first.
+    fn try_bound(&self) -> Option<Instant> {
+        let per_try = self
+            .route
+            .retry
+            .as_ref()
+            .and_then(|p| p.per_try_timeout)
+            .map(|t| Instant::now() + t);
+        match (per_try, self.deadline) {
+            (Some(p), Some(d)) => Some(p.min(d.at)),
+            (p, d) => p.or(d.map(|d| d.at)),
+        }
+    }
+
+    /// What a try that ran into its bound amounts to: the request's
+    /// deadline (504, no more tries) or the per-try timeout (retriable).
+    fn bound_reached(&self, endpoint: &Endpoint, bound: Instant) -> TryOutcome {
+        if let Some(deadline) = self
+            .deadline
+            .filter(|d| d.at <= bound && d.at <= Instant::now())
+        {
+            self.cluster.count_timeout(deadline.kind);
+            let message = self.timeout_message(endpoint, &deadline);
+            return TryOutcome::Stop(Stop::Reply(StatusCode::GATEWAY_TIMEOUT, message));
+        }
+        self.cluster.count_timeout(TimeoutKind::PerTry);
+        let per_try = self
+            .route
+            .retry
+            .as_ref()
+            .and_then(|p| p.per_try_timeout)
+            .unwrap_or_default();
+        TryOutcome::Failed(
+            Failure::PerTryTimeout,
+            UpstreamError::Connect(ConnectError::Timeout(per_try)),
+        )
+    }
+
+    /// Whether a gRPC response's status should be read before deciding
+    /// (the route retries on gRPC statuses).
+    fn waits_for_grpc_status(&self) -> bool {
+        self.grpc
+            && self
+                .route
+                .retry
+                .as_ref()
+                .is_some_and(|p| p.has_grpc_conditions())
+    }
+
+    /// Reads a response's first body frame: a gRPC error that is not
+    /// trailers-only arrives as headers and then a trailers frame.
+    async fn first_frame(
+        &self,
+        response: &mut Response<Incoming>,
+        endpoint: &Endpoint,
+    ) -> Result<Option<Frame<Bytes>>, TryOutcome> {
+        let frame = response.body_mut().frame();
+        let frame = match self.try_bound() {
+            None => frame.await,
+            Some(bound) => match tokio::time::timeout_at(bound, frame).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(self.bound_reached(endpoint, bound)),
+            },
+        };
+        match frame {
+            None => Ok(None),
+            Some(Ok(frame)) => Ok(Some(frame)),
+            Some(Err(error)) => Err(TryOutcome::Failed(
+                Failure::Reset,
+                UpstreamError::Send { error },
+            )),
+        }
+    }
+
     /// One try, bounded by the per-try timeout and the request's deadline.
     async fn one_try(
         &self,
@@ -268,42 +377,13 @@ impl Tries<'_> {
         request: Request<RequestBody>,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, TryOutcome> {
-        let per_try = self
-            .route
-            .retry
-            .as_ref()
-            .and_then(|p| p.per_try_timeout)
-            .map(|t| Instant::now() + t);
-        let bound = match (per_try, self.deadline) {
-            (Some(p), Some(d)) => Some(p.min(d.at)),
-            (p, d) => p.or(d.map(|d| d.at)),
-        };
+        let bound = self.try_bound();
         let sent = attempt::send(endpoint, request, self.version, exchange);
         let result = match bound {
             None => sent.await,
             Some(bound) => match tokio::time::timeout_at(bound, sent).await {
                 Ok(result) => result,
-                Err(_) => {
-                    if let Some(deadline) = self
-                        .deadline
-                        .filter(|d| d.at <= bound && d.at <= Instant::now())
-                    {
-                        self.cluster.count_timeout(deadline.kind);
-                        return Err(TryOutcome::Stop(Stop::Reply(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            self.timeout_message(endpoint, &deadline),
-                        )));
-                    }
-                    self.cluster.count_timeout(TimeoutKind::PerTry);
-                    let error = UpstreamError::Connect(ConnectError::Timeout(
-                        self.route
-                            .retry
-                            .as_ref()
-                            .and_then(|p| p.per_try_timeout)
-                            .unwrap_or_default(),
-                    ));
-                    return Err(TryOutcome::Failed(Failure::PerTryTimeout, error));
-                }
+                Err(_) => return Err(self.bound_reached(endpoint, bound)),
             },
         };
         match result {
@@ -326,8 +406,17 @@ impl Tries<'_> {
         policy.matches(failure, &self.parts.method)
     }
 
-    /// The budget and `max_retries` allow one more retry.
-    fn may_retry(&self, slot: &mut Option<crate::cluster::limits::Held>) -> bool {
+    /// The body can be sent again, and the budget and `max_retries` allow
+    /// one more retry. A body that outgrew the retry buffer is not retried:
+    /// the client gets the failed try's answer.
+    fn may_retry(
+        &self,
+        slot: &mut Option<crate::cluster::limits::Held>,
+        template: Option<&RequestBody>,
+    ) -> bool {
+        if template.is_some_and(|t| !t.can_replay()) {
+            return false;
+        }
         if let Some(budget) = &self.backend.budget
             && !budget.try_retry()
         {
@@ -415,15 +504,9 @@ fn rehash(hash: u64, retry: usize) -> u64 {
     xxhash_rust::xxh64::xxh64(&hash.to_le_bytes(), retry as u64)
 }
 
-/// `grpc-status` of a trailers-only gRPC response.
-fn grpc_status(response: &Response<Incoming>) -> Option<u32> {
-    response
-        .headers()
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+/// `grpc-status` in a header block (a trailers-only response's headers, or trailers).
+fn grpc_status_in(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// 503 for a failure before any upstream exchange (no connection), naming

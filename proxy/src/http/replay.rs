@@ -68,11 +68,19 @@ impl ReplayBody {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether [`replay`](Self::replay) would give a body: always before the
+    /// first try (which streams the body even when it is too large to keep),
+    /// after that only while the copy is kept.
+    pub fn can_replay(&self) -> bool {
+        let recording = self.lock();
+        !recording.broken || recording.generation == 0
+    }
+
     /// A body for the next try, replaying from the start; `None` when the
     /// copy was not kept.
     pub fn replay(&self) -> Option<ReplayBody> {
         let mut recording = self.lock();
-        if recording.broken {
+        if recording.broken && recording.generation > 0 {
             return None;
         }
         recording.generation += 1;

@@ -78,7 +78,7 @@ pub async fn forward(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         hop::strip(response.headers_mut(), false);
         route.response_headers.apply(response.headers_mut());
-        return response.map(|body| ResponseBody::upstream(body, None, None, exchange));
+        return response.map(|body| ResponseBody::upstream(body, None, None, None, exchange));
     }
 
     let upstream = hyper::upgrade::on(&mut response);

@@ -164,7 +164,7 @@ impl ListenerState {
                 None
             }
             (Some(r), ListenerProtocol::Http) => RateLimit::compile(
-                r.requests_per_second,
+                ("requests_per_second", r.requests_per_second),
                 r.burst,
                 &r.key,
                 &format!("{at}.rate_limit"),
@@ -174,7 +174,7 @@ impl ListenerState {
         };
         let connection_rate = config.connection_rate_limit.as_ref().and_then(|r| {
             RateLimit::compile(
-                r.connections_per_second,
+                ("connections_per_second", r.connections_per_second),
                 r.burst,
                 "none",
                 &format!("{at}.connection_rate_limit"),

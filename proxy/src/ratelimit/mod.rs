@@ -33,9 +33,10 @@ enum Buckets {
 }
 
 impl RateLimit {
-    /// `rate` per second with `burst` (default: one second's worth).
+    /// `rate` per second with `burst` (default: one second's worth);
+    /// `rate_field` names the rate in errors.
     pub fn compile(
-        rate: f64,
+        (rate_field, rate): (&str, f64),
         burst: Option<u32>,
         key: &str,
         path: &str,
@@ -43,8 +44,8 @@ impl RateLimit {
     ) -> Option<RateLimit> {
         if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
             errors.push(ConfigError::new(
-                path,
-                format!("rate {rate} must be above 0 (per second)"),
+                format!("{path}.{rate_field}"),
+                format!("{rate} must be above 0 (and at most 1e9)"),
             ));
             return None;
         }
@@ -120,7 +121,14 @@ mod tests {
 
     fn limit(rate: f64, burst: Option<u32>, key: &str) -> Result<RateLimit, String> {
         let mut errors = Vec::new();
-        RateLimit::compile(rate, burst, key, "r.rate_limit", &mut errors).ok_or_else(|| {
+        RateLimit::compile(
+            ("requests_per_second", rate),
+            burst,
+            key,
+            "r.rate_limit",
+            &mut errors,
+        )
+        .ok_or_else(|| {
             errors
                 .iter()
                 .map(ToString::to_string)
@@ -169,7 +177,7 @@ mod tests {
     fn bad_limits_are_named() {
         assert_eq!(
             limit(0.0, None, "none").unwrap_err(),
-            "r.rate_limit: rate 0 must be above 0 (per second)"
+            "r.rate_limit.requests_per_second: 0 must be above 0 (and at most 1e9)"
         );
         assert_eq!(
             limit(1.0, Some(0), "none").unwrap_err(),

@@ -17,16 +17,47 @@ pub struct RetryBudget {
     percent: f64,
     min_per_second: u32,
     start: Instant,
-    buckets: [Bucket; WINDOW_SECONDS as usize],
+    requests: [Slot; WINDOW_SECONDS as usize],
+    retries: [Slot; WINDOW_SECONDS as usize],
     exhausted: Counter,
 }
 
+/// A count for one second of the window, packed with the second it counts
+/// (high 24 bits) so that moving to a new second and counting are one
+/// atomic step and no count is lost at the boundary.
 #[derive(Debug, Default)]
-struct Bucket {
-    /// The second (since `start`) this bucket counts, plus one (0: unused).
-    second: AtomicU64,
-    requests: AtomicU64,
-    retries: AtomicU64,
+struct Slot(AtomicU64);
+
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const SECOND_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+
+impl Slot {
+    fn add(&self, second: u64, delta: i64) {
+        let tag = second & SECOND_MASK;
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
+                let count = if packed >> COUNT_BITS == tag {
+                    packed & COUNT_MASK
+                } else {
+                    0
+                };
+                Some(tag << COUNT_BITS | (count as i64 + delta).max(0) as u64 & COUNT_MASK)
+            });
+    }
+
+    /// The count, if the slot holds a second within the window ending at `second`.
+    fn within(&self, second: u64) -> u64 {
+        let packed = self.0.load(Ordering::Acquire);
+        let tag = packed >> COUNT_BITS;
+        let age = (second & SECOND_MASK).wrapping_sub(tag) & SECOND_MASK;
+        if packed != 0 && age < WINDOW_SECONDS {
+            packed & COUNT_MASK
+        } else {
+            0
+        }
+    }
 }
 
 impl RetryBudget {
@@ -35,7 +66,8 @@ impl RetryBudget {
             percent,
             min_per_second,
             start: Instant::now(),
-            buckets: Default::default(),
+            requests: Default::default(),
+            retries: Default::default(),
             exhausted,
         }
     }
@@ -53,43 +85,29 @@ impl RetryBudget {
         now.saturating_duration_since(self.start).as_secs() + 1
     }
 
-    fn bucket(&self, second: u64) -> &Bucket {
-        let bucket = &self.buckets[(second % WINDOW_SECONDS) as usize];
-        let seen = bucket.second.load(Ordering::Acquire);
-        if seen != second
-            && bucket
-                .second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            bucket.requests.store(0, Ordering::Release);
-            bucket.retries.store(0, Ordering::Release);
-        }
-        bucket
+    fn slot(slots: &[Slot], second: u64) -> &Slot {
+        &slots[(second % WINDOW_SECONDS) as usize]
     }
 
     fn record_request_at(&self, now: Instant) {
-        self.bucket(self.second(now))
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        let second = self.second(now);
+        Self::slot(&self.requests, second).add(second, 1);
     }
 
     fn try_retry_at(&self, now: Instant) -> bool {
         let second = self.second(now);
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for bucket in &self.buckets {
-            let at = bucket.second.load(Ordering::Acquire);
-            if at + WINDOW_SECONDS > second && at <= second {
-                requests += bucket.requests.load(Ordering::Relaxed);
-                retries += bucket.retries.load(Ordering::Relaxed);
-            }
-        }
+        // Take the retry first, then check: concurrent retries each see the
+        // others' and cannot together overdraw the budget.
+        let slot = Self::slot(&self.retries, second);
+        slot.add(second, 1);
+        let requests: u64 = self.requests.iter().map(|s| s.within(second)).sum();
+        let retries: u64 = self.retries.iter().map(|s| s.within(second)).sum();
         let allowed = requests as f64 * self.percent / 100.0
             + f64::from(self.min_per_second) * WINDOW_SECONDS as f64;
-        if (retries as f64) < allowed {
-            self.bucket(second).retries.fetch_add(1, Ordering::Relaxed);
+        if retries as f64 <= allowed {
             true
         } else {
+            slot.add(second, -1);
             self.exhausted.increment(1);
             false
         }

@@ -97,10 +97,10 @@ impl RetryPolicy {
                 "base must be greater than 0 and at most max",
             ));
         }
-        if !(config.budget.percent.is_finite() && (0.0..=1000.0).contains(&config.budget.percent)) {
+        if !(config.budget.percent.is_finite() && (0.0..=100.0).contains(&config.budget.percent)) {
             errors.push(ConfigError::new(
                 format!("{path}.budget.percent"),
-                format!("{} is outside 0..=1000", config.budget.percent),
+                format!("{} is outside 0..=100", config.budget.percent),
             ));
         }
         (errors.len() == before).then(|| RetryPolicy {
@@ -119,13 +119,28 @@ impl RetryPolicy {
 
     /// The condition under which `failure` is retried (its metric reason),
     /// or `None` when it is not.
+    ///
+    /// A request that reached the upstream is retried only if its method is
+    /// idempotent or `retry_non_idempotent` is set. The gRPC status
+    /// conditions are the exception: every gRPC call is a POST, and listing
+    /// a gRPC status (such as `unavailable`, which means the server did not
+    /// process the call) is itself the statement that the call may be
+    /// repeated, as in Envoy.
     pub fn matches(&self, failure: Failure, method: &Method) -> Option<&'static str> {
-        if failure.request_was_sent() && !self.retry_non_idempotent && !is_idempotent(method) {
-            return None;
-        }
+        let may_repeat =
+            !failure.request_was_sent() || self.retry_non_idempotent || is_idempotent(method);
+        let grpc_status = matches!(failure, Failure::Response { grpc: Some(_), .. });
         self.on.iter().find_map(|&condition| {
+            if !(may_repeat || grpc_status && is_grpc_condition(condition)) {
+                return None;
+            }
             condition_reason(condition, failure, &self.retriable_status_codes)
         })
+    }
+
+    /// Whether any condition is a gRPC status.
+    pub fn has_grpc_conditions(&self) -> bool {
+        self.on.iter().any(|&c| is_grpc_condition(c))
     }
 
     /// Full-jitter exponential backoff before retry number `retry` (1-based):
@@ -137,6 +152,17 @@ impl RetryPolicy {
             .min(self.max);
         ceiling.mul_f64(crate::rand::unit())
     }
+}
+
+fn is_grpc_condition(condition: RetryOn) -> bool {
+    matches!(
+        condition,
+        RetryOn::Cancelled
+            | RetryOn::DeadlineExceeded
+            | RetryOn::Internal
+            | RetryOn::ResourceExhausted
+            | RetryOn::Unavailable
+    )
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).
@@ -243,9 +269,15 @@ mod tests {
             policy("{on: [unavailable, retriable-status-codes], retriable_status_codes: [429]}");
         assert_eq!(
             p.matches(response(200, Some(14)), &Method::POST),
-            None,
-            "POST reached the upstream"
+            Some("unavailable"),
+            "gRPC calls are POSTs"
         );
+        assert_eq!(
+            p.matches(response(429, None), &Method::POST),
+            None,
+            "a POST that reached the upstream"
+        );
+
         assert_eq!(
             p.matches(response(200, Some(14)), &Method::GET),
             Some("unavailable")

@@ -147,7 +147,7 @@ impl Route {
             .and_then(|r| RetryPolicy::compile(r, &format!("{at}.retry"), errors));
         let rate_limit = config.rate_limit.as_ref().and_then(|r| {
             RateLimit::compile(
-                r.requests_per_second,
+                ("requests_per_second", r.requests_per_second),
                 r.burst,
                 &r.key,
                 &format!("{at}.rate_limit"),

@@ -168,3 +168,88 @@ fn unchanged_clusters_survive_a_recompile_and_changed_ones_are_rebuilt() {
         second.cluster("web").unwrap()
     ));
 }
+
+#[test]
+fn resilience_settings_are_checked() {
+    let yaml = "
+clusters:
+  - name: a
+    endpoints: [127.0.0.1:1]
+    circuit_breakers: {max_requests: 0}
+    outlier_detection: {consecutive_5xx: 0, interval: 0s, max_ejection_percent: 150, base_ejection_time: 10s, max_ejection_time: 1s}
+    health_check: {http: {path: health, expected_statuses: [200, '300-200', 700]}, tcp: {}, interval: 1s, timeout: 2s, unhealthy_threshold: 0}
+  - name: b
+    endpoints: [127.0.0.1:2]
+    health_check: {interval: 0s}
+listeners:
+  - name: l
+    address: 127.0.0.1:1
+    rate_limit: {requests_per_second: 0}
+    routes:
+      - name: r
+        backends: [{cluster: a}]
+        retry: {attempts: 0, on: [5xx], retriable_status_codes: [99], per_try_timeout: 0s, backoff: {base: 2s, max: 1s}, budget: {percent: 150}, buffer_limit_bytes: 0}
+        rate_limit: {requests_per_second: 10, burst: 0, key: 'header:'}
+        fault: {delay: {duration: 1s, percent: 101}, abort: {percent: 10}}
+      - name: s
+        backends: [{cluster: b}]
+        rate_limit: {requests_per_second: 1, key: peer_identity}
+        fault: {abort: {status: 503, grpc_status: 14, percent: 1}}
+  - {name: t, address: 127.0.0.1:2, protocol: tcp, cluster: a, connection_rate_limit: {connections_per_second: -1}, max_connections: 0}
+";
+    assert_eq!(
+        compile(yaml).unwrap_err(),
+        [
+            "clusters[0].outlier_detection.interval: must be greater than 0",
+            "clusters[0].outlier_detection.base_ejection_time: must be greater than 0 and at most max_ejection_time",
+            "clusters[0].outlier_detection.max_ejection_percent: 150 is outside 0..=100",
+            "clusters[0].health_check: exactly one of http, grpc and tcp must be set",
+            "clusters[0].health_check.timeout: must not be longer than the interval",
+            "clusters[0].health_check.unhealthy_threshold: must be at least 1",
+            "clusters[0].health_check.http.path: \"health\" must start with /",
+            "clusters[0].health_check.http.expected_statuses[1]: expected a status code (200) or a range of them (\"200-399\")",
+            "clusters[0].health_check.http.expected_statuses[2]: expected a status code (200) or a range of them (\"200-399\")",
+            "clusters[0].circuit_breakers.max_requests: must be at least 1 (0 would refuse every request; leave it out for no limit)",
+            "clusters[1].health_check: exactly one of http, grpc and tcp must be set",
+            "clusters[1].health_check.interval: must be greater than 0",
+            "listeners[0].routes[0].retry.retriable_status_codes[0]: 99 is not a status code",
+            "listeners[0].routes[0].retry.per_try_timeout: must be greater than 0 (leave it out for none)",
+            "listeners[0].routes[0].retry.backoff: base must be greater than 0 and at most max",
+            "listeners[0].routes[0].retry.budget.percent: 150 is outside 0..=100",
+            "listeners[0].routes[0].rate_limit.burst: must be at least 1",
+            "listeners[0].routes[0].fault.delay.percent: 101 is outside 0..=100",
+            "listeners[0].routes[0].fault.abort: set exactly one of status and grpc_status",
+            "listeners[0].routes[1].rate_limit.key: peer_identity needs mutual TLS between proxies, which is not available yet; use none, source_ip or header:NAME",
+            "listeners[0].routes[1].fault.abort: set exactly one of status and grpc_status",
+            "listeners[0].rate_limit.requests_per_second: 0 must be above 0 (and at most 1e9)",
+            "listeners[1].max_connections: must be at least 1 (leave it out for no limit)",
+            "listeners[1].connection_rate_limit.connections_per_second: -1 must be above 0 (and at most 1e9)",
+        ]
+        .join("\n")
+    );
+    // Unknown retry conditions and rate-limit keys are named with their place.
+    let err = compile(
+        "
+clusters: [{name: a, endpoints: [127.0.0.1:1]}]
+listeners:
+  - {name: l, address: 127.0.0.1:1, routes: [{name: r, backends: [{cluster: a}], retry: {on: [5xx, sometimes]}}]}
+",
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("listeners[0].routes[0].retry.on[1]: unknown variant `sometimes`, expected one of 5xx, gateway-error,"),
+        "{err}"
+    );
+    let err = compile(
+        "
+clusters: [{name: a, endpoints: [127.0.0.1:1]}]
+listeners:
+  - {name: l, address: 127.0.0.1:1, routes: [{name: r, backends: [{cluster: a}], rate_limit: {requests_per_second: 5, key: 'header:'}}]}
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "listeners[0].routes[0].rate_limit.key: \"header:\" is not a key: use none, source_ip or header:NAME"
+    );
+}

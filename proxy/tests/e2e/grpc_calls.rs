@@ -9,8 +9,9 @@ use tonic::Code;
 use crate::support::grpc::{EchoClient, EchoRequest, start_server};
 use crate::support::{TestProxy, within};
 
-async fn grpc_proxy(protocol: &str) -> (TestProxy, tokio::task::JoinHandle<()>) {
-    let (server, task) = start_server().await;
+async fn grpc_proxy(protocol: &str) -> (TestProxy, crate::support::grpc::GrpcUpstream) {
+    let upstream = start_server().await;
+    let server = upstream.addr;
     let proxy = TestProxy::start(&format!(
         "
 listeners:
@@ -25,7 +26,7 @@ clusters:
 "
     ))
     .await;
-    (proxy, task)
+    (proxy, upstream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

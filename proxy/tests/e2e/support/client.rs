@@ -34,6 +34,14 @@ pub fn empty() -> ReqBody {
     body(Bytes::new())
 }
 
+/// A body of unknown length (sent chunked over HTTP/1.1), in these pieces.
+pub fn chunked(pieces: Vec<Bytes>) -> ReqBody {
+    let frames = pieces
+        .into_iter()
+        .map(|p| Ok::<_, BoxError>(hyper::body::Frame::data(p)));
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,

@@ -61,6 +61,10 @@ struct State {
     connections: AtomicUsize,
     open: AtomicUsize,
     gate: Notify,
+    /// What `/health` answers: 200 or 503.
+    healthy: std::sync::atomic::AtomicBool,
+    checks_passed: AtomicUsize,
+    checks_failed: AtomicUsize,
 }
 
 impl Upstream {
@@ -98,7 +102,11 @@ impl Upstream {
             connections: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             gate: Notify::new(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            checks_passed: AtomicUsize::new(0),
+            checks_failed: AtomicUsize::new(0),
         });
+
         let task = tokio::spawn(serve(listener, protocol, state.clone()));
         Upstream {
             addr,
@@ -124,6 +132,25 @@ impl Upstream {
 
     pub fn open_gate(&self) {
         self.state.gate.notify_one();
+    }
+
+    /// Makes `/health` answer 200 (healthy) or 503.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// `/health` requests answered so far: (with 200, with 503).
+    pub fn health_checks(&self) -> (usize, usize) {
+        (
+            self.state.checks_passed.load(Ordering::SeqCst),
+            self.state.checks_failed.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Requests other than `/health`.
+    pub fn requests(&self) -> usize {
+        let (passed, failed) = self.health_checks();
+        self.hits() - passed - failed
     }
 }
 
@@ -184,6 +211,19 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    if request.uri().path() == "/health" {
+        let status = if state.healthy.load(Ordering::SeqCst) {
+            state.checks_passed.fetch_add(1, Ordering::SeqCst);
+            StatusCode::OK
+        } else {
+            state.checks_failed.fetch_add(1, Ordering::SeqCst);
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+
+        let mut response = Response::new(full(String::new()));
+        *response.status_mut() = status;
+        return Ok(response);
+    }
     if !state.options.delay.is_zero() {
         tokio::time::sleep(state.options.delay).await;
     }
@@ -383,7 +423,103 @@ pub async fn websocket_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// Accepts connections, reads whatever comes, and never answers.
+pub async fn hanging() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            held.push(tokio::spawn(async move {
+                let mut stream = stream;
+                let mut sink = vec![0u8; 4096];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                std::future::pending::<()>().await;
+            }));
+        }
+    });
+    (addr, task)
+}
+
 /// A raw connection for speaking bytes at the proxy.
 pub async fn raw(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.unwrap()
+}
+
+/// Reads each request whole (headers and a `content-length` or chunked
+/// body), then closes the connection without answering: a failure after the
+/// body was sent. Counts the body bytes it read, and the requests.
+pub async fn swallowing() -> (
+    SocketAddr,
+    Arc<(AtomicUsize, AtomicUsize)>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let counts = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                let head_end = loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(i) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&read[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let chunked = head.contains("transfer-encoding: chunked");
+                while read.len() - head_end < length
+                    || (chunked && !read[head_end..].ends_with(b"0\r\n\r\n"))
+                {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body_bytes = if chunked {
+                    let mut rest = &read[head_end..];
+                    let mut total = 0;
+                    loop {
+                        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                        let size = usize::from_str_radix(
+                            std::str::from_utf8(&rest[..line_end]).unwrap().trim(),
+                            16,
+                        )
+                        .unwrap();
+                        if size == 0 {
+                            break total;
+                        }
+                        total += size;
+                        rest = &rest[line_end + 2 + size + 2..];
+                    }
+                } else {
+                    length
+                };
+                counts.0.fetch_add(body_bytes, Ordering::SeqCst);
+                counts.1.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, seen, task)
 }

@@ -1,0 +1,328 @@
+//! Protection against overload and for chaos testing: circuit breakers, rate
+//! limits, fault injection, the stream idle timeout, and listener
+//! connection limits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::io::AsyncReadExt;
+
+use crate::support::client;
+use crate::support::upstream::{Upstream, raw, tcp_echo};
+use crate::support::{TestProxy, within};
+
+async fn proxy(upstream: &Upstream, route_extra: &str, cluster_extra: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - {{name: all, backends: [{{cluster: app}}]{route_extra}}}
+clusters:
+  - {{name: app, endpoints: ['{}']{cluster_extra}}}
+",
+        upstream.addr
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_trips_at_exactly_the_configured_concurrency() {
+    let upstream = Upstream::http1("up").await;
+    let proxy = proxy(&upstream, "", ", circuit_breakers: {max_requests: 5}").await;
+    let url = proxy.url("web", "/slow/500");
+    let requests: Vec<_> = (0..8)
+        .map(|_| client::spawn_get(client::http1(), url.clone()))
+        .collect();
+    let mut ok = 0;
+    let mut refused = 0;
+    for reply in within("eight requests", futures_util::future::join_all(requests)).await {
+        let reply = reply.unwrap().unwrap();
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.header("x-remora-overloaded"), "true");
+                assert!(
+                    reply.body.starts_with(
+                        "overloaded: cluster \"app\" is at its max_requests circuit breaker"
+                    ),
+                    "{}",
+                    reply.body
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, refused), (5, 3));
+    assert_eq!(
+        upstream.hits(),
+        5,
+        "refused requests never reach the upstream"
+    );
+    assert_eq!(
+        proxy.metric(r#"remora_circuit_open_total{cluster="app",limit="max_requests"}"#),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pending_requests_bounds_the_queue_for_a_connection() {
+    let upstream = Upstream::http1("up").await;
+    let proxy = proxy(
+        &upstream,
+        "",
+        ", pool: {max_connections: 1}, circuit_breakers: {max_pending_requests: 2}",
+    )
+    .await;
+    let url = proxy.url("web", "/slow/400");
+    let first = client::spawn_get(client::http1(), url.clone());
+    crate::support::eventually("the first request holds the only connection", || {
+        upstream.hits() == 1
+    })
+    .await;
+    let rest: Vec<_> = (0..4)
+        .map(|_| client::spawn_get(client::http1(), url.clone()))
+        .collect();
+    let statuses: Vec<StatusCode> = within("the rest", futures_util::future::join_all(rest))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().status)
+        .collect();
+    assert_eq!(
+        within("first", first).await.unwrap().unwrap().status,
+        StatusCode::OK
+    );
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(
+        (ok, statuses.len() - ok),
+        (2, 2),
+        "two wait for the connection, two are refused: {statuses:?}"
+    );
+    assert_eq!(
+        proxy.metric(r#"remora_circuit_open_total{cluster="app",limit="max_pending_requests"}"#),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_admits_its_rate_within_five_percent() {
+    let upstream = Upstream::http1("up").await;
+    let proxy = proxy(
+        &upstream,
+        ", rate_limit: {requests_per_second: 40, burst: 4}",
+        "",
+    )
+    .await;
+    let url = Arc::new(proxy.url("web", "/"));
+    let started = Instant::now();
+    let run_for = Duration::from_secs(3);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = client::http1();
+                let (mut admitted, mut limited) = (0u32, 0u32);
+                while started.elapsed() < run_for {
+                    let reply = client::get(&client, &url).await;
+                    match reply.status {
+                        StatusCode::OK => admitted += 1,
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            assert_eq!(reply.header("retry-after"), "1");
+                            limited += 1;
+                        }
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                (admitted, limited)
+            })
+        })
+        .collect();
+    let (mut admitted, mut limited) = (0, 0);
+    for worker in workers {
+        let (a, l) = within("load", worker).await.unwrap();
+        admitted += a;
+        limited += l;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let expected = 4.0 + 40.0 * elapsed;
+    eprintln!(
+        "rate limit 40/s burst 4: admitted {admitted} of {} in {elapsed:.2} s (expected {expected:.0})",
+        admitted + limited
+    );
+    assert!(
+        (f64::from(admitted) - expected).abs() <= expected * 0.05,
+        "admitted {admitted}, expected {expected:.0} ±5 %"
+    );
+    assert!(limited > 100, "the load exceeded the limit: {limited}");
+    assert_eq!(
+        proxy.metric(r#"remora_rate_limited_total{listener="web",route="all"}"#),
+        f64::from(limited)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_key_by_header_and_answer_grpc_with_resource_exhausted() {
+    let upstream = Upstream::http1("up").await;
+    let proxy = proxy(
+        &upstream,
+        ", rate_limit: {requests_per_second: 1, burst: 1, key: 'header:x-tenant'}",
+        "",
+    )
+    .await;
+    let client = client::http1();
+    let url = proxy.url("web", "/");
+    assert_eq!(
+        client::get_with(&client, &url, &[("x-tenant", "a")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client::get_with(&client, &url, &[("x-tenant", "a")])
+            .await
+            .status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        client::get_with(&client, &url, &[("x-tenant", "b")])
+            .await
+            .status,
+        StatusCode::OK,
+        "another key, another bucket"
+    );
+    let grpc = client::get_with(
+        &client,
+        &url,
+        &[("x-tenant", "a"), ("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(
+        (grpc.status, grpc.header("grpc-status")),
+        (StatusCode::OK, "8")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_delay_and_abort_requests() {
+    let upstream = Upstream::http1("up").await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - {{name: teapot, match: {{path: /abort}}, backends: [{{cluster: app}}], fault: {{abort: {{status: 418}}}}}}
+      - {{name: grpc, match: {{path: /grpc}}, backends: [{{cluster: app}}], fault: {{abort: {{grpc_status: 14}}}}}}
+      - {{name: slow, match: {{path: /delay}}, backends: [{{cluster: app}}], fault: {{delay: {{duration: 300ms}}}}}}
+      - {{name: half, match: {{path: /half}}, backends: [{{cluster: app}}], fault: {{abort: {{status: 503, percent: 50}}}}}}
+clusters:
+  - {{name: app, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    let client = client::http1();
+    assert_eq!(
+        client::get(&client, &proxy.url("web", "/abort"))
+            .await
+            .status,
+        StatusCode::IM_A_TEAPOT
+    );
+    let grpc = client::get(&client, &proxy.url("web", "/grpc")).await;
+    assert_eq!(
+        (grpc.status, grpc.header("grpc-status")),
+        (StatusCode::OK, "14")
+    );
+    assert_eq!(
+        upstream.hits(),
+        0,
+        "aborted requests never reach the upstream"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        client::get(&client, &proxy.url("web", "/delay"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let mut aborted = 0;
+    for _ in 0..400 {
+        if client::get(&client, &proxy.url("web", "/half"))
+            .await
+            .status
+            == StatusCode::SERVICE_UNAVAILABLE
+        {
+            aborted += 1;
+        }
+    }
+    assert!((150..250).contains(&aborted), "50 % of 400: {aborted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_no_data_for_the_idle_timeout_is_cut() {
+    let upstream = Upstream::http1("up").await;
+    let proxy = proxy(&upstream, ", stream_idle_timeout: 300ms", "").await;
+    let request = http::Request::get(proxy.url("web", "/gated"))
+        .body(client::empty())
+        .unwrap();
+    let response = client::http1().request(request).await.unwrap();
+    let started = Instant::now();
+    let body = http_body_util::BodyExt::collect(response.into_body());
+    assert!(within("the idle stream is cut", body).await.is_err());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(
+        proxy.metric(r#"remora_timeouts_total{cluster="app",kind="stream_idle"}"#),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listeners_limit_connections_and_their_rate() {
+    let (echo, _task) = tcp_echo().await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - {{name: few, address: 127.0.0.1:0, protocol: tcp, cluster: echo, max_connections: 2}}
+  - {{name: slow, address: 127.0.0.1:0, protocol: tcp, cluster: echo, connection_rate_limit: {{connections_per_second: 1, burst: 2}}}}
+clusters:
+  - {{name: echo, endpoints: ['{echo}']}}
+"
+    ))
+    .await;
+    let closed = |mut stream: tokio::net::TcpStream| async move {
+        let mut buffer = [0u8; 1];
+        matches!(
+            within("read", stream.read(&mut buffer)).await,
+            Ok(0) | Err(_)
+        )
+    };
+    let held = [raw(proxy.addr("few")).await, raw(proxy.addr("few")).await];
+    crate::support::eventually("two connections open", || {
+        proxy.metric(r#"remora_downstream_connections_active{listener="few"}"#) == 2.0
+    })
+    .await;
+    assert!(
+        closed(raw(proxy.addr("few")).await).await,
+        "the third connection is closed on accept"
+    );
+    drop(held);
+
+    let first = [raw(proxy.addr("slow")).await, raw(proxy.addr("slow")).await];
+    assert!(
+        closed(raw(proxy.addr("slow")).await).await,
+        "the burst of two is spent"
+    );
+    drop(first);
+    assert_eq!(
+        proxy.metric(r#"remora_listener_connections_rejected_total{listener="few"}"#),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric(r#"remora_listener_connections_rejected_total{listener="slow"}"#),
+        1.0
+    );
+}
