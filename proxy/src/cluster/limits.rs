@@ -116,6 +116,20 @@ impl Limits {
         })
     }
 
+    /// Takes one unit of `limit` even over its maximum: for an endpoint
+    /// with no connection at all, which may always open one (as in Envoy),
+    /// so that its requests cannot wait forever for connections that other
+    /// endpoints hold.
+    pub fn take_beyond(self: &Arc<Self>, limit: Limit) -> Held {
+        self.gauges[limit as usize]
+            .current
+            .fetch_add(1, Ordering::AcqRel);
+        Held {
+            limits: self.clone(),
+            limit,
+        }
+    }
+
     pub fn current(&self, limit: Limit) -> usize {
         self.gauges[limit as usize].current.load(Ordering::Acquire)
     }

@@ -121,11 +121,11 @@ pub async fn forward(
     }
     .with_idle(idle.clone());
 
-    let tries = Tries {
+    let mut tries = Tries {
         route,
         backend,
         cluster,
-        parts: &parts,
+        parts,
         version,
         grpc,
         deadline,
@@ -166,7 +166,9 @@ struct Tries<'a> {
     route: &'a Route,
     backend: &'a Backend,
     cluster: &'a Cluster,
-    parts: &'a request::Parts,
+    /// The request as it goes upstream (less its body). A route without
+    /// retries moves it into its one try; otherwise each try gets a copy.
+    parts: request::Parts,
     version: Version,
     grpc: bool,
     deadline: Option<Deadline>,
@@ -175,7 +177,7 @@ struct Tries<'a> {
 
 impl Tries<'_> {
     async fn run(
-        &self,
+        &mut self,
         body: RequestBody,
         exchange: &mut Exchange,
     ) -> Result<(Response<Incoming>, Option<Frame<Bytes>>), Stop> {
@@ -278,12 +280,21 @@ impl Tries<'_> {
         }
     }
 
-    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+    fn request(&mut self, body: RequestBody) -> Request<RequestBody> {
         let mut request = Request::new(body);
-        *request.method_mut() = self.parts.method.clone();
-        *request.uri_mut() = self.parts.uri.clone();
-        *request.version_mut() = self.parts.version;
-        *request.headers_mut() = self.parts.headers.clone();
+        if self.route.retry.is_none() {
+            // The only try: no copy. What is left behind is never read.
+            let parts = std::mem::replace(&mut self.parts, Request::new(()).into_parts().0);
+            *request.method_mut() = parts.method;
+            *request.uri_mut() = parts.uri;
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers;
+        } else {
+            *request.method_mut() = self.parts.method.clone();
+            *request.uri_mut() = self.parts.uri.clone();
+            *request.version_mut() = self.parts.version;
+            *request.headers_mut() = self.parts.headers.clone();
+        }
         if self.grpc
             && let Some(deadline) = self.deadline
         {

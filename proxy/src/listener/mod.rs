@@ -193,7 +193,8 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let state = slot.current();
                 if let Some(reason) = refusal(&state, &slot, peer) {
-                    state.rejected.increment(1);
+                    state.rejected[reason].increment(1);
+                    let reason = state::REJECT_REASONS[reason];
                     tracing::debug!(listener = %state.name, %peer, reason, "connection closed on accept");
                     drop(stream);
                     continue;
@@ -217,17 +218,17 @@ async fn accept_loop(
 }
 
 /// Why a new connection is refused, if it is.
-fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<&'static str> {
+/// Which limit refuses a new connection: an index into
+/// [`state::REJECT_REASONS`].
+fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<usize> {
     if state
         .max_connections
         .is_some_and(|max| slot.open.load(Ordering::Relaxed) >= max)
     {
-        return Some("max_connections");
+        return Some(0);
     }
     match &state.connection_rate {
-        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => {
-            Some("connection_rate_limit")
-        }
+        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => Some(1),
         _ => None,
     }
 }

@@ -40,9 +40,13 @@ pub struct ListenerState {
     pub rate_limited: Counter,
     pub connection_rate: Option<RateLimit>,
     pub max_connections: Option<usize>,
-    /// Connections closed on accept by the two limits above.
-    pub rejected: Counter,
+    /// Connections closed on accept by the two limits above, by
+    /// [`REJECT_REASONS`].
+    pub rejected: [Counter; 2],
 }
+
+/// Why a connection was closed on accept: the `reason` label.
+pub const REJECT_REASONS: [&str; 2] = ["max_connections", "connection_rate_limit"];
 
 #[derive(Debug)]
 pub enum ListenerKind {
@@ -214,9 +218,12 @@ impl ListenerState {
             ),
             connection_rate,
             max_connections: config.max_connections.map(|m| m as usize),
-            rejected: cx
-                .telemetry
-                .counter(telemetry::LISTENER_REJECTED_TOTAL, &[("listener", name)]),
+            rejected: REJECT_REASONS.map(|reason| {
+                cx.telemetry.counter(
+                    telemetry::LISTENER_REJECTED_TOTAL,
+                    &[("listener", name), ("reason", reason)],
+                )
+            }),
         })
     }
 }

@@ -232,50 +232,62 @@ impl EndpointPool {
         }
     }
 
-    /// Takes a slot if one is free.
+    /// Takes a slot for warm-up if one is free, never over the cluster's
+    /// `max_connections` (and without counting a trip).
     fn try_slot(&self) -> Option<Slot> {
         let mut state = self.shared.lock();
-        self.reserve(&mut state)
-    }
-
-    fn reserve(&self, state: &mut State) -> Option<Slot> {
-        if self
-            .settings
-            .max_connections
-            .is_some_and(|max| state.open >= max)
-        {
+        if self.endpoint_full(&state) {
             return None;
         }
-        let cluster = self.settings.limits.take_quietly(Limit::Connections)?;
+        let held = self.settings.limits.take_quietly(Limit::Connections)?;
+        Some(self.open_slot(&mut state, held))
+    }
+
+    /// A slot for a request's new connection, within the endpoint's
+    /// `pool.max_connections` and the cluster's `max_connections` circuit
+    /// breaker. Each time the cluster's cap stops a connection it counts as
+    /// a trip, and the request waits for a connection of this endpoint. An
+    /// endpoint with no connection at all may open one over the cap.
+    fn reserve(&self, state: &mut State) -> Option<Slot> {
+        if self.endpoint_full(state) {
+            return None;
+        }
+        let limits = &self.settings.limits;
+        let held = match limits.take(Limit::Connections) {
+            Ok(held) => held,
+            Err(_) if state.open == 0 => limits.take_beyond(Limit::Connections),
+            Err(_) => return None,
+        };
+        Some(self.open_slot(state, held))
+    }
+
+    fn endpoint_full(&self, state: &State) -> bool {
+        self.settings
+            .max_connections
+            .is_some_and(|max| state.open >= max)
+    }
+
+    fn open_slot(&self, state: &mut State, cluster: Held) -> Slot {
         state.open += 1;
-        Some(Slot {
+        Slot {
             shared: self.shared.clone(),
             gauge: None,
             _cluster: cluster,
-        })
+        }
     }
 
     /// A slot now, or the reason there is none.
     fn slot_now(&self) -> Result<Slot, ConnectError> {
         let mut state = self.shared.lock();
-        if self
-            .settings
-            .max_connections
-            .is_some_and(|max| state.open >= max)
-        {
+        if self.endpoint_full(&state) {
             return Err(ConnectError::Full(state.open));
         }
-        let cluster = self
+        let held = self
             .settings
             .limits
             .take(Limit::Connections)
             .map_err(ConnectError::Overloaded)?;
-        state.open += 1;
-        Ok(Slot {
-            shared: self.shared.clone(),
-            gauge: None,
-            _cluster: cluster,
-        })
+        Ok(self.open_slot(&mut state, held))
     }
 
     /// A TCP connection with the cluster's socket options, bounded by the

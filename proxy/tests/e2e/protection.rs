@@ -107,6 +107,59 @@ async fn max_pending_requests_bounds_the_queue_for_a_connection() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_connection_cap_makes_requests_wait_but_never_starves_an_endpoint() {
+    let upstreams = [
+        Upstream::http1("a").await,
+        Upstream::http1("b").await,
+        Upstream::http1("c").await,
+    ];
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes: [{{name: all, backends: [{{cluster: app}}]}}]
+clusters:
+  - name: app
+    endpoints: ['{}', '{}', '{}']
+    load_balancer: {{policy: round_robin}}
+    circuit_breakers: {{max_connections: 2, max_pending_requests: 0}}
+",
+        upstreams[0].addr, upstreams[1].addr, upstreams[2].addr
+    ))
+    .await;
+    let hits = || upstreams.iter().map(Upstream::hits).sum::<usize>();
+    // Two slow requests hold two endpoints' connections: the cap.
+    let slow: Vec<_> = (0..2)
+        .map(|_| client::spawn_get(client::http1(), proxy.url("web", "/slow/800")))
+        .collect();
+    crate::support::eventually("both slow requests are upstream", || hits() == 2).await;
+    // The third endpoint has no connection, so it may open one over the cap...
+    let third = client::get(&client::http1(), &proxy.url("web", "/")).await;
+    assert_eq!(third.status, StatusCode::OK);
+    // ...but the next request, back on a busy endpoint, may neither open a
+    // connection nor wait (max_pending_requests: 0).
+    let fourth = client::get(&client::http1(), &proxy.url("web", "/")).await;
+    assert_eq!(fourth.status, StatusCode::SERVICE_UNAVAILABLE, "{fourth:?}");
+    assert_eq!(fourth.header("x-remora-overloaded"), "true");
+    for reply in within("slow requests", futures_util::future::join_all(slow)).await {
+        assert_eq!(reply.unwrap().unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(
+        upstreams.iter().map(Upstream::connections).sum::<usize>(),
+        3,
+        "two within the cap, one over it for the endpoint that had none"
+    );
+    assert!(
+        proxy.metric(r#"remora_circuit_open_total{cluster="app",limit="max_connections"}"#) >= 2.0
+    );
+    assert_eq!(
+        proxy.metric(r#"remora_circuit_open_total{cluster="app",limit="max_pending_requests"}"#),
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rate_limit_admits_its_rate_within_five_percent() {
     let upstream = Upstream::http1("up").await;
@@ -203,6 +256,60 @@ async fn rate_limits_key_by_header_and_answer_grpc_with_resource_exhausted() {
         (grpc.status, grpc.header("grpc-status")),
         (StatusCode::OK, "8")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_rate_limit_keyed_by_source_ip_covers_every_route() {
+    let upstream = Upstream::http1("up").await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    rate_limit: {{requests_per_second: 0.5, burst: 2, key: source_ip}}
+    routes:
+      - {{name: api, match: {{path_prefix: /api}}, backends: [{{cluster: app}}]}}
+      - {{name: static, direct_response: {{status: 200, body: ok}}}}
+clusters:
+  - {{name: app, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    let one = client::http1_from("127.0.0.1".parse().unwrap());
+    let two = client::http1_from("127.0.0.2".parse().unwrap());
+    // The burst of 2 is shared by the listener's routes...
+    assert_eq!(
+        client::get(&one, &proxy.url("web", "/api")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client::get(&one, &proxy.url("web", "/")).await.status,
+        StatusCode::OK
+    );
+    let limited = client::get(&one, &proxy.url("web", "/api")).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        limited.body.contains("listener \"web\""),
+        "{}",
+        limited.body
+    );
+    let wait: u64 = limited.header("retry-after").parse().unwrap();
+    assert!((1..=2).contains(&wait), "one token every 2 s: {wait}");
+    assert_eq!(
+        client::get(&one, &proxy.url("web", "/")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // ...and each source address has its own bucket.
+    assert_eq!(
+        client::get(&two, &proxy.url("web", "/api")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        proxy.metric(r#"remora_rate_limited_total{listener="web",route=""}"#),
+        2.0
+    );
+    assert_eq!(upstream.requests(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,11 +425,13 @@ clusters:
     );
     drop(first);
     assert_eq!(
-        proxy.metric(r#"remora_listener_connections_rejected_total{listener="few"}"#),
+        proxy.metric(
+            r#"remora_listener_connections_rejected_total{listener="few",reason="max_connections"}"#
+        ),
         1.0
     );
     assert_eq!(
-        proxy.metric(r#"remora_listener_connections_rejected_total{listener="slow"}"#),
+        proxy.metric(r#"remora_listener_connections_rejected_total{listener="slow",reason="connection_rate_limit"}"#),
         1.0
     );
 }

@@ -17,6 +17,13 @@ pub fn http1() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// HTTP/1.1 from a given local address (such as `127.0.0.2`).
+pub fn http1_from(ip: std::net::IpAddr) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(ip));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// HTTP/2 with prior knowledge (h2c).
 pub fn http2() -> HttpClient {
     Client::builder(TokioExecutor::new())
