@@ -253,3 +253,34 @@ listeners:
         "listeners[0].routes[0].rate_limit.key: \"header:\" is not a key: use none, source_ip or header:NAME"
     );
 }
+
+/// Every whole config shown in the README and docs (a YAML block with
+/// top-level `listeners:` or `clusters:`) is valid.
+#[test]
+fn every_config_in_the_docs_compiles() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let blocks = text.split("```yaml\n").skip(1);
+        for rest in blocks {
+            let block = rest.split("```").next().unwrap();
+            let whole = block
+                .lines()
+                .any(|l| l.starts_with("listeners:") || l.starts_with("clusters:"));
+            if !whole || block.contains("...") {
+                continue;
+            }
+            compile(block).unwrap_or_else(|e| panic!("{}: {e}\n{block}", file.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked} configs found in the docs");
+}
