@@ -263,41 +263,53 @@ impl Cluster {
         let Some(detector) = &self.outlier else {
             return;
         };
-        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.set.load_full();
-        let Some(endpoint) = current.all().iter().find(|e| e.address == address) else {
-            return;
-        };
-        let ejected = current.all().iter().filter(|e| e.is_ejected()).count();
-        if endpoint.is_ejected() || !detector.may_eject(ejected, current.all().len()) {
-            return;
-        }
-        let time = detector.ejecting(endpoint, reason, Instant::now());
-        endpoint.swap_ejected(true);
-        self.set
-            .store(Arc::new(EndpointSet::build(current.all().into(), &self.lb)));
-        tracing::warn!(
-            cluster = %self.name, endpoint = %address, reason = reason.name(),
-            ejection = %crate::config::scalar::format_duration(time),
-            "endpoint ejected by outlier detection"
-        );
+        self.change_endpoint(address, |all, endpoint| {
+            let ejected = all.iter().filter(|e| e.is_ejected()).count();
+            if endpoint.is_ejected() || !detector.may_eject(ejected, all.len()) {
+                return false;
+            }
+            let time = detector.ejecting(endpoint, reason, Instant::now());
+            endpoint.swap_ejected(true);
+            tracing::warn!(
+                cluster = %self.name, endpoint = %address, reason = reason.name(),
+                ejection = %crate::config::scalar::format_duration(time),
+                "endpoint ejected by outlier detection"
+            );
+            true
+        });
     }
 
     fn restore(&self, address: SocketAddr) {
         let Some(detector) = &self.outlier else {
             return;
         };
+        self.change_endpoint(address, |_, endpoint| {
+            if !endpoint.swap_ejected(false) {
+                return false;
+            }
+            detector.restored(endpoint);
+            tracing::info!(cluster = %self.name, endpoint = %address, "ejected endpoint returns to the balancer");
+            true
+        });
+    }
+
+    /// Runs `change` on the endpoint at `address` under the rebuild lock;
+    /// when it reports a change, the balancer's set is rebuilt. `None` when
+    /// there is no such endpoint.
+    fn change_endpoint(
+        &self,
+        address: SocketAddr,
+        change: impl FnOnce(&[Arc<Endpoint>], &Arc<Endpoint>) -> bool,
+    ) -> Option<bool> {
         let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.set.load_full();
-        let Some(endpoint) = current.all().iter().find(|e| e.address == address) else {
-            return;
-        };
-        if endpoint.swap_ejected(false) {
-            detector.restored(endpoint);
+        let endpoint = current.all().iter().find(|e| e.address == address)?;
+        let changed = change(current.all(), endpoint);
+        if changed {
             self.set
                 .store(Arc::new(EndpointSet::build(current.all().into(), &self.lb)));
-            tracing::info!(cluster = %self.name, endpoint = %address, "ejected endpoint returns to the balancer");
         }
+        Some(changed)
     }
 
     /// Whether the cluster has its endpoints: static ones always, DNS ones
@@ -367,16 +379,8 @@ impl Cluster {
     /// balancer's set, and comes back when it passes again. Returns `false`
     /// when no endpoint has that address.
     pub fn set_health(&self, address: SocketAddr, healthy: bool) -> bool {
-        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.set.load_full();
-        let Some(endpoint) = current.all().iter().find(|e| e.address == address) else {
-            return false;
-        };
-        if endpoint.swap_check_failed(!healthy) {
-            self.set
-                .store(Arc::new(EndpointSet::build(current.all().into(), &self.lb)));
-        }
-        true
+        self.change_endpoint(address, |_, endpoint| endpoint.swap_check_failed(!healthy))
+            .is_some()
     }
 
     /// Replaces the endpoints (from DNS). Endpoints that stay keep their

@@ -34,6 +34,23 @@ async fn health(admin: std::net::SocketAddr, cluster: &str, address: &str) -> se
         .clone()
 }
 
+/// Waits until the endpoint's `health.check_failed` is `failed`.
+async fn until_check_failed(
+    admin: std::net::SocketAddr,
+    cluster: &str,
+    address: &str,
+    failed: bool,
+    what: &str,
+) {
+    for _ in 0..100 {
+        if health(admin, cluster, address).await["check_failed"] == failed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 /// Waits until `count()` reaches `n`, then lets the proxy take in that
 /// check's answer (checks are 300 ms apart, so the next one is not due yet).
 async fn after_check(what: &str, n: usize, count: impl Fn() -> usize) {
@@ -177,15 +194,8 @@ clusters:
     .await;
 
     flapping.state.not_serving.store(true, Ordering::SeqCst);
-    let mut failed = false;
-    for _ in 0..100 {
-        if health(proxy.admin, "echo", &flapping_addr).await["check_failed"] == true {
-            failed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(failed, "NOT_SERVING takes the endpoint out");
+    let out = "NOT_SERVING takes the endpoint out";
+    until_check_failed(proxy.admin, "echo", &flapping_addr, true, out).await;
     let mut client = EchoClient::connect(proxy.addr("grpc")).await;
     let calls = flapping.state.calls.load(Ordering::SeqCst);
     for i in 0..10 {
@@ -195,15 +205,8 @@ clusters:
     assert_eq!(flapping.state.calls.load(Ordering::SeqCst), calls);
 
     flapping.state.not_serving.store(false, Ordering::SeqCst);
-    let mut back = false;
-    for _ in 0..100 {
-        if health(proxy.admin, "echo", &flapping_addr).await["check_failed"] == false {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(back, "SERVING again brings it back");
+    let back = "SERVING again brings it back";
+    until_check_failed(proxy.admin, "echo", &flapping_addr, false, back).await;
     for i in 0..10 {
         client.unary(&format!("n{i}")).await.unwrap();
     }
@@ -235,16 +238,8 @@ clusters:
         a.addr
     ))
     .await;
-    let closed_text = closed.to_string();
-    let mut out = false;
-    for _ in 0..100 {
-        if health(proxy.admin, "app", &closed_text).await["check_failed"] == true {
-            out = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(out, "the closed port fails its check");
+    let out = "the closed port fails its check";
+    until_check_failed(proxy.admin, "app", &closed.to_string(), true, out).await;
     assert_eq!(
         health(proxy.admin, "app", &a.addr.to_string()).await["check_failed"],
         false

@@ -1,13 +1,12 @@
 //! Hot reload of the config file (and SIGHUP): under load nothing fails, a
 //! bad file is rejected while the old config serves, listeners come and go.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
 
 use crate::support::client;
+use crate::support::load::Load;
 use crate::support::process::ProxyProcess;
 use crate::support::upstream::Upstream;
 use crate::support::{eventually, metric_in, within};
@@ -80,35 +79,18 @@ async fn reloads_under_load_lose_no_request() {
     let a = Upstream::http1("a").await;
     let b = Upstream::http2("b").await;
     let process = ProxyProcess::start(&config("a", &a, &b, "")).await;
-    let url = Arc::new(format!("http://{}/", process.listener("web").await));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for i in 0..6 {
-        let (url, stop, sent, failed) = (url.clone(), stop.clone(), sent.clone(), failed.clone());
-        load.push(tokio::spawn(async move {
-            // Keep-alive clients: their connections span the reloads.
-            let client = if i % 2 == 0 {
+    let url = format!("http://{}/", process.listener("web").await);
+    // Keep-alive clients, HTTP/1.1 and h2c: their connections span the reloads.
+    let clients = (0..6)
+        .map(|i| {
+            if i % 2 == 0 {
                 client::http1()
             } else {
                 client::http2()
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let request = http::Request::get(url.as_str())
-                    .body(client::empty())
-                    .unwrap();
-                match client::try_send(&client, request).await {
-                    Ok(reply) if reply.status == StatusCode::OK => {}
-                    other => {
-                        eprintln!("failed request: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
             }
-        }));
-    }
+        })
+        .collect();
+    let load = Load::start(&url, clients);
 
     for (round, target) in ["b", "a", "b", "a", "b", "a"].into_iter().enumerate() {
         let hits_before = if target == "a" { a.hits() } else { b.hits() };
@@ -120,11 +102,7 @@ async fn reloads_under_load_lose_no_request() {
         })
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        within("load stops", task).await.unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = load.stop().await;
     eprintln!(
         "reload under load: {sent} requests, {failed} failed, a={} b={}",
         a.hits(),

@@ -3,7 +3,7 @@
 //! request, and gRPC statuses and deadlines.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -11,6 +11,7 @@ use tonic::Code;
 
 use crate::support::client;
 use crate::support::grpc::{EchoClient, start_server};
+use crate::support::load::Load;
 use crate::support::process::admin_request;
 use crate::support::upstream::{Options, Protocol, Upstream, hanging, swallowing};
 use crate::support::{TestProxy, eventually, within};
@@ -51,31 +52,10 @@ clusters:
         a.addr, b.addr, c.addr
     ))
     .await;
-    let url = Arc::new(proxy.url("web", "/"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (url, stop, sent, failed) =
-                (url.clone(), stop.clone(), sent.clone(), failed.clone());
-            tokio::spawn(async move {
-                let client = client::http1();
-                while !stop.load(Ordering::Relaxed) {
-                    let request = http::Request::get(url.as_str())
-                        .body(client::empty())
-                        .unwrap();
-                    match client::try_send(&client, request).await {
-                        Ok(reply) if reply.status == StatusCode::OK => {}
-                        other => {
-                            eprintln!("failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(
+        &proxy.url("web", "/"),
+        (0..4).map(|_| client::http1()).collect(),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let killed = Instant::now();
@@ -104,11 +84,7 @@ clusters:
     }
     let readmitted_after = restarted.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        within("load stops", worker).await.unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = load.stop().await;
     let retries: f64 = ["connect-failure", "reset", "gateway-error"]
         .iter()
         .map(|r| {

@@ -8,6 +8,7 @@ pub mod blackhole;
 pub mod client;
 pub mod dns;
 pub mod grpc;
+pub mod load;
 pub mod process;
 pub mod upstream;
 

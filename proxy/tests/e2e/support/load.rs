@@ -1,0 +1,65 @@
+//! Constant load: clients that each send GETs one after another until
+//! stopped, counting every request and every one that did not get a 200.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http::StatusCode;
+
+use super::client::{self, HttpClient};
+use super::within;
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// One worker per client, each with its own (keep-alive) client.
+    pub fn start(url: &str, clients: Vec<HttpClient>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let workers = clients
+            .into_iter()
+            .map(|client| {
+                let (url, stop, sent, failed) =
+                    (url.to_string(), stop.clone(), sent.clone(), failed.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = http::Request::get(url.as_str())
+                            .body(client::empty())
+                            .unwrap();
+                        match client::try_send(&client, request).await {
+                            Ok(reply) if reply.status == StatusCode::OK => {}
+                            other => {
+                                eprintln!("failed request: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            workers,
+        }
+    }
+
+    /// Stops the workers after their current request: (sent, failed).
+    pub async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            within("load stops", worker).await.unwrap();
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
