@@ -1,0 +1,54 @@
+//! `remora-perf`: how Remora measures speed and memory (shared/PERF.md,
+//! docs/benchmarks.md).
+//!
+//! - `upstream`: a small, fast test server (HTTP/1.1, h2c, gRPC unary and
+//!   streaming echo, TCP echo), so results do not depend on another server;
+//! - `load`: a load generator, closed loop or open loop (coordinated
+//!   omission corrected), with HdrHistogram percentiles and JSON output;
+//! - `bench`: runs the scenarios against the upstream directly, Remora,
+//!   Envoy and HAProxy, alternating targets over rounds, and writes JSON, a
+//!   Markdown table of ratios and an SVG latency plot;
+//! - `conns`: holds many idle keep-alive connections through a proxy and
+//!   reports the proxy's memory per connection.
+
+mod bench;
+mod conns;
+mod duration;
+mod load;
+mod procfs;
+mod upstream;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "remora-perf", version, about = "Remora's benchmark tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A test upstream: HTTP/1.1 + h2c + gRPC echo on one port, TCP echo on another.
+    Upstream(upstream::Options),
+    /// Sends load to a target and prints what it measured.
+    Load(load::Options),
+    /// Runs the benchmark scenarios against direct / Remora / Envoy / HAProxy.
+    Bench(bench::Options),
+    /// Holds N idle keep-alive connections through a proxy; reports RSS per connection.
+    Conns(conns::Options),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Upstream(options) => upstream::run(options),
+        Command::Load(options) => load::run(options),
+        Command::Bench(options) => bench::run(options),
+        Command::Conns(options) => conns::run(options),
+    };
+    if let Err(error) = result {
+        eprintln!("remora-perf: {error:#}");
+        std::process::exit(1);
+    }
+}
