@@ -28,8 +28,14 @@ enum Trigger {
 pub fn watch(proxy: Proxy, path: PathBuf) -> Result<notify::RecommendedWatcher, notify::Error> {
     let (tx, rx) = mpsc::channel(1);
     let file_tx = tx.clone();
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if let Ok(event) = event
+            && concerns_config(&event, &name)
+        {
             let _ = file_tx.try_send(Trigger::FileChanged);
         }
     })?;
@@ -41,6 +47,21 @@ pub fn watch(proxy: Proxy, path: PathBuf) -> Result<notify::RecommendedWatcher, 
     tokio::spawn(forward_sighup(tx));
     tokio::spawn(reload_loop(proxy, path, rx));
     Ok(watcher)
+}
+
+/// Whether a directory event may have changed the config file: not a mere
+/// read (reading the file must not trigger another read), and about the
+/// file itself or, for Kubernetes ConfigMap volumes, the `..data` link that
+/// is swapped on an update. Writes to other files in the directory (an
+/// access log, say) are ignored.
+fn concerns_config(event: &notify::Event, name: &std::ffi::OsStr) -> bool {
+    if matches!(event.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    event.paths.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|f| f == name || f.to_string_lossy().starts_with("..data"))
+    })
 }
 
 async fn forward_sighup(tx: mpsc::Sender<Trigger>) {
@@ -89,5 +110,47 @@ async fn reload_loop(proxy: Proxy, path: PathBuf, mut rx: mpsc::Receiver<Trigger
                 "config rejected; the running config stays:\n{errors}"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
+    use notify::{Event, EventKind};
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_changes_to_the_config_file_trigger_a_read() {
+        let name = std::ffi::OsStr::new("proxy.yaml");
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(concerns_config(
+            &event(write, "/etc/remora/proxy.yaml"),
+            name
+        ));
+        let create = EventKind::Create(CreateKind::File);
+        assert!(concerns_config(
+            &event(create, "/etc/remora/..data_tmp"),
+            name
+        ));
+        // Reading the file (open, close after read) must not cause another read.
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(!concerns_config(
+            &event(open, "/etc/remora/proxy.yaml"),
+            name
+        ));
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert!(!concerns_config(
+            &event(close, "/etc/remora/proxy.yaml"),
+            name
+        ));
+        // Another file in the same directory, such as an access log.
+        assert!(!concerns_config(
+            &event(write, "/etc/remora/access.log"),
+            name
+        ));
     }
 }
