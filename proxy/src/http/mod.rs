@@ -4,13 +4,13 @@
 
 mod attempt;
 pub mod body;
-mod deadline;
+pub mod deadline;
 mod detect;
 mod exchange;
 mod forward;
 mod handler;
 mod header_timer;
-mod hop;
+pub mod hop;
 mod lifetime;
 pub mod local_reply;
 mod replay;
@@ -89,7 +89,10 @@ pub async fn serve_connection(
     });
     let service = {
         let conn = conn.clone();
-        service_fn(move |request| handler::handle(conn.clone(), request))
+        // Boxed per request: hyper keeps the service's future type in an
+        // allocation for the connection's whole life, and the request
+        // future is ~8 KB; an idle connection should not hold that.
+        service_fn(move |request| Box::pin(handler::handle(conn.clone(), request)))
     };
     match protocol {
         Detected::Http1 => {
