@@ -61,12 +61,21 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .workers
         .map(|w| w.get())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("remora-worker")
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    // One worker: a current-thread runtime. Its FIFO run queue lets the
+    // HTTP/2 frames several streams queue in one tick leave in one write,
+    // and it skips the work-stealing machinery (docs/architecture.md).
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("remora-worker")
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the runtime")?;
     runtime.block_on(serve(args, config, env, log, workers))
 }
 
