@@ -33,6 +33,10 @@ pub struct Options {
     /// Loopback source addresses to spread over (127.0.0.1 … 127.0.0.N).
     #[arg(long, default_value_t = 8)]
     pub sources: u8,
+    /// How long one connection may take to connect and be answered before
+    /// it counts as failed (a proxy at its connection limit stops accepting).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub timeout: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -160,7 +164,7 @@ async fn hold(options: &Options) -> anyhow::Result<Report> {
                 0,
                 1 + (i % options.sources as usize) as u8,
             ));
-            open_one(source, options.target, &request)
+            within(options.timeout, open_one(source, options.target, &request))
         });
         for result in futures_util::future::join_all(opens).await {
             match result {
@@ -184,7 +188,7 @@ async fn hold(options: &Options) -> anyhow::Result<Report> {
         let end = (index + options.parallel).min(connections.len());
         let checks = connections[index..end]
             .iter_mut()
-            .map(|stream| exchange(stream, &request));
+            .map(|stream| within(options.timeout, exchange(stream, &request)));
         for result in futures_util::future::join_all(checks).await {
             match result {
                 Ok(()) => answered += 1,
@@ -209,6 +213,15 @@ async fn hold(options: &Options) -> anyhow::Result<Report> {
         open_seconds,
         first_error,
     })
+}
+
+async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
 async fn open_one(source: IpAddr, target: SocketAddr, request: &[u8]) -> Result<TcpStream, String> {

@@ -250,6 +250,11 @@ pub fn summary(results: &Results) -> String {
                 r.bytes_per_connection
             );
         }
+        for c in &results.conns {
+            if let Some(error) = &c.report.first_error {
+                let _ = writeln!(out, "\n{}: first failure: {error}", c.target.name());
+            }
+        }
         let _ = writeln!(out);
     }
     out
