@@ -50,12 +50,15 @@ pub fn watch(proxy: Proxy, path: PathBuf) -> Result<notify::RecommendedWatcher, 
 }
 
 /// Whether a directory event may have changed the config file: not a mere
-/// read (reading the file must not trigger another read), and about the
-/// file itself or, for Kubernetes ConfigMap volumes, the `..data` link that
-/// is swapped on an update. Writes to other files in the directory (an
-/// access log, say) are ignored.
+/// read (reading the file must not trigger another read; closing it after
+/// writing does count), and about the file itself or, for Kubernetes
+/// ConfigMap volumes, the `..data` link that is swapped on an update.
+/// Writes to other files in the directory (an access log, say) are ignored.
 fn concerns_config(event: &notify::Event, name: &std::ffi::OsStr) -> bool {
-    if matches!(event.kind, notify::EventKind::Access(_)) {
+    use notify::event::{AccessKind, AccessMode};
+    if let notify::EventKind::Access(access) = event.kind
+        && access != AccessKind::Close(AccessMode::Write)
+    {
         return false;
     }
     event.paths.iter().any(|p| {
@@ -145,6 +148,11 @@ mod tests {
         let close = EventKind::Access(AccessKind::Close(AccessMode::Read));
         assert!(!concerns_config(
             &event(close, "/etc/remora/proxy.yaml"),
+            name
+        ));
+        let written = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(concerns_config(
+            &event(written, "/etc/remora/proxy.yaml"),
             name
         ));
         // Another file in the same directory, such as an access log.
