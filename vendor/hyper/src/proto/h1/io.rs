@@ -239,8 +239,10 @@ where
                 }
             }
             let read = self.poll_read_from_io(cx);
-            if read.is_pending() && self.read_buf.is_empty() {
-                // Remora: idle between messages.
+            if read.is_pending() && self.read_buf.is_empty() && S::is_server() {
+                // Remora: a server connection idle between requests. (A
+                // client waiting for a response head is mid-exchange, and
+                // idle pooled client connections do not read heads.)
                 self.release_idle_buffers();
             }
             if ready!(read).map_err(crate::Error::new_io)? == 0 {
