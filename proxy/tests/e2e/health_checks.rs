@@ -42,7 +42,9 @@ async fn until_check_failed(
     failed: bool,
     what: &str,
 ) {
-    for _ in 0..100 {
+    // Ten seconds: the whole suite shares two cores, so a check 100 ms
+    // apart can be late by much more than its interval.
+    for _ in 0..500 {
         if health(admin, cluster, address).await["check_failed"] == failed {
             return;
         }
@@ -220,10 +222,20 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_check_takes_out_a_closed_port_until_it_listens_again() {
     let a = Upstream::http1("a").await;
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    // The port stays bound without listening until the test opens it: a
+    // connection to it is refused, and no other test can take the port in
+    // the meantime (a freed port went to a parallel test's server once).
+    let placeholder =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    placeholder
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let closed = placeholder.local_addr().unwrap().as_socket().unwrap();
     let proxy = TestProxy::start(&format!(
         "
 listeners:
@@ -250,6 +262,7 @@ clusters:
         assert_eq!(reply.status, 200, "no request goes to the closed port");
     }
 
+    drop(placeholder);
     let b = Upstream::start("b", Protocol::Http1, Some(closed)).await;
     let mut seen_b = false;
     for _ in 0..100 {
