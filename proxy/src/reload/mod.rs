@@ -54,7 +54,7 @@ pub fn watch(proxy: Proxy, path: PathBuf) -> Result<notify::RecommendedWatcher, 
 /// writing does count), and about the file itself or, for Kubernetes
 /// ConfigMap volumes, the `..data` link that is swapped on an update.
 /// Writes to other files in the directory (an access log, say) are ignored.
-fn concerns_config(event: &notify::Event, name: &std::ffi::OsStr) -> bool {
+pub fn concerns_config(event: &notify::Event, name: &std::ffi::OsStr) -> bool {
     use notify::event::{AccessKind, AccessMode};
     if let notify::EventKind::Access(access) = event.kind
         && access != AccessKind::Close(AccessMode::Write)

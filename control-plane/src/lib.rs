@@ -1,0 +1,21 @@
+//! Remora's control plane: reads the mesh (a file on one host), translates
+//! it into Envoy v3 resources for each proxy and serves them over ADS, both
+//! state of the world and delta, to Remora proxies and to Envoy alike.
+//!
+//! Where things live: `mesh/` (the file's shape, validation, watching),
+//! `translate/` (mesh → Listener, RouteConfiguration, Cluster,
+//! ClusterLoadAssignment), `xds/` (the ADS streams and the registry of
+//! connected proxies), `admin/` (`/ready`, `/metrics`, `/debug/proxies`),
+//! `server` (starting it all).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod mesh;
+pub mod metrics;
+pub mod server;
+pub mod translate;
+pub mod xds;
+
+pub use server::{ControlPlane, Options};

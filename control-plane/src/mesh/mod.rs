@@ -1,0 +1,488 @@
+//! The mesh file: the standalone source of services, routes, traffic
+//! policies and the proxies that serve them.
+//!
+//! Routes have the shape of the Gateway API's HTTPRoute and GRPCRoute (with
+//! a Service as parent, as GAMMA does), written in camelCase as in
+//! Kubernetes; a service's traffic policy uses the proxy's own YAML field
+//! names (`load_balancer`, `outlier_detection`, ...), so the same policy reads
+//! the same in a proxy file, a mesh file and, later, a CRD spec.
+
+mod load;
+mod validate;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use remora_proxy::config::{
+    CircuitBreakersConfig, EndpointConfig, HealthCheckConfig, KeepaliveConfig, LoadBalancerConfig,
+    OutlierDetectionConfig, PoolConfig, RateLimitConfig, scalar,
+};
+use serde::{Deserialize, Serialize};
+
+pub use load::{load_file, parse_yaml};
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mesh {
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub proxies: Vec<ProxyEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: ServiceProtocol,
+    /// `IP:PORT` or `{address, weight, zone}`.
+    #[serde(default)]
+    pub endpoints: Vec<MeshEndpoint>,
+    #[serde(default)]
+    pub policy: TrafficPolicy,
+}
+
+pub fn default_namespace() -> String {
+    "default".to_string()
+}
+
+impl Service {
+    /// `name.namespace`, the service's identity in resource names.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceProtocol {
+    /// HTTP/1.1 to the endpoints (clients may use HTTP/1.1 or h2c).
+    #[default]
+    Http,
+    /// HTTP/2 with prior knowledge to the endpoints.
+    Http2,
+    /// HTTP/2 to the endpoints; routes are GRPCRoutes.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl ServiceProtocol {
+    pub fn is_http(self) -> bool {
+        self != ServiceProtocol::Tcp
+    }
+}
+
+/// `127.0.0.1:8081` or `{address: 127.0.0.1:8081, weight: 3, zone: a}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeshEndpoint {
+    #[serde(with = "scalar::socket_addr")]
+    pub address: SocketAddr,
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointFields {
+    #[serde(with = "scalar::socket_addr")]
+    address: SocketAddr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    zone: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for MeshEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar::string_or_map(
+            d,
+            "an endpoint: IP:PORT, or {address: IP:PORT, weight: N, zone: NAME}",
+            |text| {
+                Ok(MeshEndpoint {
+                    address: scalar::parse_socket_addr(text)?,
+                    weight: 1,
+                    zone: None,
+                })
+            },
+            |f: EndpointFields| MeshEndpoint {
+                address: f.address,
+                weight: f.weight,
+                zone: f.zone,
+            },
+        )
+    }
+}
+
+impl From<&MeshEndpoint> for EndpointConfig {
+    fn from(e: &MeshEndpoint) -> Self {
+        EndpointConfig {
+            address: e.address,
+            weight: std::num::NonZeroU32::new(e.weight).unwrap_or(std::num::NonZeroU32::MIN),
+        }
+    }
+}
+
+/// How clients of a service reach it (applied by every proxy that calls
+/// it), plus `rate_limit`, applied by the service's own proxies to what
+/// they let in.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficPolicy {
+    #[serde(default = "default_connect_timeout", with = "scalar::duration")]
+    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub load_balancer: LoadBalancerConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakersConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub keepalive: KeepaliveConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for TrafficPolicy {
+    fn default() -> Self {
+        TrafficPolicy {
+            connect_timeout: default_connect_timeout(),
+            load_balancer: LoadBalancerConfig::default(),
+            outlier_detection: None,
+            circuit_breakers: CircuitBreakersConfig::default(),
+            pool: PoolConfig::default(),
+            keepalive: KeepaliveConfig::default(),
+            health_check: None,
+            rate_limit: None,
+        }
+    }
+}
+
+/// An HTTPRoute or GRPCRoute whose parent is a Service (GAMMA).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    pub kind: RouteKind,
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum RouteKind {
+    #[serde(rename = "HTTPRoute")]
+    Http,
+    #[serde(rename = "GRPCRoute")]
+    Grpc,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ParentRef {
+    /// The Service whose traffic the route takes over.
+    pub name: String,
+    /// Default: the route's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Only `Service` (GAMMA) is supported.
+    #[serde(default = "default_parent_kind")]
+    pub kind: String,
+    /// Must be the service's port when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+fn default_parent_kind() -> String {
+    "Service".to_string()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteRule {
+    /// Any one matching selects the rule; none matches every request.
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<RouteFilter>,
+    /// Where matching requests go; none means the parent service itself.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// HTTPRoute: `path`, `headers`, `queryParams`, `method`. GRPCRoute:
+/// `method: {service, method}` and `headers`. Every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatch>,
+    /// HTTPRoute: an HTTP method (`GET`); GRPCRoute: `{service, method}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<MethodMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathMatch {
+    #[serde(rename = "type", default = "default_path_type")]
+    pub kind: PathMatchType,
+    #[serde(default = "default_path")]
+    pub value: String,
+}
+
+fn default_path_type() -> PathMatchType {
+    PathMatchType::PathPrefix
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum PathMatchType {
+    Exact,
+    /// Element-wise: `/api` matches `/api` and `/api/x`, not `/apis`.
+    PathPrefix,
+    /// Matches the whole path (RE2 syntax, anchored).
+    RegularExpression,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ValueMatch {
+    #[serde(rename = "type", default = "default_value_type")]
+    pub kind: ValueMatchType,
+    pub name: String,
+    pub value: String,
+}
+
+fn default_value_type() -> ValueMatchType {
+    ValueMatchType::Exact
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ValueMatchType {
+    Exact,
+    RegularExpression,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum MethodMatch {
+    Http(String),
+    Grpc(GrpcMethod),
+}
+
+impl<'de> Deserialize<'de> for MethodMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar::string_or_map(
+            d,
+            "an HTTP method such as GET, or (GRPCRoute) {service, method}",
+            |text| Ok(MethodMatch::Http(text.to_string())),
+            MethodMatch::Grpc,
+        )
+    }
+}
+
+/// GRPCRoute method match: `service` alone takes all its methods.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcMethod {
+    #[serde(rename = "type", default = "default_value_type")]
+    pub kind: ValueMatchType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// `RequestHeaderModifier` and `ResponseHeaderModifier`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteFilter {
+    #[serde(rename = "type")]
+    pub kind: FilterType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderModifier>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum FilterType {
+    RequestHeaderModifier,
+    ResponseHeaderModifier,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderModifier {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackendRef {
+    /// A service in the mesh file.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Must be the service's port when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `request`: the whole exchange; `backendRequest`: each try.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request: Option<Duration>,
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_request: Option<Duration>,
+}
+
+/// The Gateway API's HTTPRoute retry (GEP-1731): `attempts` retries on
+/// `codes` (and on connection failures and resets), `backoff` between them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retry {
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// HTTP statuses (HTTPRoute); for GRPCRoute, retries follow gRPC
+    /// `unavailable`, `cancelled`, `resource-exhausted` and connection failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u16>,
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backoff: Option<Duration>,
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+
+/// One proxy, or a family of proxies sharing a configuration (`node_id`
+/// ending in `*` is a prefix).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyEntry {
+    pub node_id: String,
+    /// Traffic into the workload: the service it serves.
+    #[serde(default)]
+    pub inbound: Vec<Inbound>,
+    /// Services the workload may call, each at a local listener.
+    #[serde(default)]
+    pub outbound: Vec<Outbound>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// `name` or `name.namespace`.
+    pub service: String,
+    /// Where the proxy accepts the service's traffic.
+    #[serde(with = "scalar::socket_addr")]
+    pub listen: SocketAddr,
+    /// The workload itself.
+    #[serde(with = "scalar::socket_addr")]
+    pub target: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// `name` or `name.namespace`.
+    pub service: String,
+    /// Where the workload sends its requests for the service.
+    #[serde(with = "scalar::socket_addr")]
+    pub listen: SocketAddr,
+}
+
+impl ProxyEntry {
+    pub fn matches(&self, node_id: &str) -> bool {
+        match self.node_id.strip_suffix('*') {
+            Some(prefix) => node_id.starts_with(prefix),
+            None => self.node_id == node_id,
+        }
+    }
+}
+
+impl Mesh {
+    /// The service named `name` or `name.namespace` (namespace defaulting to `namespace`).
+    pub fn service(&self, reference: &str, namespace: &str) -> Option<&Service> {
+        let (name, ns) = reference.split_once('.').unwrap_or((reference, namespace));
+        self.services
+            .iter()
+            .find(|s| s.name == name && s.namespace == ns)
+    }
+
+    /// The proxy entry for a node: an exact `node_id` first, then the longest prefix.
+    pub fn proxy_for(&self, node_id: &str) -> Option<usize> {
+        if let Some(i) = self.proxies.iter().position(|p| p.node_id == node_id) {
+            return Some(i);
+        }
+        self.proxies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.node_id.ends_with('*') && p.matches(node_id))
+            .max_by_key(|(_, p)| p.node_id.len())
+            .map(|(i, _)| i)
+    }
+}

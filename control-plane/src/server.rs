@@ -1,0 +1,154 @@
+//! Running the control plane: load the mesh, publish its translation,
+//! serve ADS and the admin endpoints, follow the mesh file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::mesh::{self, Mesh};
+use crate::metrics::Metrics;
+use crate::translate;
+use crate::xds::registry::Registry;
+use crate::xds::{AdsServer, MeshState, Shared};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mesh: PathBuf,
+    pub xds_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    /// Quiet time after a mesh file change before it is read and pushed.
+    pub debounce: Duration,
+}
+
+/// Publishes mesh versions to every stream (through a `watch` channel).
+#[derive(Clone)]
+pub struct Publisher {
+    tx: Arc<watch::Sender<Arc<MeshState>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    pub fn new(metrics: Arc<Metrics>) -> (Publisher, watch::Receiver<Arc<MeshState>>) {
+        let (tx, rx) = watch::channel(Arc::new(MeshState::empty()));
+        (
+            Publisher {
+                tx: Arc::new(tx),
+                metrics,
+            },
+            rx,
+        )
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Translates `mesh` (reusing what did not change) and publishes it.
+    pub fn publish(&mut self, mesh: Mesh) -> u64 {
+        let previous = self.tx.borrow().clone();
+        let translation = translate::translate(&mesh, Some(&previous.translation));
+        let version = previous.version + 1;
+        self.tx.send_replace(Arc::new(MeshState {
+            version,
+            mesh: Arc::new(mesh),
+            translation,
+            published_at: Instant::now(),
+        }));
+        self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        self.metrics.mesh_version.store(version, Ordering::Relaxed);
+        version
+    }
+}
+
+/// A running control plane; dropping it stops watching the file.
+pub struct ControlPlane {
+    pub xds_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    _watcher: notify::RecommendedWatcher,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Loads the mesh file (failing on an invalid one), binds both
+    /// addresses and starts serving.
+    pub async fn start(options: Options) -> anyhow::Result<ControlPlane> {
+        let mesh = mesh::load_file(&options.mesh).map_err(|errors| {
+            anyhow::anyhow!("invalid mesh file {}:\n{errors}", options.mesh.display())
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::default());
+        let (mut publisher, state) = Publisher::new(metrics.clone());
+        publisher.publish(mesh);
+
+        let xds = TcpListener::bind(options.xds_address).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on --xds-address {}: {e}",
+                options.xds_address
+            )
+        })?;
+        let admin = TcpListener::bind(options.admin_address)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on --admin-address {}: {e}",
+                    options.admin_address
+                )
+            })?;
+        let xds_address = xds.local_addr()?;
+        let admin_address = admin.local_addr()?;
+
+        let shared = Shared {
+            state: state.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            identifier: format!("remora-control-plane/{}", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let service = AdsServer::new(shared).into_service();
+        let grpc = tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(xds);
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "the xDS server stopped");
+            }
+        });
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            state,
+            registry.clone(),
+            metrics.clone(),
+        ));
+        let watcher = mesh::watch::watch(options.mesh.clone(), options.debounce, publisher)
+            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", options.mesh.display()))?;
+        tracing::info!(%xds_address, %admin_address, mesh = %options.mesh.display(), "control plane serving");
+        Ok(ControlPlane {
+            xds_address,
+            admin_address,
+            registry,
+            metrics,
+            _watcher: watcher,
+            tasks: vec![grpc, admin_task],
+        })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Listeners: one per outbound entry (the workload calls a service) and one
+//! per inbound entry (traffic for the workload), with an inbound route
+//! configuration and a static cluster pointing at the workload.
+
+use std::sync::Arc;
+
+use remora_xds_proto::filters::{
+    http_connection_manager as hcm, local_ratelimit, router, tcp_proxy,
+};
+use remora_xds_proto::listener::{Filter, FilterChain, Listener};
+use remora_xds_proto::route::{self, Route, RouteAction, RouteConfiguration, VirtualHost};
+use remora_xds_proto::{cluster, core, endpoint, type_url, types};
+
+use super::wire::{address, ads, duration, u32v};
+use super::{Resource, cluster_name};
+use crate::mesh::{Inbound, Outbound, Service};
+
+/// The HTTP filter name Envoy registers the local rate limit under.
+pub const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
+
+pub fn outbound_name(outbound: &Outbound) -> String {
+    format!("outbound|{}", outbound.listen)
+}
+
+pub fn outbound(service: &Service, outbound: &Outbound) -> Listener {
+    let name = outbound_name(outbound);
+    let filter = if service.protocol.is_http() {
+        http_filter(&name, &super::route::route_name(service), false)
+    } else {
+        tcp_filter(&name, &cluster_name(service))
+    };
+    listener(name, outbound.listen, filter)
+}
+
+/// The inbound listener, its route configuration (HTTP) and its cluster.
+pub fn inbound(service: &Service, inbound: &Inbound) -> Vec<(&'static str, Arc<Resource>)> {
+    let name = format!("inbound|{}", inbound.listen);
+    let mut out = Vec::new();
+    let rate_limited = service.policy.rate_limit.is_some();
+    let filter = if service.protocol.is_http() {
+        let routes = inbound_routes(&name, service);
+        out.push((type_url::ROUTE, Resource::new(name.clone(), &routes)));
+        http_filter(&name, &name, rate_limited)
+    } else {
+        tcp_filter(&name, &name)
+    };
+    out.push((
+        type_url::LISTENER,
+        Resource::new(
+            name.clone(),
+            &listener(name.clone(), inbound.listen, filter),
+        ),
+    ));
+    out.push((
+        type_url::CLUSTER,
+        Resource::new(name.clone(), &inbound_cluster(&name, service, inbound)),
+    ));
+    out
+}
+
+fn listener(name: String, at: std::net::SocketAddr, filter: Filter) -> Listener {
+    Listener {
+        stat_prefix: name.replace('|', "_"),
+        name,
+        address: Some(address(at)),
+        filter_chains: vec![FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn http_filter(stat_prefix: &str, route_config: &str, rate_limited: bool) -> Filter {
+    let mut http_filters = Vec::new();
+    if rate_limited {
+        // Off here; each route that limits turns it on with its own bucket.
+        http_filters.push(hcm::HttpFilter {
+            name: LOCAL_RATE_LIMIT.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(
+                remora_xds_proto::pack(&local_ratelimit::LocalRateLimit {
+                    stat_prefix: "rate_limit".into(),
+                    ..Default::default()
+                }),
+            )),
+            ..Default::default()
+        });
+    }
+    http_filters.push(hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(
+            remora_xds_proto::pack(&router::Router::default()),
+        )),
+        ..Default::default()
+    });
+    let manager = hcm::HttpConnectionManager {
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        stat_prefix: stat_prefix.replace('|', "_"),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: route_config.into(),
+            },
+        )),
+        http_filters,
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(remora_xds_proto::listener::filter::ConfigType::TypedConfig(
+            remora_xds_proto::pack(&manager),
+        )),
+    }
+}
+
+fn tcp_filter(stat_prefix: &str, cluster: &str) -> Filter {
+    let proxy = tcp_proxy::TcpProxy {
+        stat_prefix: stat_prefix.replace('|', "_"),
+        cluster_specifier: Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(
+            cluster.into(),
+        )),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(remora_xds_proto::listener::filter::ConfigType::TypedConfig(
+            remora_xds_proto::pack(&proxy),
+        )),
+    }
+}
+
+fn inbound_routes(name: &str, service: &Service) -> RouteConfiguration {
+    let mut route = Route {
+        name: "inbound".into(),
+        r#match: Some(route::RouteMatch {
+            path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::route::Action::Route(RouteAction {
+            cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(name.into())),
+            timeout: Some(duration(std::time::Duration::ZERO)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    if let Some(limit) = &service.policy.rate_limit {
+        route.typed_per_filter_config.insert(
+            LOCAL_RATE_LIMIT.into(),
+            remora_xds_proto::pack(&token_bucket(limit)),
+        );
+    }
+    RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "inbound".into(),
+            domains: vec!["*".into()],
+            routes: vec![route],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// `requests_per_second` as a token bucket: whole rates refill once a
+/// second, slower rates one token per `1 / rate` seconds.
+pub fn token_bucket(
+    limit: &remora_proxy::config::RateLimitConfig,
+) -> local_ratelimit::LocalRateLimit {
+    let rate = limit.requests_per_second;
+    let (tokens, interval) = if rate >= 1.0 {
+        (
+            rate.round().max(1.0) as u32,
+            std::time::Duration::from_secs(1),
+        )
+    } else {
+        (1, std::time::Duration::from_secs_f64(1.0 / rate))
+    };
+    let always = Some(core::RuntimeFractionalPercent {
+        default_value: Some(types::FractionalPercent {
+            numerator: 100,
+            denominator: types::fractional_percent::DenominatorType::Hundred as i32,
+        }),
+        runtime_key: String::new(),
+    });
+    local_ratelimit::LocalRateLimit {
+        stat_prefix: "rate_limit".into(),
+        token_bucket: Some(types::TokenBucket {
+            max_tokens: limit.burst.unwrap_or(tokens),
+            tokens_per_fill: Some(u32v(tokens)),
+            fill_interval: Some(duration(interval)),
+        }),
+        filter_enabled: always.clone(),
+        filter_enforced: always,
+        ..Default::default()
+    }
+}
+
+fn inbound_cluster(name: &str, service: &Service, inbound: &Inbound) -> cluster::Cluster {
+    let mut out = cluster::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(duration(service.policy.connect_timeout)),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(address(inbound.target)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if service.protocol.is_http() {
+        let full = super::cluster::cluster(service);
+        if let Some(options) = full
+            .typed_extension_protocol_options
+            .get(super::cluster::HTTP_OPTIONS)
+        {
+            out.typed_extension_protocol_options
+                .insert(super::cluster::HTTP_OPTIONS.into(), options.clone());
+        }
+    }
+    out
+}
