@@ -8,6 +8,9 @@
 
 pub use envoy_types::pb::google::protobuf;
 
+/// `google.rpc.Status`, the `error_detail` of a NACK.
+pub use envoy_types::pb::google::rpc;
+
 use envoy_types::pb::envoy as pb;
 
 /// Discovery requests and responses, state-of-the-world and delta, and the

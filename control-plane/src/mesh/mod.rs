@@ -486,3 +486,95 @@ impl Mesh {
             .map(|(i, _)| i)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(yaml: &str) -> String {
+        parse_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_mesh_parses() {
+        let mesh = parse_yaml(include_str!("../../../examples/mesh/mesh.yaml")).unwrap();
+        assert!(mesh.services.len() >= 2);
+        assert!(!mesh.proxies.is_empty());
+    }
+
+    #[test]
+    fn shape_errors_name_the_field_path() {
+        let e = errors_of("services: [{name: a, port: 80, bogus: 1}]");
+        assert!(
+            e.starts_with("services[0].bogus: unknown field `bogus`"),
+            "{e}"
+        );
+        let e = errors_of("services: [{name: a, port: 80, endpoints: [nowhere]}]");
+        assert!(e.starts_with("services[0].endpoints[0]"), "{e}");
+        let e = errors_of(
+            "services: [{name: a, port: 80, policy: {load_balancer: {policy: fastest}}}]",
+        );
+        assert!(
+            e.starts_with("services[0].policy.load_balancer.policy"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reference_and_semantic_errors_name_the_field_path() {
+        let yaml = "
+services:
+  - {name: a, port: 80}
+  - {name: a, port: 81}
+  - {name: t, port: 90, protocol: tcp}
+  - {name: h, port: 80, policy: {load_balancer: {hash_on: {header: x}}}}
+routes:
+  - kind: HTTPRoute
+    name: r
+    parentRefs: [{name: t}]
+    rules:
+      - matches: [{path: {type: RegularExpression, value: '(('}, headers: [{name: 'bad header', value: x}]}]
+        backendRefs: [{name: missing}]
+  - kind: GRPCRoute
+    name: g
+    parentRefs: [{name: a, port: 81}]
+    rules: [{matches: [{method: GET}]}]
+proxies:
+  - {node_id: p, outbound: [{service: nope, listen: 127.0.0.1:1}]}
+  - {node_id: p, inbound: [{service: a, listen: 127.0.0.1:1, target: 127.0.0.1:2}], outbound: [{service: a, listen: 127.0.0.1:1}]}
+";
+        let e = errors_of(yaml);
+        for expected in [
+            "services[1].name: duplicate service \"a.default\"",
+            "services[3].policy.load_balancer.hash_on: only for ring_hash and maglev",
+            "routes[0].parentRefs[0].name: service \"t.default\" is TCP",
+            "routes[0].rules[0].matches[0].path.value: invalid regex \"((\"",
+            "routes[0].rules[0].matches[0].headers[0].name: \"bad header\" is not a valid header name",
+            "routes[0].rules[0].backendRefs[0].name: no service \"missing.default\"",
+            "routes[1].parentRefs[0].port: service \"a.default\" has port 80",
+            "routes[1].rules[0].matches[0].method: a GRPCRoute method is {service, method}",
+            "proxies[0].outbound[0].service: no service \"nope.default\"",
+            "proxies[1].node_id: duplicate node id \"p\"",
+            "proxies[1].outbound[0].listen: 127.0.0.1:1 is also proxies[1].inbound[0].listen",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn a_node_finds_its_exact_entry_first_then_the_longest_prefix() {
+        let mesh = parse_yaml(
+            "
+proxies:
+  - {node_id: 'web-*'}
+  - {node_id: 'web-canary-*'}
+  - {node_id: web-1}
+",
+        )
+        .unwrap();
+        assert_eq!(mesh.proxy_for("web-1"), Some(2));
+        assert_eq!(mesh.proxy_for("web-canary-7"), Some(1));
+        assert_eq!(mesh.proxy_for("web-2"), Some(0));
+        assert_eq!(mesh.proxy_for("api-1"), None);
+    }
+}

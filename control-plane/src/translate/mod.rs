@@ -169,3 +169,6 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
 pub fn cluster_name(service: &Service) -> String {
     format!("outbound|{}||{}", service.port, service.key())
 }
+
+#[cfg(test)]
+mod tests;
