@@ -434,9 +434,9 @@ async fn a_client_that_never_reads_does_not_hold_up_another() {
     }
     // The reading client ends on the last version (latest wins: it may skip some).
     loop {
-        let cla: endpoint::ClusterLoadAssignment;
         last = ads.next().await;
-        cla = remora_xds_proto::unpack(&last.resources[0]).unwrap();
+        let cla: endpoint::ClusterLoadAssignment =
+            remora_xds_proto::unpack(&last.resources[0]).unwrap();
         ads.ack(&last, &[BACKEND]).await;
         if format!("{cla:?}").contains("9129") {
             break;

@@ -17,6 +17,7 @@ mod duration;
 mod load;
 mod procfs;
 mod upstream;
+mod xds_clients;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::Options),
     /// Holds N idle keep-alive connections through a proxy; reports RSS per connection.
     Conns(conns::Options),
+    /// Simulates N ADS clients against the control plane; measures convergence and RSS.
+    XdsClients(xds_clients::Options),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
         Command::Load(options) => load::run(options),
         Command::Bench(options) => bench::run(options),
         Command::Conns(options) => conns::run(options),
+        Command::XdsClients(options) => xds_clients::run(options),
     };
     if let Err(error) = result {
         eprintln!("remora-perf: {error:#}");

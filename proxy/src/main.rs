@@ -118,12 +118,15 @@ async fn serve(
                 Err(error) => tracing::error!(%error, "admin server cannot start"),
             }
         })?;
+    // Signal handlers are in place before anyone can learn the admin
+    // address: a SIGHUP or SIGTERM that came earlier would kill the process.
+    let _watcher = reload::watch(proxy.clone(), args.config.clone())
+        .with_context(|| format!("cannot watch {}", args.config.display()))?;
+    let signals = DrainSignals::install()?;
     if let Some(path) = &args.admin_address_path {
         std::fs::write(path, admin_bound.to_string())
             .with_context(|| format!("cannot write --admin-address-path {}", path.display()))?;
     }
-    let _watcher = reload::watch(proxy.clone(), args.config.clone())
-        .with_context(|| format!("cannot watch {}", args.config.display()))?;
     tracing::info!(
         admin = %admin_bound,
         workers,
@@ -132,22 +135,31 @@ async fn serve(
         "remora-proxy started"
     );
 
-    tokio::spawn(drain_on_signal(proxy.clone()));
+    tokio::spawn(drain_on_signal(proxy.clone(), signals));
     let finished = proxy.drained().await;
     tracing::info!(clean = finished, "drained; exiting");
     Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM or SIGINT drains; a second one exits at once.
-async fn drain_on_signal(proxy: Proxy) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
-        return;
-    };
+/// SIGTERM and SIGINT, registered at once (not when a task first runs).
+struct DrainSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl DrainSignals {
+    fn install() -> anyhow::Result<DrainSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(DrainSignals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+}
+
+async fn drain_on_signal(proxy: Proxy, signals: DrainSignals) {
+    let DrainSignals { mut term, mut int } = signals;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

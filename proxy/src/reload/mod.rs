@@ -44,7 +44,16 @@ pub fn watch(proxy: Proxy, path: PathBuf) -> Result<notify::RecommendedWatcher, 
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     watcher.watch(directory, RecursiveMode::NonRecursive)?;
-    tokio::spawn(forward_sighup(tx));
+    // Registered now, before the caller announces it is up: a SIGHUP that
+    // arrived before its handler would end the process.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => {
+            tokio::spawn(forward_sighup(hangups, tx));
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloads follow file changes only")
+        }
+    }
     tokio::spawn(reload_loop(proxy, path, rx));
     Ok(watcher)
 }
@@ -67,12 +76,7 @@ pub fn concerns_config(event: &notify::Event, name: &std::ffi::OsStr) -> bool {
     })
 }
 
-async fn forward_sighup(tx: mpsc::Sender<Trigger>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reloads follow file changes only");
-        return;
-    };
+async fn forward_sighup(mut hangups: tokio::signal::unix::Signal, tx: mpsc::Sender<Trigger>) {
     while hangups.recv().await.is_some() {
         if tx.send(Trigger::Signal).await.is_err() {
             break;
