@@ -9,15 +9,14 @@
 //! resources are not sent again until their content changes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use remora_xds_proto::discovery::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::registry::StreamHandle;
-use super::{MeshState, Shared, control_plane, wildcard_by_default};
+use super::{AdsStream, Closed, MeshState, Shared, control_plane, wildcard_by_default};
 use crate::translate::{ProxyResources, type_index};
 
 #[derive(Default)]
@@ -32,7 +31,7 @@ struct TypeState {
     responded: bool,
 }
 
-struct Stream {
+pub(super) struct Stream {
     shared: Shared,
     node_id: String,
     handle: StreamHandle,
@@ -43,86 +42,39 @@ struct Stream {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
-struct Closed;
+impl AdsStream for Stream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: &'static str = "delta";
 
-pub(super) async fn run(
-    mut shared: Shared,
-    peer: Option<SocketAddr>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(?peer, %status, "delta ADS stream ended before its first request");
-            return;
-        }
-    };
-    let Some(node_id) = first
-        .node
-        .as_ref()
-        .map(|n| n.id.clone())
-        .filter(|id| !id.is_empty())
-    else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "the first DeltaDiscoveryRequest must carry node.id",
-            )))
-            .await;
-        return;
-    };
-    let state = shared.state.borrow_and_update().clone();
-    let (resources, entry) = state.resources_for(&node_id);
-    if entry.is_none() {
-        tracing::warn!(node = %node_id, "no proxies[] entry matches this node; it gets no resources");
+    fn node_id(request: &DeltaDiscoveryRequest) -> Option<String> {
+        request.node.as_ref().map(|n| n.id.clone())
     }
-    let handle = shared
-        .registry
-        .register(&shared.metrics, &node_id, entry, "delta", peer);
-    tracing::info!(node = %node_id, ?peer, "proxy connected (delta)");
-    let mut stream = Stream {
-        shared: shared.clone(),
-        node_id,
-        handle,
-        state,
-        resources,
-        types: Default::default(),
-        nonces: 0,
-        tx,
-    };
-    if stream.handle_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(request)) => {
-                    if stream.handle_request(request).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node = %stream.node_id, %status, "delta ADS stream failed");
-                    break;
-                }
-            },
-            changed = shared.state.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let state = shared.state.borrow_and_update().clone();
-                if stream.on_state(state).await.is_err() {
-                    break;
-                }
-            }
+
+    fn new(
+        shared: Shared,
+        node_id: String,
+        handle: StreamHandle,
+        state: Arc<MeshState>,
+        resources: Arc<ProxyResources>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Self {
+        Stream {
+            shared,
+            node_id,
+            handle,
+            state,
+            resources,
+            types: Default::default(),
+            nonces: 0,
+            tx,
         }
     }
-    tracing::info!(node = %stream.node_id, "proxy disconnected");
-}
 
-impl Stream {
+    fn node(&self) -> &str {
+        &self.node_id
+    }
+
     async fn handle_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Closed> {
         let Some(t) = type_index(&request.type_url) else {
             self.shared
@@ -201,7 +153,9 @@ impl Stream {
         }
         Ok(())
     }
+}
 
+impl Stream {
     /// Sends what the proxy lacks or holds in an older version, and the
     /// names it holds that are gone; nothing if it is up to date (except the
     /// first response of a subscription, which is always sent).

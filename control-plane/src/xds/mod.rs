@@ -107,7 +107,12 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let shared = self.shared.clone();
         let peer = request.remote_addr();
-        tokio::spawn(sotw::run(shared, peer, request.into_inner(), tx));
+        tokio::spawn(drive::<sotw::Stream>(
+            shared,
+            peer,
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -118,7 +123,12 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let shared = self.shared.clone();
         let peer = request.remote_addr();
-        tokio::spawn(delta::run(shared, peer, request.into_inner(), tx));
+        tokio::spawn(drive::<delta::Stream>(
+            shared,
+            peer,
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -127,6 +137,109 @@ impl AggregatedDiscoveryService for AdsServer {
 fn wildcard_by_default(type_url: &str) -> bool {
     type_url == remora_xds_proto::type_url::LISTENER
         || type_url == remora_xds_proto::type_url::CLUSTER
+}
+
+/// The stream ended (the client went away).
+struct Closed;
+
+/// One ADS protocol's per-stream state: built once the node is known, then
+/// fed requests and published mesh states by [`drive`].
+trait AdsStream: Sized {
+    type Request: prost::Message + Default + 'static;
+    type Response;
+    /// `sotw` or `delta`, in logs and `/debug/proxies`.
+    const PROTOCOL: &'static str;
+
+    fn node_id(request: &Self::Request) -> Option<String>;
+
+    fn new(
+        shared: Shared,
+        node_id: String,
+        handle: registry::StreamHandle,
+        state: Arc<MeshState>,
+        resources: Arc<ProxyResources>,
+        tx: mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> Self;
+
+    fn node(&self) -> &str;
+
+    fn handle_request(
+        &mut self,
+        request: Self::Request,
+    ) -> impl std::future::Future<Output = Result<(), Closed>> + Send;
+
+    fn on_state(
+        &mut self,
+        state: Arc<MeshState>,
+    ) -> impl std::future::Future<Output = Result<(), Closed>> + Send;
+}
+
+/// Runs one stream: the first request names the node; then requests and
+/// newly published mesh states are handled as they come, until either side ends.
+async fn drive<S: AdsStream + Send>(
+    mut shared: Shared,
+    peer: Option<std::net::SocketAddr>,
+    mut requests: Streaming<S::Request>,
+    tx: mpsc::Sender<Result<S::Response, Status>>,
+) where
+    S::Request: Send,
+    S::Response: Send,
+{
+    let first = match requests.message().await {
+        Ok(Some(first)) => first,
+        Ok(None) => return,
+        Err(status) => {
+            tracing::debug!(?peer, %status, "ADS stream ended before its first request");
+            return;
+        }
+    };
+    let Some(node_id) = S::node_id(&first).filter(|id| !id.is_empty()) else {
+        let _ = tx
+            .send(Err(Status::invalid_argument(
+                "the first request of an ADS stream must carry node.id",
+            )))
+            .await;
+        return;
+    };
+    let state = shared.state.borrow_and_update().clone();
+    let (resources, entry) = state.resources_for(&node_id);
+    if entry.is_none() {
+        tracing::warn!(node = %node_id, "no proxies[] entry matches this node; it gets no resources");
+    }
+    let handle = shared
+        .registry
+        .register(&shared.metrics, &node_id, entry, S::PROTOCOL, peer);
+    tracing::info!(node = %node_id, ?peer, protocol = S::PROTOCOL, "proxy connected");
+    let mut stream = S::new(shared.clone(), node_id, handle, state, resources, tx);
+    if stream.handle_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(request)) => {
+                    if stream.handle_request(request).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node = %stream.node(), %status, "ADS stream failed");
+                    break;
+                }
+            },
+            changed = shared.state.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let state = shared.state.borrow_and_update().clone();
+                if stream.on_state(state).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(node = %stream.node(), "proxy disconnected");
 }
 
 fn control_plane(shared: &Shared) -> Option<remora_xds_proto::core::ControlPlane> {

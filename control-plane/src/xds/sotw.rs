@@ -9,15 +9,14 @@
 //! changes.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use remora_xds_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::registry::StreamHandle;
-use super::{MeshState, Shared, control_plane, wildcard_by_default};
+use super::{AdsStream, Closed, MeshState, Shared, control_plane, wildcard_by_default};
 use crate::translate::{ProxyResources, type_index};
 
 #[derive(Default)]
@@ -29,7 +28,7 @@ struct TypeState {
     nonce: String,
 }
 
-struct Stream {
+pub(super) struct Stream {
     shared: Shared,
     node_id: String,
     handle: StreamHandle,
@@ -40,86 +39,39 @@ struct Stream {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
-pub(super) async fn run(
-    mut shared: Shared,
-    peer: Option<SocketAddr>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Ok(None) => return,
-        Err(status) => {
-            tracing::debug!(?peer, %status, "ADS stream ended before its first request");
-            return;
-        }
-    };
-    let Some(node_id) = first
-        .node
-        .as_ref()
-        .map(|n| n.id.clone())
-        .filter(|id| !id.is_empty())
-    else {
-        let _ = tx
-            .send(Err(Status::invalid_argument(
-                "the first DiscoveryRequest must carry node.id",
-            )))
-            .await;
-        return;
-    };
-    let state = shared.state.borrow_and_update().clone();
-    let (resources, entry) = state.resources_for(&node_id);
-    if entry.is_none() {
-        tracing::warn!(node = %node_id, "no proxies[] entry matches this node; it gets no resources");
+impl AdsStream for Stream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: &'static str = "sotw";
+
+    fn node_id(request: &DiscoveryRequest) -> Option<String> {
+        request.node.as_ref().map(|n| n.id.clone())
     }
-    let handle = shared
-        .registry
-        .register(&shared.metrics, &node_id, entry, "sotw", peer);
-    tracing::info!(node = %node_id, ?peer, "proxy connected (state of the world)");
-    let mut stream = Stream {
-        shared: shared.clone(),
-        node_id,
-        handle,
-        state,
-        resources,
-        types: Default::default(),
-        nonces: 0,
-        tx,
-    };
-    if stream.handle_request(first).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(request)) => {
-                    if stream.handle_request(request).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node = %stream.node_id, %status, "ADS stream failed");
-                    break;
-                }
-            },
-            changed = shared.state.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let state = shared.state.borrow_and_update().clone();
-                if stream.on_state(state).await.is_err() {
-                    break;
-                }
-            }
+
+    fn new(
+        shared: Shared,
+        node_id: String,
+        handle: StreamHandle,
+        state: Arc<MeshState>,
+        resources: Arc<ProxyResources>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Self {
+        Stream {
+            shared,
+            node_id,
+            handle,
+            state,
+            resources,
+            types: Default::default(),
+            nonces: 0,
+            tx,
         }
     }
-    tracing::info!(node = %stream.node_id, "proxy disconnected");
-}
 
-struct Closed;
+    fn node(&self) -> &str {
+        &self.node_id
+    }
 
-impl Stream {
     async fn handle_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
         let Some(t) = type_index(&request.type_url) else {
             self.shared
@@ -186,7 +138,9 @@ impl Stream {
         }
         Ok(())
     }
+}
 
+impl Stream {
     fn selected(&self, t: usize) -> Vec<&Arc<crate::translate::Resource>> {
         let ts = &self.types[t];
         let all = &self.resources.by_type[t];
