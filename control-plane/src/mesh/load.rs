@@ -3,28 +3,13 @@
 
 use std::path::Path;
 
-use remora_proxy::config::ConfigErrors;
-use serde::Deserialize;
-
 use super::Mesh;
+use remora_proxy::config::ConfigErrors;
 
 /// Parses and validates a mesh file's text. An error names the field path,
 /// e.g. `routes[0].rules[1].backendRefs[0].name: no service "reviews.default"`.
 pub fn parse_yaml(text: &str) -> Result<Mesh, ConfigErrors> {
-    let text = if text.trim().is_empty() { "{}" } else { text };
-    let mut path = String::new();
-    let mesh = serde_saphyr::with_deserializer_from_str(text, |de| {
-        let mut track = serde_path_to_error::Track::new();
-        let result = Mesh::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
-        if result.is_err() {
-            path = track.path().to_string();
-        }
-        result
-    })
-    .map_err(|error| {
-        let path = if path == "." { String::new() } else { path };
-        ConfigErrors::one(path, error.without_snippet().to_string())
-    })?;
+    let mesh: Mesh = remora_proxy::config::parse_yaml_as(text)?;
     let errors = super::validate::check(&mesh);
     if errors.is_empty() {
         Ok(mesh)

@@ -27,7 +27,7 @@ pub use listener::{
     BackendRef, DirectResponseConfig, HeaderEditsConfig, HeaderValueConfig, ListenerConfig,
     ListenerProtocol, MatchConfig, RouteConfig, ValueMatchConfig,
 };
-pub use load::{EnvOverrides, load_file, parse_yaml};
+pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
 pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepaliveConfig};
 pub use resilience::{
     BackoffConfig, BudgetConfig, CircuitBreakersConfig, ConnectionRateLimitConfig,
