@@ -527,7 +527,7 @@ services:
   - {name: a, port: 80}
   - {name: a, port: 81}
   - {name: t, port: 90, protocol: tcp}
-  - {name: h, port: 80, policy: {load_balancer: {hash_on: {header: x}}}}
+  - {name: h, port: 80, policy: {load_balancer: {hash_on: {header: x}}, rate_limit: {requests_per_second: 5, key: source_ip}}}
 routes:
   - kind: HTTPRoute
     name: r
@@ -547,6 +547,7 @@ proxies:
         for expected in [
             "services[1].name: duplicate service \"a.default\"",
             "services[3].policy.load_balancer.hash_on: only for ring_hash and maglev",
+            "services[3].policy.rate_limit.key: \"source_ip\": over xDS a rate limit is one bucket per proxy",
             "routes[0].parentRefs[0].name: service \"t.default\" is TCP",
             "routes[0].rules[0].matches[0].path.value: invalid regex \"((\"",
             "routes[0].rules[0].matches[0].headers[0].name: \"bad header\" is not a valid header name",

@@ -438,6 +438,17 @@ fn check_policy(service: &Service, at: &str, err: &mut impl FnMut(String, String
             "must be greater than 0".into(),
         );
     }
+    if let Some(limit) = &policy.rate_limit
+        && limit.key != "none"
+    {
+        err(
+            format!("{at}.rate_limit.key"),
+            format!(
+                "{:?}: over xDS a rate limit is one bucket per proxy (key: none)",
+                limit.key
+            ),
+        );
+    }
     if policy.rate_limit.is_some() && !service.protocol.is_http() {
         err(
             format!("{at}.rate_limit"),
