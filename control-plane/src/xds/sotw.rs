@@ -32,7 +32,6 @@ pub(super) struct Stream {
     shared: Shared,
     node_id: String,
     handle: StreamHandle,
-    state: Arc<MeshState>,
     resources: Arc<ProxyResources>,
     types: [TypeState; 4],
     nonces: u64,
@@ -52,7 +51,7 @@ impl AdsStream for Stream {
         shared: Shared,
         node_id: String,
         handle: StreamHandle,
-        state: Arc<MeshState>,
+        _state: Arc<MeshState>,
         resources: Arc<ProxyResources>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Self {
@@ -60,7 +59,6 @@ impl AdsStream for Stream {
             shared,
             node_id,
             handle,
-            state,
             resources,
             types: Default::default(),
             nonces: 0,
@@ -125,7 +123,6 @@ impl AdsStream for Stream {
     async fn on_state(&mut self, state: Arc<MeshState>) -> Result<(), Closed> {
         let (resources, entry) = state.resources_for(&self.node_id);
         let published = state.published_at;
-        self.state = state;
         if Arc::ptr_eq(&resources, &self.resources) {
             return Ok(());
         }
