@@ -37,5 +37,6 @@ pub mod snapshot;
 mod socket;
 pub mod tcp;
 pub mod telemetry;
+pub mod xds;
 
 pub use proxy::{Proxy, ProxyOptions};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use remora_proxy::config::{EnvOverrides, load_file};
+use remora_proxy::config::{EnvOverrides, XdsConfig, load_file};
 use remora_proxy::snapshot::{Mode, Snapshot};
 use remora_proxy::telemetry::Telemetry;
 use remora_proxy::telemetry::logging::LogControl;
@@ -16,9 +16,23 @@ use remora_proxy::{Proxy, ProxyOptions, admin, reload};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The YAML config file; it is watched and reloaded on change (and on SIGHUP).
-    #[arg(long, short)]
-    config: PathBuf,
+    /// The YAML config file; it is watched and reloaded on change (and on
+    /// SIGHUP). Optional with --xds.
+    #[arg(long, short, required_unless_present = "xds")]
+    config: Option<PathBuf>,
+    /// Get listeners and clusters from this ADS server (`HOST:PORT`); sets
+    /// or overrides the file's `xds.address`.
+    #[arg(long, value_name = "HOST:PORT")]
+    xds: Option<String>,
+    /// The node id sent to the xDS server (`xds.node_id`); required with --xds.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// `node.cluster` sent to the xDS server (`xds.cluster`).
+    #[arg(long, value_name = "NAME")]
+    node_cluster: Option<String>,
+    /// Use incremental (delta) xDS (`xds.delta`).
+    #[arg(long)]
+    delta: bool,
     /// Validate the config (with REMORA_* overrides) and exit: 0 if valid.
     #[arg(long)]
     check: bool,
@@ -41,15 +55,20 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = EnvOverrides::from_env().context("invalid environment")?;
-    let mut config = load_file(&args.config)
-        .with_context(|| format!("invalid config {}", args.config.display()))?;
+    let mut config = match &args.config {
+        Some(path) => {
+            load_file(path).with_context(|| format!("invalid config {}", path.display()))?
+        }
+        None => remora_proxy::config::parse_yaml("").context("the default config")?,
+    };
     env.apply(&mut config);
+    apply_xds_flags(&args, &mut config)?;
     if args.check {
         let snapshot = Snapshot::compile(config, None, &Telemetry::new(), 0, Mode::Check)
-            .with_context(|| format!("invalid config {}", args.config.display()))?;
+            .with_context(|| format!("invalid config {}", source_name(&args)))?;
         println!(
             "{}: valid ({} listeners, {} clusters)",
-            args.config.display(),
+            source_name(&args),
             snapshot.listeners.len(),
             snapshot.clusters.len()
         );
@@ -79,6 +98,56 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(args, config, env, log, workers))
 }
 
+fn source_name(args: &Args) -> String {
+    match &args.config {
+        Some(path) => path.display().to_string(),
+        None => "the command line".into(),
+    }
+}
+
+/// `--xds`, `--node-id`, `--node-cluster` and `--delta` over the file's `xds:`.
+fn apply_xds_flags(args: &Args, config: &mut remora_proxy::config::Config) -> anyhow::Result<()> {
+    if let Some(address) = &args.xds {
+        let node_id = args
+            .node_id
+            .clone()
+            .or_else(|| config.xds.as_ref().map(|x| x.node_id.clone()))
+            .context("--xds needs --node-id (or xds.node_id in the file)")?;
+        config.xds = Some(XdsConfig {
+            address: address.clone(),
+            node_id,
+            cluster: config
+                .xds
+                .as_ref()
+                .map(|x| x.cluster.clone())
+                .unwrap_or_default(),
+            delta: config.xds.as_ref().is_some_and(|x| x.delta),
+        });
+    }
+    match &mut config.xds {
+        Some(xds) => {
+            if let Some(id) = &args.node_id {
+                xds.node_id = id.clone();
+            }
+            if let Some(cluster) = &args.node_cluster {
+                xds.cluster = cluster.clone();
+            }
+            xds.delta |= args.delta;
+            if xds.node_id.is_empty() {
+                anyhow::bail!("xds.node_id: must not be empty");
+            }
+            if xds.address.trim().is_empty() {
+                anyhow::bail!("xds.address: must not be empty");
+            }
+        }
+        None if args.node_id.is_some() || args.delta || args.node_cluster.is_some() => {
+            anyhow::bail!("--node-id, --node-cluster and --delta need --xds (or xds: in the file)")
+        }
+        None => {}
+    }
+    Ok(())
+}
+
 async fn serve(
     args: Args,
     config: remora_proxy::config::Config,
@@ -87,6 +156,7 @@ async fn serve(
     workers: usize,
 ) -> anyhow::Result<ExitCode> {
     let admin_address = config.admin.address;
+    let xds = config.xds.clone();
     let admin_listener = std::net::TcpListener::bind(admin_address)
         .with_context(|| format!("admin.address: cannot bind {admin_address}"))?;
     admin_listener.set_nonblocking(true)?;
@@ -99,7 +169,7 @@ async fn serve(
             log: Some(log),
         },
     )
-    .with_context(|| format!("cannot start from {}", args.config.display()))?;
+    .with_context(|| format!("cannot start from {}", source_name(&args)))?;
 
     let admin_proxy = proxy.clone();
     std::thread::Builder::new()
@@ -120,8 +190,17 @@ async fn serve(
         })?;
     // Signal handlers are in place before anyone can learn the admin
     // address: a SIGHUP or SIGTERM that came earlier would kill the process.
-    let _watcher = reload::watch(proxy.clone(), args.config.clone())
-        .with_context(|| format!("cannot watch {}", args.config.display()))?;
+    let _watcher = match &args.config {
+        Some(path) => Some(
+            reload::watch(proxy.clone(), path.clone())
+                .with_context(|| format!("cannot watch {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(xds) = xds {
+        tracing::info!(server = %xds.address, node = %xds.node_id, delta = xds.delta, "xDS client starting");
+        remora_proxy::xds::spawn(proxy.clone(), xds);
+    }
     let signals = DrainSignals::install()?;
     if let Some(path) = &args.admin_address_path {
         std::fs::write(path, admin_bound.to_string())

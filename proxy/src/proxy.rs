@@ -12,7 +12,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigErrors, EnvOverrides, load_file};
+use crate::config::{
+    ClusterConfig, Config, ConfigError, ConfigErrors, EnvOverrides, ListenerConfig, load_file,
+};
 use crate::discovery::ResolverHandle;
 use crate::listener::{BoundListener, ListenerSet, Spawner};
 use crate::snapshot::{Mode, Snapshot};
@@ -29,6 +31,11 @@ struct Inner {
     snapshot: ArcSwap<Snapshot>,
     /// Held for the whole of a reload, so reloads apply one at a time.
     listeners: Mutex<ListenerSet>,
+    /// What the running snapshot was composed from; locked after `listeners`.
+    sources: Mutex<Sources>,
+    /// False until the first xDS update is applied, when xDS is configured.
+    xds_synced: AtomicBool,
+    xds_status: Arc<crate::xds::Status>,
     spawner: Spawner,
     resolver: ResolverHandle,
     env: EnvOverrides,
@@ -51,6 +58,11 @@ impl Proxy {
     /// current tokio runtime.
     pub fn start(config: Config, options: ProxyOptions) -> Result<Proxy, ConfigErrors> {
         let telemetry = Arc::new(Telemetry::new());
+        let sources = Sources {
+            file: config.clone(),
+            xds: Dynamic::default(),
+        };
+        let xds_synced = AtomicBool::new(config.xds.is_none());
         let snapshot = Snapshot::compile(config, None, &telemetry, 1, Mode::Serve)?;
         let spawner = Spawner {
             runtime: tokio::runtime::Handle::current(),
@@ -68,6 +80,9 @@ impl Proxy {
                 telemetry,
                 snapshot: ArcSwap::from_pointee(snapshot),
                 listeners: Mutex::new(listeners),
+                sources: Mutex::new(sources),
+                xds_synced,
+                xds_status: Arc::default(),
                 spawner,
                 resolver,
                 env: options.env,
@@ -102,6 +117,54 @@ impl Proxy {
             .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let mut sources = self.inner.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if sources.file.xds != config.xds {
+            tracing::warn!("xds takes effect on restart only");
+        }
+        let composed = sources.xds.compose(&config);
+        let version = self.apply(&mut listeners, composed)?;
+        sources.file = config;
+        Ok(version)
+    }
+
+    /// Replaces the listeners and clusters that came over xDS (the file's
+    /// stay). Errors name the xDS resource (`xds listener "NAME".routes[2]`).
+    /// Applying the same resources again changes nothing.
+    pub fn apply_xds(
+        &self,
+        listeners: Vec<ListenerConfig>,
+        clusters: Vec<ClusterConfig>,
+    ) -> Result<u64, ConfigErrors> {
+        let mut bound = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut sources = self.inner.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let dynamic = Dynamic {
+            listeners,
+            clusters,
+        };
+        if dynamic == sources.xds && self.inner.xds_synced.load(Ordering::Acquire) {
+            return Ok(self.inner.snapshot.load().version);
+        }
+        let composed = dynamic.compose(&sources.file);
+        let result = self
+            .apply(&mut bound, composed)
+            .map_err(|errors| dynamic.relabel(&sources.file, errors));
+        self.inner.telemetry.record_reload(result.is_ok());
+        let version = result?;
+        sources.xds = dynamic;
+        self.inner.xds_synced.store(true, Ordering::Release);
+        Ok(version)
+    }
+
+    /// The xDS client's state, for the admin server.
+    pub fn xds_status(&self) -> &Arc<crate::xds::Status> {
+        &self.inner.xds_status
+    }
+
+    fn apply(&self, listeners: &mut ListenerSet, config: Config) -> Result<u64, ConfigErrors> {
         if self.is_draining() {
             return Err(ConfigErrors::one(
                 "",
@@ -168,7 +231,9 @@ impl Proxy {
     /// Ready once listeners are bound and DNS clusters have had their first
     /// answer (or failure); not ready once draining.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.inner.snapshot.load().is_warm()
+        !self.is_draining()
+            && self.inner.xds_synced.load(Ordering::Acquire)
+            && self.inner.snapshot.load().is_warm()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -246,4 +311,70 @@ fn spawn_upkeep(telemetry: Weak<Telemetry>) {
             }
         }
     });
+}
+
+/// The file's config and the xDS resources, composed into one config.
+struct Sources {
+    file: Config,
+    xds: Dynamic,
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Dynamic {
+    listeners: Vec<ListenerConfig>,
+    clusters: Vec<ClusterConfig>,
+}
+
+impl Dynamic {
+    /// The file's listeners and clusters first, then these.
+    fn compose(&self, file: &Config) -> Config {
+        let mut config = file.clone();
+        config.listeners.extend(self.listeners.iter().cloned());
+        config.clusters.extend(self.clusters.iter().cloned());
+        config
+    }
+
+    /// `listeners[7].routes[0]` → `xds listener "NAME".routes[0]` for the
+    /// entries that came from xDS.
+    fn relabel(&self, file: &Config, errors: ConfigErrors) -> ConfigErrors {
+        let relabel = |error: ConfigError| {
+            for (field, offset, names) in [
+                (
+                    "listeners",
+                    file.listeners.len(),
+                    self.listeners
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .collect::<Vec<_>>(),
+                ),
+                (
+                    "clusters",
+                    file.clusters.len(),
+                    self.clusters.iter().map(|c| c.name.as_str()).collect(),
+                ),
+            ] {
+                let Some(rest) = error
+                    .path
+                    .strip_prefix(field)
+                    .and_then(|r| r.strip_prefix('['))
+                else {
+                    continue;
+                };
+                let Some((index, rest)) = rest.split_once(']') else {
+                    continue;
+                };
+                if let Some(name) = index
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| i.checked_sub(offset))
+                    .and_then(|i| names.get(i))
+                {
+                    let kind = &field[..field.len() - 1];
+                    return ConfigError::new(format!("xds {kind} {name:?}{rest}"), error.message);
+                }
+            }
+            error
+        };
+        ConfigErrors(errors.0.into_iter().map(relabel).collect())
+    }
 }

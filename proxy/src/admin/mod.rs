@@ -8,6 +8,7 @@
 //! | `GET /config_dump` | the live snapshot's config as JSON, with its version |
 //! | `GET /clusters` | endpoints per cluster with weight, health, active requests |
 //! | `GET /listeners` | bound listeners and their actual addresses |
+//! | `GET /xds` | the xDS client: server, connection, versions, ACK/NACK counts, last NACK, warming |
 //! | `GET /logging`, `PUT`/`POST /logging?level=...` | read or change the log filter |
 //! | `POST /drain` | stop accepting, finish in-flight requests, exit |
 
@@ -54,7 +55,7 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
     }
 }
 
-const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\n";
+const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\n";
 
 fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method();
@@ -65,7 +66,14 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
             if proxy.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    if proxy.is_draining() {
+                        "draining\n"
+                    } else {
+                        "not ready: waiting for the first xDS config or the first DNS answers\n"
+                    },
+                )
             }
         }
         "/live" if read => text(StatusCode::OK, "live\n"),
@@ -77,6 +85,7 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
         "/config_dump" if read => json(&views::config_dump(&proxy.snapshot())),
         "/clusters" if read => json(&views::clusters(&proxy.snapshot())),
         "/listeners" if read => json(&proxy.listeners()),
+        "/xds" if read => json(&proxy.xds_status().view()),
         "/logging" if read => match proxy.log_control() {
             Some(log) => text(StatusCode::OK, format!("{}\n", log.current())),
             None => text(

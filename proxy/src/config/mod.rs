@@ -28,6 +28,7 @@ pub use listener::{
     ListenerProtocol, MatchConfig, RouteConfig, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
+
 pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepaliveConfig};
 pub use resilience::{
     BackoffConfig, BudgetConfig, CircuitBreakersConfig, ConnectionRateLimitConfig,
@@ -59,6 +60,25 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Listeners and clusters from an xDS server (ADS), added to the ones above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsConfig>,
+}
+
+/// `xds:` — where the proxy gets its dynamic config (docs/xds.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsConfig {
+    /// `HOST:PORT` of the ADS server (plaintext gRPC).
+    pub address: String,
+    /// This proxy's `node.id`; the server picks its resources by it.
+    pub node_id: String,
+    /// `node.cluster`: the service this proxy fronts (informational).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    /// Incremental (delta) xDS instead of state-of-the-world.
+    #[serde(default)]
+    pub delta: bool,
 }
 
 fn default_drain_timeout() -> Duration {

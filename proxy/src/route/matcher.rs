@@ -331,7 +331,7 @@ fn compile_value(
     }
 }
 
-fn anchored_regex(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn anchored_regex(pattern: &str) -> Result<Regex, String> {
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(1 << 20)
         .build()

@@ -4,7 +4,7 @@
 
 mod backends;
 mod header_edit;
-mod matcher;
+pub(crate) mod matcher;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,0 +1,89 @@
+//! The proxy as an xDS client: one ADS stream (state-of-the-world or delta)
+//! to a control plane, whose Listener, RouteConfiguration, Cluster and
+//! ClusterLoadAssignment resources are translated into the proxy's own
+//! config types and compiled into the same `Snapshot` a file produces,
+//! next to the file's listeners and clusters.
+//!
+//! - `translate/`: one Envoy resource → a listener or cluster *part*, or a
+//!   rejection that names the field (sent back as the NACK's `error_detail`).
+//! - `state`: the accepted resources; which RDS and EDS names the listeners
+//!   and clusters need; joining the parts into listeners and clusters.
+//! - `client`: the stream, ACK/NACK, subscriptions, reconnection with
+//!   jittered backoff. While the control plane is away the proxy keeps
+//!   serving what it last applied.
+
+mod client;
+mod state;
+pub mod translate;
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+pub use client::spawn;
+
+/// What the admin server shows at `/xds`.
+#[derive(Debug, Default)]
+pub struct Status {
+    inner: Mutex<StatusView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusView {
+    /// Empty when xDS is not configured.
+    pub server: String,
+    pub node_id: String,
+    pub protocol: &'static str,
+    pub connected: bool,
+    pub connects: u64,
+    /// The last stream error or end, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_disconnect: Option<String>,
+    /// Per type (`cluster`, `endpoint`, `listener`, `route`).
+    pub types: Vec<TypeStatus>,
+    /// Resources named by listeners or clusters that have not arrived yet.
+    pub warming: Vec<String>,
+    /// The snapshot version the last applied update produced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatus {
+    pub r#type: &'static str,
+    /// The version last accepted (SotW `version_info`; delta: the
+    /// server's `system_version_info`, often empty).
+    pub version: String,
+    pub resources: usize,
+    pub acks: u64,
+    pub nacks: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "unix_seconds")]
+    pub last_update: Option<SystemTime>,
+}
+
+impl Status {
+    pub fn view(&self) -> StatusView {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut StatusView)) {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+mod unix_seconds {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}

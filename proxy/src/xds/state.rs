@@ -1,0 +1,266 @@
+//! The accepted xDS resources and how they join into listeners and clusters.
+//!
+//! Listeners and clusters are wildcard subscriptions; the route
+//! configurations and load assignments they name are subscribed by name.
+//! A listener whose routes or a cluster whose endpoints have not arrived is
+//! *warming*: the client waits for them (as Envoy does) up to a limit, after
+//! which the listener serves with no routes (404) and the cluster with no
+//! endpoints (503).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use remora_xds_proto::{protobuf, type_url};
+
+use super::translate::{self, ClusterPart, ListenerPart, Part, Routes};
+use crate::config::{
+    BackendRef, ClusterConfig, DirectResponseConfig, ListenerConfig, ListenerProtocol, RouteConfig,
+};
+
+pub const CLUSTER: usize = 0;
+pub const ENDPOINT: usize = 1;
+pub const LISTENER: usize = 2;
+pub const ROUTE: usize = 3;
+
+/// Type URLs by index, in the order resources are applied (CDS, EDS, LDS, RDS).
+pub const TYPES: [&str; 4] = type_url::ALL;
+
+pub fn type_index(type_url: &str) -> Option<usize> {
+    TYPES.iter().position(|t| *t == type_url)
+}
+
+/// Subscribed by name (the others are wildcard).
+pub fn is_named(t: usize) -> bool {
+    t == ENDPOINT || t == ROUTE
+}
+
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub version: String,
+    pub part: Part,
+}
+
+/// Accepted resources by type and name.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    pub types: [BTreeMap<String, Held>; 4],
+}
+
+/// Resources of one response, translated.
+pub struct Decoded {
+    pub resources: Vec<(String, Held)>,
+}
+
+/// Translates every resource of a response; all of them or the reasons.
+pub fn decode<'a>(
+    type_url: &str,
+    items: impl Iterator<Item = (String, &'a protobuf::Any)>,
+) -> Result<Decoded, String> {
+    let mut resources = Vec::new();
+    let mut problems = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, (version, any)) in items.enumerate() {
+        match translate::translate(type_url, any) {
+            Ok((name, part)) => {
+                if !names.insert(name.clone()) {
+                    problems.push(format!("resources[{i}]: {name:?} appears twice"));
+                    continue;
+                }
+                resources.push((name, Held { version, part }));
+            }
+            Err(rejection) => {
+                let text = rejection.to_string();
+                problems.push(if rejection.path.is_empty() {
+                    format!("resources[{i}]: {text}")
+                } else {
+                    text
+                });
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(Decoded { resources });
+    }
+    let total = problems.len();
+    problems.truncate(10);
+    let mut message = problems.join("; ");
+    if total > 10 {
+        message.push_str(&format!("; and {} more", total - 10));
+    }
+    Err(message)
+}
+
+impl Cache {
+    /// SotW listeners and clusters: the response is the whole set.
+    pub fn replace(&mut self, t: usize, decoded: Decoded) {
+        self.types[t] = decoded.resources.into_iter().collect();
+    }
+
+    /// SotW routes and endpoints, and every delta response: the named
+    /// resources change, others stay (unless `removed`).
+    pub fn merge(&mut self, t: usize, decoded: Decoded, removed: &[String]) {
+        for name in removed {
+            self.types[t].remove(name);
+        }
+        self.types[t].extend(decoded.resources);
+    }
+
+    /// The names of type `t` the listeners and clusters need (RDS, EDS).
+    pub fn wanted(&self, t: usize) -> BTreeSet<String> {
+        match t {
+            ENDPOINT => self.types[CLUSTER]
+                .values()
+                .filter_map(|h| match &h.part {
+                    Part::Cluster(part) => part.eds.clone(),
+                    _ => None,
+                })
+                .collect(),
+            ROUTE => self.types[LISTENER]
+                .values()
+                .filter_map(|h| match &h.part {
+                    Part::Listener(part) => match &part.routes {
+                        Routes::Rds(name) => Some(name.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    /// Drops routes and endpoints nothing names any more.
+    pub fn prune(&mut self) {
+        for t in [ENDPOINT, ROUTE] {
+            let wanted = self.wanted(t);
+            self.types[t].retain(|name, _| wanted.contains(name));
+        }
+    }
+
+    /// Named resources still to arrive, as `route "NAME"` / `endpoints "NAME"`.
+    pub fn warming(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (t, kind) in [(ENDPOINT, "endpoints"), (ROUTE, "route")] {
+            for name in self.wanted(t) {
+                if !self.types[t].contains_key(&name) {
+                    out.push(format!("{kind} {name:?}"));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn versions(&self, t: usize) -> std::collections::HashMap<String, String> {
+        self.types[t]
+            .iter()
+            .map(|(name, held)| (name.clone(), held.version.clone()))
+            .collect()
+    }
+
+    /// The listeners and clusters to apply: parts joined with their routes
+    /// and endpoints (missing ones empty). A route to a cluster that does
+    /// not exist answers 503, as Envoy's does; a TCP listener whose cluster
+    /// does not exist is left out until it does.
+    pub fn compose(&self) -> (Vec<ListenerConfig>, Vec<ClusterConfig>) {
+        let clusters: Vec<ClusterConfig> = self.types[CLUSTER]
+            .values()
+            .filter_map(|h| match &h.part {
+                Part::Cluster(part) => Some(self.cluster(part)),
+                _ => None,
+            })
+            .collect();
+        let known: BTreeMap<&str, bool> = clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.load_balancer.policy.is_hash_based()))
+            .collect();
+        let listeners = self.types[LISTENER]
+            .values()
+            .filter_map(|h| match &h.part {
+                Part::Listener(part) => self.listener(part, &known),
+                _ => None,
+            })
+            .collect();
+        (listeners, clusters)
+    }
+
+    fn cluster(&self, part: &ClusterPart) -> ClusterConfig {
+        let mut config = part.config.clone();
+        if let Some(name) = &part.eds
+            && let Some(Held {
+                part: Part::Endpoints(endpoints),
+                ..
+            }) = self.types[ENDPOINT].get(name)
+        {
+            config.endpoints = endpoints.clone();
+        }
+        config
+    }
+
+    fn listener(
+        &self,
+        part: &ListenerPart,
+        known: &BTreeMap<&str, bool>,
+    ) -> Option<ListenerConfig> {
+        let mut config = part.config.clone();
+        if config.protocol == ListenerProtocol::Tcp {
+            let cluster = config.cluster.as_deref().unwrap_or_default();
+            if !known.contains_key(cluster) {
+                tracing::warn!(listener = %config.name, cluster, "xDS listener names a cluster that does not exist; left out until it does");
+                return None;
+            }
+            return Some(config);
+        }
+        let routes: &[RouteConfig] = match &part.routes {
+            Routes::Inline(routes) => routes,
+            Routes::Rds(name) => match self.types[ROUTE].get(name) {
+                Some(Held {
+                    part: Part::Routes(routes),
+                    ..
+                }) => routes,
+                _ => &[],
+            },
+            Routes::None => &[],
+        };
+        config.routes = routes
+            .iter()
+            .map(|route| {
+                let mut route = route.clone();
+                if route.stream_idle_timeout.is_none() {
+                    route.stream_idle_timeout = part.defaults.stream_idle_timeout;
+                }
+                if !part.defaults.local_rate_limit {
+                    route.rate_limit = None;
+                }
+                missing_clusters(&mut route, known);
+                route
+            })
+            .collect();
+        Some(config)
+    }
+}
+
+/// Backends naming clusters that do not exist are dropped; with none left
+/// the route answers 503. A hash policy is kept only for a hash-based
+/// backend (Envoy ignores it otherwise).
+fn missing_clusters(route: &mut RouteConfig, known: &BTreeMap<&str, bool>) {
+    if route.backends.is_empty() {
+        return;
+    }
+    route
+        .backends
+        .retain(|b: &BackendRef| known.contains_key(b.cluster.as_str()));
+    if !route
+        .backends
+        .iter()
+        .any(|b| known.get(b.cluster.as_str()).copied().unwrap_or(false))
+    {
+        route.hash_on = None;
+    }
+    if route.backends.is_empty() {
+        route.direct_response = Some(DirectResponseConfig {
+            status: 503,
+            body: None,
+        });
+        route.retry = None;
+        route.hash_on = None;
+    }
+}

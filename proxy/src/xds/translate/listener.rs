@@ -1,0 +1,361 @@
+//! Listener → `ListenerConfig`: one filter chain whose last filter is the
+//! HTTP connection manager (routes inline or by RDS) or the TCP proxy.
+
+use std::time::Duration;
+
+use remora_xds_proto::filters::{
+    http_connection_manager as hcm, local_ratelimit, router, tcp_proxy,
+};
+use remora_xds_proto::listener::{Filter, Listener, filter};
+use remora_xds_proto::{core, protobuf};
+
+use super::{
+    ListenerPart, Rejection, Result, RouteDefaults, Routes, ads_source, duration_or_none,
+    local_rate_limit, opt_duration, route_configuration, socket_address, u32v, unpack_typed,
+};
+use crate::config::{Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol};
+
+const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub(super) const LOCAL_RATE_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+/// Envoy's default `stream_idle_timeout`.
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn listener(l: &Listener) -> Result<ListenerPart> {
+    if l.name.is_empty() {
+        return Err(Rejection::new("name", "required"));
+    }
+    let address = socket_address(&l.address, "address")?;
+    if !l.additional_addresses.is_empty() {
+        return Err(Rejection::unsupported(
+            "additional_addresses",
+            "more than one address",
+        ));
+    }
+    if l.use_original_dst.as_ref().is_some_and(|v| v.value) {
+        return Err(Rejection::unsupported(
+            "use_original_dst",
+            "original-destination redirection",
+        ));
+    }
+    if l.transparent.as_ref().is_some_and(|v| v.value) {
+        return Err(Rejection::unsupported(
+            "transparent",
+            "a transparent listener",
+        ));
+    }
+    if l.bind_to_port.as_ref().is_some_and(|v| !v.value) {
+        return Err(Rejection::unsupported(
+            "bind_to_port",
+            "a listener that does not bind",
+        ));
+    }
+    if l.api_listener.is_some() || l.udp_listener_config.is_some() {
+        return Err(Rejection::unsupported(
+            "api_listener",
+            "an API or UDP listener",
+        ));
+    }
+    if let Some(f) = l.listener_filters.first() {
+        return Err(Rejection::unsupported(
+            "listener_filters[0]",
+            &format!("the listener filter {:?}", f.name),
+        ));
+    }
+    if l.filter_chain_matcher.is_some() {
+        return Err(Rejection::unsupported(
+            "filter_chain_matcher",
+            "filter chain matching",
+        ));
+    }
+    let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
+        ([chain], None) => (chain, "filter_chains[0]"),
+        ([], Some(chain)) => (chain, "default_filter_chain"),
+        ([], None) => {
+            return Err(Rejection::new(
+                "filter_chains",
+                "one filter chain is required",
+            ));
+        }
+        _ => {
+            return Err(Rejection::unsupported(
+                "filter_chains",
+                "more than one filter chain (filter chain matching)",
+            ));
+        }
+    };
+    if chain
+        .filter_chain_match
+        .as_ref()
+        .is_some_and(|m| *m != Default::default())
+    {
+        return Err(Rejection::unsupported(
+            format!("{at}.filter_chain_match"),
+            "filter chain matching",
+        ));
+    }
+    if chain.transport_socket.is_some() {
+        return Err(Rejection::unsupported(
+            format!("{at}.transport_socket"),
+            "TLS on an xDS listener",
+        ));
+    }
+    #[allow(deprecated)]
+    if chain.use_proxy_proto.as_ref().is_some_and(|v| v.value) {
+        return Err(Rejection::unsupported(
+            format!("{at}.use_proxy_proto"),
+            "the PROXY protocol",
+        ));
+    }
+    let (terminal, before) = match chain.filters.split_last() {
+        Some(split) => split,
+        None => {
+            return Err(Rejection::new(
+                format!("{at}.filters"),
+                "a terminal filter is required",
+            ));
+        }
+    };
+    if let Some(f) = before.first() {
+        return Err(Rejection::unsupported(
+            format!("{at}.filters[0]"),
+            &format!("the network filter {:?} before the terminal filter", f.name),
+        ));
+    }
+    let filter_at = format!("{at}.filters[{}]", chain.filters.len() - 1);
+    let mut config = base(&l.name, address);
+    let any = typed_config(terminal, &filter_at)?;
+    let (routes, defaults) = match any.type_url.as_str() {
+        HCM => {
+            let manager: hcm::HttpConnectionManager =
+                unpack_typed(any, &format!("{filter_at}.typed_config"))?;
+            http(&manager, &mut config).map_err(|e| e.at(&format!("{filter_at}.typed_config")))?
+        }
+        TCP_PROXY => {
+            let proxy: tcp_proxy::TcpProxy =
+                unpack_typed(any, &format!("{filter_at}.typed_config"))?;
+            tcp(&proxy, &mut config).map_err(|e| e.at(&format!("{filter_at}.typed_config")))?;
+            (Routes::None, RouteDefaults::default())
+        }
+        other => {
+            return Err(Rejection::unsupported(
+                format!("{filter_at}.typed_config"),
+                &format!("the network filter {other}"),
+            ));
+        }
+    };
+    Ok(ListenerPart {
+        config,
+        routes,
+        defaults,
+    })
+}
+
+fn typed_config<'a>(f: &'a Filter, at: &str) -> Result<&'a protobuf::Any> {
+    match &f.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => Ok(any),
+        Some(filter::ConfigType::ConfigDiscovery(_)) => Err(Rejection::unsupported(
+            format!("{at}.config_discovery"),
+            "filter config discovery (ECDS)",
+        )),
+        None => Err(Rejection::new(format!("{at}.typed_config"), "required")),
+    }
+}
+
+fn base(name: &str, address: std::net::SocketAddr) -> ListenerConfig {
+    // The YAML defaults, so a listener from xDS behaves as one from the file.
+    let mut config: ListenerConfig =
+        crate::config::parse_yaml_as(&format!("{{name: x, address: \"{address}\"}}"))
+            .expect("a listener with a name and an address parses");
+    config.name = name.to_string();
+    config
+}
+
+fn http(
+    m: &hcm::HttpConnectionManager,
+    config: &mut ListenerConfig,
+) -> Result<(Routes, RouteDefaults)> {
+    use hcm::http_connection_manager::{CodecType, RouteSpecifier};
+    config.protocol = ListenerProtocol::Http;
+    if m.codec_type == CodecType::Http3 as i32 {
+        return Err(Rejection::unsupported("codec_type", "HTTP/3"));
+    }
+    if m.normalize_path.as_ref().is_some_and(|v| v.value) {
+        return Err(Rejection::unsupported(
+            "normalize_path",
+            "path normalization",
+        ));
+    }
+    if m.merge_slashes {
+        return Err(Rejection::unsupported("merge_slashes", "merging slashes"));
+    }
+    for (i, upgrade) in m.upgrade_configs.iter().enumerate() {
+        if !upgrade.upgrade_type.eq_ignore_ascii_case("websocket") {
+            return Err(Rejection::unsupported(
+                format!("upgrade_configs[{i}].upgrade_type"),
+                &format!("the upgrade {:?} (only websocket)", upgrade.upgrade_type),
+            ));
+        }
+    }
+    if let Some(timeout) = opt_duration(&m.request_headers_timeout, "request_headers_timeout")?
+        && !timeout.is_zero()
+    {
+        config.request_headers_timeout = timeout;
+    }
+    if let Some(kb) = u32v(&m.max_request_headers_kb) {
+        config.max_request_headers_kb = kb;
+    }
+    if let Some(common) = &m.common_http_protocol_options {
+        if let Some(idle) = opt_duration(
+            &common.idle_timeout,
+            "common_http_protocol_options.idle_timeout",
+        )? {
+            config.idle_timeout = idle;
+        }
+        config.max_connection_age = opt_duration(
+            &common.max_connection_duration,
+            "common_http_protocol_options.max_connection_duration",
+        )?
+        .and_then(duration_or_none);
+    }
+    if let Some(h2) = &m.http2_protocol_options {
+        let (http2, keepalive) = http2_options(h2).map_err(|e| e.at("http2_protocol_options"))?;
+        config.http2 = http2;
+        config.keepalive.http2 = keepalive;
+    }
+    let stream_idle_timeout = match opt_duration(&m.stream_idle_timeout, "stream_idle_timeout")? {
+        None => Some(STREAM_IDLE_TIMEOUT),
+        Some(d) => duration_or_none(d),
+    };
+
+    let mut local_rate_limit_filter = false;
+    let mut router_seen = false;
+    for (i, f) in m.http_filters.iter().enumerate() {
+        let at = format!("http_filters[{i}]");
+        if f.disabled {
+            continue;
+        }
+        if router_seen {
+            return Err(Rejection::new(at, "no filter may follow the router"));
+        }
+        let any = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => any,
+            _ if f.is_optional => continue,
+            _ => {
+                return Err(Rejection::unsupported(
+                    at,
+                    &format!("the HTTP filter {:?} without a typed_config", f.name),
+                ));
+            }
+        };
+        match any.type_url.as_str() {
+            ROUTER => {
+                let _: router::Router = unpack_typed(any, &format!("{at}.typed_config"))?;
+                router_seen = true;
+            }
+            LOCAL_RATE_LIMIT => {
+                let limit: local_ratelimit::LocalRateLimit =
+                    unpack_typed(any, &format!("{at}.typed_config"))?;
+                config.rate_limit = local_rate_limit(&limit, &format!("{at}.typed_config"))?;
+                local_rate_limit_filter = true;
+            }
+            _ if f.is_optional => {}
+            other => {
+                return Err(Rejection::unsupported(
+                    format!("{at}.typed_config"),
+                    &format!("the HTTP filter {:?} ({other})", f.name),
+                ));
+            }
+        }
+    }
+    if !router_seen {
+        return Err(Rejection::new(
+            "http_filters",
+            "the router filter is required (last)",
+        ));
+    }
+    let routes = match &m.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => {
+            ads_source(&rds.config_source, "rds.config_source")?;
+            if rds.route_config_name.is_empty() {
+                return Err(Rejection::new("rds.route_config_name", "required"));
+            }
+            Routes::Rds(rds.route_config_name.clone())
+        }
+        Some(RouteSpecifier::RouteConfig(inline)) => {
+            Routes::Inline(route_configuration(inline).map_err(|e| e.at("route_config"))?)
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(Rejection::unsupported("scoped_routes", "scoped routes"));
+        }
+        None => return Err(Rejection::new("rds", "route_config or rds is required")),
+    };
+    Ok((
+        routes,
+        RouteDefaults {
+            stream_idle_timeout,
+            local_rate_limit: local_rate_limit_filter,
+        },
+    ))
+}
+
+fn tcp(p: &tcp_proxy::TcpProxy, config: &mut ListenerConfig) -> Result<()> {
+    use tcp_proxy::tcp_proxy::ClusterSpecifier;
+    config.protocol = ListenerProtocol::Tcp;
+    match &p.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(name)) if !name.is_empty() => {
+            config.cluster = Some(name.clone())
+        }
+        Some(ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(Rejection::unsupported(
+                "weighted_clusters",
+                "weighted TCP clusters",
+            ));
+        }
+        _ => return Err(Rejection::new("cluster", "required")),
+    }
+    if p.tunneling_config.is_some() {
+        return Err(Rejection::unsupported("tunneling_config", "tunneling"));
+    }
+    if p.metadata_match.is_some() {
+        return Err(Rejection::unsupported(
+            "metadata_match",
+            "subset load balancing",
+        ));
+    }
+    // Envoy's default is one hour, as the proxy's; zero means none.
+    if let Some(idle) = opt_duration(&p.idle_timeout, "idle_timeout")? {
+        config.idle_timeout = idle;
+    }
+    Ok(())
+}
+
+/// HTTP/2 settings and PING keepalive (downstream or upstream).
+pub(super) fn http2_options(
+    h2: &core::Http2ProtocolOptions,
+) -> Result<(Http2Config, Option<Http2KeepaliveConfig>)> {
+    let http2 = Http2Config {
+        max_concurrent_streams: u32v(&h2.max_concurrent_streams),
+        initial_stream_window_size: u32v(&h2.initial_stream_window_size),
+        initial_connection_window_size: u32v(&h2.initial_connection_window_size),
+    };
+    let keepalive = match &h2.connection_keepalive {
+        None => None,
+        Some(k) => {
+            let interval = opt_duration(&k.interval, "connection_keepalive.interval")?;
+            let timeout = opt_duration(&k.timeout, "connection_keepalive.timeout")?;
+            match interval {
+                Some(interval) if !interval.is_zero() => Some(Http2KeepaliveConfig {
+                    interval,
+                    timeout: timeout.unwrap_or(Duration::from_secs(20)),
+                }),
+                _ => None,
+            }
+        }
+    };
+    Ok((http2, keepalive))
+}

@@ -1,0 +1,893 @@
+//! RouteConfiguration → the proxy's ordered route list.
+//!
+//! Envoy first picks a virtual host by the request's host (an exact domain,
+//! then the longest `*.suffix`, then `*`) and then the first matching route
+//! in it. The proxy has one ordered list with a host condition per route,
+//! so the virtual hosts are laid out in that order, each domain's routes
+//! ending with a 404 so a request never falls through to a less specific
+//! virtual host.
+
+use std::cmp::Reverse;
+use std::time::Duration;
+
+use remora_xds_proto::filters::local_ratelimit;
+use remora_xds_proto::route::{
+    self, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use remora_xds_proto::{core, matcher, protobuf};
+
+use super::listener::LOCAL_RATE_LIMIT;
+use super::{
+    Rejection, Result, check_regex, duration, duration_or_none, local_rate_limit, opt_duration,
+    u32v, unpack_typed,
+};
+use crate::config::{
+    BackendRef, BackoffConfig, DirectResponseConfig, HashCookieConfig, HashOnConfig,
+    HeaderEditsConfig, HeaderValueConfig, MatchConfig, RateLimitConfig, RetryConfig, RetryOn,
+    RouteConfig, ValueMatchConfig,
+};
+
+/// Envoy's default route timeout.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn route_configuration(rc: &RouteConfiguration) -> Result<Vec<RouteConfig>> {
+    if rc.vhds.is_some() {
+        return Err(Rejection::unsupported("vhds", "virtual host discovery"));
+    }
+    if !rc.cluster_specifier_plugins.is_empty() {
+        return Err(Rejection::unsupported(
+            "cluster_specifier_plugins",
+            "cluster specifier plugins",
+        ));
+    }
+    if !rc.request_mirror_policies.is_empty() {
+        return Err(Rejection::unsupported(
+            "request_mirror_policies",
+            "request mirroring",
+        ));
+    }
+    if !rc.vhost_header.is_empty() {
+        return Err(Rejection::unsupported(
+            "vhost_header",
+            "a virtual host header",
+        ));
+    }
+    let outer = Scope {
+        rate_limit: per_filter_rate_limit(&rc.typed_per_filter_config, "typed_per_filter_config")?,
+        headers: edits(
+            &rc.request_headers_to_add,
+            &rc.request_headers_to_remove,
+            &rc.response_headers_to_add,
+            &rc.response_headers_to_remove,
+            "",
+        )?,
+        retry: None,
+    };
+
+    // Each domain with its virtual host, most specific first.
+    let mut domains: Vec<(u8, Reverse<usize>, &str, usize)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (v, vh) in rc.virtual_hosts.iter().enumerate() {
+        if vh.domains.is_empty() {
+            return Err(Rejection::new(
+                format!("virtual_hosts[{v}].domains"),
+                "at least one domain is required",
+            ));
+        }
+        for (d, domain) in vh.domains.iter().enumerate() {
+            let at = format!("virtual_hosts[{v}].domains[{d}]");
+            let lower = domain.to_ascii_lowercase();
+            if !seen.insert(lower) {
+                return Err(Rejection::new(
+                    at,
+                    format!("the domain {domain:?} is listed twice"),
+                ));
+            }
+            let rank = domain_rank(domain).map_err(|m| Rejection::new(at, m))?;
+            domains.push((rank, Reverse(domain.len()), domain, v));
+        }
+    }
+    domains.sort_by_key(|&(rank, length, _, v)| (rank, length, v));
+
+    let translated: Vec<Vec<RouteConfig>> = rc
+        .virtual_hosts
+        .iter()
+        .enumerate()
+        .map(|(v, vh)| virtual_host(vh, &outer).map_err(|e| e.at(&format!("virtual_hosts[{v}]"))))
+        .collect::<Result<_>>()?;
+
+    let mut out = Vec::new();
+    let last = domains.len().saturating_sub(1);
+    for (k, &(_, _, domain, v)) in domains.iter().enumerate() {
+        let host = (domain != "*").then(|| domain.to_string());
+        let prefix = match &host {
+            Some(host) => format!("{host}/"),
+            None => String::new(),
+        };
+        for route in &translated[v] {
+            let mut route = route.clone();
+            route.name = format!("{prefix}{}", route.name);
+            route.matches.host = host.clone();
+            out.push(route);
+        }
+        if k != last {
+            out.push(not_found(
+                format!("{prefix}{}/no-route", rc.virtual_hosts[v].name),
+                host,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// 0: exact, 1: `*.suffix`, 2: `*`.
+fn domain_rank(domain: &str) -> std::result::Result<u8, String> {
+    if domain == "*" {
+        return Ok(2);
+    }
+    if domain.contains(':') && !domain.starts_with('[') {
+        return Err(format!(
+            "the domain {domain:?} has a port; domains with ports are not supported by remora-proxy"
+        ));
+    }
+    match domain.strip_prefix("*.") {
+        Some(rest) if !rest.is_empty() && !rest.contains('*') => Ok(1),
+        _ if domain.contains('*') => Err(format!(
+            "the domain {domain:?}: only exact names, *.suffix and * are supported by remora-proxy"
+        )),
+        _ => Ok(0),
+    }
+}
+
+fn not_found(name: String, host: Option<String>) -> RouteConfig {
+    let mut route = empty_route(name);
+    route.matches.host = host;
+    route.direct_response = Some(DirectResponseConfig {
+        status: 404,
+        body: None,
+    });
+    route
+}
+
+fn empty_route(name: String) -> RouteConfig {
+    crate::config::parse_yaml_as::<RouteConfig>("{name: x}")
+        .map(|mut r| {
+            r.name = name;
+            r
+        })
+        .expect("a route with a name parses")
+}
+
+/// What an enclosing virtual host or route configuration gives its routes.
+struct Scope {
+    rate_limit: Option<Option<RateLimitConfig>>,
+    headers: HeaderEdits,
+    retry: Option<RetryConfig>,
+}
+
+#[derive(Default, Clone)]
+struct HeaderEdits {
+    request: HeaderEditsConfig,
+    response: HeaderEditsConfig,
+}
+
+fn virtual_host(vh: &VirtualHost, outer: &Scope) -> Result<Vec<RouteConfig>> {
+    if vh.require_tls != 0 {
+        return Err(Rejection::unsupported("require_tls", "requiring TLS"));
+    }
+    if !vh.rate_limits.is_empty() {
+        return Err(Rejection::unsupported(
+            "rate_limits",
+            "global rate limiting",
+        ));
+    }
+    if vh.hedge_policy.is_some() {
+        return Err(Rejection::unsupported("hedge_policy", "request hedging"));
+    }
+    if !vh.request_mirror_policies.is_empty() {
+        return Err(Rejection::unsupported(
+            "request_mirror_policies",
+            "request mirroring",
+        ));
+    }
+    if vh.matcher.is_some() {
+        return Err(Rejection::unsupported("matcher", "the generic matcher"));
+    }
+    if vh.retry_policy_typed_config.is_some() {
+        return Err(Rejection::unsupported(
+            "retry_policy_typed_config",
+            "retry policy extensions",
+        ));
+    }
+    let mut headers = edits(
+        &vh.request_headers_to_add,
+        &vh.request_headers_to_remove,
+        &vh.response_headers_to_add,
+        &vh.response_headers_to_remove,
+        "",
+    )?;
+    // Route-level edits run first, then the virtual host's, then the configuration's.
+    append_edits(&mut headers, &outer.headers);
+    let scope = Scope {
+        rate_limit: match per_filter_rate_limit(
+            &vh.typed_per_filter_config,
+            "typed_per_filter_config",
+        )? {
+            Some(limit) => Some(limit),
+            None => outer.rate_limit.clone(),
+        },
+        headers,
+        retry: vh
+            .retry_policy
+            .as_ref()
+            .map(|p| retry_policy(p).map_err(|e| e.at("retry_policy")))
+            .transpose()?,
+    };
+    let mut out = Vec::with_capacity(vh.routes.len());
+    for (i, r) in vh.routes.iter().enumerate() {
+        let route = self::route(r, &scope, format!("{}/{i}", vh.name))
+            .map_err(|e| e.at(&format!("routes[{i}]")))?;
+        out.push(route);
+    }
+    Ok(out)
+}
+
+fn route(r: &Route, scope: &Scope, index_name: String) -> Result<RouteConfig> {
+    let name = if r.name.is_empty() {
+        index_name
+    } else {
+        format!("{index_name}/{}", r.name)
+    };
+    let mut out = empty_route(name);
+    out.matches = route_match(
+        r.r#match
+            .as_ref()
+            .ok_or_else(|| Rejection::new("match", "required"))?,
+    )
+    .map_err(|e| e.at("match"))?;
+    let mut headers = edits(
+        &r.request_headers_to_add,
+        &r.request_headers_to_remove,
+        &r.response_headers_to_add,
+        &r.response_headers_to_remove,
+        "",
+    )?;
+    append_edits(&mut headers, &scope.headers);
+    out.request_headers = headers.request;
+    out.response_headers = headers.response;
+    out.rate_limit =
+        match per_filter_rate_limit(&r.typed_per_filter_config, "typed_per_filter_config")? {
+            Some(limit) => limit,
+            None => scope.rate_limit.clone().flatten(),
+        };
+    match &r.action {
+        Some(route::route::Action::Route(action)) => {
+            route_action(action, scope, &mut out).map_err(|e| e.at("route"))?
+        }
+        Some(route::route::Action::DirectResponse(direct)) => {
+            let body = match direct.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+                None => None,
+                Some(core::data_source::Specifier::InlineString(s)) => Some(s.clone()),
+                Some(core::data_source::Specifier::InlineBytes(b)) => {
+                    Some(String::from_utf8(b.clone()).map_err(|_| {
+                        Rejection::unsupported(
+                            "direct_response.body.inline_bytes",
+                            "a body that is not UTF-8",
+                        )
+                    })?)
+                }
+                Some(_) => {
+                    return Err(Rejection::unsupported(
+                        "direct_response.body",
+                        "a body from a file or the environment",
+                    ));
+                }
+            };
+            let status = u16::try_from(direct.status)
+                .ok()
+                .filter(|s| (200..600).contains(s))
+                .ok_or_else(|| {
+                    Rejection::new(
+                        "direct_response.status",
+                        format!("{} is not an HTTP status", direct.status),
+                    )
+                })?;
+            out.direct_response = Some(DirectResponseConfig { status, body });
+        }
+        Some(route::route::Action::Redirect(_)) => {
+            return Err(Rejection::unsupported("redirect", "a redirect"));
+        }
+        Some(_) => return Err(Rejection::unsupported("action", "this route action")),
+        None => {
+            return Err(Rejection::new(
+                "route",
+                "an action (route or direct_response) is required",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn route_match(m: &RouteMatch) -> Result<MatchConfig> {
+    use route::route_match::PathSpecifier;
+    let mut out = MatchConfig::default();
+    if m.runtime_fraction.is_some() {
+        return Err(Rejection::unsupported(
+            "runtime_fraction",
+            "matching a fraction of requests",
+        ));
+    }
+    if m.tls_context.is_some() || !m.dynamic_metadata.is_empty() || !m.filter_state.is_empty() {
+        return Err(Rejection::unsupported(
+            "tls_context",
+            "matching on TLS, dynamic metadata or filter state",
+        ));
+    }
+    if !m.cookies.is_empty() {
+        return Err(Rejection::unsupported("cookies", "cookie matching"));
+    }
+    let case_insensitive = m.case_sensitive.as_ref().is_some_and(|v| !v.value);
+    match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) if case_insensitive => {
+            out.path_regex = Some(format!("(?i){}.*", regex::escape(p)))
+        }
+        Some(PathSpecifier::Prefix(p)) => out.path_prefix = Some(p.clone()),
+        Some(PathSpecifier::Path(p)) if case_insensitive => {
+            out.path_regex = Some(format!("(?i){}", regex::escape(p)))
+        }
+        Some(PathSpecifier::Path(p)) => out.path = Some(p.clone()),
+        Some(PathSpecifier::SafeRegex(r)) => {
+            check_regex(&r.regex, "safe_regex.regex")?;
+            out.path_regex = Some(r.regex.clone());
+        }
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => {
+            let flag = if case_insensitive { "(?i)" } else { "" };
+            out.path_regex = Some(format!("{flag}{}(?:[/?#].*)?", regex::escape(p)));
+        }
+        Some(PathSpecifier::ConnectMatcher(_)) => {
+            return Err(Rejection::unsupported(
+                "connect_matcher",
+                "CONNECT matching",
+            ));
+        }
+        Some(PathSpecifier::PathMatchPolicy(_)) => {
+            return Err(Rejection::unsupported(
+                "path_match_policy",
+                "URI template matching",
+            ));
+        }
+        None => return Err(Rejection::new("prefix", "a path specifier is required")),
+    }
+    for (i, h) in m.headers.iter().enumerate() {
+        let at = format!("headers[{i}]");
+        if h.name == ":method" {
+            match header_value(h).map_err(|e| e.at(&at))? {
+                ValueMatchConfig {
+                    exact: Some(method),
+                    ..
+                } => out.method = Some(method),
+                _ => {
+                    return Err(Rejection::unsupported(
+                        at,
+                        "a :method condition other than an exact match",
+                    ));
+                }
+            }
+            continue;
+        }
+        if h.name.starts_with(':') {
+            return Err(Rejection::unsupported(
+                format!("{at}.name"),
+                &format!("matching the pseudo-header {}", h.name),
+            ));
+        }
+        out.headers.push(header_value(h).map_err(|e| e.at(&at))?);
+    }
+    if m.grpc.is_some() {
+        out.headers.push(ValueMatchConfig {
+            name: "content-type".into(),
+            exact: None,
+            regex: Some("application/grpc(?:[+;].*)?".into()),
+            present: None,
+        });
+    }
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        use route::query_parameter_matcher::QueryParameterMatchSpecifier;
+        let at = format!("query_parameters[{i}]");
+        let mut value = ValueMatchConfig {
+            name: q.name.clone(),
+            exact: None,
+            regex: None,
+            present: None,
+        };
+        match &q.query_parameter_match_specifier {
+            Some(QueryParameterMatchSpecifier::StringMatch(s)) => {
+                string_match(s, &mut value).map_err(|e| e.at(&format!("{at}.string_match")))?
+            }
+            Some(QueryParameterMatchSpecifier::PresentMatch(present)) => {
+                value.present = Some(*present)
+            }
+            None => value.present = Some(true),
+        }
+        out.query_params.push(value);
+    }
+    Ok(out)
+}
+
+fn header_value(h: &HeaderMatcher) -> Result<ValueMatchConfig> {
+    use route::header_matcher::HeaderMatchSpecifier;
+    let mut value = ValueMatchConfig {
+        name: h.name.to_ascii_lowercase(),
+        exact: None,
+        regex: None,
+        present: None,
+    };
+    if h.treat_missing_header_as_empty {
+        return Err(Rejection::unsupported(
+            "treat_missing_header_as_empty",
+            "treating a missing header as empty",
+        ));
+    }
+    #[allow(deprecated)]
+    match &h.header_match_specifier {
+        Some(HeaderMatchSpecifier::PresentMatch(present)) => {
+            value.present = Some(*present != h.invert_match);
+            return Ok(value);
+        }
+        None => {
+            value.present = Some(!h.invert_match);
+            return Ok(value);
+        }
+        _ if h.invert_match => {
+            return Err(Rejection::unsupported(
+                "invert_match",
+                "an inverted value match",
+            ));
+        }
+        Some(HeaderMatchSpecifier::StringMatch(s)) => {
+            string_match(s, &mut value).map_err(|e| e.at("string_match"))?
+        }
+        Some(HeaderMatchSpecifier::ExactMatch(s)) => value.exact = Some(s.clone()),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+            check_regex(&r.regex, "safe_regex_match.regex")?;
+            value.regex = Some(r.regex.clone());
+        }
+        Some(HeaderMatchSpecifier::PrefixMatch(p)) => {
+            value.regex = Some(format!("{}.*", regex::escape(p)))
+        }
+        Some(HeaderMatchSpecifier::SuffixMatch(p)) => {
+            value.regex = Some(format!(".*{}", regex::escape(p)))
+        }
+        Some(HeaderMatchSpecifier::ContainsMatch(p)) => {
+            value.regex = Some(format!(".*{}.*", regex::escape(p)))
+        }
+        Some(HeaderMatchSpecifier::RangeMatch(_)) => {
+            return Err(Rejection::unsupported(
+                "range_match",
+                "a numeric range match",
+            ));
+        }
+    }
+    Ok(value)
+}
+
+/// An Envoy string matcher as an exact value or an anchored regex.
+fn string_match(s: &matcher::StringMatcher, value: &mut ValueMatchConfig) -> Result<()> {
+    use matcher::string_matcher::MatchPattern;
+    let flag = if s.ignore_case { "(?i)" } else { "" };
+    match &s.match_pattern {
+        Some(MatchPattern::Exact(e)) if !s.ignore_case => value.exact = Some(e.clone()),
+        Some(MatchPattern::Exact(e)) => value.regex = Some(format!("{flag}{}", regex::escape(e))),
+        Some(MatchPattern::Prefix(p)) => {
+            value.regex = Some(format!("{flag}{}.*", regex::escape(p)))
+        }
+        Some(MatchPattern::Suffix(p)) => {
+            value.regex = Some(format!("{flag}.*{}", regex::escape(p)))
+        }
+        Some(MatchPattern::Contains(p)) => {
+            value.regex = Some(format!("{flag}.*{}.*", regex::escape(p)))
+        }
+        Some(MatchPattern::SafeRegex(r)) => {
+            check_regex(&r.regex, "safe_regex.regex")?;
+            value.regex = Some(r.regex.clone());
+        }
+        Some(MatchPattern::Custom(_)) => {
+            return Err(Rejection::unsupported("custom", "a custom string matcher"));
+        }
+        None => return Err(Rejection::new("exact", "a match pattern is required")),
+    }
+    Ok(())
+}
+
+fn route_action(a: &RouteAction, scope: &Scope, out: &mut RouteConfig) -> Result<()> {
+    use route::route_action::{ClusterSpecifier, HostRewriteSpecifier};
+    match &a.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(name)) if !name.is_empty() => {
+            out.backends.push(BackendRef {
+                cluster: name.clone(),
+                weight: 1,
+            })
+        }
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            for (i, c) in w.clusters.iter().enumerate() {
+                let at = format!("weighted_clusters.clusters[{i}]");
+                if !c.request_headers_to_add.is_empty()
+                    || !c.request_headers_to_remove.is_empty()
+                    || !c.response_headers_to_add.is_empty()
+                    || !c.response_headers_to_remove.is_empty()
+                    || !c.typed_per_filter_config.is_empty()
+                    || c.host_rewrite_specifier.is_some()
+                {
+                    return Err(Rejection::unsupported(
+                        at,
+                        "header edits or filter configs per weighted cluster",
+                    ));
+                }
+                if c.name.is_empty() {
+                    return Err(Rejection::unsupported(
+                        format!("{at}.cluster_header"),
+                        "a cluster named by a header",
+                    ));
+                }
+                let weight = u32v(&c.weight).unwrap_or(0);
+                if weight > 0 {
+                    out.backends.push(BackendRef {
+                        cluster: c.name.clone(),
+                        weight,
+                    });
+                }
+            }
+            if out.backends.is_empty() {
+                return Err(Rejection::new("weighted_clusters", "every weight is zero"));
+            }
+        }
+        Some(ClusterSpecifier::ClusterHeader(_)) => {
+            return Err(Rejection::unsupported(
+                "cluster_header",
+                "a cluster named by a header",
+            ));
+        }
+        Some(_) => {
+            return Err(Rejection::unsupported(
+                "cluster_specifier_plugin",
+                "cluster specifier plugins",
+            ));
+        }
+        _ => return Err(Rejection::new("cluster", "required")),
+    }
+    if !a.prefix_rewrite.is_empty() || a.regex_rewrite.is_some() || a.path_rewrite_policy.is_some()
+    {
+        return Err(Rejection::unsupported("prefix_rewrite", "path rewriting"));
+    }
+    if a.host_rewrite_specifier.is_some() {
+        let _: Option<&HostRewriteSpecifier> = a.host_rewrite_specifier.as_ref();
+        return Err(Rejection::unsupported(
+            "host_rewrite_literal",
+            "host rewriting",
+        ));
+    }
+    if !a.request_mirror_policies.is_empty() {
+        return Err(Rejection::unsupported(
+            "request_mirror_policies",
+            "request mirroring",
+        ));
+    }
+    if a.priority != core::RoutingPriority::Default as i32 {
+        return Err(Rejection::unsupported(
+            "priority",
+            "the HIGH routing priority",
+        ));
+    }
+    if !a.rate_limits.is_empty() {
+        return Err(Rejection::unsupported(
+            "rate_limits",
+            "global rate limiting",
+        ));
+    }
+    if a.hedge_policy.is_some() {
+        return Err(Rejection::unsupported("hedge_policy", "request hedging"));
+    }
+    if a.metadata_match.is_some() {
+        return Err(Rejection::unsupported(
+            "metadata_match",
+            "subset load balancing",
+        ));
+    }
+    if a.internal_redirect_policy.is_some() {
+        return Err(Rejection::unsupported(
+            "internal_redirect_policy",
+            "internal redirects",
+        ));
+    }
+    if a.retry_policy_typed_config.is_some() {
+        return Err(Rejection::unsupported(
+            "retry_policy_typed_config",
+            "retry policy extensions",
+        ));
+    }
+    for (i, upgrade) in a.upgrade_configs.iter().enumerate() {
+        if !upgrade.upgrade_type.eq_ignore_ascii_case("websocket") {
+            return Err(Rejection::unsupported(
+                format!("upgrade_configs[{i}].upgrade_type"),
+                &format!("the upgrade {:?} (only websocket)", upgrade.upgrade_type),
+            ));
+        }
+    }
+    out.timeout = match &a.timeout {
+        None => Some(ROUTE_TIMEOUT),
+        Some(d) => duration_or_none(duration(d, "timeout")?),
+    };
+    out.stream_idle_timeout =
+        opt_duration(&a.idle_timeout, "idle_timeout")?.and_then(duration_or_none);
+    #[allow(deprecated)]
+    let grpc_max = match (&a.max_stream_duration, &a.max_grpc_timeout) {
+        (Some(m), _) => {
+            if m.max_stream_duration.is_some() {
+                return Err(Rejection::unsupported(
+                    "max_stream_duration.max_stream_duration",
+                    "a maximum stream duration (use timeout)",
+                ));
+            }
+            opt_duration(
+                &m.grpc_timeout_header_max,
+                "max_stream_duration.grpc_timeout_header_max",
+            )?
+        }
+        (None, Some(d)) => Some(duration(d, "max_grpc_timeout")?),
+        (None, None) => None,
+    };
+    out.max_grpc_timeout = grpc_max.and_then(duration_or_none);
+    out.retry = match &a.retry_policy {
+        Some(p) => Some(retry_policy(p).map_err(|e| e.at("retry_policy"))?),
+        None => scope.retry.clone(),
+    };
+    match a.hash_policy.as_slice() {
+        [] => {}
+        [policy] => out.hash_on = Some(hash_policy(policy).map_err(|e| e.at("hash_policy[0]"))?),
+        _ => {
+            return Err(Rejection::unsupported(
+                "hash_policy[1]",
+                "more than one hash policy",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn retry_policy(p: &route::RetryPolicy) -> Result<RetryConfig> {
+    if p.retry_priority.is_some() || !p.retry_host_predicate.is_empty() {
+        return Err(Rejection::unsupported(
+            "retry_host_predicate",
+            "retry host predicates and priorities",
+        ));
+    }
+    if p.rate_limited_retry_back_off.is_some()
+        || !p.retriable_headers.is_empty()
+        || !p.retriable_request_headers.is_empty()
+    {
+        return Err(Rejection::unsupported(
+            "retriable_headers",
+            "retrying on headers",
+        ));
+    }
+    if p.per_try_idle_timeout.is_some() {
+        return Err(Rejection::unsupported(
+            "per_try_idle_timeout",
+            "a per-try idle timeout",
+        ));
+    }
+    let mut on = Vec::new();
+    for condition in p
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        let parsed = match condition {
+            "5xx" => RetryOn::FiveXx,
+            "gateway-error" => RetryOn::GatewayError,
+            "reset" => RetryOn::Reset,
+            "connect-failure" => RetryOn::ConnectFailure,
+            "refused-stream" => RetryOn::RefusedStream,
+            "retriable-4xx" => RetryOn::Retriable4xx,
+            "retriable-status-codes" => RetryOn::RetriableStatusCodes,
+            "cancelled" => RetryOn::Cancelled,
+            "deadline-exceeded" => RetryOn::DeadlineExceeded,
+            "internal" => RetryOn::Internal,
+            "resource-exhausted" => RetryOn::ResourceExhausted,
+            "unavailable" => RetryOn::Unavailable,
+            other => {
+                return Err(Rejection::unsupported(
+                    "retry_on",
+                    &format!("the retry condition {other:?}"),
+                ));
+            }
+        };
+        if !on.contains(&parsed) {
+            on.push(parsed);
+        }
+    }
+    let mut backoff = BackoffConfig::default();
+    if let Some(b) = &p.retry_back_off {
+        let base = opt_duration(&b.base_interval, "retry_back_off.base_interval")?
+            .ok_or_else(|| Rejection::new("retry_back_off.base_interval", "required"))?;
+        backoff.base = base;
+        backoff.max =
+            opt_duration(&b.max_interval, "retry_back_off.max_interval")?.unwrap_or(base * 10);
+    }
+    let mut codes = Vec::with_capacity(p.retriable_status_codes.len());
+    for (i, code) in p.retriable_status_codes.iter().enumerate() {
+        codes.push(
+            u16::try_from(*code)
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| {
+                    Rejection::new(
+                        format!("retriable_status_codes[{i}]"),
+                        format!("{code} is not an HTTP status"),
+                    )
+                })?,
+        );
+    }
+    let mut retry: RetryConfig = crate::config::parse_yaml_as("{}").expect("an empty retry parses");
+    // Envoy's default is one retry; Envoy retries any method the policy allows.
+    retry.attempts = u32v(&p.num_retries).unwrap_or(1);
+    retry.on = on;
+    retry.retriable_status_codes = codes;
+    retry.per_try_timeout =
+        opt_duration(&p.per_try_timeout, "per_try_timeout")?.and_then(duration_or_none);
+    retry.backoff = backoff;
+    retry.retry_non_idempotent = true;
+    Ok(retry)
+}
+
+fn hash_policy(h: &route::route_action::HashPolicy) -> Result<HashOnConfig> {
+    use route::route_action::hash_policy::PolicySpecifier;
+    let mut on = HashOnConfig {
+        header: None,
+        cookie: None,
+        source_ip: None,
+        query: None,
+    };
+    match &h.policy_specifier {
+        Some(PolicySpecifier::Header(header)) => {
+            if header.regex_rewrite.is_some() {
+                return Err(Rejection::unsupported(
+                    "header.regex_rewrite",
+                    "rewriting the hashed header",
+                ));
+            }
+            on.header = Some(header.header_name.to_ascii_lowercase());
+        }
+        Some(PolicySpecifier::Cookie(cookie)) => {
+            if !cookie.attributes.is_empty() {
+                return Err(Rejection::unsupported(
+                    "cookie.attributes",
+                    "cookie attributes",
+                ));
+            }
+            on.cookie = Some(HashCookieConfig {
+                name: cookie.name.clone(),
+                ttl: opt_duration(&cookie.ttl, "cookie.ttl")?,
+                path: (!cookie.path.is_empty()).then(|| cookie.path.clone()),
+            });
+        }
+        Some(PolicySpecifier::ConnectionProperties(p)) if p.source_ip => on.source_ip = Some(true),
+        Some(PolicySpecifier::QueryParameter(q)) => on.query = Some(q.name.clone()),
+        Some(PolicySpecifier::FilterState(_)) => {
+            return Err(Rejection::unsupported(
+                "filter_state",
+                "hashing on filter state",
+            ));
+        }
+        _ => {
+            return Err(Rejection::new(
+                "policy_specifier",
+                "a hash input is required",
+            ));
+        }
+    }
+    Ok(on)
+}
+
+/// `typed_per_filter_config`: `Some(limit)` when the local rate limit is
+/// configured here (`Some(None)`: turned off here); other filters are not
+/// in the proxy's chain, so their configs cannot be honoured.
+fn per_filter_rate_limit(
+    configs: &std::collections::HashMap<String, protobuf::Any>,
+    path: &str,
+) -> Result<Option<Option<RateLimitConfig>>> {
+    let mut names: Vec<&String> = configs.keys().collect();
+    names.sort();
+    let mut out = None;
+    for name in names {
+        let any = &configs[name];
+        let at = format!("{path}[{name:?}]");
+        if any.type_url != LOCAL_RATE_LIMIT {
+            return Err(Rejection::unsupported(
+                at,
+                &format!("a per-route config of type {}", any.type_url),
+            ));
+        }
+        let limit: local_ratelimit::LocalRateLimit = unpack_typed(any, &at)?;
+        out = Some(local_rate_limit(&limit, &at)?);
+    }
+    Ok(out)
+}
+
+fn edits(
+    request_add: &[core::HeaderValueOption],
+    request_remove: &[String],
+    response_add: &[core::HeaderValueOption],
+    response_remove: &[String],
+    path: &str,
+) -> Result<HeaderEdits> {
+    let side = |add: &[core::HeaderValueOption],
+                remove: &[String],
+                field: &str|
+     -> Result<HeaderEditsConfig> {
+        let mut out = HeaderEditsConfig {
+            remove: remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            ..Default::default()
+        };
+        for (i, option) in add.iter().enumerate() {
+            use core::header_value_option::HeaderAppendAction;
+            let at = super::join(path, &format!("{field}[{i}]"));
+            let header = option
+                .header
+                .as_ref()
+                .ok_or_else(|| Rejection::new(format!("{at}.header"), "required"))?;
+            if header.value.contains('%') {
+                return Err(Rejection::unsupported(
+                    format!("{at}.header.value"),
+                    "a header value with %COMMAND% substitution",
+                ));
+            }
+            let value = HeaderValueConfig {
+                name: header.key.to_ascii_lowercase(),
+                value: if header.raw_value.is_empty() {
+                    header.value.clone()
+                } else {
+                    String::from_utf8(header.raw_value.clone()).map_err(|_| {
+                        Rejection::unsupported(
+                            format!("{at}.header.raw_value"),
+                            "a value that is not UTF-8",
+                        )
+                    })?
+                },
+            };
+            #[allow(deprecated)]
+            let append = option.append.as_ref().map(|a| a.value);
+            match (append, HeaderAppendAction::try_from(option.append_action)) {
+                (Some(false), _) | (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => {
+                    out.set.push(value)
+                }
+                (Some(true), _) | (None, Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => {
+                    out.add.push(value)
+                }
+                _ => {
+                    return Err(Rejection::unsupported(
+                        format!("{at}.append_action"),
+                        "append actions other than APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD",
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    };
+    Ok(HeaderEdits {
+        request: side(request_add, request_remove, "request_headers_to_add")?,
+        response: side(response_add, response_remove, "response_headers_to_add")?,
+    })
+}
+
+fn append_edits(into: &mut HeaderEdits, outer: &HeaderEdits) {
+    for (into, outer) in [
+        (&mut into.request, &outer.request),
+        (&mut into.response, &outer.response),
+    ] {
+        into.remove.extend(outer.remove.iter().cloned());
+        into.set.extend(outer.set.iter().cloned());
+        into.add.extend(outer.add.iter().cloned());
+    }
+}

@@ -1,0 +1,411 @@
+use std::time::Duration;
+
+use remora_xds_proto::filters::{http_connection_manager as hcm, router};
+use remora_xds_proto::listener::{Filter, FilterChain, Listener, filter};
+use remora_xds_proto::route::{
+    self, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use remora_xds_proto::{cluster, core, matcher, pack, protobuf, type_url};
+
+use super::*;
+use crate::config::LbPolicy;
+
+fn address(port: u32) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: "127.0.0.1".into(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn http_listener(http_filters: Vec<hcm::HttpFilter>) -> Listener {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: "in".into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: "routes".into(),
+            },
+        )),
+        http_filters,
+        ..Default::default()
+    };
+    Listener {
+        name: "l".into(),
+        address: Some(address(15001)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn router_filter() -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+            &router::Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+fn to(cluster: &str, m: RouteMatch) -> Route {
+    Route {
+        r#match: Some(m),
+        action: Some(route::route::Action::Route(RouteAction {
+            cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                cluster.into(),
+            )),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn prefix(p: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route::route_match::PathSpecifier::Prefix(p.into())),
+        ..Default::default()
+    }
+}
+
+fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
+    VirtualHost {
+        name: name.into(),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        routes,
+        ..Default::default()
+    }
+}
+
+fn rejection(type_url: &str, any: &protobuf::Any) -> String {
+    translate(type_url, any).unwrap_err().to_string()
+}
+
+#[test]
+fn an_http_listener_names_its_routes_and_keeps_envoys_defaults() {
+    let (name, part) = translate(
+        type_url::LISTENER,
+        &pack(&http_listener(vec![router_filter()])),
+    )
+    .unwrap();
+    assert_eq!(name, "l");
+    let Part::Listener(part) = part else {
+        panic!("a listener")
+    };
+    assert_eq!(part.routes, Routes::Rds("routes".into()));
+    assert_eq!(part.config.address.port(), 15001);
+    assert_eq!(
+        part.defaults.stream_idle_timeout,
+        Some(Duration::from_secs(300))
+    );
+    assert!(!part.defaults.local_rate_limit);
+}
+
+#[test]
+fn an_unknown_http_filter_is_rejected_unless_optional() {
+    let cors = |optional| hcm::HttpFilter {
+        name: "envoy.filters.http.cors".into(),
+        is_optional: optional,
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(protobuf::Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors".into(),
+            value: vec![],
+        })),
+        ..Default::default()
+    };
+    let message = rejection(
+        type_url::LISTENER,
+        &pack(&http_listener(vec![cors(false), router_filter()])),
+    );
+    assert_eq!(
+        message,
+        "Listener \"l\" filter_chains[0].filters[0].typed_config.http_filters[0].typed_config: the HTTP filter \"envoy.filters.http.cors\" (type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors) is not supported by remora-proxy"
+    );
+    assert!(
+        translate(
+            type_url::LISTENER,
+            &pack(&http_listener(vec![cors(true), router_filter()]))
+        )
+        .is_ok()
+    );
+    let message = rejection(type_url::LISTENER, &pack(&http_listener(vec![])));
+    assert!(
+        message.ends_with("http_filters: the router filter is required (last)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn virtual_hosts_are_laid_out_most_specific_domain_first() {
+    let rc = RouteConfiguration {
+        name: "routes".into(),
+        virtual_hosts: vec![
+            vhost("any", &["*"], vec![to("c-any", prefix("/"))]),
+            vhost(
+                "suffix",
+                &["*.example.com"],
+                vec![to("c-suffix", prefix("/"))],
+            ),
+            vhost(
+                "exact",
+                &["api.example.com"],
+                vec![to("c-exact", prefix("/api"))],
+            ),
+        ],
+        ..Default::default()
+    };
+    let routes = route_configuration(&rc).unwrap();
+    let summary: Vec<(Option<&str>, Option<&str>, Option<u16>)> = routes
+        .iter()
+        .map(|r| {
+            (
+                r.matches.host.as_deref(),
+                r.backends.first().map(|b| b.cluster.as_str()),
+                r.direct_response.as_ref().map(|d| d.status),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Some("api.example.com"), Some("c-exact"), None),
+            // api.example.com/other must not fall through to *.example.com.
+            (Some("api.example.com"), None, Some(404)),
+            (Some("*.example.com"), Some("c-suffix"), None),
+            (Some("*.example.com"), None, Some(404)),
+            (None, Some("c-any"), None),
+        ]
+    );
+    // Envoy's route timeout default is 15 s.
+    assert_eq!(routes[0].timeout, Some(Duration::from_secs(15)));
+}
+
+#[test]
+fn a_bad_regex_is_rejected_with_its_path() {
+    let rc = RouteConfiguration {
+        name: "routes".into(),
+        virtual_hosts: vec![vhost(
+            "v",
+            &["*"],
+            vec![to(
+                "c",
+                RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::SafeRegex(
+                        matcher::RegexMatcher {
+                            regex: "/api/(unclosed".into(),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                },
+            )],
+        )],
+        ..Default::default()
+    };
+    let message = rejection(type_url::ROUTE, &pack(&rc));
+    assert!(
+        message.starts_with(
+            "RouteConfiguration \"routes\" virtual_hosts[0].routes[0].match.safe_regex.regex: invalid regex \"/api/(unclosed\""
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn route_features_the_proxy_lacks_are_rejected_by_name() {
+    let mut redirect = to("c", prefix("/"));
+    redirect.action = Some(route::route::Action::Redirect(Default::default()));
+    let mut rewrite = to("c", prefix("/"));
+    if let Some(route::route::Action::Route(action)) = &mut rewrite.action {
+        action.prefix_rewrite = "/v2".into();
+    }
+    for (route, expected) in [
+        (
+            redirect,
+            "virtual_hosts[0].routes[0].redirect: a redirect is not supported",
+        ),
+        (
+            rewrite,
+            "virtual_hosts[0].routes[0].route.prefix_rewrite: path rewriting is not supported",
+        ),
+    ] {
+        let rc = RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![vhost("v", &["*"], vec![route])],
+            ..Default::default()
+        };
+        let message = rejection(type_url::ROUTE, &pack(&rc));
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
+#[test]
+fn retries_follow_envoys_defaults() {
+    let mut r = to("c", prefix("/"));
+    if let Some(route::route::Action::Route(action)) = &mut r.action {
+        action.retry_policy = Some(route::RetryPolicy {
+            retry_on: "5xx,reset".into(),
+            ..Default::default()
+        });
+        action.timeout = Some(protobuf::Duration {
+            seconds: 0,
+            nanos: 0,
+        });
+    }
+    let rc = RouteConfiguration {
+        name: "r".into(),
+        virtual_hosts: vec![vhost("v", &["*"], vec![r])],
+        ..Default::default()
+    };
+    let routes = route_configuration(&rc).unwrap();
+    let retry = routes[0].retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 1, "Envoy's num_retries default");
+    assert_eq!(
+        retry.on,
+        vec![
+            crate::config::RetryOn::FiveXx,
+            crate::config::RetryOn::Reset
+        ]
+    );
+    assert!(retry.retry_non_idempotent);
+    assert_eq!(routes[0].timeout, None, "a zero timeout is none");
+
+    let mut bad = to("c", prefix("/"));
+    if let Some(route::route::Action::Route(action)) = &mut bad.action {
+        action.retry_policy = Some(route::RetryPolicy {
+            retry_on: "5xx,envoy-ratelimited".into(),
+            ..Default::default()
+        });
+    }
+    let rc = RouteConfiguration {
+        name: "r".into(),
+        virtual_hosts: vec![vhost("v", &["*"], vec![bad])],
+        ..Default::default()
+    };
+    assert!(
+        rejection(type_url::ROUTE, &pack(&rc))
+            .contains("retry_on: the retry condition \"envoy-ratelimited\"")
+    );
+}
+
+#[test]
+fn a_cluster_keeps_envoys_circuit_breaker_defaults_and_reads_remora_extras() {
+    let c = cluster::Cluster {
+        name: "c".into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        lb_policy: cluster::cluster::LbPolicy::LeastRequest as i32,
+        metadata: Some(core::Metadata {
+            filter_metadata: [(
+                "remora".to_string(),
+                protobuf::Struct {
+                    fields: [(
+                        "extras".to_string(),
+                        protobuf::Value {
+                            kind: Some(protobuf::value::Kind::StringValue(
+                                r#"{"load_balancer":{"policy":"peak_ewma","decay":"5s"},"pool":{"max_connections":8}}"#.into(),
+                            )),
+                        },
+                    )]
+                    .into(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (_, part) = translate(type_url::CLUSTER, &pack(&c)).unwrap();
+    let Part::Cluster(part) = part else {
+        panic!("a cluster")
+    };
+    assert_eq!(part.eds.as_deref(), Some("c"));
+    let config = part.config;
+    assert_eq!(config.load_balancer.policy, LbPolicy::PeakEwma);
+    assert_eq!(config.load_balancer.decay, Some(Duration::from_secs(5)));
+    assert_eq!(config.pool.max_connections, Some(8));
+    assert_eq!(config.circuit_breakers.max_connections, Some(1024));
+    assert_eq!(config.circuit_breakers.max_retries, Some(3));
+}
+
+#[test]
+fn hostile_resources_are_rejected_not_trusted() {
+    // Larger than the per-resource limit.
+    let huge = protobuf::Any {
+        type_url: type_url::CLUSTER.into(),
+        value: vec![0; MAX_RESOURCE_BYTES + 1],
+    };
+    assert!(rejection(type_url::CLUSTER, &huge).contains("accepts at most"));
+    // Garbage bytes.
+    let garbage = protobuf::Any {
+        type_url: type_url::LISTENER.into(),
+        value: vec![0xff; 64],
+    };
+    assert!(rejection(type_url::LISTENER, &garbage).starts_with("cannot decode"));
+    // A resource of another type in the response.
+    let wrong = pack(&cluster::Cluster::default());
+    assert!(rejection(type_url::LISTENER, &wrong).contains("in a response for"));
+    // An unknown type.
+    let unknown = protobuf::Any {
+        type_url: "type.googleapis.com/envoy.config.core.v3.Secret".into(),
+        value: vec![],
+    };
+    assert!(
+        rejection("type.googleapis.com/envoy.config.core.v3.Secret", &unknown)
+            .contains("is not supported")
+    );
+    // An endpoint with a name instead of an IP.
+    let assignment = remora_xds_proto::endpoint::ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![remora_xds_proto::endpoint::LocalityLbEndpoints {
+            lb_endpoints: vec![remora_xds_proto::endpoint::LbEndpoint {
+                host_identifier: Some(
+                    remora_xds_proto::endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        remora_xds_proto::endpoint::Endpoint {
+                            address: Some(core::Address {
+                                address: Some(core::address::Address::SocketAddress(
+                                    core::SocketAddress {
+                                        address: "backend.internal".into(),
+                                        port_specifier: Some(
+                                            core::socket_address::PortSpecifier::PortValue(80),
+                                        ),
+                                        ..Default::default()
+                                    },
+                                )),
+                            }),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        rejection(type_url::ENDPOINT, &pack(&assignment)),
+        "ClusterLoadAssignment \"c\" endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: \"backend.internal\" is not an IP address"
+    );
+}
