@@ -196,3 +196,144 @@ fn versions_follow_content_so_a_change_touches_only_what_depends_on_it() {
         "the server proxy does not call web"
     );
 }
+
+const EVERY_POLICY: &str = "
+services:
+  - name: api
+    port: 8080
+    protocol: grpc
+    endpoints: ['10.0.0.1:8080', {address: '10.0.0.2:8080', weight: 3, zone: b}]
+    policy:
+      connect_timeout: 750ms
+      load_balancer:
+        policy: least_request
+        choice_count: 3
+        slow_start: {window: 30s, aggression: 2.0, min_weight_percent: 20}
+        panic_threshold: 30
+      outlier_detection:
+        consecutive_5xx: 4
+        consecutive_gateway_failure: 2
+        consecutive_local_origin_failure: 6
+        success_rate: {minimum_hosts: 3, request_volume: 50, stdev_factor: 1.5}
+        failure_percentage: {threshold: 70, minimum_hosts: 2, request_volume: 20}
+        interval: 5s
+        base_ejection_time: 15s
+        max_ejection_time: 120s
+        max_ejection_percent: 40
+      circuit_breakers: {max_connections: 10, max_pending_requests: 20, max_requests: 30, max_retries: 4}
+      pool: {max_connections: 8, max_idle_per_endpoint: 4, idle_timeout: 90s, max_requests_per_connection: 1000, max_connection_age: 10m, min_idle: 1}
+      keepalive: {tcp: {time: 30s, interval: 5s, probes: 4}, http2: {interval: 20s, timeout: 5s}}
+      health_check: {http: {path: /healthz, expected_statuses: [200, '300-399'], host: api.local}, interval: 3s, timeout: 500ms, jitter: 100ms, unhealthy_threshold: 2, healthy_threshold: 1}
+  - name: cache
+    port: 6379
+    endpoints: ['10.0.3.1:6379']
+    policy:
+      load_balancer: {policy: ring_hash, minimum_ring_size: 256, maximum_ring_size: 4096, hash_on: {cookie: {name: sid, ttl: 1h, path: /}}}
+  - name: ewma
+    port: 80
+    endpoints: ['10.0.4.1:80']
+    policy:
+      load_balancer: {policy: peak_ewma, decay: 5s, default_rtt: 20ms}
+      health_check: {tcp: {}}
+routes:
+  - kind: HTTPRoute
+    name: cache-routes
+    parentRefs: [{name: cache}]
+    rules:
+      - matches: [{path: {type: Exact, value: /x}, method: POST, headers: [{name: X-Tenant, value: a}]}]
+        timeouts: {request: 3s, backendRequest: 1s}
+        retry: {attempts: 3, codes: [503], backoff: 50ms}
+proxies:
+  - node_id: client
+    outbound: [{service: api, listen: 127.0.0.1:15001}, {service: cache, listen: 127.0.0.1:15002}, {service: ewma, listen: 127.0.0.1:15003}]
+";
+
+/// Every policy field reaches remora-proxy unchanged: the mesh's policy →
+/// Envoy's Cluster → the proxy's own cluster config.
+#[test]
+fn every_policy_field_survives_the_trip_to_remora_proxy() {
+    let mesh = parse_yaml(EVERY_POLICY).unwrap();
+    let t = translate(&mesh, None);
+    let client = &t.proxies[0];
+    for service in &mesh.services {
+        let name = cluster_name(service);
+        let resource = &client.of_type(type_url::CLUSTER).unwrap()[&name];
+        let (got, part) =
+            remora_proxy::xds::translate::translate(type_url::CLUSTER, &resource.any).unwrap();
+        assert_eq!(got, name);
+        let remora_proxy::xds::translate::Part::Cluster(part) = part else {
+            panic!("a cluster")
+        };
+        assert_eq!(part.eds.as_deref(), Some(name.as_str()));
+        let config = &part.config;
+        let policy = &service.policy;
+        let mut lb = policy.load_balancer.clone();
+        lb.hash_on = None; // travels on the routes
+        assert_eq!(config.load_balancer, lb, "{name}");
+        assert_eq!(config.connect_timeout, policy.connect_timeout, "{name}");
+        assert_eq!(config.outlier_detection, policy.outlier_detection, "{name}");
+        assert_eq!(config.circuit_breakers, policy.circuit_breakers, "{name}");
+        assert_eq!(config.pool, policy.pool, "{name}");
+        assert_eq!(config.health_check, policy.health_check, "{name}");
+        let mut keepalive = policy.keepalive.clone();
+        if !matches!(
+            service.protocol,
+            crate::mesh::ServiceProtocol::Grpc | crate::mesh::ServiceProtocol::Http2
+        ) {
+            keepalive.http2 = None; // HTTP/2 PINGs need HTTP/2
+        }
+        assert_eq!(config.keepalive, keepalive, "{name}");
+        let protocol = match service.protocol {
+            crate::mesh::ServiceProtocol::Grpc | crate::mesh::ServiceProtocol::Http2 => {
+                remora_proxy::config::UpstreamProtocol::Http2
+            }
+            _ => remora_proxy::config::UpstreamProtocol::Http1,
+        };
+        assert_eq!(config.protocol, protocol, "{name}");
+
+        let assignment = &client.of_type(type_url::ENDPOINT).unwrap()[&name];
+        let (_, endpoints) =
+            remora_proxy::xds::translate::translate(type_url::ENDPOINT, &assignment.any).unwrap();
+        let remora_proxy::xds::translate::Part::Endpoints(endpoints) = endpoints else {
+            panic!("endpoints")
+        };
+        let expected: Vec<(std::net::SocketAddr, u32)> = service
+            .endpoints
+            .iter()
+            .map(|e| (e.address, e.weight))
+            .collect();
+        let got: Vec<(std::net::SocketAddr, u32)> = endpoints
+            .iter()
+            .map(|e| (e.address, e.weight.get()))
+            .collect();
+        assert_eq!(got, expected, "{name}");
+    }
+
+    // The route: match, timeouts, retry and the backend's hash input.
+    let routes = &client.of_type(type_url::ROUTE).unwrap()["cache.default:6379"];
+    let (_, part) = remora_proxy::xds::translate::translate(type_url::ROUTE, &routes.any).unwrap();
+    let remora_proxy::xds::translate::Part::Routes(routes) = part else {
+        panic!("routes")
+    };
+    let first = &routes[0];
+    assert_eq!(first.matches.path.as_deref(), Some("/x"));
+    assert_eq!(first.matches.method.as_deref(), Some("POST"));
+    assert_eq!(first.matches.headers[0].name, "x-tenant");
+    assert_eq!(first.matches.headers[0].exact.as_deref(), Some("a"));
+    assert_eq!(first.timeout, Some(std::time::Duration::from_secs(3)));
+    let retry = first.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 3);
+    assert_eq!(retry.retriable_status_codes, vec![503]);
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(std::time::Duration::from_secs(1))
+    );
+    assert_eq!(retry.backoff.base, std::time::Duration::from_millis(50));
+    let hash = first.hash_on.as_ref().unwrap().cookie.as_ref().unwrap();
+    assert_eq!(hash.name, "sid");
+    assert_eq!(hash.ttl, Some(std::time::Duration::from_secs(3600)));
+    // The default route to the service itself: no timeout (0 = none).
+    let last = routes.last().unwrap();
+    assert_eq!(last.timeout, None);
+    assert_eq!(last.backends[0].cluster, "outbound|6379||cache.default");
+}

@@ -261,3 +261,32 @@ impl Drop for Envoy {
         let _ = self.child.wait();
     }
 }
+
+/// remora-proxy in this process, configured only by xDS from `xds`.
+pub struct Remora {
+    pub proxy: remora_proxy::Proxy,
+}
+
+impl Remora {
+    pub fn start(node_id: &str, xds: SocketAddr, delta: bool) -> Remora {
+        let config = remora_proxy::config::parse_yaml(&format!(
+            "xds: {{address: '{xds}', node_id: {node_id}, delta: {delta}}}"
+        ))
+        .unwrap();
+        let xds = config.xds.clone().unwrap();
+        let proxy = remora_proxy::Proxy::start(config, Default::default()).unwrap();
+        remora_proxy::xds::spawn(proxy.clone(), xds);
+        Remora { proxy }
+    }
+
+    /// The xDS client's status, as `/xds` shows it.
+    pub fn xds(&self) -> serde_json::Value {
+        serde_json::to_value(self.proxy.xds_status().view()).unwrap()
+    }
+}
+
+impl Drop for Remora {
+    fn drop(&mut self) {
+        self.proxy.begin_drain();
+    }
+}
