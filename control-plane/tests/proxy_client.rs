@@ -541,3 +541,107 @@ async fn hostile_xds_is_nacked_and_the_last_good_config_keeps_serving() {
     drop(taken);
     server_task.abort();
 }
+
+fn two_services(
+    listen_a: SocketAddr,
+    listen_b: Option<SocketAddr>,
+    a: SocketAddr,
+    b_endpoints: &[String],
+) -> String {
+    let outbound_b = match listen_b {
+        Some(listen) => format!(", {{service: b, listen: '{listen}'}}"),
+        None => String::new(),
+    };
+    format!(
+        "
+services:
+  - name: a
+    port: 80
+    endpoints: ['{a}']
+  - name: b
+    port: 80
+    endpoints: [{}]
+proxies:
+  - node_id: app-*
+    outbound: [{{service: a, listen: '{listen_a}'}}{outbound_b}]
+",
+        b_endpoints
+            .iter()
+            .map(|e| format!("'{e}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// 1,000 endpoints arrive in one update; removing a service from the
+/// proxy's entry removes its listener, cluster and endpoints.
+async fn large_update_and_removal(delta: bool) {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let listen_a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen_b = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let file = MeshFile::new(&two_services(
+        listen_a,
+        Some(listen_b),
+        a.addr,
+        &[b.addr.to_string()],
+    ));
+    let cp = control_plane(&file).await;
+    let remora = Remora::start("app-1", cp.xds_address, delta);
+    eventually("both services are served", 20, || async {
+        upstream_of(listen_a).await == "a" && upstream_of(listen_b).await == "b"
+    })
+    .await;
+
+    // b grows to 1,000 endpoints (999 unreachable TEST-NET addresses + the real one).
+    let mut many: Vec<String> = (0..999)
+        .map(|i| format!("192.0.2.{}:{}", 1 + i % 250, 1000 + i))
+        .collect();
+    many.push(b.addr.to_string());
+    file.write(&two_services(listen_a, Some(listen_b), a.addr, &many));
+    let cluster = "outbound|80||b.default";
+    eventually("the proxy holds all 1,000 endpoints", 20, || async {
+        remora
+            .proxy
+            .snapshot()
+            .config
+            .clusters
+            .iter()
+            .any(|c| c.name == cluster && c.endpoints.len() == 1000)
+    })
+    .await;
+    assert_eq!(
+        upstream_of(listen_a).await,
+        "a",
+        "the other service is untouched"
+    );
+
+    // b is no longer called by this proxy: its listener, cluster and endpoints go.
+    file.write(&two_services(listen_a, None, a.addr, &many));
+    eventually("b's listener is removed", 20, || async {
+        tokio::net::TcpStream::connect(listen_b).await.is_err()
+    })
+    .await;
+    let snapshot = remora.proxy.snapshot();
+    assert!(!snapshot.config.clusters.iter().any(|c| c.name == cluster));
+    assert_eq!(snapshot.config.listeners.len(), 1);
+    assert_eq!(upstream_of(listen_a).await, "a");
+    let status = remora.xds();
+    assert_eq!(
+        status["types"][1]["resources"], 1,
+        "only a's endpoints remain: {status}"
+    );
+    for t in status["types"].as_array().unwrap() {
+        assert_eq!(t["nacks"], 0, "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_large_update_and_removal() {
+    large_update_and_removal(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_large_update_and_removal() {
+    large_update_and_removal(true).await;
+}
