@@ -129,6 +129,10 @@ async fn restart_under_load(delta: bool) {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    let received =
+        |status: &serde_json::Value, t: usize| status["types"][t]["received"].as_u64().unwrap();
+    let before = remora.xds();
+
     // The control plane dies; the proxy keeps serving what it has.
     cp.kill();
     eventually("the proxy notices", 10, || async {
@@ -176,6 +180,19 @@ async fn restart_under_load(delta: bool) {
     assert_eq!(status["connected"], true, "{status}");
     for t in status["types"].as_array().unwrap() {
         assert_eq!(t["nacks"], 0, "{status}");
+    }
+    // On reconnect the proxy said what it holds (SotW: each type's version;
+    // delta: initial_resource_versions), so only the changed endpoints came again.
+    assert!(
+        received(&status, 1) > received(&before, 1),
+        "new endpoints: {before} → {status}"
+    );
+    for t in [0, 2, 3] {
+        assert_eq!(
+            received(&status, t),
+            received(&before, t),
+            "type {t} not resent: {before} → {status}"
+        );
     }
 }
 

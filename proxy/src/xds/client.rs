@@ -275,7 +275,7 @@ impl Client {
                 }
                 Verdict::Nack(_) => self.accepted[t].clone(),
             };
-            self.record(t, &verdict, &version_info);
+            self.record(t, &verdict, &version_info, response.resources.len());
             let request = DiscoveryRequest {
                 version_info,
                 resource_names: names[t].iter().flatten().cloned().collect(),
@@ -389,7 +389,12 @@ impl Client {
                     Ok(decoded) => self.accept(t, decoded, &response.removed_resources, false),
                 },
             };
-            self.record(t, &verdict, &response.system_version_info);
+            self.record(
+                t,
+                &verdict,
+                &response.system_version_info,
+                response.resources.len(),
+            );
             let request = DeltaDiscoveryRequest {
                 type_url: TYPES[t].into(),
                 response_nonce: response.nonce.clone(),
@@ -501,7 +506,7 @@ impl Client {
         };
     }
 
-    fn record(&self, t: usize, verdict: &Verdict, version: &str) {
+    fn record(&self, t: usize, verdict: &Verdict, version: &str, received: usize) {
         let short = remora_xds_proto::type_url::short(TYPES[t]);
         let resources = self.cache.types[t].len();
         let result = match verdict {
@@ -523,6 +528,7 @@ impl Client {
         self.proxy.xds_status().update(|s| {
             if let Some(status) = s.types.get_mut(t) {
                 status.last_update = Some(SystemTime::now());
+                status.received += received as u64;
                 status.resources = resources;
                 match verdict {
                     Verdict::Ack => {

@@ -56,6 +56,9 @@ pub struct TypeStatus {
     /// server's `system_version_info`, often empty).
     pub version: String,
     pub resources: usize,
+    /// Resources delivered in responses, in total (a SotW response carries
+    /// the whole set; a delta response only what changed).
+    pub received: u64,
     pub acks: u64,
     pub nacks: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
