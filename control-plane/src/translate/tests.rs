@@ -337,3 +337,34 @@ fn every_policy_field_survives_the_trip_to_remora_proxy() {
     assert_eq!(last.timeout, None);
     assert_eq!(last.backends[0].cluster, "outbound|6379||cache.default");
 }
+
+/// The inbound rate limit reaches remora-proxy as the route's token bucket.
+#[test]
+fn the_inbound_rate_limit_survives_the_trip_to_remora_proxy() {
+    use remora_proxy::xds::translate::{Part, translate as to_proxy};
+    let t = translate(&parse_yaml(MESH).unwrap(), None);
+    let server = &t.proxies[1];
+    let name = "inbound|127.0.0.1:15006";
+    let (_, listener) = to_proxy(
+        type_url::LISTENER,
+        &server.of_type(type_url::LISTENER).unwrap()[name].any,
+    )
+    .unwrap();
+    let Part::Listener(listener) = listener else {
+        panic!("a listener")
+    };
+    assert!(listener.defaults.local_rate_limit);
+    assert_eq!(listener.config.rate_limit, None, "the filter itself is off");
+    let (_, routes) = to_proxy(
+        type_url::ROUTE,
+        &server.of_type(type_url::ROUTE).unwrap()[name].any,
+    )
+    .unwrap();
+    let Part::Routes(routes) = routes else {
+        panic!("routes")
+    };
+    let limit = routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!(limit.requests_per_second, 50.0);
+    assert_eq!(limit.burst, Some(10));
+    assert_eq!(routes[0].timeout, None);
+}

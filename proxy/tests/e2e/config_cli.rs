@@ -153,3 +153,85 @@ async fn the_environment_sets_the_admin_address_and_the_log_level_changes_at_run
     assert_eq!(status, 400);
     assert!(body.starts_with("invalid log level \"[\""), "{body}");
 }
+
+#[test]
+fn xds_flags_need_each_other() {
+    let run = |args: &[&str]| {
+        let output = Command::new(binary()).args(args).output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["--xds", "127.0.0.1:18000", "--check"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--xds needs --node-id"), "{stderr}");
+    let (code, stderr) = run(&["--xds", "127.0.0.1:18000", "--node-id", "", "--check"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("xds.node_id: must not be empty"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["--node-id", "a"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--config"), "{stderr}");
+    let (code, stdout) = {
+        let output = Command::new(binary())
+            .args(["--xds", "127.0.0.1:18000", "--node-id", "a", "--check"])
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, 0, "no file is needed with --xds");
+    assert!(
+        stdout.contains("valid (0 listeners, 0 clusters)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn without_its_xds_server_the_proxy_serves_its_file_but_is_not_ready() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let xds = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = ProxyProcess::start(&format!(
+        "
+admin: {{address: 127.0.0.1:0}}
+xds: {{address: '{xds}', node_id: sidecar-1}}
+listeners:
+  - {{name: local, address: 127.0.0.1:0, routes: [{{name: ok, direct_response: {{status: 200, body: here}}}}]}}
+"
+    ))
+    .await;
+    let (status, body) = proxy.admin_get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("waiting for the first xDS config"), "{body}");
+    let listener = proxy.listener("local").await;
+    let reply = crate::support::client::get(
+        &crate::support::client::http1(),
+        &format!("http://{listener}/"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "the file's listeners serve meanwhile");
+    let mut view = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, body) = proxy.admin_get("/xds").await;
+        view = serde_json::from_str(&body).unwrap();
+        if view["last_disconnect"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(view["server"], xds.to_string(), "{view}");
+    assert_eq!(view["node_id"], "sidecar-1", "{view}");
+    assert_eq!(view["connected"], false, "{view}");
+    assert!(
+        view["last_disconnect"]
+            .as_str()
+            .is_some_and(|d| d.contains("cannot connect")),
+        "{view}"
+    );
+}
