@@ -218,40 +218,22 @@ impl Client {
         let mut inbound = client
             .stream_aggregated_resources(ReceiverStream::new(rx))
             .await
-            .map_err(|s| Session {
-                received: false,
-                error: format!("the server refused the stream: {}", s.message()),
-            })?
+            .map_err(refused)?
             .into_inner();
         self.connected();
         let mut received = false;
         loop {
-            let message = tokio::select! {
-                message = inbound.message() => message,
-                _ = self.warming_deadline() => {
-                    self.warming_expired();
-                    continue;
-                }
-            };
-            let response: DiscoveryResponse = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => return Ok(received),
-                Err(status) => {
-                    return Err(Session {
-                        received,
-                        error: format!("{}: {}", status.code(), status.message()),
-                    });
-                }
+            let Some(response): Option<DiscoveryResponse> =
+                self.next(&mut inbound, received).await?
+            else {
+                return Ok(received);
             };
             received = true;
             let Some(t) = type_index(&response.type_url) else {
                 let request = DiscoveryRequest {
                     type_url: response.type_url.clone(),
                     response_nonce: response.nonce.clone(),
-                    error_detail: Some(invalid(format!(
-                        "the type {} is not supported by remora-proxy",
-                        response.type_url
-                    ))),
+                    error_detail: Some(unknown_type(&response.type_url)),
                     ..Default::default()
                 };
                 send(&tx, request).await?;
@@ -333,40 +315,22 @@ impl Client {
         let mut inbound = client
             .delta_aggregated_resources(ReceiverStream::new(rx))
             .await
-            .map_err(|s| Session {
-                received: false,
-                error: format!("the server refused the stream: {}", s.message()),
-            })?
+            .map_err(refused)?
             .into_inner();
         self.connected();
         let mut received = false;
         loop {
-            let message = tokio::select! {
-                message = inbound.message() => message,
-                _ = self.warming_deadline() => {
-                    self.warming_expired();
-                    continue;
-                }
-            };
-            let response: DeltaDiscoveryResponse = match message {
-                Ok(Some(response)) => response,
-                Ok(None) => return Ok(received),
-                Err(status) => {
-                    return Err(Session {
-                        received,
-                        error: format!("{}: {}", status.code(), status.message()),
-                    });
-                }
+            let Some(response): Option<DeltaDiscoveryResponse> =
+                self.next(&mut inbound, received).await?
+            else {
+                return Ok(received);
             };
             received = true;
             let Some(t) = type_index(&response.type_url) else {
                 let request = DeltaDiscoveryRequest {
                     type_url: response.type_url.clone(),
                     response_nonce: response.nonce.clone(),
-                    error_detail: Some(invalid(format!(
-                        "the type {} is not supported by remora-proxy",
-                        response.type_url
-                    ))),
+                    error_detail: Some(unknown_type(&response.type_url)),
                     ..Default::default()
                 };
                 send(&tx, request).await?;
@@ -418,6 +382,25 @@ impl Client {
                 };
                 names[n] = wanted;
                 send(&tx, request).await?;
+            }
+        }
+    }
+
+    /// The next response; while waiting, a warming deadline that passes is applied.
+    async fn next<T>(
+        &mut self,
+        inbound: &mut tonic::Streaming<T>,
+        received: bool,
+    ) -> Result<Option<T>, Session> {
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    return message.map_err(|status| Session {
+                        received,
+                        error: format!("{}: {}", status.code(), status.message()),
+                    });
+                }
+                _ = self.warming_deadline() => self.warming_expired(),
             }
         }
     }
@@ -550,6 +533,19 @@ async fn send<T>(tx: &mpsc::Sender<T>, request: T) -> Result<(), Session> {
         received: true,
         error: "the request stream closed".into(),
     })
+}
+
+fn refused(status: tonic::Status) -> Session {
+    Session {
+        received: false,
+        error: format!("the server refused the stream: {}", status.message()),
+    }
+}
+
+fn unknown_type(type_url: &str) -> rpc::Status {
+    invalid(format!(
+        "the type {type_url} is not supported by remora-proxy"
+    ))
 }
 
 fn invalid(message: String) -> rpc::Status {
