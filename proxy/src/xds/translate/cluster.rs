@@ -38,8 +38,7 @@ pub fn cluster(c: &Cluster) -> Result<ClusterPart> {
     if c.name.is_empty() {
         return Err(Rejection::new("name", "required"));
     }
-    let mut config: ClusterConfig =
-        crate::config::parse_yaml_as("{name: x}").expect("a named cluster parses");
+    let mut config: ClusterConfig = super::defaults!(ClusterConfig, "{name: x}");
     config.name = c.name.clone();
 
     if c.transport_socket.is_some() || !c.transport_socket_matches.is_empty() {
@@ -449,8 +448,7 @@ fn outlier_detection(o: &cluster::OutlierDetection) -> Result<OutlierDetectionCo
             )),
         }
     };
-    let mut config: OutlierDetectionConfig =
-        crate::config::parse_yaml_as("{}").expect("empty outlier detection parses");
+    let mut config: OutlierDetectionConfig = super::defaults!(OutlierDetectionConfig, "{}");
     config.consecutive_5xx = if enforced(
         &o.enforcing_consecutive_5xx,
         100,

@@ -168,10 +168,9 @@ fn typed_config<'a>(f: &'a Filter, at: &str) -> Result<&'a protobuf::Any> {
 
 fn base(name: &str, address: std::net::SocketAddr) -> ListenerConfig {
     // The YAML defaults, so a listener from xDS behaves as one from the file.
-    let mut config: ListenerConfig =
-        crate::config::parse_yaml_as(&format!("{{name: x, address: \"{address}\"}}"))
-            .expect("a listener with a name and an address parses");
+    let mut config = super::defaults!(ListenerConfig, "{name: x, address: '127.0.0.1:0'}");
     config.name = name.to_string();
+    config.address = address;
     config
 }
 

@@ -365,6 +365,18 @@ fn local_rate_limit(
     }))
 }
 
+/// A config type with every field at its YAML default, parsed once per
+/// type: `defaults!(RouteConfig, "{name: x}")`.
+macro_rules! defaults {
+    ($ty:ty, $yaml:expr) => {{
+        static DEFAULT: std::sync::LazyLock<$ty> = std::sync::LazyLock::new(|| {
+            crate::config::parse_yaml_as($yaml).expect("the defaults parse")
+        });
+        DEFAULT.clone()
+    }};
+}
+pub(crate) use defaults;
+
 /// Checks a regex the way the route matcher will compile it.
 fn check_regex(pattern: &str, path: &str) -> Result<()> {
     crate::route::matcher::anchored_regex(pattern)

@@ -150,12 +150,9 @@ fn not_found(name: String, host: Option<String>) -> RouteConfig {
 }
 
 fn empty_route(name: String) -> RouteConfig {
-    crate::config::parse_yaml_as::<RouteConfig>("{name: x}")
-        .map(|mut r| {
-            r.name = name;
-            r
-        })
-        .expect("a route with a name parses")
+    let mut route = super::defaults!(RouteConfig, "{name: x}");
+    route.name = name;
+    route
 }
 
 /// What an enclosing virtual host or route configuration gives its routes.
@@ -729,7 +726,7 @@ fn retry_policy(p: &route::RetryPolicy) -> Result<RetryConfig> {
                 })?,
         );
     }
-    let mut retry: RetryConfig = crate::config::parse_yaml_as("{}").expect("an empty retry parses");
+    let mut retry = super::defaults!(RetryConfig, "{}");
     // Envoy's default is one retry; Envoy retries any method the policy allows.
     retry.attempts = u32v(&p.num_retries).unwrap_or(1);
     retry.on = on;
