@@ -80,6 +80,10 @@ pub struct Options {
     /// Where the results folder is written.
     #[arg(long, default_value = "perf/results")]
     pub out: PathBuf,
+    /// Another remora-proxy build, measured as the target `baseline` (A/B
+    /// comparison of a change in one run; add `baseline` to --targets).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
     /// remora-proxy to measure (default: next to this program).
     #[arg(long)]
     pub remora: Option<PathBuf>,
@@ -196,6 +200,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             Some(path) => path.clone(),
             None => me.with_file_name("remora-proxy"),
         },
+        baseline: options.baseline.clone(),
         envoy: options
             .targets
             .contains(&Kind::Envoy)
@@ -207,6 +212,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .then(|| install::haproxy(options.haproxy.as_deref()))
             .transpose()?,
     };
+    if options.targets.contains(&Kind::Baseline)
+        && !programs.baseline.as_ref().is_some_and(|p| p.is_file())
+    {
+        bail!("the target baseline needs --baseline PATH, a remora-proxy program");
+    }
     if options.targets.contains(&Kind::Remora) && !programs.remora.is_file() {
         bail!(
             "{} not found: build it first (cargo build --release -p remora-proxy) or pass --remora",
@@ -221,6 +231,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             git_revision()
         ),
     )];
+    if let Some(baseline) = &programs.baseline {
+        versions.push((
+            "baseline".into(),
+            format!(
+                "{} ({})",
+                install::version(baseline, "--version"),
+                baseline.display()
+            ),
+        ));
+    }
     if let Some(envoy) = &programs.envoy {
         versions.push(("envoy".into(), install::version(envoy, "--version")));
     }

@@ -205,7 +205,11 @@ pub fn summary(results: &Results) -> String {
         }
         let remora = get(Kind::Remora);
         let mut ratios = Vec::new();
-        for (peer, name) in [(Kind::Envoy, "Envoy"), (Kind::Haproxy, "HAProxy")] {
+        for (peer, name) in [
+            (Kind::Baseline, "baseline"),
+            (Kind::Envoy, "Envoy"),
+            (Kind::Haproxy, "HAProxy"),
+        ] {
             if let (Some(r), Some(p)) = (remora, get(peer)) {
                 ratios.push(format!(
                     "Remora / {name}: CPU per request {} ×, throughput {} ×",

@@ -19,6 +19,9 @@ use super::scenarios::{Scenario, UpstreamKind};
 pub enum Kind {
     Direct,
     Remora,
+    /// Another build of remora-proxy (`--baseline`), for A/B comparisons
+    /// of a change within one run.
+    Baseline,
     Envoy,
     Haproxy,
 }
@@ -28,6 +31,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Remora => "remora",
+            Kind::Baseline => "baseline",
             Kind::Envoy => "envoy",
             Kind::Haproxy => "haproxy",
         }
@@ -69,6 +73,7 @@ impl Ports {
 #[derive(Debug, Clone)]
 pub struct Programs {
     pub remora: PathBuf,
+    pub baseline: Option<PathBuf>,
     pub envoy: Option<PathBuf>,
     pub haproxy: Option<PathBuf>,
 }
@@ -139,11 +144,18 @@ pub fn start(
                 address: SocketAddr::from(([127, 0, 0, 1], port)),
             });
         }
-        Kind::Remora => {
+        Kind::Remora | Kind::Baseline => {
+            let program = match kind {
+                Kind::Baseline => programs
+                    .baseline
+                    .as_ref()
+                    .context("no --baseline program")?,
+                _ => &programs.remora,
+            };
             let config = dir.join(format!("{name}.yaml"));
             std::fs::write(&config, remora_config(scenario, ports, workers))?;
             command
-                .arg(&programs.remora)
+                .arg(program)
                 .arg("--config")
                 .arg(&config)
                 .env("REMORA_LOG_LEVEL", "warn");

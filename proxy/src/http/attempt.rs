@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use http::header::{EXPECT, HOST, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version, request};
+use http::{Method, Request, Response, Uri, Version, request};
 use hyper::body::Incoming;
 
 use super::body::RequestBody;
@@ -95,8 +95,18 @@ pub async fn send(
     let pool = &endpoint.pool;
     if version == Version::HTTP_2 {
         let lease = pool.http2().await.map_err(TryError::connect)?;
-        let mut sender = lease.sender();
-        return match sender.try_send_request(request).await {
+        if request.method() == Method::CONNECT {
+            // Only hyper's own sender handles CONNECT (extended CONNECT).
+            let response = lease
+                .sender()
+                .send_request(request)
+                .await
+                .map_err(TryError::send)?;
+            exchange.hold_http2(lease);
+            return Ok(response);
+        }
+        // The stream is opened and its response awaited on this task.
+        return match lease.direct().try_send_request(request).await {
             Ok(response) => {
                 exchange.hold_http2(lease);
                 Ok(response)
@@ -105,7 +115,7 @@ pub async fn send(
                 // A stream the upstream reset is that stream's problem; only a
                 // connection that is gone or refuses new streams is replaced.
                 let unsent = error.take_message();
-                if unsent.is_some() || sender.is_closed() {
+                if unsent.is_some() || lease.direct().is_closed() {
                     pool.discard_http2(&lease);
                 }
                 match unsent {
@@ -113,10 +123,10 @@ pub async fn send(
                         drop(lease);
                         let lease = pool.http2().await.map_err(TryError::connect)?;
                         let response = lease
-                            .sender()
-                            .send_request(request)
+                            .direct()
+                            .try_send_request(request)
                             .await
-                            .map_err(TryError::send)?;
+                            .map_err(|error| TryError::send(error.into_error()))?;
                         exchange.hold_http2(lease);
                         Ok(response)
                     }

@@ -17,6 +17,8 @@ use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot};
 use crate::http::body::RequestBody;
 
 pub type Http2Sender = http2::SendRequest<RequestBody>;
+/// Sends on the request's own task (Remora's hyper patch, `vendor/hyper/REMORA.md`).
+pub type Http2Direct = http2::DirectSender<RequestBody>;
 
 /// How often a new connection is checked for the peer's SETTINGS.
 const SETTLING_CHECK: Duration = Duration::from_millis(2);
@@ -25,7 +27,10 @@ const SETTLED_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(super) struct Http2Conn {
+    /// Keeps hyper's connection task running; sends CONNECT requests.
     sender: Http2Sender,
+    /// Sends every other request.
+    direct: Http2Direct,
     born: Instant,
     /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, published by the connection task.
     peer_limit: Arc<AtomicUsize>,
@@ -82,6 +87,10 @@ pub struct Http2Lease {
 impl Http2Lease {
     pub fn sender(&self) -> Http2Sender {
         self.conn.sender.clone()
+    }
+
+    pub fn direct(&self) -> &Http2Direct {
+        &self.conn.direct
     }
 }
 
@@ -181,6 +190,7 @@ impl EndpointPool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
+        let direct = conn.direct_sender();
         let peer_limit = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
         let published = peer_limit.clone();
         let shared = self.shared.clone();
@@ -209,6 +219,7 @@ impl EndpointPool {
         self.spawn_connection(watched, slot);
         let conn = Arc::new(Http2Conn {
             sender,
+            direct,
             born: Instant::now(),
             peer_limit,
             served: AtomicU32::new(0),

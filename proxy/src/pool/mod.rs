@@ -29,7 +29,7 @@ use crate::config::{ClusterConfig, Http2Config, Http2KeepaliveConfig};
 use crate::socket::SocketOptions;
 
 pub use http1::{Http1Lease, Http1Sender};
-pub use http2::{Http2Lease, Http2Sender};
+pub use http2::{Http2Direct, Http2Lease, Http2Sender};
 
 /// Connection metrics of one cluster, shared by its endpoints' pools.
 #[derive(Debug, Clone)]

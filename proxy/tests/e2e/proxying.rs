@@ -266,3 +266,101 @@ async fn a_reset_stream_fails_one_request_and_keeps_the_shared_http2_connection(
         "the other streams' connection stays up"
     );
 }
+
+/// An HTTP/2 upstream built on `h2` itself, to see what hyper's server
+/// hides: `/ok` answers 200; any other stream is never answered, and the
+/// reason it was reset with is reported with its path. Counts connections.
+async fn resetting_h2_upstream() -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<(String, h2::Reason)>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (resets, reported) = mpsc::unbounded_channel();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let resets = resets.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let resets = resets.clone();
+                    tokio::spawn(async move {
+                        let path = request.uri().path().to_string();
+                        if path == "/ok" {
+                            let response = http::Response::new(());
+                            let _ = respond.send_response(response, true);
+                            return;
+                        }
+                        // Keeps the request body open; waits for the reset.
+                        let _body = request.into_body();
+                        let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+                        if let Ok(reason) = reason {
+                            let _ = resets.send((path, reason));
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, reported, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_http2_request_resets_its_upstream_stream_and_keeps_the_connection() {
+    let (upstream, mut resets, connections) = resetting_h2_upstream().await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - {{name: hang, match: {{path_prefix: /hang}}, timeout: 300ms, backends: [{{cluster: up}}]}}
+      - {{name: ok, match: {{path: /ok}}, backends: [{{cluster: up}}]}}
+clusters:
+  - {{name: up, endpoints: ['{upstream}'], protocol: http2}}
+"
+    ))
+    .await;
+    let client = client::http1();
+
+    // No request body: the stream's only handle is the response wait.
+    let reply = client::get(&client, &proxy.url("web", "/hang/get")).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    let (path, reason) = within("the upstream sees the reset", resets.recv())
+        .await
+        .unwrap();
+    assert_eq!((path.as_str(), reason), ("/hang/get", h2::Reason::CANCEL));
+
+    // A request body still streaming: its pipe must reset the stream too.
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let request = Request::post(proxy.url("web", "/hang/body"))
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+        .await
+        .unwrap();
+    let reply = client::send(&client, request).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    let (path, reason) = within("the upstream sees the reset", resets.recv())
+        .await
+        .unwrap();
+    assert_eq!((path.as_str(), reason), ("/hang/body", h2::Reason::CANCEL));
+    drop(tx);
+
+    let reply = client::get(&client, &proxy.url("web", "/ok")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the shared connection outlives its abandoned streams"
+    );
+}

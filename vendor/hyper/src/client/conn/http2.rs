@@ -266,6 +266,71 @@ where
     }
 }
 
+impl<T, B, E> Connection<T, B, E>
+where
+    T: Read + Write + Unpin + 'static,
+    B: Body + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+    E: Http2ClientConnExec<B, T> + Clone + Unpin + Send + Sync + 'static,
+{
+    /// Remora: a sender that opens each request's stream and waits for its
+    /// response on the caller's task, instead of passing the request to this
+    /// connection's task and a task spawned per request. The connection must
+    /// still be polled (spawned) as usual, and keeps running while a
+    /// `DirectSender` or a `SendRequest` is alive.
+    pub fn direct_sender(&self) -> DirectSender<B> {
+        DirectSender {
+            inner: self.inner.1.direct_sender(),
+        }
+    }
+}
+
+/// Remora: sends requests on the caller's task; see
+/// [`Connection::direct_sender`].
+pub struct DirectSender<B>
+where
+    B: Body,
+{
+    inner: proto::h2::client::DirectSender<B>,
+}
+
+impl<B> DirectSender<B>
+where
+    B: Body + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// The peer's current `SETTINGS_MAX_CONCURRENT_STREAMS`, as
+    /// [`Connection::current_max_send_streams`].
+    pub fn current_max_send_streams(&self) -> usize {
+        self.inner.current_max_send_streams()
+    }
+
+    /// Sends a request and waits for its response head. If the connection
+    /// could not take the request (it has closed, or the method is CONNECT,
+    /// which only [`SendRequest`] sends), the request is returned in the
+    /// error. Dropping the future before the response resets the stream.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send_request(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<IncomingBody>, TrySendError<Request<B>>>> {
+        self.inner.send(req)
+    }
+}
+
+impl<B: Body> fmt::Debug for DirectSender<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectSender").finish()
+    }
+}
+
 impl<T, B, E> fmt::Debug for Connection<T, B, E>
 where
     T: Read + Write + fmt::Debug + 'static + Unpin,

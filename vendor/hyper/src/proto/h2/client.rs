@@ -793,3 +793,174 @@ where
         }
     }
 }
+
+// ===== Remora: requests sent on the caller's task =====
+
+/// Remora: a handle that sends requests on the caller's task. `ClientTask`
+/// takes each request from a channel on the connection's own task and
+/// spawns a task per request to wait for its response; this handle opens
+/// the stream and waits for the response where it is called, so a request
+/// costs no channel hop, no spawned task and no callback. Request bodies
+/// that are not finished at once are still piped by a task of their own,
+/// as `ClientTask` does. CONNECT is not sent this way (see `send`).
+pub(crate) struct DirectSender<B>
+where
+    B: Body,
+{
+    h2_tx: SendRequest<SendBuf<B::Data>>,
+    ping: Recorder,
+    // In an `Arc`: cloning the sender itself allocates, and only a request
+    // whose body is piped by a task needs a clone.
+    conn_drop_ref: std::sync::Arc<ConnDropRef>,
+    spawn_pipe: std::sync::Arc<dyn Fn(PipeMap<B>) + Send + Sync>,
+}
+
+impl<B, E, T> ClientTask<B, E, T>
+where
+    B: Body + 'static + Unpin,
+    B::Data: Send,
+    E: Http2ClientConnExec<B, T> + Clone + Unpin + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: Read + Write + Unpin + 'static,
+{
+    pub(crate) fn direct_sender(&self) -> DirectSender<B> {
+        let exec = self.executor.clone();
+        DirectSender {
+            h2_tx: self.h2_tx.clone(),
+            ping: self.ping.clone(),
+            conn_drop_ref: std::sync::Arc::new(self.conn_drop_ref.clone()),
+            spawn_pipe: std::sync::Arc::new(move |pipe| {
+                exec.clone()
+                    .execute_h2_future(H2ClientFuture::Pipe { pipe });
+            }),
+        }
+    }
+}
+
+/// Resets the stream (through the body pipe) when a request is dropped
+/// before its response came, as `SendWhen` does for `ClientTask`.
+struct CancelOnDrop(Option<oneshot::Sender<()>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel_tx) = self.0.take() {
+            let _ = cancel_tx.send(());
+        }
+    }
+}
+
+impl<B> DirectSender<B>
+where
+    B: Body + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Whether the connection is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.conn_drop_ref.is_closed()
+    }
+
+    pub(crate) fn current_max_send_streams(&self) -> usize {
+        self.h2_tx.current_max_send_streams()
+    }
+
+    /// Opens a stream for `req` and waits for the response head. A request
+    /// the connection could not take (it is closed, or the method is
+    /// CONNECT) comes back in the error.
+    pub(crate) fn send(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<IncomingBody>, TrySendError<Request<B>>>> {
+        let mut h2_tx = self.h2_tx.clone();
+        let ping = self.ping.clone();
+        let conn_drop_ref = self.conn_drop_ref.clone();
+        let spawn_pipe = self.spawn_pipe.clone();
+        async move {
+            if req.method() == Method::CONNECT {
+                return Err(TrySendError {
+                    error: crate::Error::new_user_invalid_connect(),
+                    message: Some(req),
+                });
+            }
+            if let Err(err) = crate::common::future::poll_fn(|cx| h2_tx.poll_ready(cx)).await {
+                return Err(TrySendError {
+                    error: crate::Error::new_h2(err),
+                    message: Some(req),
+                });
+            }
+            let (head, body) = req.into_parts();
+            let mut req = ::http::Request::from_parts(head, ());
+            super::strip_connection_headers(req.headers_mut(), super::MessageKind::Request);
+            if let Some(len) = body.size_hint().exact() {
+                if len != 0 || headers::method_has_defined_payload_semantics(req.method()) {
+                    headers::set_content_length_if_missing(req.headers_mut(), len);
+                }
+            }
+            if let Some(protocol) = req.extensions_mut().remove::<Protocol>() {
+                req.extensions_mut().insert(protocol.into_inner());
+            }
+            let eos = body.is_end_stream();
+            let (fut, body_tx) = match h2_tx.send_request(req, eos) {
+                Ok(ok) => ok,
+                Err(err) => {
+                    debug!("client send request error: {}", err);
+                    return Err(TrySendError {
+                        error: crate::Error::new_h2(err),
+                        message: None,
+                    });
+                }
+            };
+            drop(h2_tx);
+
+            let mut cancel = CancelOnDrop(None);
+            if eos {
+                // The response wait alone holds the stream: dropping it resets.
+                drop(body_tx);
+            } else {
+                let mut pipe = PipeToSendStream::new(body, body_tx);
+                // Most bodies are all there: sent now, no task.
+                let first = crate::common::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut pipe).poll(cx).is_ready())
+                })
+                .await;
+                if !first {
+                    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+                    cancel.0 = Some(cancel_tx);
+                    spawn_pipe(PipeMap {
+                        pipe,
+                        conn_drop_ref: Some((*conn_drop_ref).clone()),
+                        ping: Some(ping.clone()),
+                        cancel_rx: Some(cancel_rx),
+                    });
+                }
+            }
+
+            let result = fut.await;
+            // The response came: the pipe goes on without a cancel signal.
+            drop(cancel.0.take());
+            match result {
+                Ok(res) => {
+                    ping.record_non_data();
+                    let content_length = headers::content_length_parse_all(res.headers());
+                    Ok(res.map(|stream| {
+                        let ping = ping.for_stream(&stream);
+                        IncomingBody::h2(stream, content_length.into(), ping)
+                    }))
+                }
+                Err(err) => {
+                    if let Err(error) = ping.ensure_not_timed_out() {
+                        return Err(TrySendError {
+                            error,
+                            message: None,
+                        });
+                    }
+                    debug!("client response error: {}", err);
+                    Err(TrySendError {
+                        error: crate::Error::new_h2(err),
+                        message: None,
+                    })
+                }
+            }
+        }
+    }
+}
