@@ -80,22 +80,43 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .workers
         .map(|w| w.get())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // One worker: a current-thread runtime. Its FIFO run queue lets the
+    // Every runtime is a current-thread one. Its FIFO run queue lets the
     // HTTP/2 frames several streams queue in one tick leave in one write,
-    // and it skips the work-stealing machinery (docs/architecture.md).
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    // and it skips the work-stealing machinery (docs/architecture.md). One
+    // worker runs everything on this thread; with more, each worker is a
+    // thread of its own that accepts on its own socket of every listener,
+    // and this thread keeps the proxy's own work (reloads, discovery,
+    // health checks).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let worker_runtimes = if workers == 1 {
+        Vec::new()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("remora-worker")
-            .enable_all()
-            .build()
-    }
-    .context("cannot start the runtime")?;
-    runtime.block_on(serve(args, config, env, log, workers))
+        (0..workers)
+            .map(start_worker)
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    runtime.block_on(serve(args, config, env, log, worker_runtimes, workers))
+}
+
+/// A data-plane worker: a thread running a current-thread runtime for as
+/// long as the process lives.
+fn start_worker(index: usize) -> anyhow::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a worker's runtime")?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name(format!("remora-worker-{index}"))
+        .spawn(move || {
+            remora_proxy::pool::set_worker(index as u32);
+            runtime.block_on(std::future::pending::<()>())
+        })
+        .context("cannot start a worker thread")?;
+    Ok(handle)
 }
 
 fn source_name(args: &Args) -> String {
@@ -153,6 +174,7 @@ async fn serve(
     config: remora_proxy::config::Config,
     env: EnvOverrides,
     log: Arc<LogControl>,
+    worker_runtimes: Vec<tokio::runtime::Handle>,
     workers: usize,
 ) -> anyhow::Result<ExitCode> {
     let admin_address = config.admin.address;
@@ -167,6 +189,7 @@ async fn serve(
         ProxyOptions {
             env,
             log: Some(log),
+            workers: worker_runtimes,
         },
     )
     .with_context(|| format!("cannot start from {}", source_name(&args)))?;

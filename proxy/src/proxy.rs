@@ -51,6 +51,10 @@ pub struct ProxyOptions {
     pub env: EnvOverrides,
     /// Lets reloads and the admin server change the log level.
     pub log: Option<Arc<LogControl>>,
+    /// The data-plane workers' runtimes: each accepts on its own socket of
+    /// every listener (`SO_REUSEPORT`). Empty: listeners accept on the
+    /// runtime `start` is called on.
+    pub workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Proxy {
@@ -66,6 +70,8 @@ impl Proxy {
         let snapshot = Snapshot::compile(config, None, &telemetry, 1, Mode::Serve)?;
         let spawner = Spawner {
             runtime: tokio::runtime::Handle::current(),
+            workers: options.workers,
+            telemetry: telemetry.clone(),
             drain: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };

@@ -5,6 +5,11 @@
 //! takes the new state; new addresses are bound before anything else
 //! changes, so a reload that cannot bind is rejected whole; listeners no
 //! longer wanted stop accepting and drain their connections.
+//!
+//! With several workers (one current-thread runtime each), every listener
+//! is bound once per worker with `SO_REUSEPORT`: the kernel spreads new
+//! connections over the workers' sockets, and a connection lives on the
+//! worker that accepted it.
 
 pub mod state;
 
@@ -15,12 +20,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use metrics::Counter;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
+use crate::telemetry::{self, Telemetry};
 use state::{ListenerKind, ListenerState};
 
 /// A bound listener's current state, swapped atomically on reload.
@@ -39,7 +47,12 @@ impl ListenerSlot {
 /// What every listener's tasks are spawned with.
 #[derive(Clone)]
 pub struct Spawner {
+    /// The proxy's own runtime (reloads, discovery, health checks).
     pub runtime: tokio::runtime::Handle,
+    /// The data-plane workers' runtimes, one accept loop and socket each
+    /// per listener; empty: listeners accept on `runtime`.
+    pub workers: Vec<tokio::runtime::Handle>,
+    pub telemetry: Arc<Telemetry>,
     /// Cancelled when the proxy drains; every listener's stop token is a child.
     pub drain: CancellationToken,
     /// Tracks every connection, so a drain can wait for them.
@@ -82,8 +95,8 @@ impl ListenerSet {
                     claimed[index] = true;
                     plan.push(Plan::Reuse(index));
                 }
-                None => match bind(state.address) {
-                    Ok(listener) => plan.push(Plan::New(listener)),
+                None => match bind_all(state.address, spawner.workers.len().max(1)) {
+                    Ok(sockets) => plan.push(Plan::New(sockets)),
                     Err(error) => errors.push(ConfigError::new(
                         format!("listeners[{i}].address"),
                         format!("cannot bind {}: {error}", state.address),
@@ -105,20 +118,26 @@ impl ListenerSet {
                     bound.slot.state.store(state.clone());
                     bound
                 }
-                Plan::New(listener) => {
-                    let local = listener.local_addr().unwrap_or(state.address);
+                Plan::New(sockets) => {
+                    let local = sockets[0].local_addr().unwrap_or(state.address);
                     let slot = Arc::new(ListenerSlot {
                         state: ArcSwap::new(state.clone()),
                         open: AtomicUsize::new(0),
                     });
                     let stop = spawner.drain.child_token();
-                    spawner.runtime.spawn(accept_loop(
-                        listener,
-                        slot.clone(),
-                        stop.clone(),
-                        spawner.tracker.clone(),
-                    ));
-                    tracing::info!(listener = %state.name, address = %local, "listening");
+                    let workers = sockets.len();
+                    for (worker, socket) in sockets.into_iter().enumerate() {
+                        let runtime = spawner.workers.get(worker).unwrap_or(&spawner.runtime);
+                        runtime.spawn(accept_loop(
+                            socket,
+                            worker,
+                            slot.clone(),
+                            stop.clone(),
+                            spawner.tracker.clone(),
+                            spawner.telemetry.clone(),
+                        ));
+                    }
+                    tracing::info!(listener = %state.name, address = %local, workers, "listening");
                     Bound { slot, local, stop }
                 }
             };
@@ -163,26 +182,94 @@ impl ListenerSet {
 
 enum Plan {
     Reuse(usize),
-    New(TcpListener),
+    /// One socket per worker.
+    New(Vec<std::net::TcpListener>),
 }
 
-fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(1024)
+/// `count` sockets listening on `address`: one as before, or with
+/// `SO_REUSEPORT` one per worker on the same port (for port 0, the port the
+/// first one got).
+fn bind_all(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let reuse_port = count > 1;
+    let first = bind(address, reuse_port)?;
+    let mut address = address;
+    address.set_port(first.local_addr()?.port());
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind(address, reuse_port)?);
+    }
+    Ok(sockets)
+}
+
+/// A non-blocking listening socket, made a tokio listener by the runtime
+/// that accepts on it (a socket belongs to the reactor it is registered in).
+fn bind(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// `remora_downstream_connections_total{listener,worker}` for the
+/// listener's current name (a reload may rename a listener that keeps its
+/// socket).
+struct Accepted {
+    name: Arc<str>,
+    worker: String,
+    counter: Counter,
+}
+
+impl Accepted {
+    fn new(telemetry: &Telemetry, name: Arc<str>, worker: usize) -> Accepted {
+        let worker = worker.to_string();
+        let counter = telemetry.counter(
+            telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
+            &[("listener", &name), ("worker", &worker)],
+        );
+        Accepted {
+            name,
+            worker,
+            counter,
+        }
+    }
+
+    fn count(&mut self, telemetry: &Telemetry, name: &Arc<str>) {
+        if !Arc::ptr_eq(&self.name, name) && self.name != *name {
+            self.counter = telemetry.counter(
+                telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
+                &[("listener", name), ("worker", &self.worker)],
+            );
+        }
+        self.name = name.clone();
+        self.counter.increment(1);
+    }
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    socket: std::net::TcpListener,
+    worker: usize,
     slot: Arc<ListenerSlot>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    telemetry: Arc<Telemetry>,
 ) {
+    let listener = match TcpListener::from_std(socket) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(listener = %slot.current().name, worker, %error, "cannot accept on the listener's socket");
+            return;
+        }
+    };
+    let mut counted = Accepted::new(&telemetry, slot.current().name.clone(), worker);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -192,6 +279,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let state = slot.current();
+                counted.count(&telemetry, &state.name);
                 if let Some(reason) = refusal(&state, &slot, peer) {
                     state.rejected[reason].increment(1);
                     let reason = state::REJECT_REASONS[reason];

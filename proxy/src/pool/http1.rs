@@ -1,14 +1,17 @@
 //! HTTP/1.1 connections: one request at a time. A lease lends a connection
 //! to one exchange; when the response ends cleanly the connection goes back
 //! to the endpoint's idle list (newest first, so few connections stay warm),
-//! unless it is retired or the list is full.
+//! unless it is retired or the list is full. With several workers, a
+//! request takes an idle connection of its own worker (whose runtime drives
+//! the connection), else opens one if a slot is free, else takes another
+//! worker's.
 
 use std::time::Instant;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::{ConnectError, EndpointPool, PoolSettings, Slot};
+use super::{ConnectError, EndpointPool, PoolSettings, Slot, current_worker};
 use crate::http::body::RequestBody;
 
 pub type Http1Sender = http1::SendRequest<RequestBody>;
@@ -19,6 +22,8 @@ pub(super) struct Idle {
     born: Instant,
     served: u32,
     since: Instant,
+    /// The worker whose runtime drives the connection.
+    worker: u32,
 }
 
 impl Idle {
@@ -37,6 +42,7 @@ pub struct Http1Lease {
     pub sender: Http1Sender,
     born: Instant,
     served: u32,
+    worker: u32,
     /// Whether it served a request before (the peer may have closed it since).
     pub reused: bool,
 }
@@ -68,6 +74,7 @@ impl EndpointPool {
                             sender: idle.sender,
                             born: idle.born,
                             served: idle.served + 1,
+                            worker: idle.worker,
                             reused: true,
                         });
                     }
@@ -80,12 +87,21 @@ impl EndpointPool {
     fn try_http1(&self) -> Option<Next> {
         let mut state = self.shared.lock();
         let now = Instant::now();
-        while let Some(idle) = state.idle.pop() {
-            if !idle.expired(&self.settings, now) {
-                return Some(Next::Idle(idle));
+        let here = current_worker();
+        // Newest first, from the list's end; expired ones met on the way go.
+        let mut index = state.idle.len();
+        while index > 0 {
+            index -= 1;
+            if state.idle[index].expired(&self.settings, now) {
+                state.idle.remove(index);
+            } else if state.idle[index].worker == here {
+                return Some(Next::Idle(state.idle.remove(index)));
             }
         }
-        self.reserve(&mut state).map(Next::Connect)
+        if let Some(slot) = self.reserve(&mut state) {
+            return Some(Next::Connect(slot));
+        }
+        state.idle.pop().map(Next::Idle)
     }
 
     /// A new connection outside the idle list, if a slot is free now; with
@@ -114,6 +130,7 @@ impl EndpointPool {
             sender,
             born: Instant::now(),
             served: 1,
+            worker: current_worker(),
             reused: false,
         })
     }
@@ -131,6 +148,7 @@ impl EndpointPool {
                 born: lease.born,
                 served: lease.served,
                 since: now,
+                worker: lease.worker,
             });
             drop(state);
             self.shared.changed.notify_one();

@@ -5,6 +5,10 @@
 //! cluster's `http2.max_concurrent_streams`), another is opened if a slot is
 //! free, else the request waits for a stream. A retired connection takes no
 //! new streams and closes once its last one ends.
+//!
+//! With several workers, each worker's requests use a connection its own
+//! runtime drives: a worker without one opens one if a slot is free (as
+//! Envoy's per-worker pools do), and shares another worker's when none is.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot};
+use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot, current_worker, worker_bit};
 use crate::http::body::RequestBody;
 
 pub type Http2Sender = http2::SendRequest<RequestBody>;
@@ -39,6 +43,8 @@ pub(super) struct Http2Conn {
     retired: AtomicBool,
     /// Milliseconds after `born` when the last stream ended.
     idle_since_ms: AtomicU64,
+    /// The worker whose runtime drives the connection.
+    worker: u32,
 }
 
 impl Http2Conn {
@@ -118,7 +124,7 @@ impl EndpointPool {
                 Next::Connect(slot) => {
                     let opened = self.open_http2(slot).await;
                     let mut state = self.shared.lock();
-                    state.http2_connecting = false;
+                    state.http2_connecting &= !worker_bit(current_worker());
                     if let Ok(conn) = &opened {
                         state.http2.push(conn.clone());
                     }
@@ -139,10 +145,22 @@ impl EndpointPool {
         state
             .http2
             .retain(|conn| !conn.sender.is_closed() && !conn.retired.load(Ordering::Relaxed));
-        let free = state
+        // A connection of this worker first (its runtime drives it).
+        let here = current_worker();
+        let has_room = |conn: &Arc<Http2Conn>| conn.active() < conn.stream_limit(settings);
+        let mut free = state
             .http2
             .iter()
-            .position(|conn| conn.active() < conn.stream_limit(settings));
+            .position(|conn| conn.worker == here && has_room(conn));
+        if free.is_none() {
+            let mine = state.http2_connecting & worker_bit(here) != 0
+                || state.http2.iter().any(|conn| conn.worker == here);
+            if !mine && let Some(slot) = self.reserve(&mut state) {
+                state.http2_connecting |= worker_bit(here);
+                return Some(Next::Connect(slot));
+            }
+            free = state.http2.iter().position(has_room);
+        }
         if let Some(index) = free {
             let conn = state.http2[index].clone();
             conn.streams.fetch_add(1, Ordering::Relaxed);
@@ -157,11 +175,11 @@ impl EndpointPool {
                 shared: self.shared.clone(),
             }));
         }
-        if state.http2_connecting || state.http2.iter().any(|c| c.is_settling()) {
+        if state.http2_connecting != 0 || state.http2.iter().any(|c| c.is_settling()) {
             return None;
         }
         let slot = self.reserve(&mut state)?;
-        state.http2_connecting = true;
+        state.http2_connecting |= worker_bit(here);
         Some(Next::Connect(slot))
     }
 
@@ -226,6 +244,7 @@ impl EndpointPool {
             streams: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
+            worker: current_worker(),
         });
         // A peer that never sends its SETTINGS is given up on.
         let (settling, shared, timeout) =

@@ -31,6 +31,28 @@ use crate::socket::SocketOptions;
 pub use http1::{Http1Lease, Http1Sender};
 pub use http2::{Http2Direct, Http2Lease, Http2Sender};
 
+thread_local! {
+    /// The data-plane worker this thread runs (0 when there are no
+    /// separate workers): connections are handed preferably to requests of
+    /// the worker whose runtime drives them.
+    static WORKER: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as data-plane worker `index` (called once when a
+/// worker thread starts).
+pub fn set_worker(index: u32) {
+    WORKER.set(index);
+}
+
+fn current_worker() -> u32 {
+    WORKER.get()
+}
+
+/// The worker's bit in `State::http2_connecting`.
+fn worker_bit(worker: u32) -> u64 {
+    1 << (worker % 64)
+}
+
 /// Connection metrics of one cluster, shared by its endpoints' pools.
 #[derive(Debug, Clone)]
 pub struct ConnStats {
@@ -143,7 +165,8 @@ struct State {
     open: usize,
     idle: Vec<http1::Idle>,
     http2: Vec<Arc<http2::Http2Conn>>,
-    http2_connecting: bool,
+    /// Workers opening an HTTP/2 connection now, one bit each (worker % 64).
+    http2_connecting: u64,
 }
 
 impl Shared {

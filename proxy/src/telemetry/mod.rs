@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
 pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
 pub const DOWNSTREAM_CONNECTIONS_ACTIVE: &str = "remora_downstream_connections_active";
+pub const DOWNSTREAM_CONNECTIONS_TOTAL: &str = "remora_downstream_connections_total";
 pub const UPSTREAM_CONNECTIONS_ACTIVE: &str = "remora_upstream_connections_active";
 pub const UPSTREAM_CONNECTIONS_CREATED: &str = "remora_upstream_connections_created_total";
 pub const UPSTREAM_CONNECT_FAILURES: &str = "remora_upstream_connect_failures_total";
@@ -84,6 +85,11 @@ impl Telemetry {
             DOWNSTREAM_CONNECTIONS_ACTIVE,
             None,
             "Open client connections per listener.",
+        );
+        describe(
+            DOWNSTREAM_CONNECTIONS_TOTAL,
+            None,
+            "Client connections accepted, per listener and worker.",
         );
         describe(
             UPSTREAM_CONNECTIONS_ACTIVE,

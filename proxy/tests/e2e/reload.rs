@@ -289,3 +289,77 @@ clusters:
     })
     .await;
 }
+
+/// Fresh connections to `url` (one request each); all must answer 200.
+async fn fresh_connections(url: &str, count: usize) {
+    for _ in 0..count {
+        let reply = client::get(&client::http1(), url).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+}
+
+async fn accepted_by_worker(process: &ProxyProcess, listener: &str) -> [f64; 2] {
+    let text = process.admin_get("/metrics").await.1;
+    [0, 1].map(|worker| {
+        metric_in(
+            &text,
+            &format!(
+                r#"remora_downstream_connections_total{{listener="{listener}",worker="{worker}"}}"#
+            ),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_accepts_on_every_listener_including_ones_added_by_reload() {
+    let a = Upstream::http1("a").await;
+    let b = Upstream::http2("b").await;
+    let mut process = ProxyProcess::start(&config("a", &a, &b, "")).await;
+    let web = format!("http://{}/", process.listener("web").await);
+
+    // The kernel spreads connections over the workers' sockets by their
+    // addresses: 40 connections all landing on one of two is a 1 in 2^39 chance.
+    fresh_connections(&web, 40).await;
+    let [zero, one] = accepted_by_worker(&process, "web").await;
+    assert_eq!(zero + one, 40.0, "every connection is counted once");
+    assert!(
+        zero > 0.0 && one > 0.0,
+        "both workers accept: {zero} / {one}"
+    );
+
+    // A listener on "any port" added by a reload: every worker's socket
+    // shares the one port the first got.
+    let extra = "  - name: extra\n    address: 127.0.0.1:0\n    routes: [{name: all, backends: [{cluster: b}]}]";
+    process.write_config(&config("a", &a, &b, extra));
+    wait_for_version(&process, 2).await;
+    let extra_url = format!("http://{}/", process.listener("extra").await);
+    fresh_connections(&extra_url, 40).await;
+    let [zero, one] = accepted_by_worker(&process, "extra").await;
+    assert_eq!(zero + one, 40.0);
+    assert!(
+        zero > 0.0 && one > 0.0,
+        "both workers accept: {zero} / {one}"
+    );
+    assert_eq!(b.hits(), 40);
+    // Upstream connections are per worker: each worker reuses its own.
+    assert_eq!(
+        a.connections(),
+        2,
+        "one pooled HTTP/1.1 connection per worker"
+    );
+    assert_eq!(
+        b.connections(),
+        2,
+        "one shared HTTP/2 connection per worker"
+    );
+
+    // h2c clients multiplex on whichever worker took their connection.
+    let h2 = client::http2();
+    let requests = (0..20).map(|_| client::spawn_get(h2.clone(), web.clone()));
+    for reply in futures_util::future::join_all(requests).await {
+        assert_eq!(reply.unwrap().unwrap().status, StatusCode::OK);
+    }
+
+    process.signal(libc::SIGTERM);
+    assert_eq!(within("a drain across workers", process.wait()).await, 0);
+}
