@@ -210,7 +210,7 @@ fn a_short_bench_run_writes_its_results() {
         .args([
             "bench",
             "--targets",
-            "direct,remora",
+            "direct,remora,baseline",
             "--scenarios",
             "http1",
             "--rounds",
@@ -221,8 +221,11 @@ fn a_short_bench_run_writes_its_results() {
             "1s",
             "--base-port",
             "28100",
-            "--out",
+            "--baseline",
         ])
+        // The same build as the A/B baseline: the target must run and be reported.
+        .arg(&proxy)
+        .arg("--out")
         .arg(out.path())
         .output()
         .unwrap();
@@ -240,7 +243,13 @@ fn a_short_bench_run_writes_its_results() {
     let results: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     let measurements = results["measurements"].as_array().unwrap();
-    assert_eq!(measurements.len(), 2);
+    assert_eq!(measurements.len(), 3);
+    assert!(
+        measurements
+            .iter()
+            .any(|m| m["target"] == "baseline" && m["throughput"]["errors"] == 0),
+        "{results}"
+    );
     let remora = measurements
         .iter()
         .find(|m| m["target"] == "remora")
@@ -257,6 +266,11 @@ fn a_short_bench_run_writes_its_results() {
     assert_eq!(remora["throughput"]["errors"], 0);
     let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
     assert!(summary.contains("| remora |"), "{summary}");
+    assert!(summary.contains("| baseline |"), "{summary}");
+    assert!(
+        summary.contains("Remora / baseline: CPU per request"),
+        "{summary}"
+    );
     assert!(
         std::fs::read_to_string(run.join("latency.svg"))
             .unwrap()
