@@ -299,6 +299,7 @@ fn prepare_discovery(snapshot: &Snapshot, resolver: &ResolverHandle) -> Result<(
 
 /// Starts each new cluster's background work (DNS, idle sweeps, warm-up).
 fn activate(snapshot: &Snapshot, resolver: &ResolverHandle) {
+    snapshot.apply_endpoint_updates();
     for cluster in snapshot.clusters.iter() {
         cluster.activate(resolver);
     }

@@ -2,7 +2,11 @@
 //! and how to connect to them. The endpoints live in an [`EndpointSet`]
 //! swapped atomically when DNS answers change or an endpoint's health
 //! changes; endpoints that stay keep their pools and state. A cluster whose
-//! config is unchanged survives a reload as the same object.
+//! config is unchanged survives a reload as the same object, and so does one
+//! whose only change is its static endpoint list (an xDS endpoint update, an
+//! edited file): the new list is applied to it when the new snapshot goes
+//! live, and the endpoints that stay keep their connections, outlier and
+//! health state, as with DNS.
 
 mod endpoint;
 pub mod limits;
@@ -99,6 +103,53 @@ impl Cluster {
         if let Some(previous) = previous.filter(|p| p.config == *config) {
             return previous.clone();
         }
+        Cluster::build(config, path, telemetry, errors)
+    }
+
+    /// Like [`compile`](Self::compile), but a `previous` cluster whose
+    /// config differs only in its static `endpoints` is reused too; the new
+    /// endpoints come back with it, for [`replace_endpoints`] once the
+    /// snapshot goes live (not before: the snapshot may still be refused).
+    ///
+    /// [`replace_endpoints`]: Self::replace_endpoints
+    pub fn compile_reusing(
+        config: &ClusterConfig,
+        path: &str,
+        previous: Option<&Arc<Cluster>>,
+        telemetry: &Telemetry,
+        errors: &mut Vec<ConfigError>,
+    ) -> (Arc<Cluster>, Option<Vec<(SocketAddr, NonZeroU32)>>) {
+        match previous {
+            Some(previous) if previous.config == *config => (previous.clone(), None),
+            Some(previous) if previous.differs_in_endpoints_only(config) => {
+                check_endpoints(config, path, errors);
+                let wanted = config
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.address, e.weight))
+                    .collect();
+                (previous.clone(), Some(wanted))
+            }
+            _ => (Cluster::build(config, path, telemetry, errors), None),
+        }
+    }
+
+    /// Same config but for the static endpoint list (neither side uses DNS).
+    fn differs_in_endpoints_only(&self, config: &ClusterConfig) -> bool {
+        if self.config.dns.is_some() || config.dns.is_some() {
+            return false;
+        }
+        let mut shape = config.clone();
+        shape.endpoints.clone_from(&self.config.endpoints);
+        shape == self.config
+    }
+
+    fn build(
+        config: &ClusterConfig,
+        path: &str,
+        telemetry: &Telemetry,
+        errors: &mut Vec<ConfigError>,
+    ) -> Arc<Cluster> {
         let lb = LbSettings::compile(
             &config.load_balancer,
             &format!("{path}.load_balancer"),
@@ -118,15 +169,7 @@ impl Cluster {
             }
             (None, _) => None,
         };
-        let mut seen = HashSet::new();
-        for (i, endpoint) in config.endpoints.iter().enumerate() {
-            if !seen.insert(endpoint.address) {
-                errors.push(ConfigError::new(
-                    format!("{path}.endpoints[{i}]"),
-                    format!("endpoint {} is listed twice", endpoint.address),
-                ));
-            }
-        }
+        check_endpoints(config, path, errors);
         let name = &config.name;
         let conn_stats = ConnStats {
             active: telemetry.gauge(telemetry::UPSTREAM_CONNECTIONS_ACTIVE, &[("cluster", name)]),
@@ -458,6 +501,18 @@ fn new_endpoint(
         PeakEwma::new(lb.default_rtt),
         EndpointPool::new(address, pool.clone()),
     ))
+}
+
+fn check_endpoints(config: &ClusterConfig, path: &str, errors: &mut Vec<ConfigError>) {
+    let mut seen = HashSet::new();
+    for (i, endpoint) in config.endpoints.iter().enumerate() {
+        if !seen.insert(endpoint.address) {
+            errors.push(ConfigError::new(
+                format!("{path}.endpoints[{i}]"),
+                format!("endpoint {} is listed twice", endpoint.address),
+            ));
+        }
+    }
 }
 
 fn check_pool(config: &ClusterConfig, path: &str, errors: &mut Vec<ConfigError>) {

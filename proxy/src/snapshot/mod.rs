@@ -5,6 +5,8 @@
 //! comes back with its field path.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,6 +24,10 @@ pub struct Snapshot {
     pub listeners: Box<[Arc<ListenerState>]>,
     pub clusters: Box<[Arc<Cluster>]>,
     access_log: Option<Arc<AccessLog>>,
+    /// Clusters taken over from the previous snapshot with a new endpoint
+    /// list, applied by [`Snapshot::apply_endpoint_updates`] when this
+    /// snapshot goes live.
+    endpoint_updates: Vec<(Arc<Cluster>, Vec<(SocketAddr, NonZeroU32)>)>,
 }
 
 /// What compiling may do beyond checking.
@@ -56,6 +62,7 @@ impl Snapshot {
             .map(|p| p.clusters.iter().map(|c| (&*c.name, c)).collect())
             .unwrap_or_default();
         let mut clusters = Vec::with_capacity(config.clusters.len());
+        let mut endpoint_updates = Vec::new();
         let mut by_name: HashMap<&str, Arc<Cluster>> = HashMap::new();
         for (i, cluster) in config.clusters.iter().enumerate() {
             let at = format!("clusters[{i}]");
@@ -71,7 +78,11 @@ impl Snapshot {
                 continue;
             }
             let previous = previous_clusters.get(cluster.name.as_str()).copied();
-            let compiled = Cluster::compile(cluster, &at, previous, telemetry, &mut errors);
+            let (compiled, endpoints) =
+                Cluster::compile_reusing(cluster, &at, previous, telemetry, &mut errors);
+            if let Some(endpoints) = endpoints {
+                endpoint_updates.push((compiled.clone(), endpoints));
+            }
             by_name.insert(&cluster.name, compiled.clone());
             clusters.push(compiled);
         }
@@ -132,7 +143,18 @@ impl Snapshot {
             listeners: listeners.into(),
             clusters: clusters.into(),
             access_log,
+            endpoint_updates,
         })
+    }
+
+    /// Gives the clusters taken over with a new endpoint list their new
+    /// endpoints (once, when the snapshot goes live); returns how many
+    /// clusters changed.
+    pub fn apply_endpoint_updates(&self) -> usize {
+        self.endpoint_updates
+            .iter()
+            .filter(|(cluster, endpoints)| cluster.replace_endpoints(endpoints))
+            .count()
     }
 
     /// Whether every cluster has its endpoints (DNS clusters after their first lookup).

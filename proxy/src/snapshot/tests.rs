@@ -150,7 +150,12 @@ fn unchanged_clusters_survive_a_recompile_and_changed_ones_are_rebuilt() {
         Mode::Check,
     )
     .unwrap();
-    let changed = CLUSTERS.replace("127.0.0.1:8081", "127.0.0.1:8082");
+    // (A change of endpoints alone keeps the cluster: see below.)
+    let changed = CLUSTERS.replace(
+        "{name: web, endpoints",
+        "{name: web, protocol: http2, endpoints",
+    );
+    assert_ne!(changed, CLUSTERS);
     let second = Snapshot::compile(
         parse_yaml(&changed).unwrap(),
         Some(&first),
@@ -283,4 +288,93 @@ fn every_config_in_the_docs_compiles() {
         }
     }
     assert!(checked >= 4, "{checked} configs found in the docs");
+}
+
+fn addresses(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .endpoints()
+        .all()
+        .iter()
+        .map(|e| e.address.to_string())
+        .collect()
+}
+
+#[test]
+fn an_endpoint_change_keeps_the_cluster_and_the_endpoints_that_stay() {
+    let telemetry = Telemetry::new();
+    let at = |endpoints: &str, timeout: &str| {
+        parse_yaml(&format!(
+            "clusters: [{{name: api, connect_timeout: {timeout}, endpoints: [{endpoints}]}}]"
+        ))
+        .unwrap()
+    };
+    let first = Snapshot::compile(
+        at("127.0.0.1:1, 127.0.0.1:2", "1s"),
+        None,
+        &telemetry,
+        1,
+        Mode::Check,
+    )
+    .unwrap();
+    let kept = first.clusters[0].endpoints().all()[1].clone();
+
+    let second = Snapshot::compile(
+        at("127.0.0.1:2, 127.0.0.1:3", "1s"),
+        Some(&first),
+        &telemetry,
+        2,
+        Mode::Check,
+    )
+    .unwrap();
+    assert!(
+        Arc::ptr_eq(&first.clusters[0], &second.clusters[0]),
+        "the same cluster object serves on"
+    );
+    assert_eq!(
+        addresses(&second.clusters[0]),
+        ["127.0.0.1:1", "127.0.0.1:2"],
+        "nothing changes before the snapshot goes live"
+    );
+    assert_eq!(second.apply_endpoint_updates(), 1);
+    assert_eq!(
+        addresses(&second.clusters[0]),
+        ["127.0.0.1:2", "127.0.0.1:3"]
+    );
+    let now = second.clusters[0].endpoints().all()[0].clone();
+    assert!(
+        Arc::ptr_eq(&kept, &now),
+        "an endpoint that stays keeps its pool and state"
+    );
+    assert_eq!(second.apply_endpoint_updates(), 0, "applied once");
+
+    // A bad endpoint list is refused with its path, and the live cluster is untouched.
+    let error = Snapshot::compile(
+        at("127.0.0.1:4, 127.0.0.1:4", "1s"),
+        Some(&second),
+        &telemetry,
+        3,
+        Mode::Check,
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "clusters[0].endpoints[1]: endpoint 127.0.0.1:4 is listed twice"
+    );
+    assert_eq!(
+        addresses(&second.clusters[0]),
+        ["127.0.0.1:2", "127.0.0.1:3"]
+    );
+
+    // Any other change builds a new cluster with the new endpoints.
+    let third = Snapshot::compile(
+        at("127.0.0.1:5", "2s"),
+        Some(&second),
+        &telemetry,
+        3,
+        Mode::Check,
+    )
+    .unwrap();
+    assert!(!Arc::ptr_eq(&second.clusters[0], &third.clusters[0]));
+    assert_eq!(addresses(&third.clusters[0]), ["127.0.0.1:5"]);
+    assert_eq!(third.apply_endpoint_updates(), 0);
 }

@@ -321,3 +321,46 @@ async fn http2_settings_reach_the_client() {
         "the listener advertises its max_concurrent_streams"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_list_change_keeps_the_connections_of_the_endpoints_that_stay() {
+    let one = Upstream::http1("one").await;
+    let two = Upstream::http1("two").await;
+    let yaml = |endpoints: String| {
+        format!(
+            "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes: [{{name: all, backends: [{{cluster: app}}]}}]
+clusters:
+  - {{name: app, endpoints: [{endpoints}], load_balancer: {{policy: round_robin}}}}
+"
+        )
+    };
+    let proxy = TestProxy::start(&yaml(format!("'{}'", one.addr))).await;
+    let client = client::http1();
+    let url = proxy.url("web", "/");
+    for _ in 0..5 {
+        assert_eq!(client::get(&client, &url).await.body, "one");
+    }
+    assert_eq!(one.connections(), 1);
+
+    // As an xDS endpoint update or an edited file does: only the list changes.
+    let config =
+        remora_proxy::config::parse_yaml(&yaml(format!("'{}', '{}'", one.addr, two.addr))).unwrap();
+    proxy.proxy.reload(config).unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        bodies.push(client::get(&client, &url).await.body);
+    }
+    assert!(
+        bodies.iter().any(|b| b == "one") && bodies.iter().any(|b| b == "two"),
+        "{bodies:?}"
+    );
+    assert_eq!(
+        one.connections(),
+        1,
+        "the endpoint that stayed kept its pooled connection"
+    );
+}
