@@ -33,6 +33,9 @@ use crate::telemetry::{self, Telemetry};
 use limits::Limits;
 
 pub use endpoint::{ActiveRequest, Endpoint};
+
+/// A static endpoint list: each endpoint's address and weight.
+pub type EndpointList = Vec<(SocketAddr, NonZeroU32)>;
 pub use set::EndpointSet;
 
 #[derive(Debug)]
@@ -118,7 +121,7 @@ impl Cluster {
         previous: Option<&Arc<Cluster>>,
         telemetry: &Telemetry,
         errors: &mut Vec<ConfigError>,
-    ) -> (Arc<Cluster>, Option<Vec<(SocketAddr, NonZeroU32)>>) {
+    ) -> (Arc<Cluster>, Option<EndpointList>) {
         match previous {
             Some(previous) if previous.config == *config => (previous.clone(), None),
             Some(previous) if previous.differs_in_endpoints_only(config) => {

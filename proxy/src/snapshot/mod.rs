@@ -5,12 +5,10 @@
 //! comes back with its field path.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, EndpointList};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::listener::state::{self, ListenerContext, ListenerState};
 use crate::telemetry::Telemetry;
@@ -27,7 +25,7 @@ pub struct Snapshot {
     /// Clusters taken over from the previous snapshot with a new endpoint
     /// list, applied by [`Snapshot::apply_endpoint_updates`] when this
     /// snapshot goes live.
-    endpoint_updates: Vec<(Arc<Cluster>, Vec<(SocketAddr, NonZeroU32)>)>,
+    endpoint_updates: Vec<(Arc<Cluster>, EndpointList)>,
 }
 
 /// What compiling may do beyond checking.
