@@ -41,7 +41,9 @@ pub use set::EndpointSet;
 #[derive(Debug)]
 pub struct Cluster {
     pub name: Arc<str>,
-    config: ClusterConfig,
+    /// The config it was built from, less its static endpoints (which
+    /// change in place): what decides whether a reload can take it over.
+    shape: ClusterConfig,
     pub protocol: UpstreamProtocol,
     pub lb: LbSettings,
     set: ArcSwap<EndpointSet>,
@@ -95,36 +97,29 @@ struct LbStats {
 }
 
 impl Cluster {
-    /// Builds a cluster, or reuses `previous` when its config is identical.
+    /// Builds a cluster, or takes `previous` over when its config is the
+    /// same but perhaps for its static `endpoints`. A static cluster taken
+    /// over comes back with its endpoint list, for [`replace_endpoints`]
+    /// once the snapshot goes live (not before: the snapshot may still be
+    /// refused); that changes nothing when the list is the same.
+    ///
+    /// [`replace_endpoints`]: Self::replace_endpoints
     pub fn compile(
         config: &ClusterConfig,
         path: &str,
         previous: Option<&Arc<Cluster>>,
         telemetry: &Telemetry,
         errors: &mut Vec<ConfigError>,
-    ) -> Arc<Cluster> {
-        if let Some(previous) = previous.filter(|p| p.config == *config) {
-            return previous.clone();
-        }
-        Cluster::build(config, path, telemetry, errors)
-    }
-
-    /// Like [`compile`](Self::compile), but a `previous` cluster whose
-    /// config differs only in its static `endpoints` is reused too; the new
-    /// endpoints come back with it, for [`replace_endpoints`] once the
-    /// snapshot goes live (not before: the snapshot may still be refused).
-    ///
-    /// [`replace_endpoints`]: Self::replace_endpoints
-    pub fn compile_reusing(
-        config: &ClusterConfig,
-        path: &str,
-        previous: Option<&Arc<Cluster>>,
-        telemetry: &Telemetry,
-        errors: &mut Vec<ConfigError>,
     ) -> (Arc<Cluster>, Option<EndpointList>) {
-        match previous {
-            Some(previous) if previous.config == *config => (previous.clone(), None),
-            Some(previous) if previous.differs_in_endpoints_only(config) => {
+        let reusable = |previous: &&Arc<Cluster>| {
+            // (Both `dns` and `endpoints` is an error `build` reports.)
+            (config.dns.is_none() || config.endpoints.is_empty())
+                && previous.shape.name == config.name
+                && previous.shape == shape(config)
+        };
+        match previous.filter(reusable) {
+            Some(previous) if previous.dns.is_some() => (previous.clone(), None),
+            Some(previous) => {
                 check_endpoints(config, path, errors);
                 let wanted = config
                     .endpoints
@@ -133,18 +128,8 @@ impl Cluster {
                     .collect();
                 (previous.clone(), Some(wanted))
             }
-            _ => (Cluster::build(config, path, telemetry, errors), None),
+            None => (Cluster::build(config, path, telemetry, errors), None),
         }
-    }
-
-    /// Same config but for the static endpoint list (neither side uses DNS).
-    fn differs_in_endpoints_only(&self, config: &ClusterConfig) -> bool {
-        if self.config.dns.is_some() || config.dns.is_some() {
-            return false;
-        }
-        let mut shape = config.clone();
-        shape.endpoints.clone_from(&self.config.endpoints);
-        shape == self.config
     }
 
     fn build(
@@ -245,7 +230,7 @@ impl Cluster {
         let set = EndpointSet::build(endpoints, &lb);
         Arc::new(Cluster {
             name: Arc::from(name.as_str()),
-            config: config.clone(),
+            shape: shape(config),
             protocol: config.protocol,
             lb,
             set: ArcSwap::from_pointee(set),
@@ -504,6 +489,14 @@ fn new_endpoint(
         PeakEwma::new(lb.default_rtt),
         EndpointPool::new(address, pool.clone()),
     ))
+}
+
+/// `config` less its static endpoint list.
+fn shape(config: &ClusterConfig) -> ClusterConfig {
+    ClusterConfig {
+        endpoints: Vec::new(),
+        ..config.clone()
+    }
 }
 
 fn check_endpoints(config: &ClusterConfig, path: &str, errors: &mut Vec<ConfigError>) {

@@ -77,7 +77,7 @@ impl Snapshot {
             }
             let previous = previous_clusters.get(cluster.name.as_str()).copied();
             let (compiled, endpoints) =
-                Cluster::compile_reusing(cluster, &at, previous, telemetry, &mut errors);
+                Cluster::compile(cluster, &at, previous, telemetry, &mut errors);
             if let Some(endpoints) = endpoints {
                 endpoint_updates.push((compiled.clone(), endpoints));
             }

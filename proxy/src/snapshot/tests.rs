@@ -377,4 +377,18 @@ fn an_endpoint_change_keeps_the_cluster_and_the_endpoints_that_stay() {
     assert!(!Arc::ptr_eq(&second.clusters[0], &third.clusters[0]));
     assert_eq!(addresses(&third.clusters[0]), ["127.0.0.1:5"]);
     assert_eq!(third.apply_endpoint_updates(), 0);
+
+    // Back to the list the cluster was built with: what counts is the live
+    // endpoints, not the list it started from.
+    let back = Snapshot::compile(
+        at("127.0.0.1:1, 127.0.0.1:2", "1s"),
+        Some(&second),
+        &telemetry,
+        4,
+        Mode::Check,
+    )
+    .unwrap();
+    assert!(Arc::ptr_eq(&second.clusters[0], &back.clusters[0]));
+    assert_eq!(back.apply_endpoint_updates(), 1);
+    assert_eq!(addresses(&back.clusters[0]), ["127.0.0.1:1", "127.0.0.1:2"]);
 }
