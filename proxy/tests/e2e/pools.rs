@@ -363,4 +363,12 @@ clusters:
         1,
         "the endpoint that stayed kept its pooled connection"
     );
+
+    // And back to the list the cluster was first built with.
+    let config = remora_proxy::config::parse_yaml(&yaml(format!("'{}'", one.addr))).unwrap();
+    proxy.proxy.reload(config).unwrap();
+    for _ in 0..5 {
+        assert_eq!(client::get(&client, &url).await.body, "one");
+    }
+    assert_eq!(one.connections(), 1);
 }
