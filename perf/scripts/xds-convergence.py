@@ -49,6 +49,9 @@ for i in range(20):
     t0=time.monotonic()
     write("127.0.0.1:25102" if nxt=="two" else "127.0.0.1:25101")
     while who()!=nxt:
+        if time.monotonic()-t0 > 10:
+            for p in procs: p.kill()
+            sys.exit(f"move {i} to {nxt}: traffic did not move within 10 s")
         time.sleep(0.002)
     samples.append((time.monotonic()-t0)*1000)
     cur=nxt
