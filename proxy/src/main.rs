@@ -98,6 +98,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(start_worker)
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    remora_proxy::pool::set_worker_runtimes(worker_runtimes.clone());
     runtime.block_on(serve(args, config, env, log, worker_runtimes, workers))
 }
 

@@ -468,9 +468,13 @@ impl Cluster {
         if self.pool.min_idle == 0 {
             return;
         }
+        // With several workers, each warms its own connections (as Envoy's
+        // per-worker pools preconnect), so each is driven by its user.
         for endpoint in endpoints {
-            let endpoint = endpoint.clone();
-            tokio::spawn(async move { endpoint.pool.warm(http2).await });
+            crate::pool::spawn_on_each_worker(|| {
+                let endpoint = endpoint.clone();
+                async move { endpoint.pool.warm(http2).await }
+            });
         }
     }
 }

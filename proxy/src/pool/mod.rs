@@ -48,6 +48,36 @@ fn current_worker() -> u32 {
     WORKER.get()
 }
 
+/// The workers' runtimes, registered once by the `remora-proxy` binary when
+/// it runs several workers.
+static WORKER_RUNTIMES: std::sync::OnceLock<Vec<tokio::runtime::Handle>> =
+    std::sync::OnceLock::new();
+
+/// Registers the workers' runtimes (index order), so that warm-up
+/// connections are opened on every worker for that worker.
+pub fn set_worker_runtimes(runtimes: Vec<tokio::runtime::Handle>) {
+    let _ = WORKER_RUNTIMES.set(runtimes);
+}
+
+/// Runs `task` once on every worker (so what it opens belongs to that
+/// worker), or on the current runtime when there are no separate workers.
+pub fn spawn_on_each_worker<F, Fut>(task: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match WORKER_RUNTIMES.get().filter(|r| !r.is_empty()) {
+        Some(runtimes) => {
+            for runtime in runtimes {
+                runtime.spawn(task());
+            }
+        }
+        None => {
+            tokio::spawn(task());
+        }
+    }
+}
+
 /// The worker's bit in `State::http2_connecting`.
 fn worker_bit(worker: u32) -> u64 {
     1 << (worker % 64)

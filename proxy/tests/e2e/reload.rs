@@ -363,3 +363,38 @@ async fn every_worker_accepts_on_every_listener_including_ones_added_by_reload()
     process.signal(libc::SIGTERM);
     assert_eq!(within("a drain across workers", process.wait()).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_warms_and_then_uses_its_own_upstream_connection() {
+    let a = Upstream::http1("a").await;
+    let process = ProxyProcess::start(&format!(
+        "
+admin: {{address: 127.0.0.1:0}}
+workers: 2
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes: [{{name: all, backends: [{{cluster: a}}]}}]
+clusters:
+  - {{name: a, endpoints: ['{}'], pool: {{min_idle: 1}}}}
+",
+        a.addr
+    ))
+    .await;
+    eventually("each worker opens its warm-up connection", || {
+        a.connections() == 2
+    })
+    .await;
+    let web = format!("http://{}/", process.listener("web").await);
+    fresh_connections(&web, 40).await;
+    let [zero, one] = accepted_by_worker(&process, "web").await;
+    assert!(
+        zero > 0.0 && one > 0.0,
+        "both workers serve: {zero} / {one}"
+    );
+    assert_eq!(
+        a.connections(),
+        2,
+        "each worker's requests used the connection it warmed"
+    );
+}
