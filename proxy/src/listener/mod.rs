@@ -243,13 +243,15 @@ impl Accepted {
     }
 
     fn count(&mut self, telemetry: &Telemetry, name: &Arc<str>) {
-        if !Arc::ptr_eq(&self.name, name) && self.name != *name {
-            self.counter = telemetry.counter(
-                telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
-                &[("listener", name), ("worker", &self.worker)],
-            );
+        if !Arc::ptr_eq(&self.name, name) {
+            if self.name != *name {
+                self.counter = telemetry.counter(
+                    telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
+                    &[("listener", name), ("worker", &self.worker)],
+                );
+            }
+            self.name = name.clone();
         }
-        self.name = name.clone();
         self.counter.increment(1);
     }
 }

@@ -306,12 +306,6 @@ where
         self.inner.is_closed()
     }
 
-    /// The peer's current `SETTINGS_MAX_CONCURRENT_STREAMS`, as
-    /// [`Connection::current_max_send_streams`].
-    pub fn current_max_send_streams(&self) -> usize {
-        self.inner.current_max_send_streams()
-    }
-
     /// Sends a request and waits for its response head. If the connection
     /// could not take the request (it has closed, or the method is CONNECT,
     /// which only [`SendRequest`] sends), the request is returned in the

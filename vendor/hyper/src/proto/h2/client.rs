@@ -860,10 +860,6 @@ where
         self.conn_drop_ref.is_closed()
     }
 
-    pub(crate) fn current_max_send_streams(&self) -> usize {
-        self.h2_tx.current_max_send_streams()
-    }
-
     /// Opens a stream for `req` and waits for the response head. A request
     /// the connection could not take (it is closed, or the method is
     /// CONNECT) comes back in the error.
