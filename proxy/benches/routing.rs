@@ -10,7 +10,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use remora_proxy::config::{HeaderEditsConfig, HeaderValueConfig, parse_yaml};
 use remora_proxy::http::{deadline, hop};
-use remora_proxy::listener::state::ListenerKind;
+use remora_proxy::listener::ListenerKind;
 use remora_proxy::route::{HeaderEdits, RequestView};
 use remora_proxy::snapshot::{Mode, Snapshot};
 use remora_proxy::telemetry::Telemetry;

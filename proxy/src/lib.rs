@@ -16,11 +16,15 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod accept;
 pub mod admin;
 pub mod balance;
+mod body;
+mod breaker;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod endpoint;
 pub mod fault;
 pub mod health;
 pub mod http;
@@ -35,8 +39,10 @@ pub mod retry;
 pub mod route;
 pub mod snapshot;
 mod socket;
+mod sync;
 pub mod tcp;
 pub mod telemetry;
+pub mod worker;
 pub mod xds;
 
 pub use proxy::{Proxy, ProxyOptions};

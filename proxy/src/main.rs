@@ -10,6 +10,7 @@ use remora_proxy::config::{EnvOverrides, XdsConfig, load_file};
 use remora_proxy::snapshot::{Mode, Snapshot};
 use remora_proxy::telemetry::Telemetry;
 use remora_proxy::telemetry::logging::LogControl;
+use remora_proxy::worker::Workers;
 use remora_proxy::{Proxy, ProxyOptions, admin, reload};
 
 /// Remora's sidecar proxy: HTTP/1.1, HTTP/2, gRPC and TCP.
@@ -91,33 +92,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let worker_runtimes = if workers == 1 {
-        Vec::new()
-    } else {
-        (0..workers)
-            .map(start_worker)
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
-    remora_proxy::pool::set_worker_runtimes(worker_runtimes.clone());
-    runtime.block_on(serve(args, config, env, log, worker_runtimes, workers))
-}
-
-/// A data-plane worker: a thread running a current-thread runtime for as
-/// long as the process lives.
-fn start_worker(index: usize) -> anyhow::Result<tokio::runtime::Handle> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a worker's runtime")?;
-    let handle = runtime.handle().clone();
-    std::thread::Builder::new()
-        .name(format!("remora-worker-{index}"))
-        .spawn(move || {
-            remora_proxy::pool::set_worker(index as u32);
-            runtime.block_on(std::future::pending::<()>())
-        })
-        .context("cannot start a worker thread")?;
-    Ok(handle)
+    let worker_threads = Workers::start(workers).context("cannot start the worker threads")?;
+    runtime.block_on(serve(args, config, env, log, worker_threads, workers))
 }
 
 fn source_name(args: &Args) -> String {
@@ -175,7 +151,7 @@ async fn serve(
     config: remora_proxy::config::Config,
     env: EnvOverrides,
     log: Arc<LogControl>,
-    worker_runtimes: Vec<tokio::runtime::Handle>,
+    worker_threads: Workers,
     workers: usize,
 ) -> anyhow::Result<ExitCode> {
     let admin_address = config.admin.address;
@@ -190,7 +166,7 @@ async fn serve(
         ProxyOptions {
             env,
             log: Some(log),
-            workers: worker_runtimes,
+            workers: worker_threads,
         },
     )
     .with_context(|| format!("cannot start from {}", source_name(&args)))?;
@@ -223,7 +199,7 @@ async fn serve(
     };
     if let Some(xds) = xds {
         tracing::info!(server = %xds.address, node = %xds.node_id, delta = xds.delta, "xDS client starting");
-        remora_proxy::xds::spawn(proxy.clone(), xds);
+        proxy.spawn_xds(xds);
     }
     let signals = DrainSignals::install()?;
     if let Some(path) = &args.admin_address_path {

@@ -12,14 +12,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::{BoundListener, ListenerSet, Spawner};
 use crate::config::{
     ClusterConfig, Config, ConfigError, ConfigErrors, EnvOverrides, ListenerConfig, load_file,
 };
 use crate::discovery::ResolverHandle;
-use crate::listener::{BoundListener, ListenerSet, Spawner};
 use crate::snapshot::{Mode, Snapshot};
+use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::telemetry::logging::LogControl;
+use crate::worker::Workers;
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -51,10 +53,10 @@ pub struct ProxyOptions {
     pub env: EnvOverrides,
     /// Lets reloads and the admin server change the log level.
     pub log: Option<Arc<LogControl>>,
-    /// The data-plane workers' runtimes: each accepts on its own socket of
-    /// every listener (`SO_REUSEPORT`). Empty: listeners accept on the
-    /// runtime `start` is called on.
-    pub workers: Vec<tokio::runtime::Handle>,
+    /// The data-plane workers: each accepts on its own socket of every
+    /// listener (`SO_REUSEPORT`). None: listeners accept on the runtime
+    /// `start` is called on.
+    pub workers: Workers,
 }
 
 impl Proxy {
@@ -79,7 +81,7 @@ impl Proxy {
         prepare_discovery(&snapshot, &resolver)?;
         let mut listeners = ListenerSet::default();
         listeners.apply(&snapshot.listeners, &spawner)?;
-        activate(&snapshot, &resolver);
+        activate(&snapshot, &resolver, &spawner.workers);
         spawn_upkeep(Arc::downgrade(&telemetry));
         Ok(Proxy {
             inner: Arc::new(Inner {
@@ -118,12 +120,8 @@ impl Proxy {
     }
 
     fn try_reload(&self, config: Config) -> Result<u64, ConfigErrors> {
-        let mut listeners = self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut sources = self.inner.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut listeners = lock(&self.inner.listeners);
+        let mut sources = lock(&self.inner.sources);
         if sources.file.xds != config.xds {
             tracing::warn!("xds takes effect on restart only");
         }
@@ -141,12 +139,8 @@ impl Proxy {
         listeners: Vec<ListenerConfig>,
         clusters: Vec<ClusterConfig>,
     ) -> Result<u64, ConfigErrors> {
-        let mut bound = self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut sources = self.inner.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bound = lock(&self.inner.listeners);
+        let mut sources = lock(&self.inner.sources);
         let dynamic = Dynamic {
             listeners,
             clusters,
@@ -163,6 +157,18 @@ impl Proxy {
         sources.xds = dynamic;
         self.inner.xds_synced.store(true, Ordering::Release);
         Ok(version)
+    }
+
+    /// Starts the xDS client for `config` on the current runtime; it runs
+    /// until the proxy drains.
+    pub fn spawn_xds(&self, config: crate::config::XdsConfig) {
+        crate::xds::spawn(
+            self.clone(),
+            &self.inner.telemetry,
+            self.inner.xds_status.clone(),
+            self.inner.spawner.drain.clone(),
+            config,
+        );
     }
 
     /// The xDS client's state, for the admin server.
@@ -188,7 +194,7 @@ impl Proxy {
         )?;
         prepare_discovery(&snapshot, &self.inner.resolver)?;
         listeners.apply(&snapshot.listeners, &self.inner.spawner)?;
-        activate(&snapshot, &self.inner.resolver);
+        activate(&snapshot, &self.inner.resolver, &self.inner.spawner.workers);
         let (old, new) = (&previous.config, &snapshot.config);
         if old.log.level != new.log.level
             && let Some(log) = &self.inner.log
@@ -219,11 +225,7 @@ impl Proxy {
     }
 
     pub fn listeners(&self) -> Vec<BoundListener> {
-        self.inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .bound()
+        lock(&self.inner.listeners).bound()
     }
 
     /// The bound address of the listener called `name`.
@@ -249,11 +251,7 @@ impl Proxy {
     /// Stops accepting and asks every connection to finish: HTTP/1 responses
     /// get `Connection: close`, HTTP/2 connections a GOAWAY. Idempotent.
     pub fn begin_drain(&self) {
-        let _listeners = self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _listeners = lock(&self.inner.listeners);
         if self.inner.draining.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -286,6 +284,16 @@ impl Proxy {
     }
 }
 
+impl crate::xds::Target for Proxy {
+    fn apply(
+        &self,
+        listeners: Vec<ListenerConfig>,
+        clusters: Vec<ClusterConfig>,
+    ) -> Result<u64, ConfigErrors> {
+        self.apply_xds(listeners, clusters)
+    }
+}
+
 /// Builds the DNS resolver when the snapshot has DNS clusters (or reuses it
 /// when `dns_resolver` is unchanged).
 fn prepare_discovery(snapshot: &Snapshot, resolver: &ResolverHandle) -> Result<(), ConfigErrors> {
@@ -298,10 +306,10 @@ fn prepare_discovery(snapshot: &Snapshot, resolver: &ResolverHandle) -> Result<(
 }
 
 /// Starts each new cluster's background work (DNS, idle sweeps, warm-up).
-fn activate(snapshot: &Snapshot, resolver: &ResolverHandle) {
+fn activate(snapshot: &Snapshot, resolver: &ResolverHandle, workers: &Workers) {
     snapshot.apply_endpoint_updates();
     for cluster in snapshot.clusters.iter() {
-        cluster.activate(resolver);
+        cluster.activate(resolver, workers);
     }
 }
 

@@ -64,6 +64,12 @@ pub mod type_url {
     /// In the order a client should apply them (Envoy's: CDS, EDS, LDS, RDS).
     pub const ALL: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
+    /// The position of a type in [`ALL`], which both sides use to index
+    /// per-type state; `None` for a type neither serves.
+    pub fn index(type_url: &str) -> Option<usize> {
+        ALL.iter().position(|t| *t == type_url)
+    }
+
     /// Short names for logs and metrics labels.
     pub fn short(type_url: &str) -> &'static str {
         match type_url {

@@ -44,10 +44,6 @@ impl Resource {
 }
 
 /// The index of a type URL in [`type_url::ALL`].
-pub fn type_index(type_url: &str) -> Option<usize> {
-    type_url::ALL.iter().position(|t| *t == type_url)
-}
-
 /// Everything one proxy is served, by type (in [`type_url::ALL`] order).
 #[derive(Debug, Default, PartialEq)]
 pub struct ProxyResources {
@@ -56,11 +52,11 @@ pub struct ProxyResources {
 
 impl ProxyResources {
     pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
-        type_index(type_url).map(|i| &self.by_type[i])
+        type_url::index(type_url).map(|i| &self.by_type[i])
     }
 
     fn insert(&mut self, type_url: &str, resource: &Arc<Resource>) {
-        let i = type_index(type_url).expect("a served type");
+        let i = type_url::index(type_url).expect("a served type");
         self.by_type[i].insert(resource.name.clone(), resource.clone());
     }
 }

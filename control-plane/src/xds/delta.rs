@@ -9,15 +9,13 @@
 //! resources are not sent again until their content changes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+
+use std::time::Instant;
 
 use remora_xds_proto::discovery::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use tokio::sync::mpsc;
-use tonic::Status;
+use remora_xds_proto::type_url;
 
-use super::registry::StreamHandle;
-use super::{AdsStream, Closed, MeshState, Shared, control_plane, wildcard_by_default};
-use crate::translate::{ProxyResources, type_index};
+use super::{AdsStream, Closed, StreamCore, control_plane, wildcard_by_default};
 
 #[derive(Default)]
 struct TypeState {
@@ -32,14 +30,8 @@ struct TypeState {
 }
 
 pub(super) struct Stream {
-    shared: Shared,
-    node_id: String,
-    handle: StreamHandle,
-    state: Arc<MeshState>,
-    resources: Arc<ProxyResources>,
+    core: StreamCore<DeltaDiscoveryResponse>,
     types: [TypeState; 4],
-    nonces: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
 impl AdsStream for Stream {
@@ -51,39 +43,30 @@ impl AdsStream for Stream {
         request.node.as_ref().map(|n| n.id.clone())
     }
 
-    fn new(
-        shared: Shared,
-        node_id: String,
-        handle: StreamHandle,
-        state: Arc<MeshState>,
-        resources: Arc<ProxyResources>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    ) -> Self {
+    fn type_url(request: &DeltaDiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
+    fn new(core: StreamCore<DeltaDiscoveryResponse>) -> Self {
         Stream {
-            shared,
-            node_id,
-            handle,
-            state,
-            resources,
+            core,
             types: Default::default(),
-            nonces: 0,
-            tx,
         }
     }
 
-    fn node(&self) -> &str {
-        &self.node_id
+    fn core(&mut self) -> &mut StreamCore<DeltaDiscoveryResponse> {
+        &mut self.core
     }
 
-    async fn handle_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Closed> {
-        let Some(t) = type_index(&request.type_url) else {
-            self.shared
-                .metrics
-                .unknown_type_requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(node = %self.node_id, type_url = %request.type_url, "request for a type this server does not serve; ignored");
-            return Ok(());
-        };
+    fn subscribed(&self, t: usize) -> bool {
+        self.types[t].subscribed
+    }
+
+    async fn handle_request(
+        &mut self,
+        t: usize,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), Closed> {
         let ts = &mut self.types[t];
         if !request.response_nonce.is_empty() {
             match ts
@@ -93,26 +76,17 @@ impl AdsStream for Stream {
             {
                 Some(i) => {
                     let (_, version) = ts.pending.remove(i);
-                    if let Some(error) = &request.error_detail {
-                        self.shared.metrics.nack(t);
-                        self.handle
-                            .nacked(&request.type_url, &version, &error.message);
-                        tracing::warn!(
-                            node = %self.node_id,
-                            type_url = %request.type_url,
-                            rejected = %version,
-                            error = %error.message,
-                            "proxy rejected (NACK) a delta response; not resent until the config changes"
-                        );
-                    } else {
-                        self.handle.acked(&request.type_url, &version);
+                    match &request.error_detail {
+                        Some(error) => self.core.nacked(t, &version, &error.message),
+                        None => self.core.handle.acked(&request.type_url, &version),
                     }
                 }
                 None => {
-                    tracing::debug!(node = %self.node_id, nonce = %request.response_nonce, "answer to an unknown nonce")
+                    tracing::debug!(node = %self.core.node_id, nonce = %request.response_nonce, "answer to an unknown nonce")
                 }
             }
         }
+        let ts = &mut self.types[t];
         if !ts.subscribed {
             ts.subscribed = true;
             ts.known = request.initial_resource_versions.clone();
@@ -137,34 +111,11 @@ impl AdsStream for Stream {
         self.respond(t, None).await
     }
 
-    async fn on_state(&mut self, state: Arc<MeshState>) -> Result<(), Closed> {
-        let (resources, entry) = state.resources_for(&self.node_id);
-        let published = state.published_at;
-        self.state = state;
-        if Arc::ptr_eq(&resources, &self.resources) {
-            return Ok(());
-        }
-        self.handle.entry_changed(entry);
-        self.resources = resources;
-        for t in 0..4 {
-            if self.types[t].subscribed {
-                self.respond(t, Some(published)).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Stream {
     /// Sends what the proxy lacks or holds in an older version, and the
     /// names it holds that are gone; nothing if it is up to date (except the
     /// first response of a subscription, which is always sent).
-    async fn respond(
-        &mut self,
-        t: usize,
-        published: Option<std::time::Instant>,
-    ) -> Result<(), Closed> {
-        let all = &self.resources.by_type[t];
+    async fn respond(&mut self, t: usize, published: Option<Instant>) -> Result<(), Closed> {
+        let all = &self.core.resources.by_type[t];
         let ts = &self.types[t];
         let wanted = |name: &str| ts.wildcard || ts.names.contains(name);
         let mut updated = Vec::new();
@@ -183,10 +134,8 @@ impl Stream {
         if updated.is_empty() && removed.is_empty() && ts.responded {
             return Ok(());
         }
-        let type_url = remora_xds_proto::type_url::ALL[t];
-        self.nonces += 1;
-        let nonce = self.nonces.to_string();
-        let version = self.state.version.to_string();
+        let nonce = self.core.next_nonce();
+        let version = self.core.state.version.to_string();
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources: updated
@@ -198,10 +147,10 @@ impl Stream {
                     ..Default::default()
                 })
                 .collect(),
-            type_url: type_url.to_string(),
+            type_url: type_url::ALL[t].to_string(),
             removed_resources: removed.clone(),
             nonce: nonce.clone(),
-            control_plane: control_plane(&self.shared),
+            control_plane: control_plane(&self.core.shared),
             ..Default::default()
         };
         let ts = &mut self.types[t];
@@ -216,14 +165,6 @@ impl Stream {
         if ts.pending.len() > 16 {
             ts.pending.remove(0);
         }
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.shared.metrics.push(t);
-        if let Some(published) = published {
-            self.shared
-                .metrics
-                .observe_push_latency(published.elapsed());
-        }
-        self.handle.sent(type_url, &version);
-        Ok(())
+        self.core.send(t, response, &version, published).await
     }
 }

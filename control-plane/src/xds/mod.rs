@@ -142,49 +142,126 @@ fn wildcard_by_default(type_url: &str) -> bool {
 /// The stream ended (the client went away).
 struct Closed;
 
-/// One ADS protocol's per-stream state: built once the node is known, then
-/// fed requests and published mesh states by [`drive`].
-trait AdsStream: Sized {
-    type Request: prost::Message + Default + 'static;
-    type Response;
+/// What both protocols' streams keep: the node, its registry entry, the
+/// resources it is served, and the response queue.
+struct StreamCore<R> {
+    shared: Shared,
+    node_id: String,
+    handle: registry::StreamHandle,
+    state: Arc<MeshState>,
+    resources: Arc<ProxyResources>,
+    nonces: u64,
+    tx: mpsc::Sender<Result<R, Status>>,
+}
+
+impl<R> StreamCore<R> {
+    /// The index of a requested type; a type this server does not serve is
+    /// logged, counted, and `None` (the request is ignored).
+    fn type_index(&self, type_url: &str) -> Option<usize> {
+        let index = remora_xds_proto::type_url::index(type_url);
+        if index.is_none() {
+            self.shared
+                .metrics
+                .unknown_type_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(node = %self.node_id, %type_url, "request for a type this server does not serve; ignored");
+        }
+        index
+    }
+
+    /// Takes a newly published state; `true` when this node's resources changed.
+    fn take_state(&mut self, state: Arc<MeshState>) -> bool {
+        let (resources, entry) = state.resources_for(&self.node_id);
+        self.state = state;
+        if Arc::ptr_eq(&resources, &self.resources) {
+            return false;
+        }
+        self.handle.entry_changed(entry);
+        self.resources = resources;
+        true
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonces += 1;
+        self.nonces.to_string()
+    }
+
+    /// Queues a response of type `t` and records it.
+    async fn send(
+        &mut self,
+        t: usize,
+        response: R,
+        version: &str,
+        published: Option<Instant>,
+    ) -> Result<(), Closed> {
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.shared.metrics.push(t);
+        if let Some(published) = published {
+            self.shared
+                .metrics
+                .observe_push_latency(published.elapsed());
+        }
+        self.handle
+            .sent(remora_xds_proto::type_url::ALL[t], version);
+        Ok(())
+    }
+
+    /// Logs, counts and records a NACK of `version` of type `t`.
+    fn nacked(&self, t: usize, version: &str, error: &str) {
+        let type_url = remora_xds_proto::type_url::ALL[t];
+        self.shared.metrics.nack(t);
+        self.handle.nacked(type_url, version, error);
+        tracing::warn!(
+            node = %self.node_id, %type_url, rejected = %version, %error,
+            "proxy rejected (NACK) a response; not resent until its content changes"
+        );
+    }
+}
+
+/// What differs between the two ADS protocols on the server side: the
+/// messages, how a request changes the subscription, and what a response
+/// carries. [`drive`] runs both.
+trait AdsStream: Sized + Send {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
     /// `sotw` or `delta`, in logs and `/debug/proxies`.
     const PROTOCOL: &'static str;
 
     fn node_id(request: &Self::Request) -> Option<String>;
 
-    fn new(
-        shared: Shared,
-        node_id: String,
-        handle: registry::StreamHandle,
-        state: Arc<MeshState>,
-        resources: Arc<ProxyResources>,
-        tx: mpsc::Sender<Result<Self::Response, Status>>,
-    ) -> Self;
+    fn type_url(request: &Self::Request) -> &str;
 
-    fn node(&self) -> &str;
+    fn new(core: StreamCore<Self::Response>) -> Self;
 
+    fn core(&mut self) -> &mut StreamCore<Self::Response>;
+
+    /// Whether the proxy has subscribed to type `t` on this stream.
+    fn subscribed(&self, t: usize) -> bool;
+
+    /// Takes a request for type `t`: an ACK or NACK, a subscription change.
     fn handle_request(
         &mut self,
+        t: usize,
         request: Self::Request,
     ) -> impl std::future::Future<Output = Result<(), Closed>> + Send;
 
-    fn on_state(
+    /// Sends type `t` if the proxy lacks something of it (`published`: when
+    /// the state that prompted it was published, for the push latency).
+    fn respond(
         &mut self,
-        state: Arc<MeshState>,
+        t: usize,
+        published: Option<Instant>,
     ) -> impl std::future::Future<Output = Result<(), Closed>> + Send;
 }
 
 /// Runs one stream: the first request names the node; then requests and
 /// newly published mesh states are handled as they come, until either side ends.
-async fn drive<S: AdsStream + Send>(
+async fn drive<S: AdsStream>(
     mut shared: Shared,
     peer: Option<std::net::SocketAddr>,
     mut requests: Streaming<S::Request>,
     tx: mpsc::Sender<Result<S::Response, Status>>,
-) where
-    S::Request: Send,
-    S::Response: Send,
-{
+) {
     let first = match requests.message().await {
         Ok(Some(first)) => first,
         Ok(None) => return,
@@ -210,21 +287,31 @@ async fn drive<S: AdsStream + Send>(
         .registry
         .register(&shared.metrics, &node_id, entry, S::PROTOCOL, peer);
     tracing::info!(node = %node_id, ?peer, protocol = S::PROTOCOL, "proxy connected");
-    let mut stream = S::new(shared.clone(), node_id, handle, state, resources, tx);
-    if stream.handle_request(first).await.is_err() {
-        return;
-    }
+    let mut stream = S::new(StreamCore {
+        shared: shared.clone(),
+        node_id: node_id.clone(),
+        handle,
+        state,
+        resources,
+        nonces: 0,
+        tx,
+    });
+    let mut next = Some(first);
     loop {
+        if let Some(request) = next.take() {
+            if let Some(t) = stream.core().type_index(S::type_url(&request))
+                && stream.handle_request(t, request).await.is_err()
+            {
+                break;
+            }
+            continue;
+        }
         tokio::select! {
             request = requests.message() => match request {
-                Ok(Some(request)) => {
-                    if stream.handle_request(request).await.is_err() {
-                        break;
-                    }
-                }
+                Ok(Some(request)) => next = Some(request),
                 Ok(None) => break,
                 Err(status) => {
-                    tracing::debug!(node = %stream.node(), %status, "ADS stream failed");
+                    tracing::debug!(node = %node_id, %status, "ADS stream failed");
                     break;
                 }
             },
@@ -233,13 +320,24 @@ async fn drive<S: AdsStream + Send>(
                     break;
                 }
                 let state = shared.state.borrow_and_update().clone();
-                if stream.on_state(state).await.is_err() {
+                let published = state.published_at;
+                if !stream.core().take_state(state) {
+                    continue;
+                }
+                let mut closed = false;
+                for t in 0..4 {
+                    if stream.subscribed(t) && stream.respond(t, Some(published)).await.is_err() {
+                        closed = true;
+                        break;
+                    }
+                }
+                if closed {
                     break;
                 }
             }
         }
     }
-    tracing::info!(node = %stream.node(), "proxy disconnected");
+    tracing::info!(node = %node_id, "proxy disconnected");
 }
 
 fn control_plane(shared: &Shared) -> Option<remora_xds_proto::core::ControlPlane> {

@@ -10,14 +10,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use remora_xds_proto::discovery::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
-use tonic::Status;
+use remora_xds_proto::type_url;
 
-use super::registry::StreamHandle;
-use super::{AdsStream, Closed, MeshState, Shared, control_plane, wildcard_by_default};
-use crate::translate::{ProxyResources, type_index};
+use super::{AdsStream, Closed, StreamCore, control_plane, wildcard_by_default};
 
 #[derive(Default)]
 struct TypeState {
@@ -29,13 +27,8 @@ struct TypeState {
 }
 
 pub(super) struct Stream {
-    shared: Shared,
-    node_id: String,
-    handle: StreamHandle,
-    resources: Arc<ProxyResources>,
+    core: StreamCore<DiscoveryResponse>,
     types: [TypeState; 4],
-    nonces: u64,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
 impl AdsStream for Stream {
@@ -47,58 +40,39 @@ impl AdsStream for Stream {
         request.node.as_ref().map(|n| n.id.clone())
     }
 
-    fn new(
-        shared: Shared,
-        node_id: String,
-        handle: StreamHandle,
-        _state: Arc<MeshState>,
-        resources: Arc<ProxyResources>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    ) -> Self {
+    fn type_url(request: &DiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
+    fn new(core: StreamCore<DiscoveryResponse>) -> Self {
         Stream {
-            shared,
-            node_id,
-            handle,
-            resources,
+            core,
             types: Default::default(),
-            nonces: 0,
-            tx,
         }
     }
 
-    fn node(&self) -> &str {
-        &self.node_id
+    fn core(&mut self) -> &mut StreamCore<DiscoveryResponse> {
+        &mut self.core
     }
 
-    async fn handle_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
-        let Some(t) = type_index(&request.type_url) else {
-            self.shared
-                .metrics
-                .unknown_type_requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(node = %self.node_id, type_url = %request.type_url, "request for a type this server does not serve; ignored");
-            return Ok(());
-        };
+    fn subscribed(&self, t: usize) -> bool {
+        self.types[t].subscribed
+    }
+
+    async fn handle_request(&mut self, t: usize, request: DiscoveryRequest) -> Result<(), Closed> {
         let ts = &mut self.types[t];
         if !request.response_nonce.is_empty() && request.response_nonce != ts.nonce {
             return Ok(()); // stale: answers a response that has been superseded
         }
         if let Some(error) = &request.error_detail {
             let version = ts.sent_version.clone().unwrap_or_default();
-            self.shared.metrics.nack(t);
-            self.handle
-                .nacked(&request.type_url, &version, &error.message);
-            tracing::warn!(
-                node = %self.node_id,
-                type_url = %request.type_url,
-                rejected = %version,
-                kept = %request.version_info,
-                error = %error.message,
-                "proxy rejected (NACK) a response; not resent until the config changes"
-            );
+            self.core.nacked(t, &version, &error.message);
         } else if !request.response_nonce.is_empty() {
-            self.handle.acked(&request.type_url, &request.version_info);
+            self.core
+                .handle
+                .acked(&request.type_url, &request.version_info);
         }
+        let ts = &mut self.types[t];
         let first = !ts.subscribed;
         ts.subscribed = true;
         ts.wildcard = request.resource_names.is_empty() && wildcard_by_default(&request.type_url)
@@ -117,30 +91,37 @@ impl AdsStream for Stream {
                 return Ok(());
             }
         }
-        self.respond(t, first, None).await
+        self.respond(t, None).await
     }
 
-    async fn on_state(&mut self, state: Arc<MeshState>) -> Result<(), Closed> {
-        let (resources, entry) = state.resources_for(&self.node_id);
-        let published = state.published_at;
-        if Arc::ptr_eq(&resources, &self.resources) {
+    /// Sends the type's resources if they differ from what was last sent
+    /// (a new subscription has sent nothing, so it always gets an answer).
+    async fn respond(&mut self, t: usize, published: Option<Instant>) -> Result<(), Closed> {
+        let version = self.version_of(t);
+        if self.types[t].sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
-        self.handle.entry_changed(entry);
-        self.resources = resources;
-        for t in 0..4 {
-            if self.types[t].subscribed {
-                self.respond(t, false, Some(published)).await?;
-            }
-        }
-        Ok(())
+        let resources = self.selected(t).iter().map(|r| r.any.clone()).collect();
+        let nonce = self.core.next_nonce();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources,
+            type_url: type_url::ALL[t].to_string(),
+            nonce: nonce.clone(),
+            control_plane: control_plane(&self.core.shared),
+            ..Default::default()
+        };
+        let ts = &mut self.types[t];
+        ts.sent_version = Some(version.clone());
+        ts.nonce = nonce;
+        self.core.send(t, response, &version, published).await
     }
 }
 
 impl Stream {
     fn selected(&self, t: usize) -> Vec<&Arc<crate::translate::Resource>> {
         let ts = &self.types[t];
-        let all = &self.resources.by_type[t];
+        let all = &self.core.resources.by_type[t];
         if ts.wildcard {
             all.values().collect()
         } else {
@@ -157,43 +138,5 @@ impl Stream {
             hasher.update(&[0]);
         }
         format!("{:016x}", hasher.digest())
-    }
-
-    /// Sends the type's resources if they differ from what was last sent
-    /// (or always, for a new subscription).
-    async fn respond(
-        &mut self,
-        t: usize,
-        always: bool,
-        published: Option<std::time::Instant>,
-    ) -> Result<(), Closed> {
-        let version = self.version_of(t);
-        if !always && self.types[t].sent_version.as_deref() == Some(version.as_str()) {
-            return Ok(());
-        }
-        let type_url = remora_xds_proto::type_url::ALL[t];
-        let resources = self.selected(t).iter().map(|r| r.any.clone()).collect();
-        self.nonces += 1;
-        let nonce = self.nonces.to_string();
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources,
-            type_url: type_url.to_string(),
-            nonce: nonce.clone(),
-            control_plane: control_plane(&self.shared),
-            ..Default::default()
-        };
-        let ts = &mut self.types[t];
-        ts.sent_version = Some(version.clone());
-        ts.nonce = nonce;
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.shared.metrics.push(t);
-        if let Some(published) = published {
-            self.shared
-                .metrics
-                .observe_push_latency(published.elapsed());
-        }
-        self.handle.sent(type_url, &version);
-        Ok(())
     }
 }

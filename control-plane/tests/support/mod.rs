@@ -275,7 +275,7 @@ impl Remora {
         .unwrap();
         let xds = config.xds.clone().unwrap();
         let proxy = remora_proxy::Proxy::start(config, Default::default()).unwrap();
-        remora_proxy::xds::spawn(proxy.clone(), xds);
+        proxy.spawn_xds(xds);
         Remora { proxy }
     }
 

@@ -4,11 +4,12 @@ use serde::Serialize;
 
 use std::time::Instant;
 
-use crate::cluster::limits::Limit;
+use crate::breaker::Limit;
 use crate::config::{Config, LbPolicy, UpstreamProtocol};
 use crate::discovery::DnsStatus;
 use crate::pool::PoolSizes;
 use crate::snapshot::Snapshot;
+use crate::sync::lock;
 use crate::telemetry::access_log::format_rfc3339_millis;
 
 #[derive(Serialize)]
@@ -109,11 +110,7 @@ pub fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
                 },
                 dns: cluster.dns.as_ref().map(|target| DnsView {
                     name: format!("{}:{}", target.host, target.port),
-                    status: cluster
-                        .dns_status
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone(),
+                    status: lock(&cluster.dns_status).clone(),
                 }),
                 endpoints: set
                     .all()

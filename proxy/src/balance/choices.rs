@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Most candidates a pick compares.
 pub const MAX_CHOICES: usize = 16;

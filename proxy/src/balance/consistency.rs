@@ -5,37 +5,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use xxhash_rust::xxh64::xxh64;
 
-use crate::cluster::Endpoint;
-use crate::pool::{EndpointPool, PoolSettings};
-
-use super::ewma::PeakEwma;
+use crate::endpoint::Endpoint;
+pub(crate) use crate::endpoint::test_endpoints as endpoints;
 
 const KEYS: usize = 10_000;
-
-/// Endpoints 10.0.0.1:80, 10.0.0.2:80, … with the given weights.
-pub fn endpoints(weights: &[u32]) -> Vec<Arc<Endpoint>> {
-    let settings = Arc::new(PoolSettings::detached());
-    weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| {
-            let address = SocketAddr::from(([10, 0, 0, i as u8 + 1], 80));
-            Arc::new(Endpoint::new(
-                address,
-                NonZeroU32::new(w).unwrap(),
-                None,
-                PeakEwma::new(Duration::from_millis(1)),
-                EndpointPool::new(address, settings.clone()),
-            ))
-        })
-        .collect()
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Exactness {

@@ -9,7 +9,8 @@ use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 
 use super::SlowStart;
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
+use crate::sync::lock;
 
 #[derive(Debug)]
 pub struct Edf {
@@ -78,7 +79,7 @@ impl Edf {
         endpoints: &'a [Arc<Endpoint>],
         slow_start: Option<&SlowStart>,
     ) -> Option<&'a Arc<Endpoint>> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock(&self.state);
         let due = state.queue.pop()?;
         let endpoint = &endpoints[due.index as usize];
         let factor = slow_start.map_or(1.0, |s| s.factor(endpoint));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh64::xxh64;
 
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
 
 pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
 /// Envoy's largest allowed table.

@@ -17,7 +17,6 @@ mod choices;
 #[cfg(test)]
 pub(crate) mod consistency;
 mod edf;
-pub mod ewma;
 mod hash_policy;
 mod maglev;
 mod random;
@@ -28,8 +27,8 @@ mod slow_start;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::Endpoint;
 use crate::config::{ConfigError, LbPolicy, LoadBalancerConfig};
+use crate::endpoint::Endpoint;
 
 pub use edf::Edf;
 pub use hash_policy::{HashInput, HashPolicy};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::SlowStart;
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
 
 #[derive(Debug)]
 pub struct WeightedRandom {

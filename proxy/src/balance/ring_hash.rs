@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh64::xxh64;
 
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
 
 pub const DEFAULT_MIN_SIZE: u64 = 1024;
 /// Keeps a ring at 16 MiB and its rebuild near a tenth of a second at most

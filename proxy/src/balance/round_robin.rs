@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::SlowStart;
-use crate::cluster::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Longest cycle kept; larger weight sums are scaled down to fit.
 const MAX_CYCLE: u64 = 1 << 16;
@@ -85,7 +85,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::consistency::endpoints;
+    use crate::endpoint::test_endpoints as endpoints;
 
     fn picks(weights: &[u32], n: usize) -> Vec<usize> {
         let endpoints = endpoints(weights);

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::Endpoint;
 use crate::config::{ConfigError, SlowStartConfig};
+use crate::endpoint::Endpoint;
 
 #[derive(Debug, Clone)]
 pub struct SlowStart {

@@ -8,34 +8,31 @@
 //! live, and the endpoints that stay keep their connections, outlier and
 //! health state, as with DNS.
 
-mod endpoint;
-pub mod limits;
+mod background;
 mod set;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use metrics::Counter;
 
-use crate::balance::ewma::PeakEwma;
 use crate::balance::{HashPolicy, LbSettings};
-use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
-use crate::discovery::{DnsStatus, DnsTarget};
+use crate::breaker::Limits;
+use crate::config::{ClusterConfig, ConfigError, LbPolicy, UpstreamProtocol};
+use crate::discovery::{DnsStatus, DnsTarget, ResolverHandle};
+use crate::endpoint::ewma::PeakEwma;
 use crate::health::HealthChecker;
 use crate::outlier::{Outcome, OutlierDetector, Reason};
 use crate::pool::{ConnStats, EndpointPool, PoolSettings};
 use crate::telemetry::{self, Telemetry};
-use limits::Limits;
+use crate::worker::Workers;
 
-pub use endpoint::{ActiveRequest, Endpoint};
-
-/// A static endpoint list: each endpoint's address and weight.
-pub type EndpointList = Vec<(SocketAddr, NonZeroU32)>;
+use crate::endpoint::{ActiveRequest, Endpoint, EndpointList};
+use crate::sync::lock;
 pub use set::EndpointSet;
 
 #[derive(Debug)]
@@ -55,7 +52,8 @@ pub struct Cluster {
     pub outlier: Option<OutlierDetector>,
     pub health: Option<HealthChecker>,
     stats: LbStats,
-    activated: AtomicBool,
+    /// Set once the cluster serves: the workers that warm its connections.
+    workers: OnceLock<Workers>,
 }
 
 /// Which timeout fired, for `remora_timeouts_total{cluster,kind}`.
@@ -241,28 +239,17 @@ impl Cluster {
             outlier,
             health,
             stats,
-            activated: AtomicBool::new(false),
+            workers: OnceLock::new(),
         })
     }
 
     /// Starts what a serving cluster runs in the background (once): DNS
     /// resolution, the idle-connection sweeper, and warm-up connections.
-    pub fn activate(self: &Arc<Self>, resolver: &crate::discovery::ResolverHandle) {
-        if self.activated.swap(true, Ordering::AcqRel) {
+    pub fn activate(self: &Arc<Self>, resolver: &ResolverHandle, workers: &Workers) {
+        if self.workers.set(workers.clone()).is_err() {
             return;
         }
-        if let Some(target) = &self.dns {
-            crate::discovery::spawn(Arc::downgrade(self), target.clone(), resolver.clone());
-        }
-        if let Some(idle) = self.pool.idle_timeout.or(self.pool.max_age) {
-            tokio::spawn(sweep(Arc::downgrade(self), idle));
-        }
-        if let Some(outlier) = &self.outlier {
-            tokio::spawn(outlier_sweeps(Arc::downgrade(self), outlier.interval));
-        }
-        if self.health.is_some() {
-            HealthChecker::spawn(Arc::downgrade(self));
-        }
+        background::spawn(self, resolver);
         self.warm(self.endpoints().all());
     }
 
@@ -332,7 +319,7 @@ impl Cluster {
         address: SocketAddr,
         change: impl FnOnce(&[Arc<Endpoint>], &Arc<Endpoint>) -> bool,
     ) -> Option<bool> {
-        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let _rebuild = lock(&self.rebuild);
         let current = self.set.load_full();
         let endpoint = current.all().iter().find(|e| e.address == address)?;
         let changed = change(current.all(), endpoint);
@@ -346,13 +333,7 @@ impl Cluster {
     /// Whether the cluster has its endpoints: static ones always, DNS ones
     /// once the first lookup has come back (successful or not).
     pub fn is_warm(&self) -> bool {
-        self.dns.is_none()
-            || self
-                .dns_status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .resolutions
-                > 0
+        self.dns.is_none() || lock(&self.dns_status).resolutions > 0
     }
 
     /// The endpoint for the next request, counted as active until the guard
@@ -371,18 +352,32 @@ impl Cluster {
     }
 
     /// As [`pick`](Self::pick), preferring an endpoint not in `avoid` (a
-    /// retry should not go back to the endpoint that just failed). After a
-    /// few draws that all hit `avoid`, any endpoint is taken.
+    /// retry should not go back to the endpoint that just failed). A hash
+    /// key is varied deterministically per retry, so a consistent-hash retry
+    /// can land elsewhere. After a few draws that all hit `avoid`, any
+    /// endpoint is taken.
     pub fn pick_avoiding(&self, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<ActiveRequest> {
+        if avoid.is_empty() {
+            return self.pick(hash);
+        }
+        let rehash = |h: u64, seed: u64| xxhash_rust::xxh64::xxh64(&h.to_le_bytes(), seed);
+        let hash = hash.map(|h| rehash(h, avoid.len() as u64));
         let mut pick = self.pick(hash)?;
         for draw in 0..3u64 {
             if !avoid.contains(&pick.endpoint().address) {
                 break;
             }
-            let next = hash.map(|h| xxhash_rust::xxh64::xxh64(&h.to_le_bytes(), draw + 100));
-            pick = self.pick(next)?;
+            pick = self.pick(hash.map(|h| rehash(h, draw + 100)))?;
         }
         Some(pick)
+    }
+
+    /// Folds a response's round trip into the endpoint's latency estimate,
+    /// when the balancer uses one (peak EWMA).
+    pub fn observe_latency(&self, endpoint: &Endpoint, rtt: Duration) {
+        if self.lb.policy == LbPolicy::PeakEwma {
+            endpoint.ewma.observe(rtt, Instant::now(), self.lb.decay);
+        }
     }
 
     pub fn endpoints(&self) -> Guard<Arc<EndpointSet>> {
@@ -417,7 +412,7 @@ impl Cluster {
     /// Replaces the endpoints (from DNS). Endpoints that stay keep their
     /// pools and state; new ones join in slow start and are warmed up.
     pub fn replace_endpoints(&self, wanted: &[(SocketAddr, NonZeroU32)]) -> bool {
-        let _rebuild = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let _rebuild = lock(&self.rebuild);
         let current = self.set.load_full();
         let existing: HashMap<(SocketAddr, NonZeroU32), &Arc<Endpoint>> = current
             .all()
@@ -465,13 +460,13 @@ impl Cluster {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::SameAsDownstream => return,
         };
-        if self.pool.min_idle == 0 {
+        let Some(workers) = self.workers.get().filter(|_| self.pool.min_idle > 0) else {
             return;
-        }
+        };
         // With several workers, each warms its own connections (as Envoy's
         // per-worker pools preconnect), so each is driven by its user.
         for endpoint in endpoints {
-            crate::pool::spawn_on_each_worker(|| {
+            workers.spawn_on_each(|| {
                 let endpoint = endpoint.clone();
                 async move { endpoint.pool.warm(http2).await }
             });
@@ -545,46 +540,6 @@ fn check_pool(config: &ClusterConfig, path: &str, errors: &mut Vec<ConfigError>)
     }
     config.http2.check(&format!("{path}.http2"), errors);
     config.keepalive.check(&format!("{path}.keepalive"), errors);
-}
-
-/// Outlier detection's periodic pass, until the cluster is gone.
-async fn outlier_sweeps(cluster: Weak<Cluster>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(cluster) = cluster.upgrade() else {
-            return;
-        };
-        let Some(detector) = &cluster.outlier else {
-            return;
-        };
-        let sweep = detector.sweep(cluster.endpoints().all(), Instant::now());
-        for address in sweep.restore {
-            cluster.restore(address);
-        }
-        for (address, reason) in sweep.eject {
-            cluster.eject(address, reason);
-        }
-    }
-}
-
-/// Closes idle and over-age connections of every endpoint, until the cluster is gone.
-async fn sweep(cluster: Weak<Cluster>, every: Duration) {
-    let period = (every / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(cluster) = cluster.upgrade() else {
-            return;
-        };
-        let now = Instant::now();
-        for endpoint in cluster.endpoints().all() {
-            endpoint.pool.evict_idle(now);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -18,8 +18,9 @@ use hickory_resolver::{Resolver, TokioResolver};
 use metrics::Counter;
 use serde::Serialize;
 
-use crate::cluster::Cluster;
 use crate::config::{ConfigError, DnsConfig, DnsResolverConfig, scalar};
+use crate::endpoint::EndpointList;
+use crate::sync::lock;
 use crate::telemetry::{self, Telemetry};
 
 /// A name to resolve and how often.
@@ -119,7 +120,7 @@ impl ResolverSlot {
     /// Builds the resolver for `config` unless the current one was built
     /// from the same settings.
     pub fn update(&self, config: Option<&DnsResolverConfig>) -> Result<(), String> {
-        let mut built_from = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut built_from = lock(&self.config);
         if built_from.as_ref().is_some_and(|c| c.as_ref() == config) {
             return Ok(());
         }
@@ -129,7 +130,8 @@ impl ResolverSlot {
         Ok(())
     }
 
-    fn get(&self) -> Option<Arc<TokioResolver>> {
+    /// The resolver, once one is built.
+    pub(crate) fn get(&self) -> Option<Arc<TokioResolver>> {
         self.current.load_full()
     }
 }
@@ -190,63 +192,32 @@ fn build(config: Option<&DnsResolverConfig>) -> Result<TokioResolver, String> {
         .map_err(|e| format!("cannot build the DNS resolver: {e}"))
 }
 
-/// Resolves `target` for `cluster` until the cluster is gone.
-pub fn spawn(cluster: Weak<Cluster>, target: DnsTarget, resolvers: ResolverHandle) {
-    tokio::spawn(async move {
-        loop {
-            let delay = match resolvers.get() {
-                Some(resolver) => resolve_once(&cluster, &target, &resolver).await,
-                None => Some(target.min_refresh),
-            };
-            let Some(delay) = delay else { return };
-            tokio::time::sleep(delay).await;
-        }
-    });
-}
-
-/// One lookup; returns when to look again, or `None` once the cluster is gone.
-async fn resolve_once(
-    cluster: &Weak<Cluster>,
-    target: &DnsTarget,
-    resolver: &TokioResolver,
-) -> Option<Duration> {
-    let result = resolver.lookup_ip(target.host.as_str()).await;
-    let cluster = cluster.upgrade()?;
-    let mut status = cluster.dns_status.lock().unwrap_or_else(|p| p.into_inner());
-    status.resolutions += 1;
-    let delay = match result {
-        Ok(lookup) => {
-            let mut endpoints: Vec<(SocketAddr, NonZeroU32)> = lookup
-                .iter()
-                .map(|ip| (SocketAddr::new(ip, target.port), NonZeroU32::MIN))
-                .collect();
-            endpoints.sort();
-            endpoints.dedup();
-            let ttl = lookup
-                .valid_until()
-                .saturating_duration_since(Instant::now());
-            target.resolved.increment(1);
-            status.last_error = None;
-            drop(status);
-            if cluster.replace_endpoints(&endpoints) {
-                let addresses: Vec<String> = endpoints.iter().map(|(a, _)| a.to_string()).collect();
-                tracing::info!(cluster = %cluster.name, name = %target.host, endpoints = ?addresses, "DNS answer changed the endpoints");
+impl DnsTarget {
+    /// One lookup: the endpoints of the answer (sorted, one per address) and
+    /// when to look again (its TTL within the refresh bounds). Counted in
+    /// `remora_dns_resolutions_total`.
+    pub async fn lookup(
+        &self,
+        resolver: &TokioResolver,
+    ) -> Result<(EndpointList, Duration), String> {
+        match resolver.lookup_ip(self.host.as_str()).await {
+            Ok(lookup) => {
+                let mut endpoints: EndpointList = lookup
+                    .iter()
+                    .map(|ip| (SocketAddr::new(ip, self.port), NonZeroU32::MIN))
+                    .collect();
+                endpoints.sort();
+                endpoints.dedup();
+                let ttl = lookup
+                    .valid_until()
+                    .saturating_duration_since(Instant::now());
+                self.resolved.increment(1);
+                Ok((endpoints, ttl.clamp(self.min_refresh, self.max_refresh)))
             }
-            status = cluster.dns_status.lock().unwrap_or_else(|p| p.into_inner());
-            ttl.clamp(target.min_refresh, target.max_refresh)
+            Err(error) => {
+                self.failed.increment(1);
+                Err(error.to_string())
+            }
         }
-        Err(error) => {
-            target.failed.increment(1);
-            status.failures += 1;
-            status.last_error = Some(error.to_string());
-            tracing::warn!(
-                cluster = %cluster.name, name = %target.host, %error,
-                kept = cluster.endpoints().all().len(),
-                "DNS lookup failed; keeping the last good endpoints"
-            );
-            target.min_refresh
-        }
-    };
-    status.next_refresh_secs = delay.as_secs_f64();
-    Some(delay)
+    }
 }

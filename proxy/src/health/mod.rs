@@ -13,34 +13,16 @@
 
 mod probe;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use metrics::Counter;
 
-use crate::cluster::{Cluster, Endpoint};
 use crate::config::{ConfigError, HealthCheckConfig, StatusRange, UpstreamProtocol};
+use crate::endpoint::Endpoint;
 use crate::telemetry::{self, Telemetry};
 
 pub use probe::Probe;
-
-/// An endpoint's run of passes and failures.
-#[derive(Debug, Default)]
-pub struct CheckState {
-    passes: AtomicU32,
-    failures: AtomicU32,
-}
-
-impl CheckState {
-    pub fn failures(&self) -> u32 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    pub fn passes(&self) -> u32 {
-        self.passes.load(Ordering::Relaxed)
-    }
-}
 
 #[derive(Debug)]
 pub struct HealthChecker {
@@ -143,44 +125,20 @@ impl HealthChecker {
         })
     }
 
-    /// Checks the cluster's endpoints until the cluster is gone.
-    pub fn spawn(cluster: Weak<Cluster>) {
-        tokio::spawn(async move {
-            loop {
-                let endpoints = {
-                    let Some(cluster) = cluster.upgrade() else {
-                        return;
-                    };
-                    cluster.endpoints().all().to_vec()
-                };
-                let checks = endpoints.iter().map(|endpoint| {
-                    let cluster = cluster.clone();
-                    async move {
-                        let Some(cluster) = cluster.upgrade() else {
-                            return;
-                        };
-                        if let Some(checker) = &cluster.health {
-                            checker.check_one(&cluster, endpoint).await;
-                        }
-                    }
-                });
-                futures_util::future::join_all(checks).await;
-                let Some(wait) = cluster
-                    .upgrade()
-                    .and_then(|c| c.health.as_ref().map(|h| h.next_wait()))
-                else {
-                    return;
-                };
-                tokio::time::sleep(wait).await;
-            }
-        });
-    }
-
-    fn next_wait(&self) -> Duration {
+    /// How long to wait before the next round of checks.
+    pub fn next_wait(&self) -> Duration {
         self.interval + self.jitter.mul_f64(crate::rand::unit())
     }
 
-    async fn check_one(&self, cluster: &Cluster, endpoint: &Arc<Endpoint>) {
+    /// Checks one endpoint and folds the result into its run of passes or
+    /// failures; a run that crosses its threshold calls `set_health`, which
+    /// answers whether the endpoint was still in the cluster.
+    pub async fn check_one(
+        &self,
+        cluster: &str,
+        endpoint: &Endpoint,
+        set_health: impl FnOnce(bool) -> bool,
+    ) {
         let result =
             match tokio::time::timeout(self.timeout, self.probe.run(endpoint.address)).await {
                 Ok(result) => result,
@@ -196,22 +154,22 @@ impl HealthChecker {
                 let passes = state.passes.fetch_add(1, Ordering::Relaxed) + 1;
                 if endpoint.is_check_failed()
                     && passes >= self.healthy_threshold
-                    && cluster.set_health(endpoint.address, true)
+                    && set_health(true)
                 {
-                    tracing::info!(cluster = %cluster.name, endpoint = %endpoint.address, passes, "endpoint passes its health checks again");
+                    tracing::info!(%cluster, endpoint = %endpoint.address, passes, "endpoint passes its health checks again");
                 }
             }
             Err(reason) => {
                 self.failures_total.increment(1);
                 state.passes.store(0, Ordering::Relaxed);
                 let failures = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, %reason, "health check failed");
+                tracing::debug!(%cluster, endpoint = %endpoint.address, %reason, "health check failed");
                 if !endpoint.is_check_failed()
                     && failures >= self.unhealthy_threshold
-                    && cluster.set_health(endpoint.address, false)
+                    && set_health(false)
                 {
                     tracing::warn!(
-                        cluster = %cluster.name, endpoint = %endpoint.address, failures, %reason,
+                        %cluster, endpoint = %endpoint.address, failures, %reason,
                         "endpoint failed its health checks; taken out of the balancer"
                     );
                 }

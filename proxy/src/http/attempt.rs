@@ -13,15 +13,16 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version, request};
 use hyper::body::Incoming;
 
-use super::body::RequestBody;
 use super::exchange::Exchange;
 use super::hop;
-use crate::cluster::Endpoint;
-use crate::cluster::limits::Limit;
+use crate::body::RequestBody;
+use crate::breaker::Limit;
+use crate::endpoint::Endpoint;
 use crate::pool::ConnectError;
 use crate::retry::Failure;
 use crate::route::Route;
 
+/// Why a try got no response from its endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("{0}")]
@@ -30,6 +31,30 @@ pub enum UpstreamError {
     /// source is shown too.
     #[error("{error}{}", with_cause(.error))]
     Send { error: hyper::Error },
+    /// The route's `per_try_timeout` passed before the response headers.
+    #[error("no response headers within the per-try timeout ({})", crate::config::scalar::format_duration(*.0))]
+    PerTryTimeout(std::time::Duration),
+}
+
+impl UpstreamError {
+    /// The status of the local reply: 503 when no connection could be had,
+    /// 502 when the upstream failed the exchange, 504 when it was too slow.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Connect(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Send { .. } => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::PerTryTimeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The first words of the local reply's body.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "upstream connect error",
+            UpstreamError::Send { .. } => "upstream error",
+            UpstreamError::PerTryTimeout(_) => "upstream per-try timeout",
+        }
+    }
 }
 
 fn with_cause(error: &hyper::Error) -> String {

@@ -9,9 +9,10 @@ use std::time::{Instant, SystemTime};
 use http::{Method, Request, StatusCode, Version};
 
 use super::handler::ConnContext;
-use crate::cluster::limits::Held;
-use crate::cluster::{ActiveRequest, Cluster, TimeoutKind};
-use crate::listener::state::{ListenerKind, ListenerState};
+use crate::breaker::Held;
+use crate::cluster::{Cluster, TimeoutKind};
+use crate::endpoint::ActiveRequest;
+use crate::listener::{ListenerKind, ListenerState};
 use crate::pool::{Http1Lease, Http2Lease};
 use crate::route::RouteAction;
 use crate::telemetry::RequestStats;

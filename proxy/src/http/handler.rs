@@ -15,7 +15,7 @@ use super::exchange::{Exchange, StatsAt};
 use super::lifetime::Activity;
 use super::{forward, local_reply};
 use crate::listener::ListenerSlot;
-use crate::listener::state::{ListenerKind, ListenerState};
+use crate::listener::{ListenerKind, ListenerState};
 use crate::route::{RequestView, RouteAction};
 
 /// What every request on one downstream connection shares.
@@ -55,7 +55,7 @@ async fn route(
     {
         listener.rate_limited.increment(1);
         let scope = format!("listener {:?}", listener.name);
-        return forward::rate_limited(exchange, wait, &scope, grpc);
+        return local_reply::rate_limited(exchange, wait, &scope, grpc);
     }
     let view = RequestView::new(request.method(), request.uri(), request.headers());
     let Some((index, route)) = http.table.find(&view) else {
@@ -83,7 +83,7 @@ async fn route(
         && let Err(wait) = limit.check(request.headers(), client.ip())
     {
         route.rate_limited.increment(1);
-        return forward::rate_limited(exchange, wait, &format!("route {:?}", route.name), grpc);
+        return local_reply::rate_limited(exchange, wait, &format!("route {:?}", route.name), grpc);
     }
     match (&route.action, backend) {
         (RouteAction::Respond(direct), _) => {

@@ -13,7 +13,7 @@ mod header_timer;
 pub mod hop;
 mod lifetime;
 pub mod local_reply;
-mod replay;
+mod tries;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::listener::ListenerSlot;
-use crate::listener::state::ListenerState;
+use crate::listener::ListenerState;
 use detect::{Detected, ServerIo};
 use handler::ConnContext;
 use header_timer::HeaderTimer;

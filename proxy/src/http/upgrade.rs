@@ -9,11 +9,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
-use super::body::{RequestBody, ResponseBody};
+use super::attempt::UpstreamError;
+use super::body::ResponseBody;
 use super::exchange::Exchange;
-use super::forward::{UpstreamError, failure_reply};
 use super::hop;
-use crate::cluster::{Cluster, Endpoint};
+use super::local_reply::failure_reply;
+use crate::body::RequestBody;
+use crate::cluster::Cluster;
+use crate::endpoint::Endpoint;
 use crate::route::Route;
 
 /// An HTTP/1.1 request asking to switch protocols (other than to h2c).

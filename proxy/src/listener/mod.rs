@@ -1,35 +1,25 @@
-//! Listeners: binding sockets, accepting connections, and handing each to the
-//! HTTP server or the TCP proxy. On reload the set of bound sockets is
-//! brought in line with the new snapshot: a socket whose address is still
-//! wanted stays bound (so no connection is refused during a reload) and
-//! takes the new state; new addresses are bound before anything else
-//! changes, so a reload that cannot bind is rejected whole; listeners no
-//! longer wanted stop accepting and drain their connections.
-//!
-//! With several workers (one current-thread runtime each), every listener
-//! is bound once per worker with `SO_REUSEPORT`: the kernel spreads new
-//! connections over the workers' sockets, and a connection lives on the
-//! worker that accepted it.
+//! A listener's compiled state: what a new connection or request on it
+//! follows. Swapped whole on reload (through its [`ListenerSlot`]); a
+//! request keeps the state it started with. Binding and accepting are in
+//! `accept/`.
 
-pub mod state;
-
-use std::io;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metrics::Counter;
-use serde::Serialize;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use metrics::{Counter, Gauge};
 
-use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
-use crate::telemetry::{self, Telemetry};
-use state::{ListenerKind, ListenerState};
+use crate::cluster::Cluster;
+use crate::config::{
+    ConfigError, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol,
+};
+use crate::ratelimit::RateLimit;
+use crate::route::RouteTable;
+use crate::socket::SocketOptions;
+use crate::telemetry::{self, RequestStats, Telemetry, access_log::AccessLog};
 
 /// A bound listener's current state, swapped atomically on reload.
 pub struct ListenerSlot {
@@ -39,311 +29,269 @@ pub struct ListenerSlot {
 }
 
 impl ListenerSlot {
+    pub fn new(state: Arc<ListenerState>) -> ListenerSlot {
+        ListenerSlot {
+            state: ArcSwap::new(state),
+            open: AtomicUsize::new(0),
+        }
+    }
+
     pub fn current(&self) -> Arc<ListenerState> {
         self.state.load_full()
     }
-}
 
-/// What every listener's tasks are spawned with.
-#[derive(Clone)]
-pub struct Spawner {
-    /// The proxy's own runtime (reloads, discovery, health checks).
-    pub runtime: tokio::runtime::Handle,
-    /// The data-plane workers' runtimes, one accept loop and socket each
-    /// per listener; empty: listeners accept on `runtime`.
-    pub workers: Vec<tokio::runtime::Handle>,
-    pub telemetry: Arc<Telemetry>,
-    /// Cancelled when the proxy drains; every listener's stop token is a child.
-    pub drain: CancellationToken,
-    /// Tracks every connection, so a drain can wait for them.
-    pub tracker: TaskTracker,
-}
-
-struct Bound {
-    slot: Arc<ListenerSlot>,
-    local: SocketAddr,
-    stop: CancellationToken,
-}
-
-/// A listener as it is bound right now.
-#[derive(Debug, Clone, Serialize)]
-pub struct BoundListener {
-    pub name: String,
-    pub address: SocketAddr,
-    pub protocol: ListenerProtocol,
-}
-
-#[derive(Default)]
-pub struct ListenerSet {
-    bound: Vec<Bound>,
-}
-
-impl ListenerSet {
-    /// Makes the bound listeners match `wanted` (in config order).
-    pub fn apply(
-        &mut self,
-        wanted: &[Arc<ListenerState>],
-        spawner: &Spawner,
-    ) -> Result<(), ConfigErrors> {
-        let _runtime = spawner.runtime.enter();
-        let mut claimed = vec![false; self.bound.len()];
-        let mut plan = Vec::with_capacity(wanted.len());
-        let mut errors = Vec::new();
-        for (i, state) in wanted.iter().enumerate() {
-            match self.reusable(state, &claimed) {
-                Some(index) => {
-                    claimed[index] = true;
-                    plan.push(Plan::Reuse(index));
-                }
-                None => match bind_all(state.address, spawner.workers.len().max(1)) {
-                    Ok(sockets) => plan.push(Plan::New(sockets)),
-                    Err(error) => errors.push(ConfigError::new(
-                        format!("listeners[{i}].address"),
-                        format!("cannot bind {}: {error}", state.address),
-                    )),
-                },
-            }
-        }
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
-
-        let mut old: Vec<Option<Bound>> = self.bound.drain(..).map(Some).collect();
-        for (state, plan) in wanted.iter().zip(plan) {
-            let bound = match plan {
-                Plan::Reuse(index) => {
-                    let bound = old[index]
-                        .take()
-                        .expect("each old listener is claimed once");
-                    bound.slot.state.store(state.clone());
-                    bound
-                }
-                Plan::New(sockets) => {
-                    let local = sockets[0].local_addr().unwrap_or(state.address);
-                    let slot = Arc::new(ListenerSlot {
-                        state: ArcSwap::new(state.clone()),
-                        open: AtomicUsize::new(0),
-                    });
-                    let stop = spawner.drain.child_token();
-                    let workers = sockets.len();
-                    for (worker, socket) in sockets.into_iter().enumerate() {
-                        let runtime = spawner.workers.get(worker).unwrap_or(&spawner.runtime);
-                        runtime.spawn(accept_loop(
-                            socket,
-                            worker,
-                            slot.clone(),
-                            stop.clone(),
-                            spawner.tracker.clone(),
-                            spawner.telemetry.clone(),
-                        ));
-                    }
-                    tracing::info!(listener = %state.name, address = %local, workers, "listening");
-                    Bound { slot, local, stop }
-                }
-            };
-            self.bound.push(bound);
-        }
-        for gone in old.into_iter().flatten() {
-            tracing::info!(listener = %gone.slot.current().name, address = %gone.local, "listener removed; draining its connections");
-            gone.stop.cancel();
-        }
-        Ok(())
+    /// Swaps in a reloaded state; requests under way keep theirs.
+    pub fn store(&self, state: Arc<ListenerState>) {
+        self.state.store(state);
     }
 
-    /// An existing socket for `state`: same configured address, and for
-    /// "any port" addresses (port 0) also the same name.
-    fn reusable(&self, state: &ListenerState, claimed: &[bool]) -> Option<usize> {
-        self.bound.iter().enumerate().position(|(i, bound)| {
-            let current = bound.slot.current();
-            !claimed[i]
-                && current.address == state.address
-                && (state.address.port() != 0 || current.name == state.name)
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerState {
+    pub name: Arc<str>,
+    /// As configured; port 0 means "any free port".
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+    pub request_headers_timeout: Duration,
+    pub max_request_head_bytes: usize,
+    pub drain_timeout: Duration,
+    /// No request in flight (HTTP) or no bytes (TCP) for this long closes a connection.
+    pub idle_timeout: Option<Duration>,
+    pub max_connection_age: Option<Duration>,
+    pub socket: SocketOptions,
+    pub http2: Http2Config,
+    pub http2_keepalive: Option<Http2KeepaliveConfig>,
+    pub connections_active: Gauge,
+    pub access_log: Option<Arc<AccessLog>>,
+    /// HTTP: a limit over all of the listener's requests.
+    pub rate_limit: Option<RateLimit>,
+    /// `remora_rate_limited_total{listener,route=""}`.
+    pub rate_limited: Counter,
+    pub connection_rate: Option<RateLimit>,
+    pub max_connections: Option<usize>,
+    /// Connections closed on accept by the two limits above, by
+    /// [`REJECT_REASONS`].
+    pub rejected: [Counter; 2],
+}
+
+/// Why a connection was closed on accept: the `reason` label.
+pub const REJECT_REASONS: [&str; 2] = ["max_connections", "connection_rate_limit"];
+
+#[derive(Debug)]
+pub enum ListenerKind {
+    Http(HttpRoutes),
+    Tcp(TcpTarget),
+}
+
+#[derive(Debug)]
+pub struct HttpRoutes {
+    pub table: RouteTable,
+    /// Stats for requests that matched no route.
+    pub no_route: RequestStats,
+}
+
+#[derive(Debug)]
+pub struct TcpTarget {
+    pub cluster: Arc<Cluster>,
+    /// Bytes from the client (`direction="rx"`) and to it (`direction="tx"`).
+    pub bytes_rx: Counter,
+    pub bytes_tx: Counter,
+}
+
+/// Everything a listener compile needs from the rest of the snapshot.
+pub struct ListenerContext<'a> {
+    pub clusters: &'a HashMap<&'a str, Arc<Cluster>>,
+    pub telemetry: &'a Telemetry,
+    pub access_log: Option<&'a Arc<AccessLog>>,
+    pub drain_timeout: Duration,
+}
+
+impl ListenerState {
+    pub fn compile(
+        config: &ListenerConfig,
+        at: &str,
+        cx: &ListenerContext<'_>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ListenerState> {
+        let name = config.name.as_str();
+        let kind = match config.protocol {
+            ListenerProtocol::Http => {
+                if config.cluster.is_some() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.cluster"),
+                        "only TCP listeners take a cluster; HTTP listeners send traffic through routes[].backends",
+                    ));
+                }
+                ListenerKind::Http(HttpRoutes {
+                    table: RouteTable::compile(
+                        &config.routes,
+                        name,
+                        &format!("{at}.routes"),
+                        cx.clusters,
+                        cx.telemetry,
+                        errors,
+                    ),
+                    no_route: RequestStats::new(cx.telemetry, name, "", ""),
+                })
+            }
+            ListenerProtocol::Tcp => {
+                if !config.routes.is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.routes"),
+                        "TCP listeners have no routes; set cluster instead",
+                    ));
+                }
+                let Some(cluster_name) = &config.cluster else {
+                    errors.push(ConfigError::new(
+                        format!("{at}.cluster"),
+                        "required for protocol: tcp",
+                    ));
+                    return None;
+                };
+                let Some(cluster) = cx.clusters.get(cluster_name.as_str()) else {
+                    errors.push(ConfigError::new(
+                        format!("{at}.cluster"),
+                        format!("no cluster named {cluster_name:?}"),
+                    ));
+                    return None;
+                };
+                let bytes = |direction| {
+                    cx.telemetry.counter(
+                        telemetry::TCP_BYTES_TOTAL,
+                        &[("listener", name), ("direction", direction)],
+                    )
+                };
+                ListenerKind::Tcp(TcpTarget {
+                    cluster: cluster.clone(),
+                    bytes_rx: bytes("rx"),
+                    bytes_tx: bytes("tx"),
+                })
+            }
+        };
+        if config.request_headers_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                format!("{at}.request_headers_timeout"),
+                "must be greater than 0",
+            ));
+        }
+        if config.max_connection_age.is_some_and(|age| age.is_zero()) {
+            errors.push(ConfigError::new(
+                format!("{at}.max_connection_age"),
+                "must be greater than 0 (leave it out for no limit)",
+            ));
+        }
+        config.keepalive.check(&format!("{at}.keepalive"), errors);
+        config.http2.check(&format!("{at}.http2"), errors);
+        if config.max_connections == Some(0) {
+            errors.push(ConfigError::new(
+                format!("{at}.max_connections"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        let rate_limit = match (&config.rate_limit, config.protocol) {
+            (Some(_), ListenerProtocol::Tcp) => {
+                errors.push(ConfigError::new(
+                    format!("{at}.rate_limit"),
+                    "limits HTTP requests; TCP listeners take connection_rate_limit",
+                ));
+                None
+            }
+            (Some(r), ListenerProtocol::Http) => RateLimit::compile(
+                ("requests_per_second", r.requests_per_second),
+                r.burst,
+                &r.key,
+                &format!("{at}.rate_limit"),
+                errors,
+            ),
+            (None, _) => None,
+        };
+        let connection_rate = config.connection_rate_limit.as_ref().and_then(|r| {
+            RateLimit::compile(
+                ("connections_per_second", r.connections_per_second),
+                r.burst,
+                "none",
+                &format!("{at}.connection_rate_limit"),
+                errors,
+            )
+        });
+        if !(1..=1024).contains(&config.max_request_headers_kb) {
+            errors.push(ConfigError::new(
+                format!("{at}.max_request_headers_kb"),
+                format!("{} is outside 1..=1024", config.max_request_headers_kb),
+            ));
+        }
+        Some(ListenerState {
+            name: Arc::from(name),
+            address: config.address,
+            kind,
+            request_headers_timeout: config.request_headers_timeout,
+            max_request_head_bytes: config.max_request_headers_kb as usize * 1024,
+            drain_timeout: cx.drain_timeout,
+            idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+            max_connection_age: config.max_connection_age,
+            socket: SocketOptions {
+                nodelay: config.tcp_nodelay,
+                keepalive: config.keepalive.tcp.clone(),
+            },
+            http2: config.http2.clone(),
+            http2_keepalive: config.keepalive.http2.clone(),
+            connections_active: cx.telemetry.gauge(
+                telemetry::DOWNSTREAM_CONNECTIONS_ACTIVE,
+                &[("listener", name)],
+            ),
+            access_log: cx.access_log.cloned(),
+            rate_limit,
+            rate_limited: cx.telemetry.counter(
+                telemetry::RATE_LIMITED_TOTAL,
+                &[("listener", name), ("route", "")],
+            ),
+            connection_rate,
+            max_connections: config.max_connections.map(|m| m as usize),
+            rejected: REJECT_REASONS.map(|reason| {
+                cx.telemetry.counter(
+                    telemetry::LISTENER_REJECTED_TOTAL,
+                    &[("listener", name), ("reason", reason)],
+                )
+            }),
         })
     }
-
-    pub fn bound(&self) -> Vec<BoundListener> {
-        self.bound
-            .iter()
-            .map(|b| {
-                let state = b.slot.current();
-                let protocol = match state.kind {
-                    ListenerKind::Http(_) => ListenerProtocol::Http,
-                    ListenerKind::Tcp(_) => ListenerProtocol::Tcp,
-                };
-                BoundListener {
-                    name: state.name.to_string(),
-                    address: b.local,
-                    protocol,
-                }
-            })
-            .collect()
-    }
 }
 
-enum Plan {
-    Reuse(usize),
-    /// One socket per worker.
-    New(Vec<std::net::TcpListener>),
-}
-
-/// `count` sockets listening on `address`: one as before, or with
-/// `SO_REUSEPORT` one per worker on the same port (for port 0, the port the
-/// first one got).
-fn bind_all(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let reuse_port = count > 1;
-    let first = bind(address, reuse_port)?;
-    let mut address = address;
-    address.set_port(first.local_addr()?.port());
-    let mut sockets = vec![first];
-    for _ in 1..count {
-        sockets.push(bind(address, reuse_port)?);
-    }
-    Ok(sockets)
-}
-
-/// A non-blocking listening socket, made a tokio listener by the runtime
-/// that accepts on it (a socket belongs to the reactor it is registered in).
-fn bind(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-/// `remora_downstream_connections_total{listener,worker}` for the
-/// listener's current name (a reload may rename a listener that keeps its
-/// socket).
-struct Accepted {
-    name: Arc<str>,
-    worker: String,
-    counter: Counter,
-}
-
-impl Accepted {
-    fn new(telemetry: &Telemetry, name: Arc<str>, worker: usize) -> Accepted {
-        let worker = worker.to_string();
-        let counter = telemetry.counter(
-            telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
-            &[("listener", &name), ("worker", &worker)],
-        );
-        Accepted {
-            name,
-            worker,
-            counter,
+/// Duplicate listener names and addresses, reported by path.
+pub fn check_unique(configs: &[ListenerConfig], errors: &mut Vec<ConfigError>) {
+    let mut names = HashSet::new();
+    let mut addresses = HashMap::new();
+    for (i, listener) in configs.iter().enumerate() {
+        if listener.name.is_empty() {
+            errors.push(ConfigError::new(
+                format!("listeners[{i}].name"),
+                "must not be empty",
+            ));
+        } else if !names.insert(listener.name.as_str()) {
+            errors.push(ConfigError::new(
+                format!("listeners[{i}].name"),
+                format!("duplicate listener name {:?}", listener.name),
+            ));
+        }
+        if listener.address.port() != 0
+            && let Some(first) = addresses.insert(listener.address, i)
+        {
+            errors.push(ConfigError::new(
+                format!("listeners[{i}].address"),
+                format!("{} is already used by listeners[{first}]", listener.address),
+            ));
         }
     }
-
-    fn count(&mut self, telemetry: &Telemetry, name: &Arc<str>) {
-        if !Arc::ptr_eq(&self.name, name) {
-            if self.name != *name {
-                self.counter = telemetry.counter(
-                    telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
-                    &[("listener", name), ("worker", &self.worker)],
-                );
-            }
-            self.name = name.clone();
-        }
-        self.counter.increment(1);
-    }
-}
-
-async fn accept_loop(
-    socket: std::net::TcpListener,
-    worker: usize,
-    slot: Arc<ListenerSlot>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-    telemetry: Arc<Telemetry>,
-) {
-    let listener = match TcpListener::from_std(socket) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(listener = %slot.current().name, worker, %error, "cannot accept on the listener's socket");
-            return;
-        }
-    };
-    let mut counted = Accepted::new(&telemetry, slot.current().name.clone(), worker);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let state = slot.current();
-                counted.count(&telemetry, &state.name);
-                if let Some(reason) = refusal(&state, &slot, peer) {
-                    state.rejected[reason].increment(1);
-                    let reason = state::REJECT_REASONS[reason];
-                    tracing::debug!(listener = %state.name, %peer, reason, "connection closed on accept");
-                    drop(stream);
-                    continue;
-                }
-                tracker.spawn(connection(
-                    stream,
-                    peer,
-                    slot.clone(),
-                    state,
-                    stop.clone(),
-                    tracker.clone(),
-                ));
-            }
-            Err(error) => {
-                // Out of file descriptors or memory: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Why a new connection is refused, if it is.
-/// Which limit refuses a new connection: an index into
-/// [`state::REJECT_REASONS`].
-fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<usize> {
-    if state
-        .max_connections
-        .is_some_and(|max| slot.open.load(Ordering::Relaxed) >= max)
-    {
-        return Some(0);
-    }
-    match &state.connection_rate {
-        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => Some(1),
-        _ => None,
-    }
-}
-
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: Arc<ListenerSlot>,
-    state: Arc<ListenerState>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
-    if let Err(error) = state.socket.apply(&stream) {
-        tracing::debug!(%peer, %error, "cannot set socket options");
-    }
-    let gauge = state.connections_active.clone();
-    gauge.increment(1.0);
-    slot.open.fetch_add(1, Ordering::Relaxed);
-    let counted = slot.clone();
-    match &state.kind {
-        ListenerKind::Http(_) => {
-            crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await
-        }
-        ListenerKind::Tcp(_) => crate::tcp::proxy_connection(stream, peer, state, stop).await,
-    }
-    counted.open.fetch_sub(1, Ordering::Relaxed);
-    gauge.decrement(1.0);
 }

@@ -17,13 +17,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge};
 
-use crate::cluster::Endpoint;
 use crate::config::{ConfigError, OutlierDetectionConfig};
+use crate::endpoint::{Endpoint, OutlierState};
 use crate::telemetry::{self, Telemetry};
 
 /// How one try went, as outlier detection sees it.
@@ -79,25 +79,6 @@ impl Reason {
         Reason::SuccessRate,
         Reason::FailurePercentage,
     ];
-}
-
-/// An endpoint's counters.
-#[derive(Debug, Default)]
-pub struct OutlierState {
-    consecutive_5xx: AtomicU32,
-    consecutive_gateway: AtomicU32,
-    consecutive_local: AtomicU32,
-    successes: AtomicU32,
-    failures: AtomicU32,
-    ejections: AtomicU32,
-    /// Milliseconds after the detector's epoch when the ejection ends (0: not ejected).
-    ejected_until_ms: AtomicU64,
-}
-
-impl OutlierState {
-    pub fn ejections(&self) -> u32 {
-        self.ejections.load(Ordering::Relaxed)
-    }
 }
 
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 use super::*;
-use crate::balance::consistency::endpoints;
 use crate::config::parse_yaml;
+use crate::endpoint::test_endpoints as endpoints;
 
 fn detector(yaml: &str) -> OutlierDetector {
     let config = parse_yaml(&format!(

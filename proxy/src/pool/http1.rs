@@ -11,8 +11,8 @@ use std::time::Instant;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::{ConnectError, EndpointPool, PoolSettings, Slot, current_worker};
-use crate::http::body::RequestBody;
+use super::{ConnectError, EndpointPool, PoolSettings, Slot};
+use crate::body::RequestBody;
 
 pub type Http1Sender = http1::SendRequest<RequestBody>;
 
@@ -87,7 +87,7 @@ impl EndpointPool {
     fn try_http1(&self) -> Option<Next> {
         let mut state = self.shared.lock();
         let now = Instant::now();
-        let here = current_worker();
+        let here = crate::worker::current();
         // Newest first, from the list's end; expired ones met on the way go.
         let mut index = state.idle.len();
         while index > 0 {
@@ -130,7 +130,7 @@ impl EndpointPool {
             sender,
             born: Instant::now(),
             served: 1,
-            worker: current_worker(),
+            worker: crate::worker::current(),
             reused: false,
         })
     }

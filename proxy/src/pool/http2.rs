@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot, current_worker, worker_bit};
-use crate::http::body::RequestBody;
+use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot, worker_bit};
+use crate::body::RequestBody;
 
 pub type Http2Sender = http2::SendRequest<RequestBody>;
 /// Sends on the request's own task (Remora's hyper patch, `vendor/hyper/REMORA.md`).
@@ -124,7 +124,7 @@ impl EndpointPool {
                 Next::Connect(slot) => {
                     let opened = self.open_http2(slot).await;
                     let mut state = self.shared.lock();
-                    state.http2_connecting &= !worker_bit(current_worker());
+                    state.http2_connecting &= !worker_bit(crate::worker::current());
                     if let Ok(conn) = &opened {
                         state.http2.push(conn.clone());
                     }
@@ -146,7 +146,7 @@ impl EndpointPool {
             .http2
             .retain(|conn| !conn.sender.is_closed() && !conn.retired.load(Ordering::Relaxed));
         // A connection of this worker first (its runtime drives it).
-        let here = current_worker();
+        let here = crate::worker::current();
         let has_room = |conn: &Arc<Http2Conn>| conn.active() < conn.stream_limit(settings);
         let mut free = state
             .http2
@@ -244,7 +244,7 @@ impl EndpointPool {
             streams: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
-            worker: current_worker(),
+            worker: crate::worker::current(),
         });
         // A peer that never sends its SETTINGS is given up on.
         let (settling, shared, timeout) =

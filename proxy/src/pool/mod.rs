@@ -24,59 +24,13 @@ use metrics::{Counter, Gauge};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::cluster::limits::{Held, Limit, Limits};
+use crate::breaker::{Held, Limit, Limits};
 use crate::config::{ClusterConfig, Http2Config, Http2KeepaliveConfig};
 use crate::socket::SocketOptions;
+use crate::sync::lock;
 
 pub use http1::{Http1Lease, Http1Sender};
 pub use http2::{Http2Direct, Http2Lease, Http2Sender};
-
-thread_local! {
-    /// The data-plane worker this thread runs (0 when there are no
-    /// separate workers): connections are handed preferably to requests of
-    /// the worker whose runtime drives them.
-    static WORKER: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks this thread as data-plane worker `index` (called once when a
-/// worker thread starts).
-pub fn set_worker(index: u32) {
-    WORKER.set(index);
-}
-
-fn current_worker() -> u32 {
-    WORKER.get()
-}
-
-/// The workers' runtimes, registered once by the `remora-proxy` binary when
-/// it runs several workers.
-static WORKER_RUNTIMES: std::sync::OnceLock<Vec<tokio::runtime::Handle>> =
-    std::sync::OnceLock::new();
-
-/// Registers the workers' runtimes (index order), so that warm-up
-/// connections are opened on every worker for that worker.
-pub fn set_worker_runtimes(runtimes: Vec<tokio::runtime::Handle>) {
-    let _ = WORKER_RUNTIMES.set(runtimes);
-}
-
-/// Runs `task` once on every worker (so what it opens belongs to that
-/// worker), or on the current runtime when there are no separate workers.
-pub fn spawn_on_each_worker<F, Fut>(task: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    match WORKER_RUNTIMES.get().filter(|r| !r.is_empty()) {
-        Some(runtimes) => {
-            for runtime in runtimes {
-                runtime.spawn(task());
-            }
-        }
-        None => {
-            tokio::spawn(task());
-        }
-    }
-}
 
 /// The worker's bit in `State::http2_connecting`.
 fn worker_bit(worker: u32) -> u64 {
@@ -201,7 +155,7 @@ struct State {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 }
 

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::cluster::{Cluster, EndpointList};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::listener::state::{self, ListenerContext, ListenerState};
+use crate::endpoint::EndpointList;
+use crate::listener::{self as state, ListenerContext, ListenerState};
 use crate::telemetry::Telemetry;
 use crate::telemetry::access_log::AccessLog;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::state::{ListenerKind, ListenerState};
+use crate::listener::{ListenerKind, ListenerState};
 
 pub async fn proxy_connection(
     downstream: TcpStream,

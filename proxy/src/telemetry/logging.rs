@@ -9,6 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::sync::lock;
 
 /// Changes the log filter of a running process.
 pub struct LogControl {
@@ -54,15 +55,12 @@ impl LogControl {
         self.handle
             .reload(filter)
             .map_err(|e| format!("cannot change the log level: {e}"))?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = directives.to_string();
+        *lock(&self.current) = directives.to_string();
         Ok(())
     }
 
     pub fn current(&self) -> String {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.current).clone()
     }
 }
 

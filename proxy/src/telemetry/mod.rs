@@ -34,6 +34,8 @@ pub const TIMEOUTS_TOTAL: &str = "remora_timeouts_total";
 pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "remora_health_check_failures_total";
 pub const LISTENER_REJECTED_TOTAL: &str = "remora_listener_connections_rejected_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
+pub const XDS_CONNECTED: &str = "remora_xds_connected";
+pub const XDS_RESPONSES_TOTAL: &str = "remora_xds_responses_total";
 
 /// Upper bounds of the request-duration histogram, in seconds.
 const DURATION_BUCKETS: &[f64] = &[

@@ -8,22 +8,25 @@
 //! has arrived (or after [`WARMING_TIMEOUT`]). A lost stream is retried with
 //! jittered exponential backoff; the running config stays in place, and a
 //! delta stream resumes with `initial_resource_versions`.
+//!
+//! One driver ([`Client::stream`]) runs both protocols; what differs
+//! between state of the world and delta (the messages, what a stream
+//! remembers) is behind [`Protocol`](super::protocol::Protocol).
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
+use metrics::{Counter, Gauge};
 use remora_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use remora_xds_proto::discovery::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use remora_xds_proto::{core, rpc};
+use remora_xds_proto::{core, rpc, type_url};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
-use super::TypeStatus;
-use super::state::{self, Cache, Decoded, TYPES, is_named, type_index};
+use super::protocol::{Delta, Protocol, Sotw, Update};
+use super::state::{self, Cache, Decoded, TYPES, is_named};
+use super::{Status, Target, TypeStatus};
 use crate::config::XdsConfig;
-use crate::proxy::Proxy;
+use crate::telemetry::{self, Telemetry};
 
 /// How long listeners and clusters wait for the routes and endpoints they
 /// name before being applied without them (Envoy's `initial_fetch_timeout`).
@@ -35,72 +38,72 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Starts the client on the current runtime. It runs until the proxy drains.
-pub fn spawn(proxy: Proxy, config: XdsConfig) {
-    proxy.xds_status().update(|s| {
+/// Starts the client on the current runtime. It runs until `stop` is
+/// cancelled (the proxy drains).
+pub fn spawn<T: Target>(
+    target: T,
+    telemetry: &Telemetry,
+    status: std::sync::Arc<Status>,
+    stop: CancellationToken,
+    config: XdsConfig,
+) {
+    status.update(|s| {
         s.server = config.address.clone();
         s.node_id = config.node_id.clone();
         s.protocol = if config.delta { "delta" } else { "sotw" };
         s.types = TYPES
             .iter()
             .map(|t| TypeStatus {
-                r#type: remora_xds_proto::type_url::short(t),
+                r#type: type_url::short(t),
                 ..Default::default()
             })
             .collect();
     });
-    tokio::spawn(run(proxy, config));
+    let stats = Stats::new(telemetry);
+    if config.delta {
+        tokio::spawn(run(
+            Client::<T, Delta>::new(target, status, stats, &config),
+            config,
+            stop,
+        ));
+    } else {
+        tokio::spawn(run(
+            Client::<T, Sotw>::new(target, status, stats, &config),
+            config,
+            stop,
+        ));
+    }
 }
 
-async fn run(proxy: Proxy, config: XdsConfig) {
-    let mut client = Client {
-        proxy: proxy.clone(),
-        node: core::Node {
-            id: config.node_id.clone(),
-            cluster: config.cluster.clone(),
-            user_agent_name: "remora-proxy".into(),
-            user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
-                env!("CARGO_PKG_VERSION").into(),
-            )),
-            ..Default::default()
-        },
-        cache: Cache::default(),
-        accepted: Default::default(),
-        warming: Warming::Idle,
-        applied_once: false,
-    };
+async fn run<T: Target, P: Protocol>(
+    mut client: Client<T, P>,
+    config: XdsConfig,
+    stop: CancellationToken,
+) {
     let mut failures = 0u32;
     loop {
-        let drained = proxy.clone();
         let outcome = tokio::select! {
             outcome = client.session(&config) => outcome,
-            _ = async { while !drained.is_draining() { tokio::time::sleep(Duration::from_millis(200)).await } } => return,
+            () = stop.cancelled() => return,
         };
-        let reason = match outcome {
-            Ok(received) => {
-                if received {
-                    failures = 0;
-                }
-                "the server closed the stream".to_string()
-            }
-            Err(Session { received, error }) => {
-                if received {
-                    failures = 0;
-                }
-                error
-            }
+        let (received, reason) = match outcome {
+            Ok(received) => (received, "the server closed the stream".to_string()),
+            Err(Session { received, error }) => (received, error),
         };
-        proxy.xds_status().update(|s| {
+        if received {
+            failures = 0;
+        }
+        client.status.update(|s| {
             s.connected = false;
             s.last_disconnect = Some(reason.clone());
         });
-        client.connected_gauge(false);
+        client.stats.connected.set(0.0);
         failures = failures.saturating_add(1);
         let delay = backoff(failures);
         tracing::warn!(server = %config.address, error = %reason, retry_in = ?delay, "xDS stream lost; serving the last applied config");
-        tokio::time::sleep(delay).await;
-        if proxy.is_draining() {
-            return;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -114,18 +117,43 @@ fn backoff(failures: u32) -> Duration {
     jittered.max(Duration::from_millis(50))
 }
 
-struct Session {
+pub(super) struct Session {
     /// Whether the stream delivered a response before it failed.
     received: bool,
     error: String,
 }
 
-struct Client {
-    proxy: Proxy,
+/// The client's metric handles, registered once.
+struct Stats {
+    connected: Gauge,
+    /// `remora_xds_responses_total{type,result}`: `[type][ack, nack]`.
+    responses: [[Counter; 2]; 4],
+}
+
+impl Stats {
+    fn new(telemetry: &Telemetry) -> Stats {
+        Stats {
+            connected: telemetry.gauge(telemetry::XDS_CONNECTED, &[]),
+            responses: TYPES.map(|t| {
+                ["ack", "nack"].map(|result| {
+                    telemetry.counter(
+                        telemetry::XDS_RESPONSES_TOTAL,
+                        &[("type", type_url::short(t)), ("result", result)],
+                    )
+                })
+            }),
+        }
+    }
+}
+
+struct Client<T, P> {
+    target: T,
+    status: std::sync::Arc<Status>,
+    stats: Stats,
     node: core::Node,
     cache: Cache,
-    /// SotW: the `version_info` last accepted per type (kept across streams).
-    accepted: [String; 4],
+    /// What the protocol keeps across streams and within one.
+    protocol: P,
     warming: Warming,
     applied_once: bool,
 }
@@ -140,22 +168,41 @@ enum Warming {
 }
 
 /// What handling a response decided.
-enum Verdict {
+pub(super) enum Verdict {
     Ack,
     Nack(String),
 }
 
-impl Client {
+impl<T: Target, P: Protocol> Client<T, P> {
+    fn new(target: T, status: std::sync::Arc<Status>, stats: Stats, config: &XdsConfig) -> Self {
+        Client {
+            target,
+            status,
+            stats,
+            node: core::Node {
+                id: config.node_id.clone(),
+                cluster: config.cluster.clone(),
+                user_agent_name: "remora-proxy".into(),
+                user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
+                    env!("CARGO_PKG_VERSION").into(),
+                )),
+                ..Default::default()
+            },
+            cache: Cache::default(),
+            protocol: P::default(),
+            warming: Warming::Idle,
+            applied_once: false,
+        }
+    }
+
     async fn session(&mut self, config: &XdsConfig) -> Result<bool, Session> {
-        let fail = |received: bool, error: String| Session { received, error };
+        let fail = |error: String| Session {
+            received: false,
+            error,
+        };
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{}", config.address))
-                .map_err(|e| {
-                    fail(
-                        false,
-                        format!("invalid xds.address {:?}: {e}", config.address),
-                    )
-                })?
+                .map_err(|e| fail(format!("invalid xds.address {:?}: {e}", config.address)))?
                 .connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
@@ -163,235 +210,82 @@ impl Client {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| fail(false, format!("cannot connect: {}", error_chain(&e))))?;
+            .map_err(|e| fail(format!("cannot connect: {}", error_chain(&e))))?;
         let client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        if config.delta {
-            self.delta(client).await
-        } else {
-            self.sotw(client).await
+        self.stream(client).await
+    }
+
+    /// One ADS stream: subscribe (wildcard types first, then the names the
+    /// held resources need), then answer every response with an ACK or a
+    /// NACK and follow the names the accepted resources need.
+    async fn stream(
+        &mut self,
+        client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Result<bool, Session> {
+        let (tx, rx) = mpsc::channel::<P::Request>(16);
+        self.protocol.begin_stream();
+        let mut node = Some(self.node.clone());
+        for t in 0..4 {
+            let wanted = self.cache.wanted(t);
+            if is_named(t) && wanted.is_empty() {
+                continue;
+            }
+            let request = self.protocol.subscribe(t, wanted, node.take(), &self.cache);
+            let _ = tx.try_send(request);
+        }
+        let mut inbound = P::open(client, ReceiverStream::new(rx))
+            .await
+            .map_err(refused)?
+            .into_inner();
+        self.connected();
+        let mut received = false;
+        loop {
+            let Some(response) = self.next(&mut inbound, received).await? else {
+                return Ok(received);
+            };
+            received = true;
+            let Some(t) = type_url::index(P::type_url(&response)) else {
+                let error = unknown_type(P::type_url(&response));
+                send(&tx, P::reject(&response, error)).await?;
+                continue;
+            };
+            let verdict = match P::decode(t, &response) {
+                Err(reasons) => Verdict::Nack(reasons),
+                Ok(Update {
+                    decoded,
+                    removed,
+                    replace,
+                }) => self.accept(t, decoded, removed, replace),
+            };
+            let (version, answer) = self.protocol.answer(t, &response, &verdict);
+            self.record(t, &verdict, &version, P::resource_count(&response));
+            send(&tx, answer).await?;
+            // Subscribe to the routes and endpoints the new set names.
+            for n in [state::ENDPOINT, state::ROUTE] {
+                if let Some(request) = self.protocol.resubscribe(n, self.cache.wanted(n)) {
+                    send(&tx, request).await?;
+                }
+            }
         }
     }
 
     fn connected(&self) {
-        self.proxy.xds_status().update(|s| {
+        self.status.update(|s| {
             s.connected = true;
             s.connects += 1;
         });
-        self.connected_gauge(true);
+        self.stats.connected.set(1.0);
         tracing::info!(node = %self.node.id, "xDS stream open");
     }
 
-    fn connected_gauge(&self, up: bool) {
-        self.proxy
-            .telemetry()
-            .gauge("remora_xds_connected", &[])
-            .set(if up { 1.0 } else { 0.0 });
-    }
-
-    async fn sotw(
-        &mut self,
-        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
-    ) -> Result<bool, Session> {
-        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-        let mut names: [Option<BTreeSet<String>>; 4] = Default::default();
-        let mut nonces: [String; 4] = Default::default();
-        let mut first = true;
-        // Wildcard types first, then the names the held resources need.
-        for t in 0..4 {
-            let wanted = self.cache.wanted(t);
-            if is_named(t) && wanted.is_empty() {
-                continue;
-            }
-            let request = DiscoveryRequest {
-                version_info: self.accepted[t].clone(),
-                node: first.then(|| self.node.clone()),
-                resource_names: wanted.iter().cloned().collect(),
-                type_url: TYPES[t].into(),
-                ..Default::default()
-            };
-            first = false;
-            names[t] = Some(wanted);
-            let _ = tx.try_send(request);
-        }
-        let mut inbound = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .map_err(refused)?
-            .into_inner();
-        self.connected();
-        let mut received = false;
-        loop {
-            let Some(response): Option<DiscoveryResponse> =
-                self.next(&mut inbound, received).await?
-            else {
-                return Ok(received);
-            };
-            received = true;
-            let Some(t) = type_index(&response.type_url) else {
-                let request = DiscoveryRequest {
-                    type_url: response.type_url.clone(),
-                    response_nonce: response.nonce.clone(),
-                    error_detail: Some(unknown_type(&response.type_url)),
-                    ..Default::default()
-                };
-                send(&tx, request).await?;
-                continue;
-            };
-            nonces[t] = response.nonce.clone();
-            let verdict = match state::decode(
-                TYPES[t],
-                response
-                    .resources
-                    .iter()
-                    .map(|any| (content_version(&any.value), any)),
-            ) {
-                Err(reasons) => Verdict::Nack(reasons),
-                Ok(decoded) => self.accept(t, decoded, &[], !is_named(t)),
-            };
-            let version_info = match &verdict {
-                Verdict::Ack => {
-                    self.accepted[t] = response.version_info.clone();
-                    response.version_info.clone()
-                }
-                Verdict::Nack(_) => self.accepted[t].clone(),
-            };
-            self.record(t, &verdict, &version_info, response.resources.len());
-            let request = DiscoveryRequest {
-                version_info,
-                resource_names: names[t].iter().flatten().cloned().collect(),
-                type_url: TYPES[t].into(),
-                response_nonce: response.nonce.clone(),
-                error_detail: match verdict {
-                    Verdict::Nack(reasons) => Some(invalid(reasons)),
-                    Verdict::Ack => None,
-                },
-                ..Default::default()
-            };
-            send(&tx, request).await?;
-            // Subscribe to the routes and endpoints the new set names.
-            for n in [state::ENDPOINT, state::ROUTE] {
-                let wanted = self.cache.wanted(n);
-                if names[n].as_ref() == Some(&wanted) || (names[n].is_none() && wanted.is_empty()) {
-                    continue;
-                }
-                let request = DiscoveryRequest {
-                    version_info: self.accepted[n].clone(),
-                    resource_names: wanted.iter().cloned().collect(),
-                    type_url: TYPES[n].into(),
-                    response_nonce: nonces[n].clone(),
-                    ..Default::default()
-                };
-                names[n] = Some(wanted);
-                send(&tx, request).await?;
-            }
-        }
-    }
-
-    async fn delta(
-        &mut self,
-        mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
-    ) -> Result<bool, Session> {
-        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-        let mut names: [BTreeSet<String>; 4] = Default::default();
-        let mut first = true;
-        for t in 0..4 {
-            let wanted = self.cache.wanted(t);
-            if is_named(t) && wanted.is_empty() {
-                continue;
-            }
-            let request = DeltaDiscoveryRequest {
-                node: first.then(|| self.node.clone()),
-                type_url: TYPES[t].into(),
-                resource_names_subscribe: wanted.iter().cloned().collect(),
-                initial_resource_versions: self.cache.versions(t),
-                ..Default::default()
-            };
-            first = false;
-            names[t] = wanted;
-            let _ = tx.try_send(request);
-        }
-        let mut inbound = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .map_err(refused)?
-            .into_inner();
-        self.connected();
-        let mut received = false;
-        loop {
-            let Some(response): Option<DeltaDiscoveryResponse> =
-                self.next(&mut inbound, received).await?
-            else {
-                return Ok(received);
-            };
-            received = true;
-            let Some(t) = type_index(&response.type_url) else {
-                let request = DeltaDiscoveryRequest {
-                    type_url: response.type_url.clone(),
-                    response_nonce: response.nonce.clone(),
-                    error_detail: Some(unknown_type(&response.type_url)),
-                    ..Default::default()
-                };
-                send(&tx, request).await?;
-                continue;
-            };
-            let missing = response.resources.iter().position(|r| r.resource.is_none());
-            let verdict = match missing {
-                Some(i) => Verdict::Nack(format!(
-                    "resources[{i}] ({:?}) has no resource body",
-                    response.resources[i].name
-                )),
-                None => match state::decode(
-                    TYPES[t],
-                    response
-                        .resources
-                        .iter()
-                        .filter_map(|r| r.resource.as_ref().map(|any| (r.version.clone(), any))),
-                ) {
-                    Err(reasons) => Verdict::Nack(reasons),
-                    Ok(decoded) => self.accept(t, decoded, &response.removed_resources, false),
-                },
-            };
-            self.record(
-                t,
-                &verdict,
-                &response.system_version_info,
-                response.resources.len(),
-            );
-            let request = DeltaDiscoveryRequest {
-                type_url: TYPES[t].into(),
-                response_nonce: response.nonce.clone(),
-                error_detail: match verdict {
-                    Verdict::Nack(reasons) => Some(invalid(reasons)),
-                    Verdict::Ack => None,
-                },
-                ..Default::default()
-            };
-            send(&tx, request).await?;
-            for n in [state::ENDPOINT, state::ROUTE] {
-                let wanted = self.cache.wanted(n);
-                if names[n] == wanted {
-                    continue;
-                }
-                let request = DeltaDiscoveryRequest {
-                    type_url: TYPES[n].into(),
-                    resource_names_subscribe: wanted.difference(&names[n]).cloned().collect(),
-                    resource_names_unsubscribe: names[n].difference(&wanted).cloned().collect(),
-                    ..Default::default()
-                };
-                names[n] = wanted;
-                send(&tx, request).await?;
-            }
-        }
-    }
-
     /// The next response; while waiting, a warming deadline that passes is applied.
-    async fn next<T>(
+    async fn next(
         &mut self,
-        inbound: &mut tonic::Streaming<T>,
+        inbound: &mut tonic::Streaming<P::Response>,
         received: bool,
-    ) -> Result<Option<T>, Session> {
+    ) -> Result<Option<P::Response>, Session> {
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -432,21 +326,19 @@ impl Client {
             (false, other) => other,
         };
         self.cache = candidate;
-        self.proxy.xds_status().update(|s| s.warming = warming);
+        self.status.update(|s| s.warming = warming);
         Verdict::Ack
     }
 
     fn apply(&mut self, cache: &Cache) -> Result<(), String> {
         let (listeners, clusters) = cache.compose();
-        match self.proxy.apply_xds(listeners, clusters) {
+        match self.target.apply(listeners, clusters) {
             Ok(version) => {
                 if !self.applied_once {
                     tracing::info!(version, "first xDS config applied; ready");
                     self.applied_once = true;
                 }
-                self.proxy
-                    .xds_status()
-                    .update(|s| s.applied_version = Some(version));
+                self.status.update(|s| s.applied_version = Some(version));
                 Ok(())
             }
             Err(errors) => Err(errors
@@ -490,25 +382,16 @@ impl Client {
     }
 
     fn record(&self, t: usize, verdict: &Verdict, version: &str, received: usize) {
-        let short = remora_xds_proto::type_url::short(TYPES[t]);
+        let short = type_url::short(TYPES[t]);
         let resources = self.cache.types[t].len();
-        let result = match verdict {
-            Verdict::Ack => "ack",
-            Verdict::Nack(_) => "nack",
-        };
-        self.proxy
-            .telemetry()
-            .counter(
-                "remora_xds_responses_total",
-                &[("type", short), ("result", result)],
-            )
-            .increment(1);
+        let nacked = matches!(verdict, Verdict::Nack(_));
+        self.stats.responses[t][nacked as usize].increment(1);
         if let Verdict::Nack(reasons) = verdict {
             tracing::warn!(r#type = short, %reasons, "xDS response rejected (NACK); the running config stays");
         } else {
             tracing::debug!(r#type = short, version, resources, "xDS response accepted");
         }
-        self.proxy.xds_status().update(|s| {
+        self.status.update(|s| {
             if let Some(status) = s.types.get_mut(t) {
                 status.last_update = Some(SystemTime::now());
                 status.received += received as u64;
@@ -548,7 +431,7 @@ fn unknown_type(type_url: &str) -> rpc::Status {
     ))
 }
 
-fn invalid(message: String) -> rpc::Status {
+pub(super) fn invalid(message: String) -> rpc::Status {
     rpc::Status {
         code: tonic::Code::InvalidArgument as i32,
         message,
@@ -557,7 +440,7 @@ fn invalid(message: String) -> rpc::Status {
 }
 
 /// SotW resources carry no version of their own: their content's hash.
-fn content_version(bytes: &[u8]) -> String {
+pub(super) fn content_version(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh64::xxh64(bytes, 0))
 }
 

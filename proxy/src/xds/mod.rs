@@ -11,8 +11,13 @@
 //! - `client`: the stream, ACK/NACK, subscriptions, reconnection with
 //!   jittered backoff. While the control plane is away the proxy keeps
 //!   serving what it last applied.
+//! - `protocol`: what differs between state of the world and delta.
+//!
+//! The client configures a [`Target`] (the running proxy), so this module
+//! sits below `proxy.rs` and knows nothing of it.
 
 mod client;
+mod protocol;
 mod state;
 pub mod translate;
 
@@ -21,7 +26,21 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::config::{ClusterConfig, ConfigErrors, ListenerConfig};
+use crate::sync::lock;
+
 pub use client::spawn;
+
+/// What the xDS client configures: the running proxy.
+pub trait Target: Send + Sync + 'static {
+    /// Applies the listeners and clusters that came over xDS next to the
+    /// file's; the new snapshot's version, or why it does not compile.
+    fn apply(
+        &self,
+        listeners: Vec<ListenerConfig>,
+        clusters: Vec<ClusterConfig>,
+    ) -> Result<u64, ConfigErrors>;
+}
 
 /// What the admin server shows at `/xds`.
 #[derive(Debug, Default)]
@@ -69,11 +88,11 @@ pub struct TypeStatus {
 
 impl Status {
     pub fn view(&self) -> StatusView {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.inner).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut StatusView)) {
-        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()));
+    pub(crate) fn update(&self, f: impl FnOnce(&mut StatusView)) {
+        f(&mut lock(&self.inner));
     }
 }
 

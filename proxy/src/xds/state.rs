@@ -24,10 +24,6 @@ pub const ROUTE: usize = 3;
 /// Type URLs by index, in the order resources are applied (CDS, EDS, LDS, RDS).
 pub const TYPES: [&str; 4] = type_url::ALL;
 
-pub fn type_index(type_url: &str) -> Option<usize> {
-    TYPES.iter().position(|t| *t == type_url)
-}
-
 /// Subscribed by name (the others are wildcard).
 pub fn is_named(t: usize) -> bool {
     t == ENDPOINT || t == ROUTE

@@ -184,14 +184,14 @@ async fn an_upstream_that_never_answers_is_retried_elsewhere_within_the_route_ti
     assert!(
         reply
             .body
-            .starts_with("upstream per-try timeout: cluster \"hang\""),
+            .starts_with("upstream per-try timeout: cluster \"hang\"")
+            && reply
+                .body
+                .ends_with("no response headers within the per-try timeout (200ms)"),
         "{}",
         reply.body
     );
-    assert!(
-        started.elapsed() >= Duration::from_millis(600)
-            && started.elapsed() < Duration::from_secs(2)
-    );
+    assert!(started.elapsed() >= Duration::from_millis(600));
 
     // The route's timeout ends the tries early.
     let started = Instant::now();

@@ -12,8 +12,11 @@
 //! parts into listeners and clusters once the pieces they name arrived.
 
 mod cluster;
+mod cluster_resilience;
 mod listener;
 mod route;
+mod route_match;
+mod route_policy;
 
 #[cfg(test)]
 mod tests;

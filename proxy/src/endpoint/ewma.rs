@@ -3,6 +3,7 @@
 //! peak), a faster one pulls it down gradually, and with no responses it
 //! decays toward zero, so an idle endpoint is tried again.
 
+use crate::sync::lock;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,13 +30,13 @@ impl PeakEwma {
 
     /// Folds in one observed round trip ending `now`.
     pub fn observe(&self, rtt: Duration, now: Instant, decay: Duration) {
-        let mut estimate = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut estimate = lock(&self.state);
         estimate.update(rtt.as_nanos() as f64, now, decay);
     }
 
     /// The current estimate in nanoseconds, decayed to `now`.
     pub fn cost(&self, now: Instant, decay: Duration) -> f64 {
-        let mut estimate = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut estimate = lock(&self.state);
         estimate.update(0.0, now, decay);
         estimate.rtt_ns
     }

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use crate::sync::lock;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -65,7 +66,7 @@ impl ReplayBody {
     }
 
     fn lock(&self) -> MutexGuard<'_, Recording> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.shared)
     }
 
     /// Whether [`replay`](Self::replay) would give a body: always before the
@@ -103,7 +104,7 @@ impl Body for ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let mut recording = this.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recording = lock(&this.shared);
         if recording.generation != this.generation {
             // A newer try took over; this one is abandoned.
             return Poll::Ready(None);

@@ -1,6 +1,10 @@
 //! One upstream address of a cluster and its live state: health, requests in
 //! flight, latency estimate, when it joined (for slow start), and its
-//! connection pool.
+//! connection pool. The bottom of the upstream side: balancers, outlier
+//! detection and health checks know endpoints, not clusters.
+
+pub mod ewma;
+mod state;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -8,10 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::balance::ewma::PeakEwma;
-use crate::health::CheckState;
-use crate::outlier::OutlierState;
 use crate::pool::EndpointPool;
+use ewma::PeakEwma;
+
+pub use state::{CheckState, OutlierState};
+
+/// A static endpoint list: each endpoint's address and weight.
+pub type EndpointList = Vec<(SocketAddr, NonZeroU32)>;
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -66,7 +73,7 @@ impl Endpoint {
         self.ejected.load(Ordering::Relaxed)
     }
 
-    /// Returns whether the flag changed. Use the [`Cluster`](super::Cluster)
+    /// Returns whether the flag changed. Use the [`Cluster`](crate::cluster::Cluster)
     /// methods, which also rebuild the balancer over the healthy endpoints.
     pub(crate) fn swap_check_failed(&self, failed: bool) -> bool {
         self.check_failed.swap(failed, Ordering::Relaxed) != failed
@@ -101,4 +108,29 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Endpoints 10.0.0.1:80, 10.0.0.2:80, … with the given weights and
+/// detached pools (tests only).
+#[cfg(test)]
+pub(crate) fn test_endpoints(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+    use std::time::Duration;
+
+    use crate::pool::PoolSettings;
+
+    let settings = Arc::new(PoolSettings::detached());
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let address = SocketAddr::from(([10, 0, 0, i as u8 + 1], 80));
+            Arc::new(Endpoint::new(
+                address,
+                NonZeroU32::new(w).unwrap(),
+                None,
+                PeakEwma::new(Duration::from_millis(1)),
+                EndpointPool::new(address, settings.clone()),
+            ))
+        })
+        .collect()
 }

@@ -1,0 +1,334 @@
+//! Accepting: binding listeners' sockets, accepting connections, and handing
+//! each to the HTTP server or the TCP proxy. On reload the set of bound sockets is
+//! brought in line with the new snapshot: a socket whose address is still
+//! wanted stays bound (so no connection is refused during a reload) and
+//! takes the new state; new addresses are bound before anything else
+//! changes, so a reload that cannot bind is rejected whole; listeners no
+//! longer wanted stop accepting and drain their connections.
+//!
+//! With several workers (one current-thread runtime each), every listener
+//! is bound once per worker with `SO_REUSEPORT`: the kernel spreads new
+//! connections over the workers' sockets, and a connection lives on the
+//! worker that accepted it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::Counter;
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
+use crate::listener::{self as state, ListenerKind, ListenerSlot, ListenerState};
+use crate::telemetry::{self, Telemetry};
+use crate::worker::Workers;
+
+/// What every listener's tasks are spawned with.
+#[derive(Clone)]
+pub struct Spawner {
+    /// The proxy's own runtime (reloads, discovery, health checks).
+    pub runtime: tokio::runtime::Handle,
+    /// The data-plane workers, one accept loop and socket each per
+    /// listener; none: listeners accept on `runtime`.
+    pub workers: Workers,
+    pub telemetry: Arc<Telemetry>,
+    /// Cancelled when the proxy drains; every listener's stop token is a child.
+    pub drain: CancellationToken,
+    /// Tracks every connection, so a drain can wait for them.
+    pub tracker: TaskTracker,
+}
+
+struct Bound {
+    slot: Arc<ListenerSlot>,
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// A listener as it is bound right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundListener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: ListenerProtocol,
+}
+
+#[derive(Default)]
+pub struct ListenerSet {
+    bound: Vec<Bound>,
+}
+
+impl ListenerSet {
+    /// Makes the bound listeners match `wanted` (in config order).
+    pub fn apply(
+        &mut self,
+        wanted: &[Arc<ListenerState>],
+        spawner: &Spawner,
+    ) -> Result<(), ConfigErrors> {
+        let _runtime = spawner.runtime.enter();
+        let mut claimed = vec![false; self.bound.len()];
+        let mut plan = Vec::with_capacity(wanted.len());
+        let mut errors = Vec::new();
+        for (i, state) in wanted.iter().enumerate() {
+            match self.reusable(state, &claimed) {
+                Some(index) => {
+                    claimed[index] = true;
+                    plan.push(Plan::Reuse(index));
+                }
+                None => match bind_all(state.address, spawner.workers.count()) {
+                    Ok(sockets) => plan.push(Plan::New(sockets)),
+                    Err(error) => errors.push(ConfigError::new(
+                        format!("listeners[{i}].address"),
+                        format!("cannot bind {}: {error}", state.address),
+                    )),
+                },
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+
+        let mut old: Vec<Option<Bound>> = self.bound.drain(..).map(Some).collect();
+        for (state, plan) in wanted.iter().zip(plan) {
+            let bound = match plan {
+                Plan::Reuse(index) => {
+                    let bound = old[index]
+                        .take()
+                        .expect("each old listener is claimed once");
+                    bound.slot.store(state.clone());
+                    bound
+                }
+                Plan::New(sockets) => {
+                    let local = sockets[0].local_addr().unwrap_or(state.address);
+                    let slot = Arc::new(ListenerSlot::new(state.clone()));
+                    let stop = spawner.drain.child_token();
+                    let workers = sockets.len();
+                    for (worker, socket) in sockets.into_iter().enumerate() {
+                        let runtime = spawner
+                            .workers
+                            .runtimes()
+                            .get(worker)
+                            .unwrap_or(&spawner.runtime);
+                        runtime.spawn(accept_loop(
+                            socket,
+                            worker,
+                            slot.clone(),
+                            stop.clone(),
+                            spawner.tracker.clone(),
+                            spawner.telemetry.clone(),
+                        ));
+                    }
+                    tracing::info!(listener = %state.name, address = %local, workers, "listening");
+                    Bound { slot, local, stop }
+                }
+            };
+            self.bound.push(bound);
+        }
+        for gone in old.into_iter().flatten() {
+            tracing::info!(listener = %gone.slot.current().name, address = %gone.local, "listener removed; draining its connections");
+            gone.stop.cancel();
+        }
+        Ok(())
+    }
+
+    /// An existing socket for `state`: same configured address, and for
+    /// "any port" addresses (port 0) also the same name.
+    fn reusable(&self, state: &ListenerState, claimed: &[bool]) -> Option<usize> {
+        self.bound.iter().enumerate().position(|(i, bound)| {
+            let current = bound.slot.current();
+            !claimed[i]
+                && current.address == state.address
+                && (state.address.port() != 0 || current.name == state.name)
+        })
+    }
+
+    pub fn bound(&self) -> Vec<BoundListener> {
+        self.bound
+            .iter()
+            .map(|b| {
+                let state = b.slot.current();
+                let protocol = match state.kind {
+                    ListenerKind::Http(_) => ListenerProtocol::Http,
+                    ListenerKind::Tcp(_) => ListenerProtocol::Tcp,
+                };
+                BoundListener {
+                    name: state.name.to_string(),
+                    address: b.local,
+                    protocol,
+                }
+            })
+            .collect()
+    }
+}
+
+enum Plan {
+    Reuse(usize),
+    /// One socket per worker.
+    New(Vec<std::net::TcpListener>),
+}
+
+/// `count` sockets listening on `address`: one as before, or with
+/// `SO_REUSEPORT` one per worker on the same port (for port 0, the port the
+/// first one got).
+fn bind_all(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let reuse_port = count > 1;
+    let first = bind(address, reuse_port)?;
+    let mut address = address;
+    address.set_port(first.local_addr()?.port());
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind(address, reuse_port)?);
+    }
+    Ok(sockets)
+}
+
+/// A non-blocking listening socket, made a tokio listener by the runtime
+/// that accepts on it (a socket belongs to the reactor it is registered in).
+fn bind(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// `remora_downstream_connections_total{listener,worker}` for the
+/// listener's current name (a reload may rename a listener that keeps its
+/// socket).
+struct Accepted {
+    name: Arc<str>,
+    worker: String,
+    counter: Counter,
+}
+
+impl Accepted {
+    fn new(telemetry: &Telemetry, name: Arc<str>, worker: usize) -> Accepted {
+        let worker = worker.to_string();
+        let counter = telemetry.counter(
+            telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
+            &[("listener", &name), ("worker", &worker)],
+        );
+        Accepted {
+            name,
+            worker,
+            counter,
+        }
+    }
+
+    fn count(&mut self, telemetry: &Telemetry, name: &Arc<str>) {
+        if !Arc::ptr_eq(&self.name, name) {
+            if self.name != *name {
+                self.counter = telemetry.counter(
+                    telemetry::DOWNSTREAM_CONNECTIONS_TOTAL,
+                    &[("listener", name), ("worker", &self.worker)],
+                );
+            }
+            self.name = name.clone();
+        }
+        self.counter.increment(1);
+    }
+}
+
+async fn accept_loop(
+    socket: std::net::TcpListener,
+    worker: usize,
+    slot: Arc<ListenerSlot>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    telemetry: Arc<Telemetry>,
+) {
+    let listener = match TcpListener::from_std(socket) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(listener = %slot.current().name, worker, %error, "cannot accept on the listener's socket");
+            return;
+        }
+    };
+    let mut counted = Accepted::new(&telemetry, slot.current().name.clone(), worker);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let state = slot.current();
+                counted.count(&telemetry, &state.name);
+                if let Some(reason) = refusal(&state, &slot, peer) {
+                    state.rejected[reason].increment(1);
+                    let reason = state::REJECT_REASONS[reason];
+                    tracing::debug!(listener = %state.name, %peer, reason, "connection closed on accept");
+                    drop(stream);
+                    continue;
+                }
+                tracker.spawn(connection(
+                    stream,
+                    peer,
+                    slot.clone(),
+                    state,
+                    stop.clone(),
+                    tracker.clone(),
+                ));
+            }
+            Err(error) => {
+                // Out of file descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Why a new connection is refused, if it is.
+/// Which limit refuses a new connection: an index into
+/// [`state::REJECT_REASONS`].
+fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<usize> {
+    if state
+        .max_connections
+        .is_some_and(|max| slot.open_connections() >= max)
+    {
+        return Some(0);
+    }
+    match &state.connection_rate {
+        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => Some(1),
+        _ => None,
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Arc<ListenerSlot>,
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    if let Err(error) = state.socket.apply(&stream) {
+        tracing::debug!(%peer, %error, "cannot set socket options");
+    }
+    let gauge = state.connections_active.clone();
+    gauge.increment(1.0);
+    slot.connection_opened();
+    let counted = slot.clone();
+    match &state.kind {
+        ListenerKind::Http(_) => {
+            crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await
+        }
+        ListenerKind::Tcp(_) => crate::tcp::proxy_connection(stream, peer, state, stop).await,
+    }
+    counted.connection_closed();
+    gauge.decrement(1.0);
+}

@@ -1,0 +1,148 @@
+//! Request bodies on their way upstream: streamed once, or kept (up to a
+//! limit) so that a retry can send them again, and the stream-idle clock
+//! both directions touch. The pools send these; the response side lives in
+//! `http/body.rs`.
+
+mod replay;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use replay::ReplayBody;
+
+/// A request body on its way upstream.
+#[derive(Debug)]
+pub struct RequestBody {
+    source: Source,
+    /// Counts this stream's activity for `stream_idle_timeout`.
+    idle: Option<Arc<StreamIdle>>,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// Streamed once, straight from the client.
+    Streaming(Incoming),
+    /// Streamed and kept for retries.
+    Replay(ReplayBody),
+    /// No body (every try may send it).
+    Empty,
+}
+
+impl RequestBody {
+    pub fn streaming(inner: Incoming) -> RequestBody {
+        RequestBody {
+            source: Source::Streaming(inner),
+            idle: None,
+        }
+    }
+
+    /// A body that retries can send again: empty bodies cost nothing, others
+    /// are kept up to `limit` bytes.
+    pub fn replayable(inner: Incoming, limit: usize) -> RequestBody {
+        let source = if inner.is_end_stream() {
+            Source::Empty
+        } else {
+            Source::Replay(ReplayBody::new(inner, limit))
+        };
+        RequestBody { source, idle: None }
+    }
+
+    pub fn with_idle(mut self, idle: Option<Arc<StreamIdle>>) -> RequestBody {
+        self.idle = idle;
+        self
+    }
+
+    /// Whether [`replay`](Self::replay) would give a body now.
+    pub fn can_replay(&self) -> bool {
+        match &self.source {
+            Source::Streaming(_) => false,
+            Source::Replay(body) => body.can_replay(),
+            Source::Empty => true,
+        }
+    }
+
+    /// The body for another try, if it can be sent again.
+    pub fn replay(&self) -> Option<RequestBody> {
+        let source = match &self.source {
+            Source::Streaming(_) => return None,
+            Source::Replay(body) => Source::Replay(body.replay()?),
+            Source::Empty => Source::Empty,
+        };
+        Some(RequestBody {
+            source,
+            idle: self.idle.clone(),
+        })
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Streaming(inner) => Pin::new(inner).poll_frame(cx),
+            Source::Replay(inner) => Pin::new(inner).poll_frame(cx),
+            Source::Empty => Poll::Ready(None),
+        };
+        if let (Poll::Ready(Some(Ok(_))), Some(idle)) = (&polled, &this.idle) {
+            idle.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Streaming(inner) => inner.is_end_stream(),
+            Source::Replay(inner) => inner.is_end_stream(),
+            Source::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Streaming(inner) => inner.size_hint(),
+            Source::Replay(inner) => inner.size_hint(),
+            Source::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// When a stream last moved data either way, for `stream_idle_timeout`.
+#[derive(Debug)]
+pub struct StreamIdle {
+    base: tokio::time::Instant,
+    last_ms: AtomicU64,
+    pub timeout: Duration,
+}
+
+impl StreamIdle {
+    pub fn new(timeout: Duration) -> Arc<StreamIdle> {
+        Arc::new(StreamIdle {
+            base: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            timeout,
+        })
+    }
+
+    pub fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// When the stream times out unless it moves again.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + self.timeout
+    }
+}
