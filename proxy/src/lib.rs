@@ -6,41 +6,40 @@
 //! connections and serve them from the snapshot current when each request
 //! starts. A new config swaps in a new snapshot atomically ([`Proxy::reload`]).
 //!
-//! Where things live: `config/` (the file's shape), `snapshot/` (compile and
-//! validate), `listener/` (sockets, accept, reload of bound addresses),
-//! `http/` (serving, routing, forwarding), `route/` (matching, header edits,
-//! traffic split), `cluster/` and `balance/` (endpoints and their choice),
-//! `pool/` (upstream connections), `tcp/` (opaque relay), `admin/`,
-//! `telemetry/` (metrics, logs, access log), `reload/` (file watch, SIGHUP).
+//! The modules form layers, each using only those below it (checked by
+//! `tests/layering.rs`; the map is in docs/architecture.md). The crate is
+//! private by default: what is `pub` is what the `remora-proxy` binary, the
+//! benches, the examples and the integration tests use.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+#![warn(unreachable_pub)]
 
 mod accept;
 pub mod admin;
-pub mod balance;
+mod balance;
 mod body;
 mod breaker;
 pub mod cluster;
 pub mod config;
-pub mod discovery;
-pub mod endpoint;
-pub mod fault;
-pub mod health;
+mod discovery;
+mod endpoint;
+mod fault;
+mod health;
 pub mod http;
 pub mod listener;
-pub mod outlier;
-pub mod pool;
+mod outlier;
+mod pool;
 mod proxy;
-pub(crate) mod rand;
-pub mod ratelimit;
+mod rand;
+mod ratelimit;
 pub mod reload;
-pub mod retry;
+mod retry;
 pub mod route;
 pub mod snapshot;
 mod socket;
 mod sync;
-pub mod tcp;
+mod tcp;
 pub mod telemetry;
 pub mod worker;
 pub mod xds;

@@ -8,7 +8,7 @@ thread_local! {
     static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()));
 }
 
-pub fn next_u64() -> u64 {
+pub(crate) fn next_u64() -> u64 {
     STATE.with(|state| {
         let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
         state.set(s);
@@ -18,12 +18,12 @@ pub fn next_u64() -> u64 {
 }
 
 /// Uniform in `0..n`; `n` must be at least 1.
-pub fn below(n: u64) -> u64 {
+pub(crate) fn below(n: u64) -> u64 {
     ((u128::from(next_u64()) * u128::from(n)) >> 64) as u64
 }
 
 /// Uniform in `[0, 1)`.
-pub fn unit() -> f64 {
+pub(crate) fn unit() -> f64 {
     (next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 

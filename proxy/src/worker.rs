@@ -69,18 +69,18 @@ impl Workers {
     }
 
     /// The workers' runtimes in index order (empty without worker threads).
-    pub fn runtimes(&self) -> &[Handle] {
+    pub(crate) fn runtimes(&self) -> &[Handle] {
         self.inner.as_ref().map_or(&[], |t| &t.runtimes)
     }
 
     /// How many sockets each listener binds: one per worker.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.runtimes().len().max(1)
     }
 
     /// Runs `task` once on every worker (so what it opens belongs to that
     /// worker), or on the current runtime without worker threads.
-    pub fn spawn_on_each<F, Fut>(&self, task: F)
+    pub(crate) fn spawn_on_each<F, Fut>(&self, task: F)
     where
         F: Fn() -> Fut,
         Fut: Future<Output = ()> + Send + 'static,

@@ -30,7 +30,7 @@ use crate::worker::Workers;
 
 /// What every listener's tasks are spawned with.
 #[derive(Clone)]
-pub struct Spawner {
+pub(crate) struct Spawner {
     /// The proxy's own runtime (reloads, discovery, health checks).
     pub runtime: tokio::runtime::Handle,
     /// The data-plane workers, one accept loop and socket each per
@@ -58,13 +58,13 @@ pub struct BoundListener {
 }
 
 #[derive(Default)]
-pub struct ListenerSet {
+pub(crate) struct ListenerSet {
     bound: Vec<Bound>,
 }
 
 impl ListenerSet {
     /// Makes the bound listeners match `wanted` (in config order).
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         wanted: &[Arc<ListenerState>],
         spawner: &Spawner,
@@ -146,7 +146,7 @@ impl ListenerSet {
         })
     }
 
-    pub fn bound(&self) -> Vec<BoundListener> {
+    pub(crate) fn bound(&self) -> Vec<BoundListener> {
         self.bound
             .iter()
             .map(|b| {

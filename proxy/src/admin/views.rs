@@ -13,13 +13,13 @@ use crate::sync::lock;
 use crate::telemetry::access_log::format_rfc3339_millis;
 
 #[derive(Serialize)]
-pub struct ConfigDump<'a> {
-    pub version: u64,
-    pub loaded_at: String,
-    pub config: &'a Config,
+pub(super) struct ConfigDump<'a> {
+    pub(crate) version: u64,
+    pub(crate) loaded_at: String,
+    pub(crate) config: &'a Config,
 }
 
-pub fn config_dump(snapshot: &Snapshot) -> ConfigDump<'_> {
+pub(super) fn config_dump(snapshot: &Snapshot) -> ConfigDump<'_> {
     ConfigDump {
         version: snapshot.version,
         loaded_at: format_rfc3339_millis(snapshot.loaded_at),
@@ -28,64 +28,64 @@ pub fn config_dump(snapshot: &Snapshot) -> ConfigDump<'_> {
 }
 
 #[derive(Serialize)]
-pub struct ClusterView<'a> {
-    pub name: &'a str,
-    pub protocol: UpstreamProtocol,
-    pub policy: &'static str,
+pub(super) struct ClusterView<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) protocol: UpstreamProtocol,
+    pub(crate) policy: &'static str,
     /// Endpoints counted healthy, and whether too few are (all are used then).
-    pub healthy: usize,
-    pub panic: bool,
+    pub(crate) healthy: usize,
+    pub(crate) panic: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<DnsView>,
+    pub(crate) dns: Option<DnsView>,
     /// What the circuit breakers count now.
-    pub in_flight: InFlightView,
-    pub endpoints: Vec<EndpointView>,
+    pub(crate) in_flight: InFlightView,
+    pub(crate) endpoints: Vec<EndpointView>,
 }
 
 #[derive(Serialize)]
-pub struct InFlightView {
-    pub requests: usize,
-    pub pending: usize,
-    pub connections: usize,
-    pub retries: usize,
+pub(super) struct InFlightView {
+    pub(crate) requests: usize,
+    pub(crate) pending: usize,
+    pub(crate) connections: usize,
+    pub(crate) retries: usize,
 }
 
 #[derive(Serialize)]
-pub struct HealthView {
+pub(super) struct HealthView {
     /// Failing its active health checks.
-    pub check_failed: bool,
-    pub check_failures_in_a_row: u32,
-    pub check_passes_in_a_row: u32,
+    pub(crate) check_failed: bool,
+    pub(crate) check_failures_in_a_row: u32,
+    pub(crate) check_passes_in_a_row: u32,
     /// Ejected by outlier detection, and for how much longer.
-    pub ejected: bool,
+    pub(crate) ejected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ejected_for_secs: Option<f64>,
-    pub ejections: u32,
+    pub(crate) ejected_for_secs: Option<f64>,
+    pub(crate) ejections: u32,
 }
 
 #[derive(Serialize)]
-pub struct DnsView {
-    pub name: String,
+pub(super) struct DnsView {
+    pub(crate) name: String,
     #[serde(flatten)]
-    pub status: DnsStatus,
+    pub(crate) status: DnsStatus,
 }
 
 #[derive(Serialize)]
-pub struct EndpointView {
-    pub address: String,
-    pub weight: u32,
-    pub healthy: bool,
-    pub active_requests: usize,
+pub(super) struct EndpointView {
+    pub(crate) address: String,
+    pub(crate) weight: u32,
+    pub(crate) healthy: bool,
+    pub(crate) active_requests: usize,
     /// Share of its weight the endpoint gets now (below 1 during slow start).
-    pub weight_factor: f64,
+    pub(crate) weight_factor: f64,
     /// Peak-EWMA latency estimate (policy `peak_ewma` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ewma_ms: Option<f64>,
-    pub health: HealthView,
-    pub pool: PoolSizes,
+    pub(crate) ewma_ms: Option<f64>,
+    pub(crate) health: HealthView,
+    pub(crate) pool: PoolSizes,
 }
 
-pub fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
+pub(super) fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
     let now = Instant::now();
     snapshot
         .clusters

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use crate::endpoint::Endpoint;
 
 /// Most candidates a pick compares.
-pub const MAX_CHOICES: usize = 16;
+pub(super) const MAX_CHOICES: usize = 16;
 
 /// The endpoint with the lowest `load` among `choices` distinct random
 /// ones (all of them when there are no more than `choices`).
-pub fn pick<'a>(
+pub(super) fn pick<'a>(
     endpoints: &'a [Arc<Endpoint>],
     choices: usize,
     load: impl Fn(&Endpoint) -> f64,

@@ -15,7 +15,7 @@ pub(crate) use crate::endpoint::test_endpoints as endpoints;
 const KEYS: usize = 10_000;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Exactness {
+pub(crate) enum Exactness {
     /// A ring: moved keys go only to the new endpoint; removal moves only the removed one's keys.
     Exact,
     /// Maglev: within a small tolerance of that.
@@ -30,7 +30,7 @@ fn assignments(lookup: &Lookup) -> Vec<SocketAddr> {
         .collect()
 }
 
-pub fn assert_consistent(exactness: Exactness, build: impl Fn(&[Arc<Endpoint>]) -> Lookup) {
+pub(crate) fn assert_consistent(exactness: Exactness, build: impl Fn(&[Arc<Endpoint>]) -> Lookup) {
     let four = endpoints(&[1, 1, 1, 1]);
     let five = endpoints(&[1, 1, 1, 1, 1]);
     let before = assignments(&build(&four));

@@ -13,7 +13,7 @@ use crate::endpoint::Endpoint;
 use crate::sync::lock;
 
 #[derive(Debug)]
-pub struct Edf {
+pub(crate) struct Edf {
     state: Mutex<Schedule>,
 }
 
@@ -56,7 +56,7 @@ impl Ord for Due {
 }
 
 impl Edf {
-    pub fn new(endpoints: &[Arc<Endpoint>]) -> Edf {
+    pub(crate) fn new(endpoints: &[Arc<Endpoint>]) -> Edf {
         let queue = endpoints
             .iter()
             .enumerate()
@@ -74,7 +74,7 @@ impl Edf {
         }
     }
 
-    pub fn pick<'a>(
+    pub(crate) fn pick<'a>(
         &self,
         endpoints: &'a [Arc<Endpoint>],
         slow_start: Option<&SlowStart>,

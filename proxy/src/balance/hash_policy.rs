@@ -16,7 +16,7 @@ use xxhash_rust::xxh64::{Xxh64, xxh64};
 use crate::config::{ConfigError, HashOnConfig};
 
 #[derive(Debug, Clone)]
-pub enum HashPolicy {
+pub(crate) enum HashPolicy {
     Header(HeaderName),
     Cookie { name: String, set: Option<String> },
     SourceIp,
@@ -25,7 +25,7 @@ pub enum HashPolicy {
 
 /// What a request offers to hash on.
 #[derive(Debug)]
-pub enum HashInput {
+pub(crate) enum HashInput {
     Key(u64),
     /// The configured input is absent; the balancer falls back and counts it.
     Missing,
@@ -37,7 +37,7 @@ pub enum HashInput {
 }
 
 impl HashPolicy {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &HashOnConfig,
         path: &str,
         errors: &mut Vec<ConfigError>,
@@ -125,7 +125,7 @@ impl HashPolicy {
         })
     }
 
-    pub fn input(&self, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> HashInput {
+    pub(crate) fn input(&self, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> HashInput {
         match self {
             HashPolicy::Header(name) => {
                 let mut values = headers.get_all(name).iter().peekable();

@@ -12,12 +12,12 @@ use xxhash_rust::xxh64::xxh64;
 
 use crate::endpoint::Endpoint;
 
-pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
+pub(super) const DEFAULT_TABLE_SIZE: u64 = 65_537;
 /// Envoy's largest allowed table.
-pub const MAX_TABLE_SIZE: u64 = 5_000_011;
+pub(super) const MAX_TABLE_SIZE: u64 = 5_000_011;
 
 #[derive(Debug)]
-pub struct Maglev {
+pub(crate) struct Maglev {
     table: Box<[u32]>,
 }
 
@@ -30,7 +30,7 @@ struct Builder {
 }
 
 impl Maglev {
-    pub fn new(endpoints: &[Arc<Endpoint>], size: u64) -> Maglev {
+    pub(crate) fn new(endpoints: &[Arc<Endpoint>], size: u64) -> Maglev {
         if endpoints.is_empty() {
             return Maglev {
                 table: Box::new([]),
@@ -80,7 +80,11 @@ impl Maglev {
         }
     }
 
-    pub fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>], hash: u64) -> Option<&'a Arc<Endpoint>> {
+    pub(crate) fn pick<'a>(
+        &self,
+        endpoints: &'a [Arc<Endpoint>],
+        hash: u64,
+    ) -> Option<&'a Arc<Endpoint>> {
         if self.table.is_empty() {
             return None;
         }
@@ -90,7 +94,7 @@ impl Maglev {
 }
 
 /// Whether `n` is prime (trial division; table sizes are at most a few million).
-pub fn is_prime(n: u64) -> bool {
+pub(crate) fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
     }

@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 use crate::config::{ConfigError, LbPolicy, LoadBalancerConfig};
 use crate::endpoint::Endpoint;
 
-pub use edf::Edf;
-pub use hash_policy::{HashInput, HashPolicy};
-pub use maglev::{Maglev, is_prime};
-pub use random::WeightedRandom;
-pub use ring_hash::Ring;
-pub use round_robin::RoundRobin;
-pub use slow_start::SlowStart;
+pub(crate) use edf::Edf;
+pub(crate) use hash_policy::{HashInput, HashPolicy};
+pub(crate) use maglev::{Maglev, is_prime};
+pub(crate) use random::WeightedRandom;
+pub(crate) use ring_hash::Ring;
+pub(crate) use round_robin::RoundRobin;
+pub(crate) use slow_start::SlowStart;
 
 const DEFAULT_CHOICES: usize = 2;
 /// Linkerd's defaults.
@@ -45,7 +45,7 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 /// A cluster's balancer settings, validated.
 #[derive(Debug)]
-pub struct LbSettings {
+pub(crate) struct LbSettings {
     pub policy: LbPolicy,
     pub choice_count: usize,
     pub decay: Duration,
@@ -59,7 +59,7 @@ pub struct LbSettings {
 }
 
 impl LbSettings {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &LoadBalancerConfig,
         path: &str,
         errors: &mut Vec<ConfigError>,
@@ -180,7 +180,7 @@ impl LbSettings {
 }
 
 #[derive(Debug)]
-pub enum Balancer {
+pub(crate) enum Balancer {
     RoundRobin(RoundRobin),
     WeightedRoundRobin(Edf),
     Random(WeightedRandom),
@@ -192,7 +192,7 @@ pub enum Balancer {
 
 impl Balancer {
     /// Builds the balancer's structures over `endpoints` (the ones it may pick).
-    pub fn build(settings: &LbSettings, endpoints: &[Arc<Endpoint>]) -> Balancer {
+    pub(crate) fn build(settings: &LbSettings, endpoints: &[Arc<Endpoint>]) -> Balancer {
         match settings.policy {
             LbPolicy::RoundRobin => Balancer::RoundRobin(RoundRobin::new(endpoints)),
             LbPolicy::WeightedRoundRobin => Balancer::WeightedRoundRobin(Edf::new(endpoints)),
@@ -210,7 +210,7 @@ impl Balancer {
 
     /// `hash` is the request's hash for consistent-hash policies; without one
     /// they pick uniformly at random (the caller counts that fallback).
-    pub fn pick<'a>(
+    pub(crate) fn pick<'a>(
         &self,
         endpoints: &'a [Arc<Endpoint>],
         settings: &LbSettings,

@@ -6,13 +6,13 @@ use super::SlowStart;
 use crate::endpoint::Endpoint;
 
 #[derive(Debug)]
-pub struct WeightedRandom {
+pub(crate) struct WeightedRandom {
     /// Running sums of the weights.
     cumulative: Box<[u64]>,
 }
 
 impl WeightedRandom {
-    pub fn new(endpoints: &[Arc<Endpoint>]) -> WeightedRandom {
+    pub(crate) fn new(endpoints: &[Arc<Endpoint>]) -> WeightedRandom {
         let mut total = 0u64;
         let cumulative = endpoints
             .iter()
@@ -24,7 +24,7 @@ impl WeightedRandom {
         WeightedRandom { cumulative }
     }
 
-    pub fn pick<'a>(
+    pub(crate) fn pick<'a>(
         &self,
         endpoints: &'a [Arc<Endpoint>],
         slow_start: Option<&SlowStart>,
@@ -42,6 +42,6 @@ impl WeightedRandom {
 }
 
 /// One endpoint uniformly at random: the fallback when a hash input is missing.
-pub fn uniform(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+pub(super) fn uniform(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
     endpoints.get(crate::rand::below(endpoints.len() as u64) as usize)
 }

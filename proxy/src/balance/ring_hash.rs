@@ -18,16 +18,16 @@ use xxhash_rust::xxh64::xxh64;
 
 use crate::endpoint::Endpoint;
 
-pub const DEFAULT_MIN_SIZE: u64 = 1024;
+pub(super) const DEFAULT_MIN_SIZE: u64 = 1024;
 /// Keeps a ring at 16 MiB and its rebuild near a tenth of a second at most
 /// (Envoy allows up to 8M points; so does `maximum_ring_size` here).
-pub const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
-pub const LARGEST_SIZE: u64 = 8 * 1024 * 1024;
+pub(super) const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
+pub(super) const LARGEST_SIZE: u64 = 8 * 1024 * 1024;
 /// Points per unit of weight while the ring stays within its size bounds.
-pub const POINTS_PER_WEIGHT: u64 = 256;
+pub(super) const POINTS_PER_WEIGHT: u64 = 256;
 
 #[derive(Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     /// (point, endpoint index), sorted by point.
     points: Box<[(u64, u32)]>,
     /// `starts[b]`: the first point whose top 16 bits are at least `b`, so a
@@ -39,7 +39,7 @@ pub struct Ring {
 const BUCKET_SHIFT: u32 = 48;
 
 impl Ring {
-    pub fn new(endpoints: &[Arc<Endpoint>], min_size: u64, max_size: u64) -> Ring {
+    pub(crate) fn new(endpoints: &[Arc<Endpoint>], min_size: u64, max_size: u64) -> Ring {
         if endpoints.is_empty() {
             return Ring {
                 points: Box::new([]),
@@ -86,7 +86,11 @@ impl Ring {
         }
     }
 
-    pub fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>], hash: u64) -> Option<&'a Arc<Endpoint>> {
+    pub(crate) fn pick<'a>(
+        &self,
+        endpoints: &'a [Arc<Endpoint>],
+        hash: u64,
+    ) -> Option<&'a Arc<Endpoint>> {
         let bucket = (hash >> BUCKET_SHIFT) as usize;
         let (from, to) = (
             *self.starts.get(bucket)? as usize,
@@ -97,12 +101,9 @@ impl Ring {
         endpoints.get(*index as usize)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.points.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.points.is_empty()
     }
 }
 

@@ -12,7 +12,7 @@ use crate::endpoint::Endpoint;
 const MAX_CYCLE: u64 = 1 << 16;
 
 #[derive(Debug)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     /// Endpoint indexes in turn order; `None` when all weights are equal and
     /// the cycle is simply the endpoint list.
     cycle: Option<Box<[u32]>>,
@@ -20,7 +20,7 @@ pub struct RoundRobin {
 }
 
 impl RoundRobin {
-    pub fn new(endpoints: &[Arc<Endpoint>]) -> RoundRobin {
+    pub(crate) fn new(endpoints: &[Arc<Endpoint>]) -> RoundRobin {
         let weights: Vec<u64> = endpoints
             .iter()
             .map(|e| u64::from(e.weight.get()))
@@ -36,7 +36,7 @@ impl RoundRobin {
         }
     }
 
-    pub fn pick<'a>(
+    pub(crate) fn pick<'a>(
         &self,
         endpoints: &'a [Arc<Endpoint>],
         slow_start: Option<&SlowStart>,

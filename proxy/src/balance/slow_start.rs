@@ -9,7 +9,7 @@ use crate::config::{ConfigError, SlowStartConfig};
 use crate::endpoint::Endpoint;
 
 #[derive(Debug, Clone)]
-pub struct SlowStart {
+pub(crate) struct SlowStart {
     window: Duration,
     aggression: f64,
     min_factor: f64,
@@ -19,7 +19,7 @@ pub struct SlowStart {
 const MAX_REFUSALS: usize = 8;
 
 impl SlowStart {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &SlowStartConfig,
         path: &str,
         errors: &mut Vec<ConfigError>,
@@ -54,7 +54,7 @@ impl SlowStart {
     }
 
     /// The share of its weight `endpoint` gets now: 1.0 once warmed up.
-    pub fn factor(&self, endpoint: &Endpoint) -> f64 {
+    pub(crate) fn factor(&self, endpoint: &Endpoint) -> f64 {
         let Some(joined) = endpoint.joined else {
             return 1.0;
         };
@@ -68,7 +68,7 @@ impl SlowStart {
 
     /// Takes candidates from `next` until one is admitted with probability
     /// equal to its factor (or [`MAX_REFUSALS`] were refused).
-    pub fn admit<'a, E: AsRef<Endpoint> + 'a>(
+    pub(crate) fn admit<'a, E: AsRef<Endpoint> + 'a>(
         &self,
         mut next: impl FnMut() -> Option<&'a E>,
     ) -> Option<&'a E> {

@@ -19,7 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 #[derive(Debug)]
-pub struct ReplayBody {
+pub(super) struct ReplayBody {
     shared: Arc<Mutex<Recording>>,
     generation: u32,
     /// Data frames of the recording this try has sent.
@@ -42,7 +42,7 @@ struct Recording {
 }
 
 impl ReplayBody {
-    pub fn new(source: Incoming, limit: usize) -> ReplayBody {
+    pub(super) fn new(source: Incoming, limit: usize) -> ReplayBody {
         let size_hint = source.size_hint();
         let broken = size_hint.lower() > limit as u64;
         let ended = source.is_end_stream();
@@ -72,14 +72,14 @@ impl ReplayBody {
     /// Whether [`replay`](Self::replay) would give a body: always before the
     /// first try (which streams the body even when it is too large to keep),
     /// after that only while the copy is kept.
-    pub fn can_replay(&self) -> bool {
+    pub(super) fn can_replay(&self) -> bool {
         let recording = self.lock();
         !recording.broken || recording.generation == 0
     }
 
     /// A body for the next try, replaying from the start; `None` when the
     /// copy was not kept.
-    pub fn replay(&self) -> Option<ReplayBody> {
+    pub(super) fn replay(&self) -> Option<ReplayBody> {
         let mut recording = self.lock();
         if recording.broken && recording.generation > 0 {
             return None;

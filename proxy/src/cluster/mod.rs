@@ -33,24 +33,24 @@ use crate::worker::Workers;
 
 use crate::endpoint::{ActiveRequest, Endpoint, EndpointList};
 use crate::sync::lock;
-pub use set::EndpointSet;
+pub(crate) use set::EndpointSet;
 
 #[derive(Debug)]
 pub struct Cluster {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// The config it was built from, less its static endpoints (which
     /// change in place): what decides whether a reload can take it over.
     shape: ClusterConfig,
-    pub protocol: UpstreamProtocol,
-    pub lb: LbSettings,
+    pub(crate) protocol: UpstreamProtocol,
+    pub(crate) lb: LbSettings,
     set: ArcSwap<EndpointSet>,
     /// Serializes rebuilds of the set (DNS answers, health changes).
     rebuild: Mutex<()>,
     pool: Arc<PoolSettings>,
-    pub dns: Option<DnsTarget>,
-    pub dns_status: Mutex<DnsStatus>,
-    pub outlier: Option<OutlierDetector>,
-    pub health: Option<HealthChecker>,
+    pub(crate) dns: Option<DnsTarget>,
+    pub(crate) dns_status: Mutex<DnsStatus>,
+    pub(crate) outlier: Option<OutlierDetector>,
+    pub(crate) health: Option<HealthChecker>,
     stats: LbStats,
     /// Set once the cluster serves: the workers that warm its connections.
     workers: OnceLock<Workers>,
@@ -58,7 +58,7 @@ pub struct Cluster {
 
 /// Which timeout fired, for `remora_timeouts_total{cluster,kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeoutKind {
+pub(crate) enum TimeoutKind {
     Route,
     PerTry,
     Connect,
@@ -67,7 +67,7 @@ pub enum TimeoutKind {
 }
 
 impl TimeoutKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TimeoutKind::Route => "route",
             TimeoutKind::PerTry => "per_try",
@@ -102,7 +102,7 @@ impl Cluster {
     /// refused); that changes nothing when the list is the same.
     ///
     /// [`replace_endpoints`]: Self::replace_endpoints
-    pub fn compile(
+    pub(crate) fn compile(
         config: &ClusterConfig,
         path: &str,
         previous: Option<&Arc<Cluster>>,
@@ -245,7 +245,7 @@ impl Cluster {
 
     /// Starts what a serving cluster runs in the background (once): DNS
     /// resolution, the idle-connection sweeper, and warm-up connections.
-    pub fn activate(self: &Arc<Self>, resolver: &ResolverHandle, workers: &Workers) {
+    pub(crate) fn activate(self: &Arc<Self>, resolver: &ResolverHandle, workers: &Workers) {
         if self.workers.set(workers.clone()).is_err() {
             return;
         }
@@ -253,11 +253,11 @@ impl Cluster {
         self.warm(self.endpoints().all());
     }
 
-    pub fn count_timeout(&self, kind: TimeoutKind) {
+    pub(crate) fn count_timeout(&self, kind: TimeoutKind) {
         self.stats.timeouts[kind as usize].increment(1);
     }
 
-    pub fn count_retry(&self, reason: &str) {
+    pub(crate) fn count_retry(&self, reason: &str) {
         if let Some(i) = crate::retry::REASONS.iter().position(|r| *r == reason) {
             self.stats.retries[i].increment(1);
         }
@@ -265,7 +265,7 @@ impl Cluster {
 
     /// Folds one try's outcome into outlier detection, ejecting the
     /// endpoint if a run of failures just reached its threshold.
-    pub fn record_outcome(&self, endpoint: &Endpoint, outcome: Outcome) {
+    pub(crate) fn record_outcome(&self, endpoint: &Endpoint, outcome: Outcome) {
         if let Some(reason) = self
             .outlier
             .as_ref()
@@ -332,7 +332,7 @@ impl Cluster {
 
     /// Whether the cluster has its endpoints: static ones always, DNS ones
     /// once the first lookup has come back (successful or not).
-    pub fn is_warm(&self) -> bool {
+    pub(crate) fn is_warm(&self) -> bool {
         self.dns.is_none() || lock(&self.dns_status).resolutions > 0
     }
 
@@ -356,7 +356,11 @@ impl Cluster {
     /// key is varied deterministically per retry, so a consistent-hash retry
     /// can land elsewhere. After a few draws that all hit `avoid`, any
     /// endpoint is taken.
-    pub fn pick_avoiding(&self, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<ActiveRequest> {
+    pub(crate) fn pick_avoiding(
+        &self,
+        hash: Option<u64>,
+        avoid: &[SocketAddr],
+    ) -> Option<ActiveRequest> {
         if avoid.is_empty() {
             return self.pick(hash);
         }
@@ -374,37 +378,33 @@ impl Cluster {
 
     /// Folds a response's round trip into the endpoint's latency estimate,
     /// when the balancer uses one (peak EWMA).
-    pub fn observe_latency(&self, endpoint: &Endpoint, rtt: Duration) {
+    pub(crate) fn observe_latency(&self, endpoint: &Endpoint, rtt: Duration) {
         if self.lb.policy == LbPolicy::PeakEwma {
             endpoint.ewma.observe(rtt, Instant::now(), self.lb.decay);
         }
     }
 
-    pub fn endpoints(&self) -> Guard<Arc<EndpointSet>> {
+    pub(crate) fn endpoints(&self) -> Guard<Arc<EndpointSet>> {
         self.set.load()
     }
 
-    pub fn hash_policy(&self) -> Option<&HashPolicy> {
+    pub(crate) fn hash_policy(&self) -> Option<&HashPolicy> {
         self.lb.hash.as_ref()
     }
 
-    pub fn is_hash_based(&self) -> bool {
+    pub(crate) fn is_hash_based(&self) -> bool {
         self.lb.policy.is_hash_based()
     }
 
-    pub fn pool_settings(&self) -> &PoolSettings {
-        &self.pool
-    }
-
     /// The cluster's circuit breakers.
-    pub fn limits(&self) -> &Arc<Limits> {
+    pub(crate) fn limits(&self) -> &Arc<Limits> {
         &self.pool.limits
     }
 
     /// The health checker's hook: an endpoint failing its checks leaves the
     /// balancer's set, and comes back when it passes again. Returns `false`
     /// when no endpoint has that address.
-    pub fn set_health(&self, address: SocketAddr, healthy: bool) -> bool {
+    pub(crate) fn set_health(&self, address: SocketAddr, healthy: bool) -> bool {
         self.change_endpoint(address, |_, endpoint| endpoint.swap_check_failed(!healthy))
             .is_some()
     }

@@ -8,7 +8,7 @@ use super::Endpoint;
 use crate::balance::{Balancer, LbSettings};
 
 #[derive(Debug)]
-pub struct EndpointSet {
+pub(crate) struct EndpointSet {
     all: Box<[Arc<Endpoint>]>,
     /// The healthy endpoints, or all of them in panic mode.
     picks: Box<[Arc<Endpoint>]>,
@@ -18,7 +18,7 @@ pub struct EndpointSet {
 }
 
 impl EndpointSet {
-    pub fn build(all: Box<[Arc<Endpoint>]>, settings: &LbSettings) -> EndpointSet {
+    pub(crate) fn build(all: Box<[Arc<Endpoint>]>, settings: &LbSettings) -> EndpointSet {
         let healthy: Box<[Arc<Endpoint>]> =
             all.iter().filter(|e| e.is_healthy()).cloned().collect();
         // Envoy's rule: below `panic_threshold` percent healthy, use everything,
@@ -37,23 +37,23 @@ impl EndpointSet {
         }
     }
 
-    pub fn all(&self) -> &[Arc<Endpoint>] {
+    pub(crate) fn all(&self) -> &[Arc<Endpoint>] {
         &self.all
     }
 
-    pub fn picks(&self) -> &[Arc<Endpoint>] {
+    pub(crate) fn picks(&self) -> &[Arc<Endpoint>] {
         &self.picks
     }
 
-    pub fn healthy(&self) -> usize {
+    pub(crate) fn healthy(&self) -> usize {
         self.healthy
     }
 
-    pub fn is_panic(&self) -> bool {
+    pub(crate) fn is_panic(&self) -> bool {
         self.panic
     }
 
-    pub fn balancer(&self) -> &Balancer {
+    pub(crate) fn balancer(&self) -> &Balancer {
         &self.balancer
     }
 }

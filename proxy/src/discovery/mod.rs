@@ -25,7 +25,7 @@ use crate::telemetry::{self, Telemetry};
 
 /// A name to resolve and how often.
 #[derive(Debug, Clone)]
-pub struct DnsTarget {
+pub(crate) struct DnsTarget {
     pub host: String,
     pub port: u16,
     pub min_refresh: Duration,
@@ -35,7 +35,7 @@ pub struct DnsTarget {
 }
 
 impl DnsTarget {
-    pub fn parse(
+    pub(crate) fn parse(
         config: &DnsConfig,
         path: &str,
         cluster: &str,
@@ -99,7 +99,7 @@ impl DnsTarget {
 
 /// What the admin server shows of a DNS cluster.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct DnsStatus {
+pub(crate) struct DnsStatus {
     pub resolutions: u64,
     pub failures: u64,
     pub last_error: Option<String>,
@@ -109,17 +109,17 @@ pub struct DnsStatus {
 
 /// The resolver every DNS cluster uses; replaced when `dns_resolver` changes.
 #[derive(Debug, Default)]
-pub struct ResolverSlot {
+pub(crate) struct ResolverSlot {
     current: ArcSwapOption<TokioResolver>,
     config: std::sync::Mutex<Option<Option<DnsResolverConfig>>>,
 }
 
-pub type ResolverHandle = Arc<ResolverSlot>;
+pub(crate) type ResolverHandle = Arc<ResolverSlot>;
 
 impl ResolverSlot {
     /// Builds the resolver for `config` unless the current one was built
     /// from the same settings.
-    pub fn update(&self, config: Option<&DnsResolverConfig>) -> Result<(), String> {
+    pub(crate) fn update(&self, config: Option<&DnsResolverConfig>) -> Result<(), String> {
         let mut built_from = lock(&self.config);
         if built_from.as_ref().is_some_and(|c| c.as_ref() == config) {
             return Ok(());
@@ -137,7 +137,7 @@ impl ResolverSlot {
 }
 
 /// Checks `dns_resolver` without building anything (for `--check`).
-pub fn check(config: &DnsResolverConfig, errors: &mut Vec<ConfigError>) {
+pub(crate) fn check(config: &DnsResolverConfig, errors: &mut Vec<ConfigError>) {
     for (i, server) in config.nameservers.iter().enumerate() {
         if let Err(message) = scalar::parse_socket_addr(server) {
             errors.push(ConfigError::new(
@@ -196,7 +196,7 @@ impl DnsTarget {
     /// One lookup: the endpoints of the answer (sorted, one per address) and
     /// when to look again (its TTL within the refresh bounds). Counted in
     /// `remora_dns_resolutions_total`.
-    pub async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         resolver: &TokioResolver,
     ) -> Result<(EndpointList, Duration), String> {

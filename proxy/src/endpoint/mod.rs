@@ -3,7 +3,7 @@
 //! connection pool. The bottom of the upstream side: balancers, outlier
 //! detection and health checks know endpoints, not clusters.
 
-pub mod ewma;
+pub(crate) mod ewma;
 mod state;
 
 use std::net::SocketAddr;
@@ -15,10 +15,10 @@ use std::time::Instant;
 use crate::pool::EndpointPool;
 use ewma::PeakEwma;
 
-pub use state::{CheckState, OutlierState};
+pub(crate) use state::{CheckState, OutlierState};
 
 /// A static endpoint list: each endpoint's address and weight.
-pub type EndpointList = Vec<(SocketAddr, NonZeroU32)>;
+pub(crate) type EndpointList = Vec<(SocketAddr, NonZeroU32)>;
 
 #[derive(Debug)]
 pub struct Endpoint {

@@ -9,19 +9,19 @@ use http::StatusCode;
 use crate::config::{ConfigError, FaultConfig};
 
 #[derive(Debug)]
-pub struct Fault {
+pub(crate) struct Fault {
     delay: Option<(Duration, f64)>,
     abort: Option<(Abort, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Abort {
+pub(crate) enum Abort {
     Http(StatusCode),
     Grpc(u32),
 }
 
 impl Fault {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &FaultConfig,
         path: &str,
         errors: &mut Vec<ConfigError>,
@@ -81,14 +81,14 @@ impl Fault {
     }
 
     /// The delay to inject into this request, if its draw says so.
-    pub fn delay(&self) -> Option<Duration> {
+    pub(crate) fn delay(&self) -> Option<Duration> {
         self.delay
             .filter(|&(_, share)| crate::rand::unit() < share)
             .map(|(d, _)| d)
     }
 
     /// The abort to inject into this request, if its draw says so.
-    pub fn abort(&self) -> Option<Abort> {
+    pub(crate) fn abort(&self) -> Option<Abort> {
         self.abort
             .filter(|&(_, share)| crate::rand::unit() < share)
             .map(|(a, _)| a)

@@ -22,10 +22,10 @@ use crate::config::{ConfigError, HealthCheckConfig, StatusRange, UpstreamProtoco
 use crate::endpoint::Endpoint;
 use crate::telemetry::{self, Telemetry};
 
-pub use probe::Probe;
+pub(crate) use probe::Probe;
 
 #[derive(Debug)]
-pub struct HealthChecker {
+pub(crate) struct HealthChecker {
     probe: Probe,
     interval: Duration,
     pub timeout: Duration,
@@ -36,7 +36,7 @@ pub struct HealthChecker {
 }
 
 impl HealthChecker {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &HealthCheckConfig,
         cluster: &str,
         protocol: UpstreamProtocol,
@@ -126,14 +126,14 @@ impl HealthChecker {
     }
 
     /// How long to wait before the next round of checks.
-    pub fn next_wait(&self) -> Duration {
+    pub(crate) fn next_wait(&self) -> Duration {
         self.interval + self.jitter.mul_f64(crate::rand::unit())
     }
 
     /// Checks one endpoint and folds the result into its run of passes or
     /// failures; a run that crosses its threshold calls `set_health`, which
     /// answers whether the endpoint was still in the cluster.
-    pub async fn check_one(
+    pub(crate) async fn check_one(
         &self,
         cluster: &str,
         endpoint: &Endpoint,

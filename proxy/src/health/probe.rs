@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 #[derive(Debug)]
-pub enum Probe {
+pub(crate) enum Probe {
     Http {
         path: String,
         host: String,
@@ -29,7 +29,7 @@ const SERVING: u64 = 1;
 
 impl Probe {
     /// `Ok` when the endpoint passes; otherwise what was wrong.
-    pub async fn run(&self, address: SocketAddr) -> Result<(), String> {
+    pub(crate) async fn run(&self, address: SocketAddr) -> Result<(), String> {
         let stream = TcpStream::connect(address)
             .await
             .map_err(|e| format!("connect failed: {e}"))?;

@@ -24,7 +24,7 @@ use crate::route::Route;
 
 /// Why a try got no response from its endpoint.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("{0}")]
     Connect(ConnectError),
     /// hyper's message alone ("connection error") hides the cause, so its
@@ -39,7 +39,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// The status of the local reply: 503 when no connection could be had,
     /// 502 when the upstream failed the exchange, 504 when it was too slow.
-    pub fn status(&self) -> http::StatusCode {
+    pub(crate) fn status(&self) -> http::StatusCode {
         match self {
             UpstreamError::Connect(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Send { .. } => http::StatusCode::BAD_GATEWAY,
@@ -48,7 +48,7 @@ impl UpstreamError {
     }
 
     /// The first words of the local reply's body.
-    pub fn summary(&self) -> &'static str {
+    pub(crate) fn summary(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "upstream connect error",
             UpstreamError::Send { .. } => "upstream error",
@@ -65,7 +65,7 @@ fn with_cause(error: &hyper::Error) -> String {
 
 /// Why a try got no response.
 #[derive(Debug)]
-pub enum TryError {
+pub(super) enum TryError {
     /// A circuit breaker refused: not the endpoint's fault, not retried.
     Overloaded(Limit),
     Failed {
@@ -79,7 +79,7 @@ impl TryError {
         match error {
             ConnectError::Overloaded(limit) => TryError::Overloaded(limit),
             error => TryError::Failed {
-                failure: Failure::ConnectFailure,
+                failure: Failure::Connect,
                 error: UpstreamError::Connect(error),
             },
         }
@@ -110,7 +110,7 @@ fn send_failure(error: &hyper::Error) -> Failure {
 
 /// Sends on a pooled connection, keeping the connection with the exchange
 /// until its response ends.
-pub async fn send(
+pub(super) async fn send(
     endpoint: &Endpoint,
     mut request: Request<RequestBody>,
     version: Version,
@@ -185,7 +185,7 @@ pub async fn send(
 /// HTTP version wants (origin-form plus `Host` for HTTP/1.1; scheme and
 /// `:authority` for HTTP/2). The authority is the client's `Host` (or
 /// `:authority`), unless the route rewrote `host`.
-pub fn prepare(parts: &mut request::Parts, version: Version, route: &Route) {
+pub(super) fn prepare(parts: &mut request::Parts, version: Version, route: &Route) {
     hop::strip(&mut parts.headers, false);
     // The proxy answered (or will answer) `100-continue` itself when it reads the body.
     parts.headers.remove(EXPECT);

@@ -16,7 +16,7 @@ use crate::body::StreamIdle;
 
 /// Why a response body stopped early.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("upstream body: {0}")]
     Upstream(hyper::Error),
     /// The route's timeout expired while the body was still streaming.
@@ -31,7 +31,7 @@ pin_project! {
     /// A response body on its way downstream: either the upstream's, which
     /// carries the request's [`Exchange`] until it ends, or a local reply.
     #[project = ResponseBodyProj]
-    pub enum ResponseBody {
+    pub(crate) enum ResponseBody {
         Upstream {
             // A frame already read (while waiting for a gRPC status), sent first.
             first: Option<Frame<Bytes>>,
@@ -51,7 +51,7 @@ pin_project! {
 }
 
 impl ResponseBody {
-    pub fn upstream(
+    pub(crate) fn upstream(
         inner: Incoming,
         first: Option<Frame<Bytes>>,
         deadline: Option<tokio::time::Instant>,
@@ -75,14 +75,14 @@ impl ResponseBody {
         }
     }
 
-    pub fn local(data: impl Into<Bytes>) -> ResponseBody {
+    pub(crate) fn local(data: impl Into<Bytes>) -> ResponseBody {
         let data = data.into();
         ResponseBody::Local {
             data: (!data.is_empty()).then_some(data),
         }
     }
 
-    pub fn empty() -> ResponseBody {
+    pub(crate) fn empty() -> ResponseBody {
         ResponseBody::Local { data: None }
     }
 }

@@ -12,15 +12,15 @@ use crate::cluster::TimeoutKind;
 use crate::config::scalar::format_duration;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline {
-    pub at: Instant,
+pub(crate) struct Deadline {
+    pub(crate) at: Instant,
     /// Which setting decided it.
-    pub kind: TimeoutKind,
-    pub length: Duration,
+    pub(crate) kind: TimeoutKind,
+    pub(crate) length: Duration,
 }
 
 impl Deadline {
-    pub fn of(
+    pub(crate) fn of(
         route_timeout: Option<Duration>,
         grpc: Option<Duration>,
         max_grpc: Option<Duration>,
@@ -41,7 +41,7 @@ impl Deadline {
     }
 
     /// What the 504 (or DEADLINE_EXCEEDED) says fired.
-    pub fn describe(&self, route: &str) -> String {
+    pub(crate) fn describe(&self, route: &str) -> String {
         let length = format_duration(self.length);
         match self.kind {
             TimeoutKind::Grpc => {
@@ -73,7 +73,7 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// `grpc-timeout` for the time left, in milliseconds (at least 1).
-pub fn grpc_timeout_value(left: Duration) -> http::HeaderValue {
+pub(crate) fn grpc_timeout_value(left: Duration) -> http::HeaderValue {
     let millis = left.as_millis().clamp(1, 99_999_999);
     http::HeaderValue::from_str(&format!("{millis}m"))
         .unwrap_or(http::HeaderValue::from_static("1m"))

@@ -15,20 +15,20 @@ use tokio::net::TcpStream;
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
+pub(super) enum Detected {
     Http1,
     Http2,
 }
 
 /// The first bytes of a connection, already read.
-pub struct Prefix {
+pub(super) struct Prefix {
     bytes: [u8; 24],
     len: u8,
 }
 
 /// Reads until the first bytes decide the protocol. `None` when the client
 /// closed before sending anything.
-pub async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detected, Prefix)>> {
+pub(super) async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detected, Prefix)>> {
     let mut prefix = Prefix {
         bytes: [0; 24],
         len: 0,
@@ -57,7 +57,7 @@ pub async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detected, Pref
 /// A server connection's socket: replays the detection prefix, then reads
 /// and writes the socket directly. With `reads` set, it counts reads that
 /// returned data, which the HTTP/1 header timer watches.
-pub struct ServerIo {
+pub(super) struct ServerIo {
     stream: TcpStream,
     prefix: Prefix,
     replayed: u8,
@@ -65,7 +65,11 @@ pub struct ServerIo {
 }
 
 impl ServerIo {
-    pub fn new(stream: TcpStream, prefix: Prefix, reads: Option<Arc<AtomicU64>>) -> ServerIo {
+    pub(super) fn new(
+        stream: TcpStream,
+        prefix: Prefix,
+        reads: Option<Arc<AtomicU64>>,
+    ) -> ServerIo {
         ServerIo {
             stream,
             prefix,

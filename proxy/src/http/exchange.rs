@@ -20,7 +20,7 @@ use crate::telemetry::access_log::AccessRecord;
 
 /// Where the request's stats go.
 #[derive(Debug, Clone, Copy)]
-pub enum StatsAt {
+pub(crate) enum StatsAt {
     NoRoute,
     /// A route's direct response.
     Direct {
@@ -33,7 +33,7 @@ pub enum StatsAt {
     },
 }
 
-pub struct Exchange {
+pub(crate) struct Exchange {
     started: Instant,
     listener: Arc<ListenerState>,
     /// The downstream connection, whose in-flight count this request is in.
@@ -60,7 +60,7 @@ struct Summary {
 }
 
 impl Exchange {
-    pub fn start<B>(
+    pub(crate) fn start<B>(
         listener: Arc<ListenerState>,
         conn: Arc<ConnContext>,
         request: &Request<B>,
@@ -101,44 +101,44 @@ impl Exchange {
         }
     }
 
-    pub fn set_stats(&mut self, at: StatsAt) {
+    pub(crate) fn set_stats(&mut self, at: StatsAt) {
         self.stats_at = at;
     }
 
-    pub fn set_status(&mut self, status: StatusCode) {
+    pub(crate) fn set_status(&mut self, status: StatusCode) {
         self.status = Some(status);
     }
 
-    pub fn set_upstream(&mut self, active: ActiveRequest) {
+    pub(crate) fn set_upstream(&mut self, active: ActiveRequest) {
         self.upstream = Some(active);
     }
 
     /// Lends the HTTP/1 connection to this exchange until its response ends.
-    pub fn hold_http1(&mut self, lease: Http1Lease) {
+    pub(crate) fn hold_http1(&mut self, lease: Http1Lease) {
         self.http1 = Some(lease);
     }
 
-    pub fn hold_http2(&mut self, lease: Http2Lease) {
+    pub(crate) fn hold_http2(&mut self, lease: Http2Lease) {
         self.http2 = Some(lease);
     }
 
-    pub fn hold_limit(&mut self, held: Held) {
+    pub(crate) fn hold_limit(&mut self, held: Held) {
         self.limit = Some(held);
     }
 
-    pub fn add_bytes_sent(&mut self, bytes: usize) {
+    pub(crate) fn add_bytes_sent(&mut self, bytes: usize) {
         self.bytes_sent += bytes as u64;
     }
 
     /// The response ended cleanly: the connection may serve another request.
-    pub fn body_finished(&mut self) {
+    pub(crate) fn body_finished(&mut self) {
         if let (Some(lease), Some(upstream)) = (self.http1.take(), &self.upstream) {
             upstream.endpoint().pool.release_http1(lease);
         }
     }
 
     /// A timeout cut the response body short.
-    pub fn timed_out_streaming(&mut self, kind: TimeoutKind) {
+    pub(crate) fn timed_out_streaming(&mut self, kind: TimeoutKind) {
         self.http1 = None;
         if let Some(cluster) = self.cluster() {
             cluster.count_timeout(kind);

@@ -23,7 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::UpstreamProtocol;
 use crate::route::{Backend, Route};
 
-pub async fn forward(
+pub(super) async fn forward(
     request: Request<Incoming>,
     client: SocketAddr,
     route: &Route,

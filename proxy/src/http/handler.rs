@@ -19,14 +19,14 @@ use crate::listener::{ListenerKind, ListenerState};
 use crate::route::{RequestView, RouteAction};
 
 /// What every request on one downstream connection shares.
-pub struct ConnContext {
-    pub slot: Arc<ListenerSlot>,
-    pub peer: SocketAddr,
-    pub tracker: TaskTracker,
-    pub activity: Activity,
+pub(crate) struct ConnContext {
+    pub(crate) slot: Arc<ListenerSlot>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) activity: Activity,
 }
 
-pub async fn handle(
+pub(super) async fn handle(
     conn: Arc<ConnContext>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {

@@ -20,12 +20,12 @@ use pin_project_lite::pin_project;
 
 /// One per connection; shares the read counter with the connection's [`ServerIo`](super::detect::ServerIo).
 #[derive(Clone)]
-pub struct HeaderTimer {
+pub(super) struct HeaderTimer {
     reads: Arc<AtomicU64>,
 }
 
 impl HeaderTimer {
-    pub fn new(reads: Arc<AtomicU64>) -> HeaderTimer {
+    pub(super) fn new(reads: Arc<AtomicU64>) -> HeaderTimer {
         HeaderTimer { reads }
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Requests in flight on one connection, and when the last one ended.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     born: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` when the connection last became idle.
@@ -30,11 +30,11 @@ impl Default for Activity {
 }
 
 impl Activity {
-    pub fn begin(&self) {
+    pub(crate) fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             let ms = self.born.elapsed().as_millis() as u64;
             self.idle_since_ms.store(ms, Ordering::Relaxed);
@@ -67,7 +67,7 @@ impl Activity {
     }
 
     /// The first reason to wind the connection down.
-    pub async fn wind_down(
+    pub(crate) async fn wind_down(
         &self,
         stop: &CancellationToken,
         idle_timeout: Option<Duration>,

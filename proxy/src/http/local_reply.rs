@@ -15,16 +15,16 @@ use crate::endpoint::Endpoint;
 use crate::fault::Abort;
 
 /// Header on responses refused by a circuit breaker (as Envoy's `x-envoy-overloaded`).
-pub const OVERLOADED: &str = "x-remora-overloaded";
+pub(crate) const OVERLOADED: &str = "x-remora-overloaded";
 
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Answers with `status` and `message`, settling the exchange now.
-pub fn reply(
+pub(crate) fn reply(
     mut exchange: Exchange,
     status: StatusCode,
     message: &str,
@@ -35,7 +35,11 @@ pub fn reply(
     response
 }
 
-pub fn local_response(status: StatusCode, message: &str, grpc: bool) -> Response<ResponseBody> {
+pub(crate) fn local_response(
+    status: StatusCode,
+    message: &str,
+    grpc: bool,
+) -> Response<ResponseBody> {
     if grpc {
         let mut response = Response::new(ResponseBody::empty());
         let headers = response.headers_mut();
@@ -61,7 +65,7 @@ pub fn local_response(status: StatusCode, message: &str, grpc: bool) -> Response
 /// The gRPC status for an HTTP status the proxy produced (gRPC's
 /// http-grpc-status-mapping, with 504 as DEADLINE_EXCEEDED and 429 as
 /// RESOURCE_EXHAUSTED since the proxy itself decided those).
-pub fn grpc_status(status: StatusCode) -> u16 {
+pub(crate) fn grpc_status(status: StatusCode) -> u16 {
     match status.as_u16() {
         400 => 13,
         401 => 16,
@@ -87,6 +91,87 @@ fn percent_encode(message: &str) -> String {
     out
 }
 
+/// 503 for a failure before any upstream exchange (no connection), naming
+/// the cluster, the endpoint and the cause; also used for upgrades.
+pub(crate) fn failure_reply(
+    exchange: Exchange,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    error: UpstreamError,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let message = format!(
+        "{}: cluster {:?} endpoint {}: {error}",
+        error.summary(),
+        cluster.name,
+        endpoint.address
+    );
+    reply(exchange, error.status(), &message, grpc)
+}
+
+pub(crate) fn no_endpoint(
+    exchange: Exchange,
+    cluster: &Cluster,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let message = format!(
+        "no endpoint available: cluster {:?} has no healthy endpoints",
+        cluster.name
+    );
+    reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc)
+}
+
+/// 503 at once, with `x-remora-overloaded: true`, when a circuit breaker is open.
+pub(crate) fn overloaded(
+    exchange: Exchange,
+    cluster: &Cluster,
+    limit: Limit,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let message = format!(
+        "overloaded: cluster {:?} is at its {} circuit breaker",
+        cluster.name,
+        limit.name()
+    );
+    let mut response = reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
+    response
+        .headers_mut()
+        .insert(OVERLOADED, HeaderValue::from_static("true"));
+    response
+}
+
+pub(crate) fn aborted(exchange: Exchange, abort: Abort, grpc: bool) -> Response<ResponseBody> {
+    match abort {
+        Abort::Http(status) => reply(exchange, status, "fault injected: aborted", grpc),
+        Abort::Grpc(code) => {
+            let mut response = reply(exchange, StatusCode::OK, "fault injected: aborted", true);
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from(code));
+            response
+        }
+    }
+}
+
+/// 429 (or RESOURCE_EXHAUSTED) with `retry-after` in whole seconds.
+pub(crate) fn rate_limited(
+    exchange: Exchange,
+    wait: std::time::Duration,
+    scope: &str,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    let message = format!(
+        "rate limited by {scope}; retry after {:.3}s",
+        wait.as_secs_f64()
+    );
+    let mut response = reply(exchange, StatusCode::TOO_MANY_REQUESTS, &message, grpc);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,81 +191,4 @@ mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(http_body::Body::size_hint(response.body()).exact(), Some(9));
     }
-}
-
-/// 503 for a failure before any upstream exchange (no connection), naming
-/// the cluster, the endpoint and the cause; also used for upgrades.
-pub fn failure_reply(
-    exchange: Exchange,
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    error: UpstreamError,
-    grpc: bool,
-) -> Response<ResponseBody> {
-    let message = format!(
-        "{}: cluster {:?} endpoint {}: {error}",
-        error.summary(),
-        cluster.name,
-        endpoint.address
-    );
-    reply(exchange, error.status(), &message, grpc)
-}
-
-pub fn no_endpoint(exchange: Exchange, cluster: &Cluster, grpc: bool) -> Response<ResponseBody> {
-    let message = format!(
-        "no endpoint available: cluster {:?} has no healthy endpoints",
-        cluster.name
-    );
-    reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc)
-}
-
-/// 503 at once, with `x-remora-overloaded: true`, when a circuit breaker is open.
-pub fn overloaded(
-    exchange: Exchange,
-    cluster: &Cluster,
-    limit: Limit,
-    grpc: bool,
-) -> Response<ResponseBody> {
-    let message = format!(
-        "overloaded: cluster {:?} is at its {} circuit breaker",
-        cluster.name,
-        limit.name()
-    );
-    let mut response = reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
-    response
-        .headers_mut()
-        .insert(OVERLOADED, HeaderValue::from_static("true"));
-    response
-}
-
-pub fn aborted(exchange: Exchange, abort: Abort, grpc: bool) -> Response<ResponseBody> {
-    match abort {
-        Abort::Http(status) => reply(exchange, status, "fault injected: aborted", grpc),
-        Abort::Grpc(code) => {
-            let mut response = reply(exchange, StatusCode::OK, "fault injected: aborted", true);
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from(code));
-            response
-        }
-    }
-}
-
-/// 429 (or RESOURCE_EXHAUSTED) with `retry-after` in whole seconds.
-pub fn rate_limited(
-    exchange: Exchange,
-    wait: std::time::Duration,
-    scope: &str,
-    grpc: bool,
-) -> Response<ResponseBody> {
-    let message = format!(
-        "rate limited by {scope}; retry after {:.3}s",
-        wait.as_secs_f64()
-    );
-    let mut response = reply(exchange, StatusCode::TOO_MANY_REQUESTS, &message, grpc);
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
 }

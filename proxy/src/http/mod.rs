@@ -3,7 +3,7 @@
 //! upstream with bodies and trailers streamed through.
 
 mod attempt;
-pub mod body;
+pub(crate) mod body;
 pub mod deadline;
 mod detect;
 mod exchange;
@@ -12,7 +12,7 @@ mod handler;
 mod header_timer;
 pub mod hop;
 mod lifetime;
-pub mod local_reply;
+pub(crate) mod local_reply;
 mod tries;
 mod upgrade;
 
@@ -56,7 +56,7 @@ macro_rules! drive {
 
 /// Serves one downstream connection until it closes, shutting it down
 /// gracefully (`Connection: close` / GOAWAY) when `stop` fires.
-pub async fn serve_connection(
+pub(crate) async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     slot: Arc<ListenerSlot>,

@@ -70,15 +70,15 @@ pub(super) enum Stop {
 
 /// Everything the tries of one request share.
 pub(super) struct Tries<'a> {
-    pub route: &'a Route,
-    pub backend: &'a Backend,
+    pub(crate) route: &'a Route,
+    pub(crate) backend: &'a Backend,
     /// The request as it goes upstream (less its body). A route without
     /// retries moves it into its one try; otherwise each try gets a copy.
-    pub parts: request::Parts,
-    pub version: Version,
-    pub grpc: bool,
-    pub deadline: Option<Deadline>,
-    pub hash: Option<u64>,
+    pub(crate) parts: request::Parts,
+    pub(crate) version: Version,
+    pub(crate) grpc: bool,
+    pub(crate) deadline: Option<Deadline>,
+    pub(crate) hash: Option<u64>,
 }
 
 /// The response that ends the tries, and a first body frame already read.
@@ -89,7 +89,11 @@ impl Tries<'_> {
         &self.backend.cluster
     }
 
-    pub async fn run(mut self, body: RequestBody, exchange: &mut Exchange) -> Result<Answer, Stop> {
+    pub(super) async fn run(
+        mut self,
+        body: RequestBody,
+        exchange: &mut Exchange,
+    ) -> Result<Answer, Stop> {
         // Without a retry policy the body goes out as it is, once.
         let (mut once, template) = match self.route.retry {
             Some(_) => (None, Some(body)),

@@ -20,7 +20,7 @@ use crate::endpoint::Endpoint;
 use crate::route::Route;
 
 /// An HTTP/1.1 request asking to switch protocols (other than to h2c).
-pub fn is_upgrade<B>(request: &Request<B>) -> bool {
+pub(super) fn is_upgrade<B>(request: &Request<B>) -> bool {
     request.version() == Version::HTTP_11
         && request
             .headers()
@@ -35,7 +35,7 @@ pub fn is_upgrade<B>(request: &Request<B>) -> bool {
         })
 }
 
-pub async fn forward(
+pub(super) async fn forward(
     mut request: Request<Incoming>,
     cluster: &Cluster,
     endpoint: &Endpoint,

@@ -22,72 +22,72 @@ use crate::socket::SocketOptions;
 use crate::telemetry::{self, RequestStats, Telemetry, access_log::AccessLog};
 
 /// A bound listener's current state, swapped atomically on reload.
-pub struct ListenerSlot {
+pub(crate) struct ListenerSlot {
     state: ArcSwap<ListenerState>,
     /// Connections open on this socket (for `max_connections`, across reloads).
     open: AtomicUsize,
 }
 
 impl ListenerSlot {
-    pub fn new(state: Arc<ListenerState>) -> ListenerSlot {
+    pub(crate) fn new(state: Arc<ListenerState>) -> ListenerSlot {
         ListenerSlot {
             state: ArcSwap::new(state),
             open: AtomicUsize::new(0),
         }
     }
 
-    pub fn current(&self) -> Arc<ListenerState> {
+    pub(crate) fn current(&self) -> Arc<ListenerState> {
         self.state.load_full()
     }
 
     /// Swaps in a reloaded state; requests under way keep theirs.
-    pub fn store(&self, state: Arc<ListenerState>) {
+    pub(crate) fn store(&self, state: Arc<ListenerState>) {
         self.state.store(state);
     }
 
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
-    pub fn connection_opened(&self) {
+    pub(crate) fn connection_opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn connection_closed(&self) {
+    pub(crate) fn connection_closed(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 #[derive(Debug)]
 pub struct ListenerState {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// As configured; port 0 means "any free port".
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     pub kind: ListenerKind,
-    pub request_headers_timeout: Duration,
-    pub max_request_head_bytes: usize,
-    pub drain_timeout: Duration,
+    pub(crate) request_headers_timeout: Duration,
+    pub(crate) max_request_head_bytes: usize,
+    pub(crate) drain_timeout: Duration,
     /// No request in flight (HTTP) or no bytes (TCP) for this long closes a connection.
-    pub idle_timeout: Option<Duration>,
-    pub max_connection_age: Option<Duration>,
-    pub socket: SocketOptions,
-    pub http2: Http2Config,
-    pub http2_keepalive: Option<Http2KeepaliveConfig>,
-    pub connections_active: Gauge,
-    pub access_log: Option<Arc<AccessLog>>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_connection_age: Option<Duration>,
+    pub(crate) socket: SocketOptions,
+    pub(crate) http2: Http2Config,
+    pub(crate) http2_keepalive: Option<Http2KeepaliveConfig>,
+    pub(crate) connections_active: Gauge,
+    pub(crate) access_log: Option<Arc<AccessLog>>,
     /// HTTP: a limit over all of the listener's requests.
-    pub rate_limit: Option<RateLimit>,
+    pub(crate) rate_limit: Option<RateLimit>,
     /// `remora_rate_limited_total{listener,route=""}`.
-    pub rate_limited: Counter,
-    pub connection_rate: Option<RateLimit>,
-    pub max_connections: Option<usize>,
+    pub(crate) rate_limited: Counter,
+    pub(crate) connection_rate: Option<RateLimit>,
+    pub(crate) max_connections: Option<usize>,
     /// Connections closed on accept by the two limits above, by
     /// [`REJECT_REASONS`].
-    pub rejected: [Counter; 2],
+    pub(crate) rejected: [Counter; 2],
 }
 
 /// Why a connection was closed on accept: the `reason` label.
-pub const REJECT_REASONS: [&str; 2] = ["max_connections", "connection_rate_limit"];
+pub(crate) const REJECT_REASONS: [&str; 2] = ["max_connections", "connection_rate_limit"];
 
 #[derive(Debug)]
 pub enum ListenerKind {
@@ -99,27 +99,27 @@ pub enum ListenerKind {
 pub struct HttpRoutes {
     pub table: RouteTable,
     /// Stats for requests that matched no route.
-    pub no_route: RequestStats,
+    pub(crate) no_route: RequestStats,
 }
 
 #[derive(Debug)]
 pub struct TcpTarget {
-    pub cluster: Arc<Cluster>,
+    pub(crate) cluster: Arc<Cluster>,
     /// Bytes from the client (`direction="rx"`) and to it (`direction="tx"`).
-    pub bytes_rx: Counter,
-    pub bytes_tx: Counter,
+    pub(crate) bytes_rx: Counter,
+    pub(crate) bytes_tx: Counter,
 }
 
 /// Everything a listener compile needs from the rest of the snapshot.
-pub struct ListenerContext<'a> {
-    pub clusters: &'a HashMap<&'a str, Arc<Cluster>>,
-    pub telemetry: &'a Telemetry,
-    pub access_log: Option<&'a Arc<AccessLog>>,
-    pub drain_timeout: Duration,
+pub(crate) struct ListenerContext<'a> {
+    pub(crate) clusters: &'a HashMap<&'a str, Arc<Cluster>>,
+    pub(crate) telemetry: &'a Telemetry,
+    pub(crate) access_log: Option<&'a Arc<AccessLog>>,
+    pub(crate) drain_timeout: Duration,
 }
 
 impl ListenerState {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &ListenerConfig,
         at: &str,
         cx: &ListenerContext<'_>,
@@ -270,7 +270,7 @@ impl ListenerState {
 }
 
 /// Duplicate listener names and addresses, reported by path.
-pub fn check_unique(configs: &[ListenerConfig], errors: &mut Vec<ConfigError>) {
+pub(crate) fn check_unique(configs: &[ListenerConfig], errors: &mut Vec<ConfigError>) {
     let mut names = HashSet::new();
     let mut addresses = HashMap::new();
     for (i, listener) in configs.iter().enumerate() {

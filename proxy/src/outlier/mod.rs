@@ -28,7 +28,7 @@ use crate::telemetry::{self, Telemetry};
 
 /// How one try went, as outlier detection sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Success,
     /// A 5xx other than 502, 503, 504.
     ServerError,
@@ -39,7 +39,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn of_status(status: u16) -> Outcome {
+    pub(crate) fn of_status(status: u16) -> Outcome {
         match status {
             502..=504 => Outcome::GatewayError,
             500..=599 => Outcome::ServerError,
@@ -53,7 +53,7 @@ impl Outcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     Consecutive5xx,
     ConsecutiveGatewayFailure,
     ConsecutiveLocalOriginFailure,
@@ -62,7 +62,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Reason::Consecutive5xx => "consecutive_5xx",
             Reason::ConsecutiveGatewayFailure => "consecutive_gateway_failure",
@@ -96,7 +96,7 @@ struct FailurePercentage {
 }
 
 #[derive(Debug)]
-pub struct OutlierDetector {
+pub(crate) struct OutlierDetector {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
     consecutive_local: u32,
@@ -113,13 +113,13 @@ pub struct OutlierDetector {
 
 /// What a periodic pass decided.
 #[derive(Debug, Default)]
-pub struct Sweep {
+pub(crate) struct Sweep {
     pub eject: Vec<(SocketAddr, Reason)>,
     pub restore: Vec<SocketAddr>,
 }
 
 impl OutlierDetector {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &OutlierDetectionConfig,
         path: &str,
         cluster: &str,
@@ -200,7 +200,7 @@ impl OutlierDetector {
 
     /// Folds in one try's outcome; returns why to eject, if a run of
     /// failures just reached its threshold.
-    pub fn record(&self, state: &OutlierState, outcome: Outcome) -> Option<Reason> {
+    pub(crate) fn record(&self, state: &OutlierState, outcome: Outcome) -> Option<Reason> {
         let count = if outcome.failed() {
             &state.failures
         } else {
@@ -241,13 +241,13 @@ impl OutlierDetector {
     }
 
     /// Whether another endpoint may be ejected when `ejected` of `total` are.
-    pub fn may_eject(&self, ejected: usize, total: usize) -> bool {
+    pub(crate) fn may_eject(&self, ejected: usize, total: usize) -> bool {
         let allowed = (total * self.max_percent as usize / 100).max(1);
         ejected < allowed
     }
 
     /// Marks `endpoint` ejected from `now`; returns for how long.
-    pub fn ejecting(&self, endpoint: &Endpoint, reason: Reason, now: Instant) -> Duration {
+    pub(crate) fn ejecting(&self, endpoint: &Endpoint, reason: Reason, now: Instant) -> Duration {
         let state = &endpoint.outlier;
         let ejections = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let time = self.base.saturating_mul(ejections).min(self.max);
@@ -267,7 +267,7 @@ impl OutlierDetector {
         time
     }
 
-    pub fn restored(&self, endpoint: &Endpoint) {
+    pub(crate) fn restored(&self, endpoint: &Endpoint) {
         endpoint
             .outlier
             .ejected_until_ms
@@ -278,7 +278,7 @@ impl OutlierDetector {
     /// The periodic pass: endpoints whose ejection is over return; the
     /// interval's counts feed the success-rate and failure-percentage
     /// detectors; then the counts start again.
-    pub fn sweep(&self, endpoints: &[Arc<Endpoint>], now: Instant) -> Sweep {
+    pub(crate) fn sweep(&self, endpoints: &[Arc<Endpoint>], now: Instant) -> Sweep {
         let mut sweep = Sweep::default();
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let mut samples = Vec::new();
@@ -336,7 +336,7 @@ impl OutlierDetector {
     }
 
     /// When an ejected endpoint's time is up, as milliseconds from now (for the admin view).
-    pub fn remaining(&self, endpoint: &Endpoint, now: Instant) -> Option<Duration> {
+    pub(crate) fn remaining(&self, endpoint: &Endpoint, now: Instant) -> Option<Duration> {
         let until = endpoint.outlier.ejected_until_ms.load(Ordering::Relaxed);
         (until != 0).then(|| {
             Duration::from_millis(until).saturating_sub(now.saturating_duration_since(self.epoch))

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use super::{ConnectError, EndpointPool, PoolSettings, Slot};
 use crate::body::RequestBody;
 
-pub type Http1Sender = http1::SendRequest<RequestBody>;
+pub(crate) type Http1Sender = http1::SendRequest<RequestBody>;
 
 #[derive(Debug)]
 pub(super) struct Idle {

@@ -20,9 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::{ConnectError, EndpointPool, PoolSettings, Shared, Slot, worker_bit};
 use crate::body::RequestBody;
 
-pub type Http2Sender = http2::SendRequest<RequestBody>;
+pub(crate) type Http2Sender = http2::SendRequest<RequestBody>;
 /// Sends on the request's own task (Remora's hyper patch, `vendor/hyper/REMORA.md`).
-pub type Http2Direct = http2::DirectSender<RequestBody>;
+pub(crate) type Http2Direct = http2::DirectSender<RequestBody>;
 
 /// How often a new connection is checked for the peer's SETTINGS.
 const SETTLING_CHECK: Duration = Duration::from_millis(2);

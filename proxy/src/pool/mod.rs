@@ -29,8 +29,8 @@ use crate::config::{ClusterConfig, Http2Config, Http2KeepaliveConfig};
 use crate::socket::SocketOptions;
 use crate::sync::lock;
 
-pub use http1::{Http1Lease, Http1Sender};
-pub use http2::{Http2Direct, Http2Lease, Http2Sender};
+pub(crate) use http1::Http1Lease;
+pub(crate) use http2::Http2Lease;
 
 /// The worker's bit in `State::http2_connecting`.
 fn worker_bit(worker: u32) -> u64 {

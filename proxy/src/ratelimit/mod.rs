@@ -20,7 +20,7 @@ use crate::config::ConfigError;
 const SWEEP_EVERY: u64 = 4096;
 
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     buckets: Buckets,
     checks: AtomicU64,
 }
@@ -35,7 +35,7 @@ enum Buckets {
 impl RateLimit {
     /// `rate` per second with `burst` (default: one second's worth);
     /// `rate_field` names the rate in errors.
-    pub fn compile(
+    pub(crate) fn compile(
         (rate_field, rate): (&str, f64),
         burst: Option<u32>,
         key: &str,
@@ -89,7 +89,7 @@ impl RateLimit {
     }
 
     /// `Ok` when the request may go; else how long until it could.
-    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
         let outcome = match &self.buckets {
             Buckets::One(limiter) => limiter.check(),
             Buckets::BySourceIp(limiter) => {

@@ -13,7 +13,7 @@ use metrics::Counter;
 const WINDOW_SECONDS: u64 = 10;
 
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     percent: f64,
     min_per_second: u32,
     start: Instant,
@@ -61,7 +61,7 @@ impl Slot {
 }
 
 impl RetryBudget {
-    pub fn new(percent: f64, min_per_second: u32, exhausted: Counter) -> RetryBudget {
+    pub(crate) fn new(percent: f64, min_per_second: u32, exhausted: Counter) -> RetryBudget {
         RetryBudget {
             percent,
             min_per_second,
@@ -72,12 +72,12 @@ impl RetryBudget {
         }
     }
 
-    pub fn record_request(&self) {
+    pub(crate) fn record_request(&self) {
         self.record_request_at(Instant::now());
     }
 
     /// Takes one retry from the budget, or counts that it is spent.
-    pub fn try_retry(&self) -> bool {
+    pub(crate) fn try_retry(&self) -> bool {
         self.try_retry_at(Instant::now())
     }
 

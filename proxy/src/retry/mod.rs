@@ -17,13 +17,13 @@ use http::{Method, StatusCode};
 
 use crate::config::{ConfigError, RetryConfig, RetryOn};
 
-pub use budget::RetryBudget;
+pub(crate) use budget::RetryBudget;
 
 /// How a try failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// No connection: the request was never sent.
-    ConnectFailure,
+    Connect,
     /// HTTP/2 REFUSED_STREAM: the upstream did not process the request.
     RefusedStream,
     /// No response: reset or closed after the request was (maybe) sent.
@@ -39,13 +39,13 @@ pub enum Failure {
 
 impl Failure {
     /// Whether the upstream can have acted on the request.
-    pub fn request_was_sent(self) -> bool {
-        !matches!(self, Failure::ConnectFailure | Failure::RefusedStream)
+    pub(crate) fn request_was_sent(self) -> bool {
+        !matches!(self, Failure::Connect | Failure::RefusedStream)
     }
 }
 
 #[derive(Debug)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub attempts: u32,
     on: Vec<RetryOn>,
     retriable_status_codes: Box<[u16]>,
@@ -59,7 +59,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn compile(
+    pub(crate) fn compile(
         config: &RetryConfig,
         path: &str,
         errors: &mut Vec<ConfigError>,
@@ -126,7 +126,7 @@ impl RetryPolicy {
     /// a gRPC status (such as `unavailable`, which means the server did not
     /// process the call) is itself the statement that the call may be
     /// repeated, as in Envoy.
-    pub fn matches(&self, failure: Failure, method: &Method) -> Option<&'static str> {
+    pub(crate) fn matches(&self, failure: Failure, method: &Method) -> Option<&'static str> {
         let may_repeat =
             !failure.request_was_sent() || self.retry_non_idempotent || is_idempotent(method);
         let grpc_status = matches!(failure, Failure::Response { grpc: Some(_), .. });
@@ -139,13 +139,13 @@ impl RetryPolicy {
     }
 
     /// Whether any condition is a gRPC status.
-    pub fn has_grpc_conditions(&self) -> bool {
+    pub(crate) fn has_grpc_conditions(&self) -> bool {
         self.on.iter().any(|&c| is_grpc_condition(c))
     }
 
     /// Full-jitter exponential backoff before retry number `retry` (1-based):
     /// uniform in [0, min(max, base × 2^(retry-1))).
-    pub fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let ceiling = self
             .base
             .saturating_mul(1 << (retry.saturating_sub(1)).min(20))
@@ -166,7 +166,7 @@ fn is_grpc_condition(condition: RetryOn) -> bool {
 }
 
 /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).
-pub fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -176,7 +176,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 fn condition_reason(condition: RetryOn, failure: Failure, codes: &[u16]) -> Option<&'static str> {
     let no_response = matches!(
         failure,
-        Failure::ConnectFailure | Failure::RefusedStream | Failure::Reset | Failure::PerTryTimeout
+        Failure::Connect | Failure::RefusedStream | Failure::Reset | Failure::PerTryTimeout
     );
     let (status, grpc) = match failure {
         Failure::Response { status, grpc } => (Some(status.as_u16()), grpc),
@@ -186,7 +186,7 @@ fn condition_reason(condition: RetryOn, failure: Failure, codes: &[u16]) -> Opti
         RetryOn::FiveXx => no_response || status.is_some_and(|s| s >= 500),
         RetryOn::GatewayError => no_response || matches!(status, Some(502..=504)),
         RetryOn::Reset => matches!(failure, Failure::Reset | Failure::PerTryTimeout),
-        RetryOn::ConnectFailure => failure == Failure::ConnectFailure,
+        RetryOn::ConnectFailure => failure == Failure::Connect,
         RetryOn::RefusedStream => failure == Failure::RefusedStream,
         RetryOn::Retriable4xx => status == Some(409),
         RetryOn::RetriableStatusCodes => status.is_some_and(|s| codes.contains(&s)),
@@ -213,7 +213,7 @@ fn condition_reason(condition: RetryOn, failure: Failure, codes: &[u16]) -> Opti
 }
 
 /// Every reason label `remora_upstream_retries_total` can carry.
-pub const REASONS: [&str; 12] = [
+pub(crate) const REASONS: [&str; 12] = [
     "5xx",
     "gateway-error",
     "reset",
@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(p.matches(response(503, None), &Method::POST), None);
         assert_eq!(p.matches(Failure::Reset, &Method::PATCH), None);
         assert_eq!(
-            p.matches(Failure::ConnectFailure, &Method::POST),
+            p.matches(Failure::Connect, &Method::POST),
             Some("5xx"),
             "never sent: safe"
         );
@@ -312,7 +312,7 @@ mod tests {
         let p = policy("{}");
         assert_eq!(p.attempts, 2);
         assert_eq!(
-            p.matches(Failure::ConnectFailure, &Method::GET),
+            p.matches(Failure::Connect, &Method::GET),
             Some("connect-failure")
         );
         assert_eq!(

@@ -12,16 +12,16 @@ use crate::telemetry::{self, RequestStats, Telemetry};
 const MAX_WEIGHT: u32 = 1_000_000;
 
 #[derive(Debug)]
-pub struct Backend {
-    pub cluster: Arc<Cluster>,
+pub(crate) struct Backend {
+    pub(crate) cluster: Arc<Cluster>,
     /// Stats for requests this route sends to this cluster.
-    pub stats: RequestStats,
+    pub(crate) stats: RequestStats,
     /// The route's retry budget for this cluster (when the route retries).
-    pub budget: Option<RetryBudget>,
+    pub(crate) budget: Option<RetryBudget>,
 }
 
 #[derive(Debug)]
-pub struct WeightedBackends {
+pub(crate) struct WeightedBackends {
     backends: Box<[Backend]>,
     /// Running sums of the weights; a random number below the total picks the
     /// first backend whose running sum exceeds it.
@@ -31,7 +31,7 @@ pub struct WeightedBackends {
 impl WeightedBackends {
     /// Compiles `route`'s backends (at `path`), with a retry budget each
     /// when the route retries.
-    pub fn compile(
+    pub(crate) fn compile(
         route: &RouteConfig,
         listener: &str,
         path: &str,
@@ -93,7 +93,7 @@ impl WeightedBackends {
         })
     }
 
-    pub fn pick(&self) -> (usize, &Backend) {
+    pub(crate) fn pick(&self) -> (usize, &Backend) {
         if self.backends.len() == 1 {
             return (0, &self.backends[0]);
         }
@@ -103,11 +103,11 @@ impl WeightedBackends {
         (index, &self.backends[index])
     }
 
-    pub fn get(&self, index: usize) -> &Backend {
+    pub(crate) fn get(&self, index: usize) -> &Backend {
         &self.backends[index]
     }
 
-    pub fn backends(&self) -> &[Backend] {
+    pub(crate) fn backends(&self) -> &[Backend] {
         &self.backends
     }
 }

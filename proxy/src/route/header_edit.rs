@@ -42,10 +42,6 @@ impl HeaderEdits {
         HeaderEdits { remove, set, add }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
-    }
-
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);

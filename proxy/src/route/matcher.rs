@@ -9,12 +9,12 @@ use crate::config::{ConfigError, MatchConfig, ValueMatchConfig};
 
 /// The parts of a request that routing looks at, extracted once per request.
 pub struct RequestView<'a> {
-    pub method: &'a Method,
+    pub(crate) method: &'a Method,
     /// Host without port; empty when the request has none.
-    pub host: &'a str,
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub(crate) host: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
 }
 
 impl<'a> RequestView<'a> {
@@ -48,7 +48,7 @@ fn strip_port(authority: &str) -> &str {
 }
 
 #[derive(Debug)]
-pub struct RouteMatch {
+pub(crate) struct RouteMatch {
     host: Option<HostMatch>,
     path: Option<PathMatch>,
     method: Option<Method>,
@@ -80,7 +80,11 @@ enum ValueMatch {
 
 impl RouteMatch {
     /// Compiles `config`, adding a path-named error for each problem.
-    pub fn compile(config: &MatchConfig, path: &str, errors: &mut Vec<ConfigError>) -> RouteMatch {
+    pub(crate) fn compile(
+        config: &MatchConfig,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> RouteMatch {
         let host = config
             .host
             .as_deref()
@@ -172,7 +176,7 @@ impl RouteMatch {
         }
     }
 
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         if let Some(method) = &self.method
             && method != req.method
         {

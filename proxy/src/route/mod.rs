@@ -23,41 +23,42 @@ use crate::ratelimit::RateLimit;
 use crate::retry::RetryPolicy;
 use crate::telemetry::{self, RequestStats, Telemetry};
 
-pub use backends::{Backend, WeightedBackends};
+pub(crate) use backends::{Backend, WeightedBackends};
 pub use header_edit::HeaderEdits;
-pub use matcher::{RequestView, RouteMatch};
+pub use matcher::RequestView;
+pub(crate) use matcher::RouteMatch;
 
 #[derive(Debug)]
 pub struct Route {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     matcher: RouteMatch,
-    pub action: RouteAction,
-    pub timeout: Option<Duration>,
+    pub(crate) action: RouteAction,
+    pub(crate) timeout: Option<Duration>,
     /// Overrides the cluster's hash input for consistent-hash backends.
-    pub hash: Option<HashPolicy>,
-    pub request_headers: HeaderEdits,
-    pub response_headers: HeaderEdits,
-    pub retry: Option<RetryPolicy>,
+    pub(crate) hash: Option<HashPolicy>,
+    pub(crate) request_headers: HeaderEdits,
+    pub(crate) response_headers: HeaderEdits,
+    pub(crate) retry: Option<RetryPolicy>,
     /// gRPC requests: the client's `grpc-timeout`, capped at this.
-    pub max_grpc_timeout: Option<Duration>,
-    pub stream_idle_timeout: Option<Duration>,
-    pub rate_limit: Option<RateLimit>,
+    pub(crate) max_grpc_timeout: Option<Duration>,
+    pub(crate) stream_idle_timeout: Option<Duration>,
+    pub(crate) rate_limit: Option<RateLimit>,
     /// `remora_rate_limited_total{listener,route}`.
-    pub rate_limited: Counter,
-    pub fault: Option<Fault>,
+    pub(crate) rate_limited: Counter,
+    pub(crate) fault: Option<Fault>,
 }
 
 #[derive(Debug)]
-pub enum RouteAction {
+pub(crate) enum RouteAction {
     Forward(WeightedBackends),
     Respond(DirectResponse),
 }
 
 #[derive(Debug)]
-pub struct DirectResponse {
-    pub status: StatusCode,
-    pub body: Bytes,
-    pub stats: RequestStats,
+pub(crate) struct DirectResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
+    pub(crate) stats: RequestStats,
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +67,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn compile(
+    pub(crate) fn compile(
         configs: &[RouteConfig],
         listener: &str,
         path: &str,
@@ -104,7 +105,7 @@ impl RouteTable {
             .find(|(_, r)| r.matcher.matches(request))
     }
 
-    pub fn routes(&self) -> &[Route] {
+    pub(crate) fn routes(&self) -> &[Route] {
         &self.routes
     }
 }

@@ -18,7 +18,7 @@ use crate::telemetry::access_log::AccessLog;
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
-    pub loaded_at: SystemTime,
+    pub(crate) loaded_at: SystemTime,
     pub config: Arc<Config>,
     pub listeners: Box<[Arc<ListenerState>]>,
     pub clusters: Box<[Arc<Cluster>]>,
@@ -149,7 +149,7 @@ impl Snapshot {
     /// Gives the clusters taken over with a new endpoint list their new
     /// endpoints (once, when the snapshot goes live); returns how many
     /// clusters changed.
-    pub fn apply_endpoint_updates(&self) -> usize {
+    pub(crate) fn apply_endpoint_updates(&self) -> usize {
         self.endpoint_updates
             .iter()
             .filter(|(cluster, endpoints)| cluster.replace_endpoints(endpoints))
@@ -157,11 +157,12 @@ impl Snapshot {
     }
 
     /// Whether every cluster has its endpoints (DNS clusters after their first lookup).
-    pub fn is_warm(&self) -> bool {
+    pub(crate) fn is_warm(&self) -> bool {
         self.clusters.iter().all(|c| c.is_warm())
     }
 
-    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+    #[cfg(test)]
+    pub(crate) fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.iter().find(|c| &*c.name == name)
     }
 }

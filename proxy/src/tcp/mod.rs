@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::listener::{ListenerKind, ListenerState};
 
-pub async fn proxy_connection(
+pub(crate) async fn proxy_connection(
     downstream: TcpStream,
     peer: SocketAddr,
     state: Arc<ListenerState>,

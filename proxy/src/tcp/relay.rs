@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 const BUFFER: usize = 16 * 1024;
 
-pub enum Ended {
+pub(super) enum Ended {
     /// Both directions finished.
     Closed,
     /// No bytes either way for the idle timeout.
@@ -21,7 +21,7 @@ pub enum Ended {
 /// Relays until both directions have ended (or nothing moved for `idle`);
 /// `rx` counts client→upstream bytes, `tx` upstream→client. An error in
 /// either direction ends both.
-pub async fn relay(
+pub(super) async fn relay(
     mut client: TcpStream,
     mut upstream: TcpStream,
     rx: &Counter,

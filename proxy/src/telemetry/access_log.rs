@@ -15,32 +15,32 @@ use crate::config::AccessLogConfig;
 
 const QUEUE_LINES: usize = 16 * 1024;
 
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     lines: SyncSender<Vec<u8>>,
     dropped: AtomicU64,
 }
 
 /// What one request's line says.
 #[derive(Serialize)]
-pub struct AccessRecord<'a> {
+pub(crate) struct AccessRecord<'a> {
     #[serde(serialize_with = "rfc3339")]
-    pub time: SystemTime,
-    pub listener: &'a str,
-    pub route: &'a str,
-    pub downstream: String,
-    pub protocol: &'a str,
-    pub method: &'a str,
-    pub authority: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub duration_ms: f64,
-    pub cluster: &'a str,
-    pub upstream: Option<String>,
-    pub bytes_sent: u64,
+    pub(crate) time: SystemTime,
+    pub(crate) listener: &'a str,
+    pub(crate) route: &'a str,
+    pub(crate) downstream: String,
+    pub(crate) protocol: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) authority: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) duration_ms: f64,
+    pub(crate) cluster: &'a str,
+    pub(crate) upstream: Option<String>,
+    pub(crate) bytes_sent: u64,
 }
 
 impl AccessLog {
-    pub fn open(config: &AccessLogConfig) -> io::Result<AccessLog> {
+    pub(crate) fn open(config: &AccessLogConfig) -> io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match config.path.as_str() {
             "-" | "/dev/stdout" => Box::new(io::stdout()),
             "/dev/stderr" => Box::new(io::stderr()),
@@ -56,7 +56,7 @@ impl AccessLog {
         })
     }
 
-    pub fn write(&self, record: &AccessRecord<'_>) {
+    pub(crate) fn write(&self, record: &AccessRecord<'_>) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };
@@ -106,7 +106,7 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Er
 }
 
 /// `2026-11-22T03:48:00.123Z`
-pub fn format_rfc3339_millis(time: SystemTime) -> String {
+pub(crate) fn format_rfc3339_millis(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since_epoch.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

@@ -50,7 +50,7 @@ impl LogControl {
     }
 
     /// Replaces the filter: `debug`, `warn`, or directives like `info,remora_proxy::http=trace`.
-    pub fn set(&self, directives: &str) -> Result<(), String> {
+    pub(crate) fn set(&self, directives: &str) -> Result<(), String> {
         let filter = parse(directives)?;
         self.handle
             .reload(filter)

@@ -3,7 +3,7 @@
 //! stat handles that a snapshot resolves once. Also process logs and the
 //! access log.
 
-pub mod access_log;
+pub(crate) mod access_log;
 pub mod logging;
 
 use std::time::Duration;
@@ -14,28 +14,28 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-pub const REQUESTS_TOTAL: &str = "remora_requests_total";
-pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
-pub const DOWNSTREAM_CONNECTIONS_ACTIVE: &str = "remora_downstream_connections_active";
-pub const DOWNSTREAM_CONNECTIONS_TOTAL: &str = "remora_downstream_connections_total";
-pub const UPSTREAM_CONNECTIONS_ACTIVE: &str = "remora_upstream_connections_active";
-pub const UPSTREAM_CONNECTIONS_CREATED: &str = "remora_upstream_connections_created_total";
-pub const UPSTREAM_CONNECT_FAILURES: &str = "remora_upstream_connect_failures_total";
-pub const TCP_BYTES_TOTAL: &str = "remora_tcp_bytes_total";
-pub const LB_FALLBACK_TOTAL: &str = "remora_lb_fallback_total";
-pub const DNS_RESOLUTIONS_TOTAL: &str = "remora_dns_resolutions_total";
-pub const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
-pub const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
-pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
-pub const OUTLIER_EJECTIONS_TOTAL: &str = "remora_outlier_ejections_total";
-pub const ENDPOINTS_EJECTED: &str = "remora_endpoints_ejected";
-pub const RATE_LIMITED_TOTAL: &str = "remora_rate_limited_total";
-pub const TIMEOUTS_TOTAL: &str = "remora_timeouts_total";
-pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "remora_health_check_failures_total";
-pub const LISTENER_REJECTED_TOTAL: &str = "remora_listener_connections_rejected_total";
-pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
-pub const XDS_CONNECTED: &str = "remora_xds_connected";
-pub const XDS_RESPONSES_TOTAL: &str = "remora_xds_responses_total";
+pub(crate) const REQUESTS_TOTAL: &str = "remora_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "remora_request_duration_seconds";
+pub(crate) const DOWNSTREAM_CONNECTIONS_ACTIVE: &str = "remora_downstream_connections_active";
+pub(crate) const DOWNSTREAM_CONNECTIONS_TOTAL: &str = "remora_downstream_connections_total";
+pub(crate) const UPSTREAM_CONNECTIONS_ACTIVE: &str = "remora_upstream_connections_active";
+pub(crate) const UPSTREAM_CONNECTIONS_CREATED: &str = "remora_upstream_connections_created_total";
+pub(crate) const UPSTREAM_CONNECT_FAILURES: &str = "remora_upstream_connect_failures_total";
+pub(crate) const TCP_BYTES_TOTAL: &str = "remora_tcp_bytes_total";
+pub(crate) const LB_FALLBACK_TOTAL: &str = "remora_lb_fallback_total";
+pub(crate) const DNS_RESOLUTIONS_TOTAL: &str = "remora_dns_resolutions_total";
+pub(crate) const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
+pub(crate) const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
+pub(crate) const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
+pub(crate) const OUTLIER_EJECTIONS_TOTAL: &str = "remora_outlier_ejections_total";
+pub(crate) const ENDPOINTS_EJECTED: &str = "remora_endpoints_ejected";
+pub(crate) const RATE_LIMITED_TOTAL: &str = "remora_rate_limited_total";
+pub(crate) const TIMEOUTS_TOTAL: &str = "remora_timeouts_total";
+pub(crate) const HEALTH_CHECK_FAILURES_TOTAL: &str = "remora_health_check_failures_total";
+pub(crate) const LISTENER_REJECTED_TOTAL: &str = "remora_listener_connections_rejected_total";
+pub(crate) const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
+pub(crate) const XDS_CONNECTED: &str = "remora_xds_connected";
+pub(crate) const XDS_RESPONSES_TOTAL: &str = "remora_xds_responses_total";
 
 /// Upper bounds of the request-duration histogram, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
@@ -45,7 +45,7 @@ const DURATION_BUCKETS: &[f64] = &[
 
 /// How often histogram samples are folded into buckets; bounds their memory
 /// when nobody scrapes `/metrics`.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct Telemetry {
     recorder: PrometheusRecorder,
@@ -134,21 +134,25 @@ impl Telemetry {
         }
     }
 
-    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+    pub(crate) fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
         self.recorder
             .register_counter(&key(name, labels), &METADATA)
     }
 
-    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+    pub(crate) fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
         self.recorder.register_gauge(&key(name, labels), &METADATA)
     }
 
-    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+    pub(crate) fn histogram(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Histogram {
         self.recorder
             .register_histogram(&key(name, labels), &METADATA)
     }
 
-    pub fn record_reload(&self, accepted: bool) {
+    pub(crate) fn record_reload(&self, accepted: bool) {
         if accepted {
             &self.reloads_ok
         } else {
@@ -162,7 +166,7 @@ impl Telemetry {
         self.handle.render()
     }
 
-    pub fn run_upkeep(&self) {
+    pub(crate) fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
 }
@@ -180,7 +184,7 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 /// Request counters by status class plus the duration histogram for one
 /// (listener, route, cluster) triple, resolved once per snapshot.
 #[derive(Clone)]
-pub struct RequestStats {
+pub(crate) struct RequestStats {
     by_class: [Counter; 5],
     duration: Histogram,
 }
@@ -193,7 +197,7 @@ impl std::fmt::Debug for RequestStats {
 
 impl RequestStats {
     /// `route` and `cluster` are empty for requests no route (or no cluster) served.
-    pub fn new(telemetry: &Telemetry, listener: &str, route: &str, cluster: &str) -> Self {
+    pub(crate) fn new(telemetry: &Telemetry, listener: &str, route: &str, cluster: &str) -> Self {
         let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
             telemetry.counter(
                 REQUESTS_TOTAL,
@@ -216,12 +220,12 @@ impl RequestStats {
         RequestStats { by_class, duration }
     }
 
-    pub fn record_status(&self, status: StatusCode) {
+    pub(crate) fn record_status(&self, status: StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].increment(1);
     }
 
-    pub fn record_duration(&self, elapsed: Duration) {
+    pub(crate) fn record_duration(&self, elapsed: Duration) {
         self.duration.record(elapsed.as_secs_f64());
     }
 }

@@ -30,7 +30,7 @@ use crate::telemetry::{self, Telemetry};
 
 /// How long listeners and clusters wait for the routes and endpoints they
 /// name before being applied without them (Envoy's `initial_fetch_timeout`).
-pub const WARMING_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const WARMING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The largest response accepted from the server.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -40,7 +40,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Starts the client on the current runtime. It runs until `stop` is
 /// cancelled (the proxy drains).
-pub fn spawn<T: Target>(
+pub(crate) fn spawn<T: Target>(
     target: T,
     telemetry: &Telemetry,
     status: std::sync::Arc<Status>,

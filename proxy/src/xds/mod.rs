@@ -29,10 +29,10 @@ use serde::Serialize;
 use crate::config::{ClusterConfig, ConfigErrors, ListenerConfig};
 use crate::sync::lock;
 
-pub use client::spawn;
+pub(crate) use client::spawn;
 
 /// What the xDS client configures: the running proxy.
-pub trait Target: Send + Sync + 'static {
+pub(crate) trait Target: Send + Sync + 'static {
     /// Applies the listeners and clusters that came over xDS next to the
     /// file's; the new snapshot's version, or why it does not compile.
     fn apply(
@@ -51,39 +51,39 @@ pub struct Status {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatusView {
     /// Empty when xDS is not configured.
-    pub server: String,
-    pub node_id: String,
-    pub protocol: &'static str,
-    pub connected: bool,
-    pub connects: u64,
+    pub(crate) server: String,
+    pub(crate) node_id: String,
+    pub(crate) protocol: &'static str,
+    pub(crate) connected: bool,
+    pub(crate) connects: u64,
     /// The last stream error or end, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_disconnect: Option<String>,
+    pub(crate) last_disconnect: Option<String>,
     /// Per type (`cluster`, `endpoint`, `listener`, `route`).
-    pub types: Vec<TypeStatus>,
+    pub(crate) types: Vec<TypeStatus>,
     /// Resources named by listeners or clusters that have not arrived yet.
-    pub warming: Vec<String>,
+    pub(crate) warming: Vec<String>,
     /// The snapshot version the last applied update produced.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied_version: Option<u64>,
+    pub(crate) applied_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct TypeStatus {
+pub(crate) struct TypeStatus {
     pub r#type: &'static str,
     /// The version last accepted (SotW `version_info`; delta: the
     /// server's `system_version_info`, often empty).
-    pub version: String,
-    pub resources: usize,
+    pub(crate) version: String,
+    pub(crate) resources: usize,
     /// Resources delivered in responses, in total (a SotW response carries
     /// the whole set; a delta response only what changed).
-    pub received: u64,
-    pub acks: u64,
-    pub nacks: u64,
+    pub(crate) received: u64,
+    pub(crate) acks: u64,
+    pub(crate) nacks: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_nack: Option<String>,
+    pub(crate) last_nack: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", with = "unix_seconds")]
-    pub last_update: Option<SystemTime>,
+    pub(crate) last_update: Option<SystemTime>,
 }
 
 impl Status {
@@ -99,7 +99,7 @@ impl Status {
 mod unix_seconds {
     use std::time::SystemTime;
 
-    pub fn serialize<S: serde::Serializer>(
+    pub(super) fn serialize<S: serde::Serializer>(
         t: &Option<SystemTime>,
         s: S,
     ) -> Result<S::Ok, S::Error> {

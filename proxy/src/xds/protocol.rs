@@ -31,11 +31,11 @@ type Opened<R> = Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>;
 
 /// A response's resources, translated, and how they fold into the cache.
 pub(super) struct Update<'a> {
-    pub decoded: Decoded,
+    pub(crate) decoded: Decoded,
     /// Names the response removes (delta).
-    pub removed: &'a [String],
+    pub(crate) removed: &'a [String],
     /// The response is the type's whole set (SotW wildcard types).
-    pub replace: bool,
+    pub(crate) replace: bool,
 }
 
 /// One ADS protocol, as the client's stream driver uses it.

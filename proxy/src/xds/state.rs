@@ -16,38 +16,38 @@ use crate::config::{
     BackendRef, ClusterConfig, DirectResponseConfig, ListenerConfig, ListenerProtocol, RouteConfig,
 };
 
-pub const CLUSTER: usize = 0;
-pub const ENDPOINT: usize = 1;
-pub const LISTENER: usize = 2;
-pub const ROUTE: usize = 3;
+pub(super) const CLUSTER: usize = 0;
+pub(super) const ENDPOINT: usize = 1;
+pub(super) const LISTENER: usize = 2;
+pub(super) const ROUTE: usize = 3;
 
 /// Type URLs by index, in the order resources are applied (CDS, EDS, LDS, RDS).
-pub const TYPES: [&str; 4] = type_url::ALL;
+pub(super) const TYPES: [&str; 4] = type_url::ALL;
 
 /// Subscribed by name (the others are wildcard).
-pub fn is_named(t: usize) -> bool {
+pub(super) fn is_named(t: usize) -> bool {
     t == ENDPOINT || t == ROUTE
 }
 
 #[derive(Debug, Clone)]
-pub struct Held {
-    pub version: String,
-    pub part: Part,
+pub(super) struct Held {
+    pub(crate) version: String,
+    pub(crate) part: Part,
 }
 
 /// Accepted resources by type and name.
 #[derive(Debug, Clone, Default)]
-pub struct Cache {
-    pub types: [BTreeMap<String, Held>; 4],
+pub(super) struct Cache {
+    pub(crate) types: [BTreeMap<String, Held>; 4],
 }
 
 /// Resources of one response, translated.
-pub struct Decoded {
-    pub resources: Vec<(String, Held)>,
+pub(super) struct Decoded {
+    pub(crate) resources: Vec<(String, Held)>,
 }
 
 /// Translates every resource of a response; all of them or the reasons.
-pub fn decode<'a>(
+pub(super) fn decode<'a>(
     type_url: &str,
     items: impl Iterator<Item = (String, &'a protobuf::Any)>,
 ) -> Result<Decoded, String> {
@@ -87,13 +87,13 @@ pub fn decode<'a>(
 
 impl Cache {
     /// SotW listeners and clusters: the response is the whole set.
-    pub fn replace(&mut self, t: usize, decoded: Decoded) {
+    pub(super) fn replace(&mut self, t: usize, decoded: Decoded) {
         self.types[t] = decoded.resources.into_iter().collect();
     }
 
     /// SotW routes and endpoints, and every delta response: the named
     /// resources change, others stay (unless `removed`).
-    pub fn merge(&mut self, t: usize, decoded: Decoded, removed: &[String]) {
+    pub(super) fn merge(&mut self, t: usize, decoded: Decoded, removed: &[String]) {
         for name in removed {
             self.types[t].remove(name);
         }
@@ -101,7 +101,7 @@ impl Cache {
     }
 
     /// The names of type `t` the listeners and clusters need (RDS, EDS).
-    pub fn wanted(&self, t: usize) -> BTreeSet<String> {
+    pub(super) fn wanted(&self, t: usize) -> BTreeSet<String> {
         match t {
             ENDPOINT => self.types[CLUSTER]
                 .values()
@@ -125,7 +125,7 @@ impl Cache {
     }
 
     /// Drops routes and endpoints nothing names any more.
-    pub fn prune(&mut self) {
+    pub(super) fn prune(&mut self) {
         for t in [ENDPOINT, ROUTE] {
             let wanted = self.wanted(t);
             self.types[t].retain(|name, _| wanted.contains(name));
@@ -133,7 +133,7 @@ impl Cache {
     }
 
     /// Named resources still to arrive, as `route "NAME"` / `endpoints "NAME"`.
-    pub fn warming(&self) -> Vec<String> {
+    pub(super) fn warming(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (t, kind) in [(ENDPOINT, "endpoints"), (ROUTE, "route")] {
             for name in self.wanted(t) {
@@ -145,7 +145,7 @@ impl Cache {
         out
     }
 
-    pub fn versions(&self, t: usize) -> std::collections::HashMap<String, String> {
+    pub(super) fn versions(&self, t: usize) -> std::collections::HashMap<String, String> {
         self.types[t]
             .iter()
             .map(|(name, held)| (name.clone(), held.version.clone()))
@@ -156,7 +156,7 @@ impl Cache {
     /// and endpoints (missing ones empty). A route to a cluster that does
     /// not exist answers 503, as Envoy's does; a TCP listener whose cluster
     /// does not exist is left out until it does.
-    pub fn compose(&self) -> (Vec<ListenerConfig>, Vec<ClusterConfig>) {
+    pub(super) fn compose(&self) -> (Vec<ListenerConfig>, Vec<ClusterConfig>) {
         let clusters: Vec<ClusterConfig> = self.types[CLUSTER]
             .values()
             .filter_map(|h| match &h.part {

@@ -28,7 +28,7 @@ const HTTP_OPTIONS: &str =
 /// Remora's settings that have no Envoy field (see the control plane).
 const METADATA_KEY: &str = "remora";
 
-pub fn cluster(c: &Cluster) -> Result<ClusterPart> {
+pub(crate) fn cluster(c: &Cluster) -> Result<ClusterPart> {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     if c.name.is_empty() {
         return Err(Rejection::new("name", "required"));
@@ -233,7 +233,7 @@ fn dns(c: &Cluster) -> Result<DnsConfig> {
     })
 }
 
-pub fn endpoints(a: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>> {
+pub(crate) fn endpoints(a: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>> {
     if let Some(policy) = &a.policy
         && !policy.drop_overloads.is_empty()
     {

@@ -7,13 +7,11 @@ use std::time::Duration;
 use remora_xds_proto::cluster::{self, Cluster};
 use remora_xds_proto::{core, protobuf};
 
-use super::{
-    Rejection, Result, opt_duration, u32v,
-};
+use super::{Rejection, Result, opt_duration, u32v};
 use crate::config::{
-    CircuitBreakersConfig, FailurePercentageConfig,
-    GrpcHealthCheckConfig, HealthCheckConfig, HttpHealthCheckConfig,
-    OutlierDetectionConfig, StatusRange, SuccessRateConfig, TcpHealthCheckConfig,
+    CircuitBreakersConfig, FailurePercentageConfig, GrpcHealthCheckConfig, HealthCheckConfig,
+    HttpHealthCheckConfig, OutlierDetectionConfig, StatusRange, SuccessRateConfig,
+    TcpHealthCheckConfig,
 };
 
 /// Envoy's default for each circuit-breaker threshold but retries.

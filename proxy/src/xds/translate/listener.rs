@@ -25,7 +25,7 @@ const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v
 /// Envoy's default `stream_idle_timeout`.
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub fn listener(l: &Listener) -> Result<ListenerPart> {
+pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
     if l.name.is_empty() {
         return Err(Rejection::new("name", "required"));
     }

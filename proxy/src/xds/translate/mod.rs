@@ -28,9 +28,9 @@ use remora_xds_proto::{core, protobuf, type_url};
 
 use crate::config::{ClusterConfig, EndpointConfig, ListenerConfig, RateLimitConfig, RouteConfig};
 
-pub use cluster::{cluster, endpoints};
-pub use listener::listener;
-pub use route::route_configuration;
+pub(crate) use cluster::{cluster, endpoints};
+pub(crate) use listener::listener;
+pub(crate) use route::route_configuration;
 
 /// Where an HTTP listener's routes come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +80,7 @@ pub enum Part {
 }
 
 /// Resources larger than this are rejected before they are decoded.
-pub const MAX_RESOURCE_BYTES: usize = 8 << 20;
+pub(crate) const MAX_RESOURCE_BYTES: usize = 8 << 20;
 
 /// Decodes and translates one resource of `type_url`: its name and part, or
 /// why it is rejected.
@@ -142,12 +142,12 @@ pub fn translate(type_url: &str, any: &protobuf::Any) -> Result<(String, Part), 
 /// Why a resource cannot be honoured: the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub path: String,
-    pub message: String,
+    pub(crate) path: String,
+    pub(crate) message: String,
 }
 
 impl Rejection {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Rejection {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Rejection {
         Rejection {
             path: path.into(),
             message: message.into(),
@@ -155,18 +155,18 @@ impl Rejection {
     }
 
     /// A field this proxy cannot honour was set.
-    pub fn unsupported(path: impl Into<String>, what: &str) -> Rejection {
+    pub(crate) fn unsupported(path: impl Into<String>, what: &str) -> Rejection {
         Rejection::new(path, format!("{what} is not supported by remora-proxy"))
     }
 
     /// Prefixes the path with a parent field.
-    pub fn at(mut self, parent: &str) -> Rejection {
+    pub(crate) fn at(mut self, parent: &str) -> Rejection {
         self.path = join(parent, &self.path);
         self
     }
 
     /// Names the resource: `Listener "outbound|15001": address: ...`.
-    pub fn within(self, kind: &str, name: &str) -> Rejection {
+    pub(crate) fn within(self, kind: &str, name: &str) -> Rejection {
         Rejection {
             path: format!("{kind} {name:?}{}", prefixed(&self.path)),
             message: self.message,

@@ -10,27 +10,21 @@
 use std::cmp::Reverse;
 use std::time::Duration;
 
-use remora_xds_proto::route::{
-    self, Route, RouteAction, RouteConfiguration, VirtualHost,
-};
 use remora_xds_proto::core;
+use remora_xds_proto::route::{self, Route, RouteAction, RouteConfiguration, VirtualHost};
 
 use super::route_match::route_match;
 use super::route_policy::{hash_policy, per_filter_rate_limit, retry_policy};
-use super::{
-    Rejection, Result, duration, duration_or_none, opt_duration,
-    u32v,
-};
+use super::{Rejection, Result, duration, duration_or_none, opt_duration, u32v};
 use crate::config::{
-    BackendRef, DirectResponseConfig,
-    HeaderEditsConfig, HeaderValueConfig, RateLimitConfig, RetryConfig,
-    RouteConfig,
+    BackendRef, DirectResponseConfig, HeaderEditsConfig, HeaderValueConfig, RateLimitConfig,
+    RetryConfig, RouteConfig,
 };
 
 /// Envoy's default route timeout.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub fn route_configuration(rc: &RouteConfiguration) -> Result<Vec<RouteConfig>> {
+pub(crate) fn route_configuration(rc: &RouteConfiguration) -> Result<Vec<RouteConfig>> {
     if rc.vhds.is_some() {
         return Err(Rejection::unsupported("vhds", "virtual host discovery"));
     }

@@ -2,18 +2,11 @@
 //! separated prefix, regex), headers, query parameters, and the string
 //! matchers they use.
 
-
-use remora_xds_proto::route::{
-    self, HeaderMatcher, RouteMatch,
-};
 use remora_xds_proto::matcher;
+use remora_xds_proto::route::{self, HeaderMatcher, RouteMatch};
 
-use super::{
-    Rejection, Result, check_regex,
-};
-use crate::config::{
-    MatchConfig, ValueMatchConfig,
-};
+use super::{Rejection, Result, check_regex};
+use crate::config::{MatchConfig, ValueMatchConfig};
 
 pub(super) fn route_match(m: &RouteMatch) -> Result<MatchConfig> {
     use route::route_match::PathSpecifier;

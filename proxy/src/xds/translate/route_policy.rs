@@ -1,17 +1,13 @@
 //! A route's policies from Envoy: the retry policy, the hash policy for
 //! consistent hashing, and the per-route local rate limit.
 
-
 use remora_xds_proto::filters::local_ratelimit;
-use remora_xds_proto::route::{
-    self,
-};
 use remora_xds_proto::protobuf;
+use remora_xds_proto::route::{self};
 
 use super::listener::LOCAL_RATE_LIMIT;
 use super::{
-    Rejection, Result, duration_or_none, local_rate_limit, opt_duration,
-    u32v, unpack_typed,
+    Rejection, Result, duration_or_none, local_rate_limit, opt_duration, u32v, unpack_typed,
 };
 use crate::config::{
     BackoffConfig, HashCookieConfig, HashOnConfig, RateLimitConfig, RetryConfig, RetryOn,
