@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
-use crate::listener::{self as state, ListenerKind, ListenerSlot, ListenerState};
-use crate::telemetry::{self, Telemetry};
+use crate::listener::{ListenerKind, ListenerSlot, ListenerState, Refusal};
+use crate::telemetry::{self, LabelValue, Telemetry};
 use crate::worker::Workers;
 
 /// What every listener's tasks are spawned with.
@@ -268,9 +268,8 @@ async fn accept_loop(
                 let state = slot.current();
                 counted.count(&telemetry, &state.name);
                 if let Some(reason) = refusal(&state, &slot, peer) {
-                    state.rejected[reason].increment(1);
-                    let reason = state::REJECT_REASONS[reason];
-                    tracing::debug!(listener = %state.name, %peer, reason, "connection closed on accept");
+                    state.rejected.increment(reason);
+                    tracing::debug!(listener = %state.name, %peer, reason = reason.label(), "connection closed on accept");
                     drop(stream);
                     continue;
                 }
@@ -292,18 +291,18 @@ async fn accept_loop(
     }
 }
 
-/// Why a new connection is refused, if it is.
-/// Which limit refuses a new connection: an index into
-/// [`state::REJECT_REASONS`].
-fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<usize> {
+/// Which limit refuses a new connection, if one does.
+fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<Refusal> {
     if state
         .max_connections
         .is_some_and(|max| slot.open_connections() >= max)
     {
-        return Some(0);
+        return Some(Refusal::MaxConnections);
     }
     match &state.connection_rate {
-        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => Some(1),
+        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => {
+            Some(Refusal::ConnectionRateLimit)
+        }
         _ => None,
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use metrics::Counter;
 
 use crate::config::CircuitBreakersConfig;
-use crate::telemetry::{self, Telemetry};
+use crate::telemetry::{self, LabelValue, Telemetry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -20,8 +20,16 @@ pub enum Limit {
     Retries,
 }
 
-impl Limit {
-    pub fn name(self) -> &'static str {
+/// The `limit` label of `remora_circuit_open_total`: the config field's name.
+impl LabelValue for Limit {
+    const ALL: &'static [Limit] = &[
+        Limit::Connections,
+        Limit::Pending,
+        Limit::Requests,
+        Limit::Retries,
+    ];
+
+    fn label(self) -> &'static str {
         match self {
             Limit::Connections => "max_connections",
             Limit::Pending => "max_pending_requests",
@@ -30,12 +38,9 @@ impl Limit {
         }
     }
 
-    const ALL: [Limit; 4] = [
-        Limit::Connections,
-        Limit::Pending,
-        Limit::Requests,
-        Limit::Retries,
-    ];
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug)]
@@ -59,7 +64,7 @@ pub struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.limits.gauges[self.limit as usize]
+        self.limits.gauges[self.limit.index()]
             .current
             .fetch_sub(1, Ordering::AcqRel);
     }
@@ -73,12 +78,18 @@ impl Limits {
             config.max_requests,
             config.max_retries,
         ];
-        let gauges = Limit::ALL.map(|limit| Gauge {
-            max: maxima[limit as usize].map(|m| m as usize),
+        let gauges = [
+            Limit::Connections,
+            Limit::Pending,
+            Limit::Requests,
+            Limit::Retries,
+        ]
+        .map(|limit| Gauge {
+            max: maxima[limit.index()].map(|m| m as usize),
             current: AtomicUsize::new(0),
             tripped: telemetry.counter(
                 telemetry::CIRCUIT_OPEN_TOTAL,
-                &[("cluster", cluster), ("limit", limit.name())],
+                &[("cluster", cluster), ("limit", limit.label())],
             ),
         });
         Limits { gauges }
@@ -88,7 +99,7 @@ impl Limits {
     /// its maximum.
     pub fn take(self: &Arc<Self>, limit: Limit) -> Result<Held, Limit> {
         self.take_quietly(limit).ok_or_else(|| {
-            self.gauges[limit as usize].tripped.increment(1);
+            self.gauges[limit.index()].tripped.increment(1);
             limit
         })
     }
@@ -96,7 +107,7 @@ impl Limits {
     /// As [`take`](Self::take) without counting a trip: for a request that
     /// will wait for a unit rather than fail.
     pub fn take_quietly(self: &Arc<Self>, limit: Limit) -> Option<Held> {
-        let gauge = &self.gauges[limit as usize];
+        let gauge = &self.gauges[limit.index()];
         match gauge.max {
             None => {
                 gauge.current.fetch_add(1, Ordering::AcqRel);
@@ -121,7 +132,7 @@ impl Limits {
     /// so that its requests cannot wait forever for connections that other
     /// endpoints hold.
     pub fn take_beyond(self: &Arc<Self>, limit: Limit) -> Held {
-        self.gauges[limit as usize]
+        self.gauges[limit.index()]
             .current
             .fetch_add(1, Ordering::AcqRel);
         Held {
@@ -131,7 +142,7 @@ impl Limits {
     }
 
     pub fn current(&self, limit: Limit) -> usize {
-        self.gauges[limit as usize].current.load(Ordering::Acquire)
+        self.gauges[limit.index()].current.load(Ordering::Acquire)
     }
 }
 

@@ -22,13 +22,13 @@ use metrics::Counter;
 
 use crate::balance::{HashPolicy, LbSettings};
 use crate::breaker::Limits;
-use crate::config::{ClusterConfig, ConfigError, LbPolicy, UpstreamProtocol};
+use crate::config::{ClusterConfig, ConfigError, LbPolicy, RetryOn, UpstreamProtocol};
 use crate::discovery::{DnsStatus, DnsTarget, ResolverHandle};
 use crate::endpoint::ewma::PeakEwma;
 use crate::health::HealthChecker;
 use crate::outlier::{Outcome, OutlierDetector, Reason};
 use crate::pool::{ConnStats, EndpointPool, PoolSettings};
-use crate::telemetry::{self, Telemetry};
+use crate::telemetry::{self, CountersBy, LabelValue, Telemetry};
 use crate::worker::Workers;
 
 use crate::endpoint::{ActiveRequest, Endpoint, EndpointList};
@@ -66,8 +66,16 @@ pub(crate) enum TimeoutKind {
     Grpc,
 }
 
-impl TimeoutKind {
-    pub(crate) fn name(self) -> &'static str {
+impl LabelValue for TimeoutKind {
+    const ALL: &'static [TimeoutKind] = &[
+        TimeoutKind::Route,
+        TimeoutKind::PerTry,
+        TimeoutKind::Connect,
+        TimeoutKind::StreamIdle,
+        TimeoutKind::Grpc,
+    ];
+
+    fn label(self) -> &'static str {
         match self {
             TimeoutKind::Route => "route",
             TimeoutKind::PerTry => "per_try",
@@ -77,21 +85,17 @@ impl TimeoutKind {
         }
     }
 
-    const ALL: [TimeoutKind; 5] = [
-        TimeoutKind::Route,
-        TimeoutKind::PerTry,
-        TimeoutKind::Connect,
-        TimeoutKind::StreamIdle,
-        TimeoutKind::Grpc,
-    ];
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug)]
 struct LbStats {
     panic: Counter,
     no_hash_key: Counter,
-    timeouts: [Counter; 5],
-    retries: [Counter; crate::retry::REASONS.len()],
+    timeouts: CountersBy<TimeoutKind>,
+    retries: CountersBy<RetryOn>,
 }
 
 impl Cluster {
@@ -175,18 +179,18 @@ impl Cluster {
                 telemetry::LB_FALLBACK_TOTAL,
                 &[("cluster", name), ("reason", "no_hash_key")],
             ),
-            timeouts: TimeoutKind::ALL.map(|kind| {
-                telemetry.counter(
-                    telemetry::TIMEOUTS_TOTAL,
-                    &[("cluster", name), ("kind", kind.name())],
-                )
-            }),
-            retries: crate::retry::REASONS.map(|reason| {
-                telemetry.counter(
-                    telemetry::UPSTREAM_RETRIES_TOTAL,
-                    &[("cluster", name), ("reason", reason)],
-                )
-            }),
+            timeouts: CountersBy::register(
+                telemetry,
+                telemetry::TIMEOUTS_TOTAL,
+                &[("cluster", name)],
+                "kind",
+            ),
+            retries: CountersBy::register(
+                telemetry,
+                telemetry::UPSTREAM_RETRIES_TOTAL,
+                &[("cluster", name)],
+                "reason",
+            ),
         };
         let outlier = config.outlier_detection.as_ref().and_then(|od| {
             OutlierDetector::compile(
@@ -254,13 +258,11 @@ impl Cluster {
     }
 
     pub(crate) fn count_timeout(&self, kind: TimeoutKind) {
-        self.stats.timeouts[kind as usize].increment(1);
+        self.stats.timeouts.increment(kind);
     }
 
-    pub(crate) fn count_retry(&self, reason: &str) {
-        if let Some(i) = crate::retry::REASONS.iter().position(|r| *r == reason) {
-            self.stats.retries[i].increment(1);
-        }
+    pub(crate) fn count_retry(&self, reason: RetryOn) {
+        self.stats.retries.increment(reason);
     }
 
     /// Folds one try's outcome into outlier detection, ejecting the

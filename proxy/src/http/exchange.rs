@@ -15,6 +15,7 @@ use crate::endpoint::ActiveRequest;
 use crate::listener::{ListenerKind, ListenerState};
 use crate::pool::{Http1Lease, Http2Lease};
 use crate::route::RouteAction;
+use crate::telemetry::LabelValue;
 use crate::telemetry::RequestStats;
 use crate::telemetry::access_log::AccessRecord;
 
@@ -143,7 +144,7 @@ impl Exchange {
         if let Some(cluster) = self.cluster() {
             cluster.count_timeout(kind);
         }
-        tracing::debug!(listener = %self.listener.name, kind = kind.name(), "timeout while streaming a response");
+        tracing::debug!(listener = %self.listener.name, kind = kind.label(), "timeout while streaming a response");
     }
 
     /// The cluster the request went to, if it was forwarded.

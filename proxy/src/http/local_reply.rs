@@ -13,6 +13,7 @@ use crate::breaker::Limit;
 use crate::cluster::Cluster;
 use crate::endpoint::Endpoint;
 use crate::fault::Abort;
+use crate::telemetry::LabelValue;
 
 /// Header on responses refused by a circuit breaker (as Envoy's `x-envoy-overloaded`).
 pub(crate) const OVERLOADED: &str = "x-remora-overloaded";
@@ -131,7 +132,7 @@ pub(crate) fn overloaded(
     let message = format!(
         "overloaded: cluster {:?} is at its {} circuit breaker",
         cluster.name,
-        limit.name()
+        limit.label()
     );
     let mut response = reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
     response

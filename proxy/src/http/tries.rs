@@ -27,6 +27,7 @@ use super::exchange::Exchange;
 use crate::body::RequestBody;
 use crate::breaker::{Held, Limit};
 use crate::cluster::{Cluster, TimeoutKind};
+use crate::config::RetryOn;
 use crate::endpoint::Endpoint;
 use crate::outlier::Outcome;
 use crate::pool::ConnectError;
@@ -334,7 +335,7 @@ impl Tries<'_> {
         retries_so_far: usize,
         template: Option<&RequestBody>,
         slot: &mut Option<Held>,
-    ) -> Option<&'static str> {
+    ) -> Option<RetryOn> {
         let policy = self.route.retry.as_ref()?;
         if retries_so_far >= policy.attempts as usize {
             return None;
@@ -353,7 +354,7 @@ impl Tries<'_> {
     }
 
     /// Counts the retry and waits its backoff, unless the deadline comes first.
-    async fn before_retry(&self, reason: &'static str, retry: usize) -> Result<(), Stop> {
+    async fn before_retry(&self, reason: RetryOn, retry: usize) -> Result<(), Stop> {
         let cluster = self.cluster();
         cluster.count_retry(reason);
         let policy = self.route.retry.as_ref().expect("retrying needs a policy");

@@ -19,7 +19,9 @@ use crate::config::{
 use crate::ratelimit::RateLimit;
 use crate::route::RouteTable;
 use crate::socket::SocketOptions;
-use crate::telemetry::{self, RequestStats, Telemetry, access_log::AccessLog};
+use crate::telemetry::{
+    self, CountersBy, LabelValue, RequestStats, Telemetry, access_log::AccessLog,
+};
 
 /// A bound listener's current state, swapped atomically on reload.
 pub(crate) struct ListenerSlot {
@@ -81,13 +83,32 @@ pub struct ListenerState {
     pub(crate) rate_limited: Counter,
     pub(crate) connection_rate: Option<RateLimit>,
     pub(crate) max_connections: Option<usize>,
-    /// Connections closed on accept by the two limits above, by
-    /// [`REJECT_REASONS`].
-    pub(crate) rejected: [Counter; 2],
+    /// Connections closed on accept by the two limits above.
+    pub(crate) rejected: CountersBy<Refusal>,
 }
 
-/// Why a connection was closed on accept: the `reason` label.
-pub(crate) const REJECT_REASONS: [&str; 2] = ["max_connections", "connection_rate_limit"];
+/// Why a connection was closed on accept: the `reason` label of
+/// `remora_listener_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    MaxConnections,
+    ConnectionRateLimit,
+}
+
+impl LabelValue for Refusal {
+    const ALL: &'static [Refusal] = &[Refusal::MaxConnections, Refusal::ConnectionRateLimit];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::ConnectionRateLimit => "connection_rate_limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 #[derive(Debug)]
 pub enum ListenerKind {
@@ -259,12 +280,12 @@ impl ListenerState {
             ),
             connection_rate,
             max_connections: config.max_connections.map(|m| m as usize),
-            rejected: REJECT_REASONS.map(|reason| {
-                cx.telemetry.counter(
-                    telemetry::LISTENER_REJECTED_TOTAL,
-                    &[("listener", name), ("reason", reason)],
-                )
-            }),
+            rejected: CountersBy::register(
+                cx.telemetry,
+                telemetry::LISTENER_REJECTED_TOTAL,
+                &[("listener", name)],
+                "reason",
+            ),
         })
     }
 }

@@ -28,6 +28,7 @@ use crate::breaker::{Held, Limit, Limits};
 use crate::config::{ClusterConfig, Http2Config, Http2KeepaliveConfig};
 use crate::socket::SocketOptions;
 use crate::sync::lock;
+use crate::telemetry::LabelValue;
 
 pub(crate) use http1::Http1Lease;
 pub(crate) use http2::Http2Lease;
@@ -124,7 +125,7 @@ pub enum ConnectError {
     #[error("connection limit reached ({0} connections to this endpoint)")]
     Full(usize),
     /// A circuit breaker is open: no connection, or no place in the queue for one.
-    #[error("circuit breaker open: the cluster is at {}", .0.name())]
+    #[error("circuit breaker open: the cluster is at {}", .0.label())]
     Overloaded(Limit),
 }
 

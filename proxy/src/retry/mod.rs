@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::config::{ConfigError, RetryConfig, RetryOn};
+use crate::telemetry::LabelValue;
 
 pub(crate) use budget::RetryBudget;
 
@@ -126,7 +127,7 @@ impl RetryPolicy {
     /// a gRPC status (such as `unavailable`, which means the server did not
     /// process the call) is itself the statement that the call may be
     /// repeated, as in Envoy.
-    pub(crate) fn matches(&self, failure: Failure, method: &Method) -> Option<&'static str> {
+    pub(crate) fn matches(&self, failure: Failure, method: &Method) -> Option<RetryOn> {
         let may_repeat =
             !failure.request_was_sent() || self.retry_non_idempotent || is_idempotent(method);
         let grpc_status = matches!(failure, Failure::Response { grpc: Some(_), .. });
@@ -173,7 +174,7 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn condition_reason(condition: RetryOn, failure: Failure, codes: &[u16]) -> Option<&'static str> {
+fn condition_reason(condition: RetryOn, failure: Failure, codes: &[u16]) -> Option<RetryOn> {
     let no_response = matches!(
         failure,
         Failure::Connect | Failure::RefusedStream | Failure::Reset | Failure::PerTryTimeout
@@ -196,41 +197,56 @@ fn condition_reason(condition: RetryOn, failure: Failure, codes: &[u16]) -> Opti
         RetryOn::Internal => grpc == Some(13),
         RetryOn::Unavailable => grpc == Some(14),
     };
-    hit.then_some(match condition {
-        RetryOn::FiveXx => "5xx",
-        RetryOn::GatewayError => "gateway-error",
-        RetryOn::Reset => "reset",
-        RetryOn::ConnectFailure => "connect-failure",
-        RetryOn::RefusedStream => "refused-stream",
-        RetryOn::Retriable4xx => "retriable-4xx",
-        RetryOn::RetriableStatusCodes => "retriable-status-codes",
-        RetryOn::Cancelled => "cancelled",
-        RetryOn::DeadlineExceeded => "deadline-exceeded",
-        RetryOn::ResourceExhausted => "resource-exhausted",
-        RetryOn::Internal => "internal",
-        RetryOn::Unavailable => "unavailable",
-    })
+    hit.then_some(condition)
 }
 
-/// Every reason label `remora_upstream_retries_total` can carry.
-pub(crate) const REASONS: [&str; 12] = [
-    "5xx",
-    "gateway-error",
-    "reset",
-    "connect-failure",
-    "refused-stream",
-    "retriable-4xx",
-    "retriable-status-codes",
-    "cancelled",
-    "deadline-exceeded",
-    "resource-exhausted",
-    "internal",
-    "unavailable",
-];
+/// The `reason` label of `remora_upstream_retries_total`: the condition that
+/// matched, by its config name.
+impl LabelValue for RetryOn {
+    const ALL: &'static [RetryOn] = &[
+        RetryOn::FiveXx,
+        RetryOn::GatewayError,
+        RetryOn::Reset,
+        RetryOn::ConnectFailure,
+        RetryOn::RefusedStream,
+        RetryOn::Retriable4xx,
+        RetryOn::RetriableStatusCodes,
+        RetryOn::Cancelled,
+        RetryOn::DeadlineExceeded,
+        RetryOn::Internal,
+        RetryOn::ResourceExhausted,
+        RetryOn::Unavailable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RetryOn::FiveXx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Reset => "reset",
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::RefusedStream => "refused-stream",
+            RetryOn::Retriable4xx => "retriable-4xx",
+            RetryOn::RetriableStatusCodes => "retriable-status-codes",
+            RetryOn::Cancelled => "cancelled",
+            RetryOn::DeadlineExceeded => "deadline-exceeded",
+            RetryOn::ResourceExhausted => "resource-exhausted",
+            RetryOn::Internal => "internal",
+            RetryOn::Unavailable => "unavailable",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reason(p: &RetryPolicy, failure: Failure, method: &Method) -> Option<&'static str> {
+        p.matches(failure, method).map(LabelValue::label)
+    }
     use crate::config::parse_yaml;
 
     fn policy(yaml: &str) -> RetryPolicy {
@@ -254,41 +270,41 @@ mod tests {
     fn conditions_select_failures() {
         let p = policy("{on: [gateway-error]}");
         assert_eq!(
-            p.matches(response(503, None), &Method::GET),
+            reason(&p, response(503, None), &Method::GET),
             Some("gateway-error")
         );
         assert_eq!(
-            p.matches(Failure::PerTryTimeout, &Method::GET),
+            reason(&p, Failure::PerTryTimeout, &Method::GET),
             Some("gateway-error")
         );
-        assert_eq!(p.matches(response(500, None), &Method::GET), None);
+        assert_eq!(reason(&p, response(500, None), &Method::GET), None);
         let p = policy("{on: [5xx]}");
-        assert_eq!(p.matches(response(500, None), &Method::GET), Some("5xx"));
-        assert_eq!(p.matches(response(404, None), &Method::GET), None);
+        assert_eq!(reason(&p, response(500, None), &Method::GET), Some("5xx"));
+        assert_eq!(reason(&p, response(404, None), &Method::GET), None);
         let p =
             policy("{on: [unavailable, retriable-status-codes], retriable_status_codes: [429]}");
         assert_eq!(
-            p.matches(response(200, Some(14)), &Method::POST),
+            reason(&p, response(200, Some(14)), &Method::POST),
             Some("unavailable"),
             "gRPC calls are POSTs"
         );
         assert_eq!(
-            p.matches(response(429, None), &Method::POST),
+            reason(&p, response(429, None), &Method::POST),
             None,
             "a POST that reached the upstream"
         );
 
         assert_eq!(
-            p.matches(response(200, Some(14)), &Method::GET),
+            reason(&p, response(200, Some(14)), &Method::GET),
             Some("unavailable")
         );
         assert_eq!(
-            p.matches(response(200, Some(3)), &Method::GET),
+            reason(&p, response(200, Some(3)), &Method::GET),
             None,
             "INVALID_ARGUMENT is not retried"
         );
         assert_eq!(
-            p.matches(response(429, None), &Method::GET),
+            reason(&p, response(429, None), &Method::GET),
             Some("retriable-status-codes")
         );
     }
@@ -296,15 +312,15 @@ mod tests {
     #[test]
     fn non_idempotent_requests_are_retried_only_when_never_sent_or_allowed() {
         let p = policy("{on: [5xx]}");
-        assert_eq!(p.matches(response(503, None), &Method::POST), None);
-        assert_eq!(p.matches(Failure::Reset, &Method::PATCH), None);
+        assert_eq!(reason(&p, response(503, None), &Method::POST), None);
+        assert_eq!(reason(&p, Failure::Reset, &Method::PATCH), None);
         assert_eq!(
-            p.matches(Failure::Connect, &Method::POST),
+            reason(&p, Failure::Connect, &Method::POST),
             Some("5xx"),
             "never sent: safe"
         );
         let p = policy("{on: [5xx], retry_non_idempotent: true}");
-        assert_eq!(p.matches(response(503, None), &Method::POST), Some("5xx"));
+        assert_eq!(reason(&p, response(503, None), &Method::POST), Some("5xx"));
     }
 
     #[test]
@@ -312,14 +328,14 @@ mod tests {
         let p = policy("{}");
         assert_eq!(p.attempts, 2);
         assert_eq!(
-            p.matches(Failure::Connect, &Method::GET),
+            reason(&p, Failure::Connect, &Method::GET),
             Some("connect-failure")
         );
         assert_eq!(
-            p.matches(response(503, None), &Method::GET),
+            reason(&p, response(503, None), &Method::GET),
             Some("retriable-status-codes")
         );
-        assert_eq!(p.matches(response(502, None), &Method::GET), None);
+        assert_eq!(reason(&p, response(502, None), &Method::GET), None);
         assert_eq!(p.buffer_limit, 65_536);
     }
 

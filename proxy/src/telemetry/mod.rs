@@ -4,9 +4,12 @@
 //! access log.
 
 pub(crate) mod access_log;
+mod labels;
 pub mod logging;
 
 use std::time::Duration;
+
+pub(crate) use labels::{CountersBy, LabelValue};
 
 use http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
@@ -185,8 +188,36 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 /// (listener, route, cluster) triple, resolved once per snapshot.
 #[derive(Clone)]
 pub(crate) struct RequestStats {
-    by_class: [Counter; 5],
+    by_class: CountersBy<StatusClass>,
     duration: Histogram,
+}
+
+/// The `status_class` label: `1xx` … `5xx`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatusClass(u8);
+
+impl StatusClass {
+    fn of(status: StatusCode) -> StatusClass {
+        StatusClass((status.as_u16() / 100).clamp(1, 5) as u8 - 1)
+    }
+}
+
+impl LabelValue for StatusClass {
+    const ALL: &'static [StatusClass] = &[
+        StatusClass(0),
+        StatusClass(1),
+        StatusClass(2),
+        StatusClass(3),
+        StatusClass(4),
+    ];
+
+    fn label(self) -> &'static str {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"][self.index()]
+    }
+
+    fn index(self) -> usize {
+        self.0 as usize
+    }
 }
 
 impl std::fmt::Debug for RequestStats {
@@ -198,17 +229,16 @@ impl std::fmt::Debug for RequestStats {
 impl RequestStats {
     /// `route` and `cluster` are empty for requests no route (or no cluster) served.
     pub(crate) fn new(telemetry: &Telemetry, listener: &str, route: &str, cluster: &str) -> Self {
-        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-            telemetry.counter(
-                REQUESTS_TOTAL,
-                &[
-                    ("listener", listener),
-                    ("route", route),
-                    ("cluster", cluster),
-                    ("status_class", class),
-                ],
-            )
-        });
+        let by_class = CountersBy::register(
+            telemetry,
+            REQUESTS_TOTAL,
+            &[
+                ("listener", listener),
+                ("route", route),
+                ("cluster", cluster),
+            ],
+            "status_class",
+        );
         let duration = telemetry.histogram(
             REQUEST_DURATION,
             &[
@@ -221,8 +251,7 @@ impl RequestStats {
     }
 
     pub(crate) fn record_status(&self, status: StatusCode) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.by_class[class].increment(1);
+        self.by_class.increment(StatusClass::of(status));
     }
 
     pub(crate) fn record_duration(&self, elapsed: Duration) {

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use metrics::{Counter, Gauge};
+use metrics::Gauge;
 use remora_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use remora_xds_proto::{core, rpc, type_url};
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ use super::protocol::{Delta, Protocol, Sotw, Update};
 use super::state::{self, Cache, Decoded, TYPES, is_named};
 use super::{Status, Target, TypeStatus};
 use crate::config::XdsConfig;
-use crate::telemetry::{self, Telemetry};
+use crate::telemetry::{self, CountersBy, LabelValue, Telemetry};
 
 /// How long listeners and clusters wait for the routes and endpoints they
 /// name before being applied without them (Envoy's `initial_fetch_timeout`).
@@ -126,8 +126,8 @@ pub(super) struct Session {
 /// The client's metric handles, registered once.
 struct Stats {
     connected: Gauge,
-    /// `remora_xds_responses_total{type,result}`: `[type][ack, nack]`.
-    responses: [[Counter; 2]; 4],
+    /// `remora_xds_responses_total{type,result}`, per type.
+    responses: [CountersBy<Answer>; 4],
 }
 
 impl Stats {
@@ -135,12 +135,12 @@ impl Stats {
         Stats {
             connected: telemetry.gauge(telemetry::XDS_CONNECTED, &[]),
             responses: TYPES.map(|t| {
-                ["ack", "nack"].map(|result| {
-                    telemetry.counter(
-                        telemetry::XDS_RESPONSES_TOTAL,
-                        &[("type", type_url::short(t)), ("result", result)],
-                    )
-                })
+                CountersBy::register(
+                    telemetry,
+                    telemetry::XDS_RESPONSES_TOTAL,
+                    &[("type", type_url::short(t))],
+                    "result",
+                )
             }),
         }
     }
@@ -165,6 +165,28 @@ enum Warming {
     Since(Instant),
     /// Waited long enough: updates apply at once until nothing is missing.
     Expired,
+}
+
+/// The `result` label of `remora_xds_responses_total`.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Ack,
+    Nack,
+}
+
+impl LabelValue for Answer {
+    const ALL: &'static [Answer] = &[Answer::Ack, Answer::Nack];
+
+    fn label(self) -> &'static str {
+        match self {
+            Answer::Ack => "ack",
+            Answer::Nack => "nack",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// What handling a response decided.
@@ -384,8 +406,10 @@ impl<T: Target, P: Protocol> Client<T, P> {
     fn record(&self, t: usize, verdict: &Verdict, version: &str, received: usize) {
         let short = type_url::short(TYPES[t]);
         let resources = self.cache.types[t].len();
-        let nacked = matches!(verdict, Verdict::Nack(_));
-        self.stats.responses[t][nacked as usize].increment(1);
+        self.stats.responses[t].increment(match verdict {
+            Verdict::Ack => Answer::Ack,
+            Verdict::Nack(_) => Answer::Nack,
+        });
         if let Verdict::Nack(reasons) = verdict {
             tracing::warn!(r#type = short, %reasons, "xDS response rejected (NACK); the running config stays");
         } else {

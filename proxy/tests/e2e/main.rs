@@ -7,6 +7,7 @@ mod balancing;
 mod config_cli;
 mod grpc_calls;
 mod health_checks;
+mod idle_memory;
 mod pools;
 mod protection;
 mod proxying;

@@ -1,0 +1,100 @@
+//! Counters for a label whose values are a fixed set known at registration
+//! (a timeout kind, a retry reason, a rejection reason): one counter per
+//! value, registered once and found by the value's index, so counting is an
+//! array read with no lookup per event. Every such family in the proxy
+//! goes through [`CountersBy`].
+
+use std::marker::PhantomData;
+
+use metrics::Counter;
+
+use super::Telemetry;
+
+/// A label's closed set of values.
+pub(crate) trait LabelValue: Copy + 'static {
+    /// Every value, each at its [`index`](Self::index).
+    const ALL: &'static [Self];
+
+    /// The value as the label shows it.
+    fn label(self) -> &'static str;
+
+    /// The value's position in [`ALL`](Self::ALL).
+    fn index(self) -> usize;
+}
+
+/// One counter per value of `K`, under one metric name and fixed labels.
+#[derive(Debug, Clone)]
+pub(crate) struct CountersBy<K> {
+    counters: Box<[Counter]>,
+    key: PhantomData<K>,
+}
+
+impl<K: LabelValue> CountersBy<K> {
+    /// Registers `name{labels…, label_name=value}` for every value of `K`.
+    pub(crate) fn register(
+        telemetry: &Telemetry,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+        label_name: &'static str,
+    ) -> Self {
+        let counters = K::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                debug_assert_eq!(value.index(), i, "LabelValue::ALL is in index order");
+                let mut all = labels.to_vec();
+                all.push((label_name, value.label()));
+                telemetry.counter(name, &all)
+            })
+            .collect();
+        CountersBy {
+            counters,
+            key: PhantomData,
+        }
+    }
+
+    pub(crate) fn get(&self, value: K) -> &Counter {
+        &self.counters[value.index()]
+    }
+
+    pub(crate) fn increment(&self, value: K) {
+        self.get(value).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Colour {
+        Red,
+        Blue,
+    }
+
+    impl LabelValue for Colour {
+        const ALL: &'static [Colour] = &[Colour::Red, Colour::Blue];
+        fn label(self) -> &'static str {
+            match self {
+                Colour::Red => "red",
+                Colour::Blue => "blue",
+            }
+        }
+        fn index(self) -> usize {
+            self as usize
+        }
+    }
+
+    #[test]
+    fn each_value_counts_under_its_own_label() {
+        let telemetry = Telemetry::new();
+        let counters =
+            CountersBy::<Colour>::register(&telemetry, "t_total", &[("a", "b")], "colour");
+        counters.increment(Colour::Blue);
+        counters.increment(Colour::Blue);
+        counters.increment(Colour::Red);
+        let text = telemetry.render();
+        assert!(text.contains(r#"t_total{a="b",colour="blue"} 2"#), "{text}");
+        assert!(text.contains(r#"t_total{a="b",colour="red"} 1"#), "{text}");
+    }
+}
