@@ -162,6 +162,7 @@ impl Proxy {
     /// Starts the xDS client for `config` on the current runtime; it runs
     /// until the proxy drains.
     pub fn spawn_xds(&self, config: crate::config::XdsConfig) {
+        let _runtime = self.inner.spawner.runtime.enter();
         crate::xds::spawn(
             self.clone(),
             &self.inner.telemetry,
@@ -177,6 +178,9 @@ impl Proxy {
     }
 
     fn apply(&self, listeners: &mut ListenerSet, config: Config) -> Result<u64, ConfigErrors> {
+        // What a reload starts (DNS, health checks, sweeps) runs on the
+        // proxy's own runtime, whichever thread asked for the reload.
+        let _runtime = self.inner.spawner.runtime.enter();
         if self.is_draining() {
             return Err(ConfigErrors::one(
                 "",

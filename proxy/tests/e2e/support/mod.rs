@@ -16,12 +16,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use remora_proxy::config::parse_yaml;
+use remora_proxy::worker::Workers;
 use remora_proxy::{Proxy, ProxyOptions};
 
-/// A proxy started in this process from YAML, with its admin server.
+/// A proxy started in this process from YAML, with its admin server. It
+/// runs as `remora-proxy` does: on a thread of its own with a current-thread
+/// runtime, plus worker threads when the config sets `workers` above 1
+/// (the test's clients and upstreams run on the test's runtime). Dropping
+/// it stops that thread and everything on it.
 pub struct TestProxy {
     pub proxy: Proxy,
     pub admin: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl TestProxy {
@@ -29,12 +35,45 @@ impl TestProxy {
         init_logs();
         let config =
             parse_yaml(yaml).unwrap_or_else(|e| panic!("test config does not parse:\n{e}\n{yaml}"));
-        let proxy = Proxy::start(config, ProxyOptions::default())
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("remora-main".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let workers = Workers::start(config.workers.map_or(1, |w| w.get())).unwrap();
+                    let options = ProxyOptions {
+                        workers,
+                        ..ProxyOptions::default()
+                    };
+                    let proxy = match Proxy::start(config, options) {
+                        Ok(proxy) => proxy,
+                        Err(errors) => {
+                            let _ = started_tx.send(Err(errors.to_string()));
+                            return;
+                        }
+                    };
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let admin = listener.local_addr().unwrap();
+                    tokio::spawn(remora_proxy::admin::serve(listener, proxy.clone()));
+                    let _ = started_tx.send(Ok((proxy, admin)));
+                    let _ = stopped.await;
+                });
+            })
+            .unwrap();
+        let (proxy, admin) = started
+            .await
+            .unwrap()
             .unwrap_or_else(|e| panic!("proxy does not start:\n{e}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = listener.local_addr().unwrap();
-        tokio::spawn(remora_proxy::admin::serve(listener, proxy.clone()));
-        TestProxy { proxy, admin }
+        TestProxy {
+            proxy,
+            admin,
+            _stop: stop,
+        }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
