@@ -397,3 +397,55 @@ impl Dynamic {
         ConfigErrors(errors.0.into_iter().map(relabel).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::config::parse_yaml;
+
+    /// A drain waits for a request in flight up to `drain_timeout` and no
+    /// longer, in virtual time (the upstream never answers).
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_gives_up_on_a_stuck_request_at_drain_timeout() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_address = upstream.local_addr().unwrap();
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = upstream.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = reached_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        let config = parse_yaml(&format!(
+            "drain_timeout: 30s
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, timeout: 1h, backends: [{{cluster: up}}]}}]}}
+clusters:
+  - {{name: up, endpoints: ['{upstream_address}']}}
+"
+        ))
+        .unwrap();
+        let proxy = Proxy::start(config, ProxyOptions::default()).unwrap();
+        let mut client = TcpStream::connect(proxy.listener_address("web").unwrap())
+            .await
+            .unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        reached.await.unwrap();
+
+        let began = Instant::now();
+        proxy.begin_drain();
+        assert!(!proxy.drained().await, "the stuck request did not finish");
+        assert_eq!(began.elapsed(), Duration::from_secs(30));
+        assert!(!proxy.is_ready());
+    }
+}

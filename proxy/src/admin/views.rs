@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::breaker::Limit;
 use crate::config::{Config, LbPolicy, UpstreamProtocol};

@@ -25,7 +25,9 @@ mod round_robin;
 mod slow_start;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::{ConfigError, LbPolicy, LoadBalancerConfig};
 use crate::endpoint::Endpoint;

@@ -3,7 +3,9 @@
 //! (elapsed / window)^(1 / aggression), so a cold process (empty caches,
 //! unwarmed JIT) is not flooded the moment it appears.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::{ConfigError, SlowStartConfig};
 use crate::endpoint::Endpoint;

@@ -5,7 +5,9 @@
 //! reload dropped stops its loops at their next turn.
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::Cluster;
 use crate::discovery::{DnsTarget, ResolverHandle};

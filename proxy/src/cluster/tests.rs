@@ -147,7 +147,7 @@ fn peak_ewma_prefers_the_faster_endpoint() {
     let c = cluster(
         "{name: c, load_balancer: {policy: peak_ewma, decay: 10s}, endpoints: ['127.0.0.1:80', '127.0.0.2:80']}",
     );
-    let now = std::time::Instant::now();
+    let now = Instant::now();
     let set = c.endpoints();
     set.all()[0]
         .ewma
@@ -287,4 +287,128 @@ fn pool_dns_and_tuning_settings_are_checked() {
         ]
         .join("\n")
     );
+}
+
+// Timer-driven behaviour, in virtual time: the clock is paused and moves
+// only when every task waits, so these runs are exact and take no time.
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoint_returns_when_its_ejection_time_is_up_and_the_next_lasts_longer() {
+    use crate::discovery::ResolverHandle;
+    use crate::outlier::Outcome;
+    use crate::worker::Workers;
+    use std::time::Duration;
+
+    let c = cluster(
+        "{name: c, endpoints: ['127.0.0.1:80', '127.0.0.2:80', '127.0.0.3:80'], \
+         outlier_detection: {consecutive_5xx: 3, interval: 1s, base_ejection_time: 30s, max_ejection_percent: 50}}",
+    );
+    c.activate(&ResolverHandle::default(), &Workers::default());
+    let bad = c.endpoints().all()[0].clone();
+    let fail_three_times = || {
+        for _ in 0..3 {
+            c.record_outcome(&bad, Outcome::ServerError);
+        }
+    };
+    fail_three_times();
+    assert!(bad.is_ejected());
+    assert!(picks(&c, 100).get(&bad.address).is_none(), "out of the balancer");
+
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(bad.is_ejected(), "29 s into a 30 s ejection");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!bad.is_ejected(), "back at the first sweep after 30 s");
+    assert!(picks(&c, 300).get(&bad.address).is_some());
+
+    // Failing again at once: the second ejection is base × 2.
+    fail_three_times();
+    assert!(bad.is_ejected());
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert!(bad.is_ejected(), "59 s into a 60 s ejection");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!bad.is_ejected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_over_its_window_in_time() {
+    use std::time::Duration;
+
+    let c = cluster(
+        "{name: c, load_balancer: {policy: round_robin, slow_start: {window: 10s, min_weight_percent: 10}}, endpoints: ['127.0.0.1:80']}",
+    );
+    let one = NonZeroU32::MIN;
+    c.replace_endpoints(&[(addr(1), one), (addr(2), one)]);
+    let newcomer = c.endpoints().all()[1].clone();
+    let slow_start = c.lb.slow_start.clone().unwrap();
+    let factor = || slow_start.factor(&newcomer);
+    assert!((0.1..0.11).contains(&factor()), "starts at its minimum");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!((0.49..0.51).contains(&factor()), "half way: {}", factor());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(factor(), 1.0, "warmed up after the window");
+    let share = picks(&c, 10_000)[&addr(2)] as f64 / 10_000.0;
+    assert!((0.45..0.55).contains(&share), "full share: {share}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_run_every_interval_and_flip_an_endpoint_at_their_thresholds() {
+    use crate::discovery::ResolverHandle;
+    use crate::worker::Workers;
+    use socket2::{Domain, Socket, Type};
+    use std::time::Duration;
+
+    // Bound but not listening: connects are refused until `listen`.
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    let c = cluster(&format!(
+        "{{name: c, endpoints: ['{address}'], health_check: {{interval: 10s, timeout: 1s, \
+         jitter: 0s, unhealthy_threshold: 2, healthy_threshold: 1, tcp: {{}}}}}}"
+    ));
+    c.activate(&ResolverHandle::default(), &Workers::default());
+    let endpoint = c.endpoints().all()[0].clone();
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(endpoint.checks.failures(), 1, "the first check runs at once");
+    assert!(!endpoint.is_check_failed(), "one failure is under the threshold");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(endpoint.checks.failures(), 2, "one check per interval");
+    assert!(endpoint.is_check_failed(), "two failures reach the threshold");
+
+    socket.listen(16).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(endpoint.checks.passes(), 1);
+    assert!(!endpoint.is_check_failed(), "one pass brings it back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_upstream_connections_close_after_idle_timeout() {
+    use crate::discovery::ResolverHandle;
+    use crate::worker::Workers;
+    use std::time::Duration;
+
+    // (HTTP/2 PING keepalive is hyper's: its timer reads the real clock, so
+    // pools.rs tests it end to end instead.) An upstream that accepts and
+    // then never says a word.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = upstream.accept().await {
+            held.push(stream);
+        }
+    });
+    let http1 = cluster(&format!(
+        "{{name: one, protocol: http1, endpoints: ['{address}'], pool: {{min_idle: 2, idle_timeout: 30s}}}}"
+    ));
+    http1.activate(&ResolverHandle::default(), &Workers::default());
+    let endpoint = http1.endpoints().all()[0].clone();
+    let pool = &endpoint.pool;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pool.sizes().idle_http1, 2, "min_idle connections are opened ahead of traffic");
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    assert_eq!(pool.sizes().idle_http1, 2, "29 s idle of a 30 s idle_timeout");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.sizes().idle_http1, 0, "closed by the idle sweep");
+    assert_eq!(pool.sizes().open, 0);
 }

@@ -5,7 +5,9 @@
 
 use crate::sync::lock;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct PeakEwma {

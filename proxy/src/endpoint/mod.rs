@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::pool::EndpointPool;
 use ewma::PeakEwma;

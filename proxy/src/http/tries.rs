@@ -162,7 +162,7 @@ impl Tries<'_> {
         exchange: &mut Exchange,
     ) -> TryOutcome {
         let bound = self.try_bound();
-        let sent_at = std::time::Instant::now();
+        let sent_at = Instant::now();
         let sent = attempt::send(endpoint, request, self.version, exchange);
         let result = match bound {
             None => sent.await,

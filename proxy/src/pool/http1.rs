@@ -6,7 +6,7 @@
 //! the connection), else opens one if a slot is free, else takes another
 //! worker's.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;

@@ -6,9 +6,9 @@
 //! Ten one-second buckets of atomic counters: no lock on the request path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use metrics::Counter;
+use tokio::time::Instant;
 
 const WINDOW_SECONDS: u64 = 10;
 
@@ -142,5 +142,28 @@ mod tests {
         let now = budget.start;
         let allowed = (0..1000).filter(|_| budget.try_retry_at(now)).count();
         assert_eq!(allowed, 100, "10 per second over the 10 s window");
+    }
+
+    /// The window slides in real (here: virtual) time: retries spent now
+    /// come back once their second has left the 10 s window.
+    #[tokio::test(start_paused = true)]
+    async fn spent_retries_come_back_when_they_leave_the_window() {
+        let budget = RetryBudget::new(20.0, 0, Counter::noop());
+        for _ in 0..100 {
+            budget.record_request();
+        }
+        let granted = (0..50).filter(|_| budget.try_retry()).count();
+        assert_eq!(granted, 20, "20 % of 100 requests");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!budget.try_retry(), "still inside the window");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            !budget.try_retry(),
+            "the requests left the window with the retries: nothing to retry against"
+        );
+        for _ in 0..10 {
+            budget.record_request();
+        }
+        assert_eq!((0..10).filter(|_| budget.try_retry()).count(), 2);
     }
 }
