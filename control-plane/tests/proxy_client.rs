@@ -127,7 +127,15 @@ async fn restart_under_load(delta: bool) {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let more_requests = |n: usize| {
+        let ok = ok.clone();
+        let target = ok.load(Ordering::Relaxed) + n;
+        eventually("more requests under load", 20, move || {
+            let ok = ok.clone();
+            async move { ok.load(Ordering::Relaxed) >= target }
+        })
+    };
+    more_requests(100).await;
 
     let received =
         |status: &serde_json::Value, t: usize| status["types"][t]["received"].as_u64().unwrap();
@@ -139,7 +147,7 @@ async fn restart_under_load(delta: bool) {
         remora.xds()["connected"] == false
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    more_requests(300).await;
     let during = ok.load(Ordering::Relaxed);
     assert!(
         remora.proxy.is_ready(),
@@ -156,7 +164,7 @@ async fn restart_under_load(delta: bool) {
         || async { upstream_of(listen).await == "v2" },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    more_requests(100).await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();

@@ -312,13 +312,16 @@ async fn an_ejected_endpoint_returns_when_its_ejection_time_is_up_and_the_next_l
     };
     fail_three_times();
     assert!(bad.is_ejected());
-    assert!(picks(&c, 100).get(&bad.address).is_none(), "out of the balancer");
+    assert!(
+        !picks(&c, 100).contains_key(&bad.address),
+        "out of the balancer"
+    );
 
     tokio::time::sleep(Duration::from_secs(29)).await;
     assert!(bad.is_ejected(), "29 s into a 30 s ejection");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!bad.is_ejected(), "back at the first sweep after 30 s");
-    assert!(picks(&c, 300).get(&bad.address).is_some());
+    assert!(picks(&c, 300).contains_key(&bad.address));
 
     // Failing again at once: the second ejection is base × 2.
     fail_three_times();
@@ -359,7 +362,9 @@ async fn health_checks_run_every_interval_and_flip_an_endpoint_at_their_threshol
 
     // Bound but not listening: connects are refused until `listen`.
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
     let address = socket.local_addr().unwrap().as_socket().unwrap();
     let c = cluster(&format!(
         "{{name: c, endpoints: ['{address}'], health_check: {{interval: 10s, timeout: 1s, \
@@ -369,11 +374,21 @@ async fn health_checks_run_every_interval_and_flip_an_endpoint_at_their_threshol
     let endpoint = c.endpoints().all()[0].clone();
 
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(endpoint.checks.failures(), 1, "the first check runs at once");
-    assert!(!endpoint.is_check_failed(), "one failure is under the threshold");
+    assert_eq!(
+        endpoint.checks.failures(),
+        1,
+        "the first check runs at once"
+    );
+    assert!(
+        !endpoint.is_check_failed(),
+        "one failure is under the threshold"
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(endpoint.checks.failures(), 2, "one check per interval");
-    assert!(endpoint.is_check_failed(), "two failures reach the threshold");
+    assert!(
+        endpoint.is_check_failed(),
+        "two failures reach the threshold"
+    );
 
     socket.listen(16).unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -405,9 +420,17 @@ async fn warm_upstream_connections_close_after_idle_timeout() {
     let endpoint = http1.endpoints().all()[0].clone();
     let pool = &endpoint.pool;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(pool.sizes().idle_http1, 2, "min_idle connections are opened ahead of traffic");
+    assert_eq!(
+        pool.sizes().idle_http1,
+        2,
+        "min_idle connections are opened ahead of traffic"
+    );
     tokio::time::sleep(Duration::from_secs(28)).await;
-    assert_eq!(pool.sizes().idle_http1, 2, "29 s idle of a 30 s idle_timeout");
+    assert_eq!(
+        pool.sizes().idle_http1,
+        2,
+        "29 s idle of a 30 s idle_timeout"
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(pool.sizes().idle_http1, 0, "closed by the idle sweep");
     assert_eq!(pool.sizes().open, 0);

@@ -275,7 +275,19 @@ clusters:
 
     // The name now has one record: traffic follows it.
     dns.set("api.remora.test", &[b], 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let only_b = vec![SocketAddr::new(b, port).to_string()];
+    let mut endpoints = Vec::new();
+    for _ in 0..500 {
+        endpoints = endpoint_addresses(proxy.admin).await;
+        if endpoints == only_b {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        endpoints, only_b,
+        "the endpoints follow the one-record answer"
+    );
     for _ in 0..20 {
         assert_eq!(
             client::get(&client, &url).await.header("x-upstream"),
@@ -307,4 +319,16 @@ clusters:
     );
     dns.fail(false);
     drop(first);
+}
+
+/// The addresses of the first cluster's endpoints, from `/clusters`.
+async fn endpoint_addresses(admin: SocketAddr) -> Vec<String> {
+    let (_, body) = crate::support::process::admin_request(admin, "GET", "/clusters").await;
+    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    clusters[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_string())
+        .collect()
 }

@@ -1,8 +1,6 @@
 //! HTTP/1.1 and h2c through the proxy: protocol translation both ways,
 //! streaming in both directions, large bodies, trailers, connection reuse.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, StreamBody};
@@ -11,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::support::client::{self, BoxError};
 use crate::support::upstream::Upstream;
-use crate::support::{TestProxy, within};
+use crate::support::{TestProxy, eventually, within};
 
 async fn three_upstreams() -> (Upstream, Upstream, Upstream, TestProxy) {
     let one = Upstream::http1("one").await;
@@ -232,9 +230,11 @@ async fn upstream_connections_are_reused() {
         1,
         "concurrent requests multiplex on one HTTP/2 connection"
     );
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let active = proxy.metric("remora_upstream_connections_active{cluster=\"two\"}");
-    assert_eq!(active, 1.0);
+    let active = "remora_upstream_connections_active{cluster=\"two\"}";
+    eventually("one upstream HTTP/2 connection is counted", || {
+        proxy.metric(active) == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,6 @@
 //! requests finish (HTTP/1 with `Connection: close`, HTTP/2 after GOAWAY),
 //! and exit 0; `drain_timeout` bounds the wait.
 
-use std::time::{Duration, Instant};
-
 use http::StatusCode;
 
 use crate::support::client;
@@ -93,13 +91,10 @@ async fn drain_timeout_bounds_the_wait_for_stuck_requests() {
     let web = process.listener("web").await;
     let stuck = client::spawn_get(client::http1(), format!("http://{web}/slow/60000"));
     eventually("the request reached the upstream", || upstream.hits() == 1).await;
-    let signalled = Instant::now();
     process.signal(libc::SIGTERM);
+    // The upstream would answer after 60 s; `wait` gives up after 30 s, so an
+    // exit at all means drain_timeout (300ms) ended it.
     assert_eq!(process.wait().await, 0);
-    assert!(
-        signalled.elapsed() < Duration::from_secs(30),
-        "exit came from drain_timeout, not the upstream"
-    );
     assert!(
         within("the stuck request fails", stuck)
             .await

@@ -51,6 +51,21 @@ impl Load {
         }
     }
 
+    /// Requests sent so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests beyond those sent so far have been sent
+    /// (a phase of the load, measured in requests rather than time).
+    pub async fn run_for(&self, more: usize) {
+        let target = self.sent() + more;
+        super::eventually(&format!("{more} more requests under load"), || {
+            self.sent() >= target
+        })
+        .await;
+    }
+
     /// Stops the workers after their current request: (sent, failed).
     pub async fn stop(self) -> (usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
