@@ -13,12 +13,13 @@
 //! between state of the world and delta (the messages, what a stream
 //! remembers) is behind [`Protocol`](super::protocol::Protocol).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use metrics::Gauge;
 use remora_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use remora_xds_proto::{core, rpc, type_url};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -381,9 +382,7 @@ impl<T: Target, P: Protocol> Client<T, P> {
     /// Resolves when warming has gone on for [`WARMING_TIMEOUT`]; pending forever otherwise.
     async fn warming_deadline(&self) {
         match self.warming {
-            Warming::Since(since) => {
-                tokio::time::sleep_until((since + WARMING_TIMEOUT).into()).await
-            }
+            Warming::Since(since) => tokio::time::sleep_until(since + WARMING_TIMEOUT).await,
             Warming::Idle | Warming::Expired => std::future::pending().await,
         }
     }
