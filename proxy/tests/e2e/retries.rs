@@ -433,7 +433,7 @@ clusters:
     // is learnt only as the body streams).
     let put = |size: usize, i: usize| {
         let body: Vec<u8> = (0..size).map(|j| b'a' + ((i + j) % 26) as u8).collect();
-        let sent = if i % 2 == 0 {
+        let sent = if i.is_multiple_of(2) {
             client::body(body.clone())
         } else {
             client::chunked(
