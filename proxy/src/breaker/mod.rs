@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use metrics::Counter;
 
 use crate::config::CircuitBreakersConfig;
-use crate::telemetry::{self, LabelValue, Telemetry};
+use crate::telemetry::{self, LabelValue, Telemetry, label_values};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -20,28 +20,13 @@ pub enum Limit {
     Retries,
 }
 
-/// The `limit` label of `remora_circuit_open_total`: the config field's name.
-impl LabelValue for Limit {
-    const ALL: &'static [Limit] = &[
-        Limit::Connections,
-        Limit::Pending,
-        Limit::Requests,
-        Limit::Retries,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Limit::Connections => "max_connections",
-            Limit::Pending => "max_pending_requests",
-            Limit::Requests => "max_requests",
-            Limit::Retries => "max_retries",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+// The `limit` label of `remora_circuit_open_total`: the config field's name.
+label_values!(Limit {
+    Connections => "max_connections",
+    Pending => "max_pending_requests",
+    Requests => "max_requests",
+    Retries => "max_retries",
+});
 
 #[derive(Debug)]
 struct Gauge {

@@ -30,7 +30,7 @@ use crate::endpoint::ewma::PeakEwma;
 use crate::health::HealthChecker;
 use crate::outlier::{Outcome, OutlierDetector, Reason};
 use crate::pool::{ConnStats, EndpointPool, PoolSettings};
-use crate::telemetry::{self, CountersBy, LabelValue, Telemetry};
+use crate::telemetry::{self, CountersBy, Telemetry, label_values};
 use crate::worker::Workers;
 
 use crate::endpoint::{ActiveRequest, Endpoint, EndpointList};
@@ -68,29 +68,13 @@ pub(crate) enum TimeoutKind {
     Grpc,
 }
 
-impl LabelValue for TimeoutKind {
-    const ALL: &'static [TimeoutKind] = &[
-        TimeoutKind::Route,
-        TimeoutKind::PerTry,
-        TimeoutKind::Connect,
-        TimeoutKind::StreamIdle,
-        TimeoutKind::Grpc,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            TimeoutKind::Route => "route",
-            TimeoutKind::PerTry => "per_try",
-            TimeoutKind::Connect => "connect",
-            TimeoutKind::StreamIdle => "stream_idle",
-            TimeoutKind::Grpc => "grpc",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+label_values!(TimeoutKind {
+    Route => "route",
+    PerTry => "per_try",
+    Connect => "connect",
+    StreamIdle => "stream_idle",
+    Grpc => "grpc",
+});
 
 #[derive(Debug)]
 struct LbStats {

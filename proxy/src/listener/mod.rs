@@ -20,7 +20,7 @@ use crate::ratelimit::RateLimit;
 use crate::route::RouteTable;
 use crate::socket::SocketOptions;
 use crate::telemetry::{
-    self, CountersBy, LabelValue, RequestStats, Telemetry, access_log::AccessLog,
+    self, CountersBy, RequestStats, Telemetry, access_log::AccessLog, label_values,
 };
 
 /// A bound listener's current state, swapped atomically on reload.
@@ -95,20 +95,10 @@ pub(crate) enum Refusal {
     ConnectionRateLimit,
 }
 
-impl LabelValue for Refusal {
-    const ALL: &'static [Refusal] = &[Refusal::MaxConnections, Refusal::ConnectionRateLimit];
-
-    fn label(self) -> &'static str {
-        match self {
-            Refusal::MaxConnections => "max_connections",
-            Refusal::ConnectionRateLimit => "connection_rate_limit",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+label_values!(Refusal {
+    MaxConnections => "max_connections",
+    ConnectionRateLimit => "connection_rate_limit",
+});
 
 #[derive(Debug)]
 pub enum ListenerKind {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 
 use crate::config::{ConfigError, RetryConfig, RetryOn};
-use crate::telemetry::LabelValue;
+use crate::telemetry::label_values;
 
 pub(crate) use budget::RetryBudget;
 
@@ -200,52 +200,30 @@ fn condition_reason(condition: RetryOn, failure: Failure, codes: &[u16]) -> Opti
     hit.then_some(condition)
 }
 
-/// The `reason` label of `remora_upstream_retries_total`: the condition that
-/// matched, by its config name.
-impl LabelValue for RetryOn {
-    const ALL: &'static [RetryOn] = &[
-        RetryOn::FiveXx,
-        RetryOn::GatewayError,
-        RetryOn::Reset,
-        RetryOn::ConnectFailure,
-        RetryOn::RefusedStream,
-        RetryOn::Retriable4xx,
-        RetryOn::RetriableStatusCodes,
-        RetryOn::Cancelled,
-        RetryOn::DeadlineExceeded,
-        RetryOn::Internal,
-        RetryOn::ResourceExhausted,
-        RetryOn::Unavailable,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            RetryOn::FiveXx => "5xx",
-            RetryOn::GatewayError => "gateway-error",
-            RetryOn::Reset => "reset",
-            RetryOn::ConnectFailure => "connect-failure",
-            RetryOn::RefusedStream => "refused-stream",
-            RetryOn::Retriable4xx => "retriable-4xx",
-            RetryOn::RetriableStatusCodes => "retriable-status-codes",
-            RetryOn::Cancelled => "cancelled",
-            RetryOn::DeadlineExceeded => "deadline-exceeded",
-            RetryOn::ResourceExhausted => "resource-exhausted",
-            RetryOn::Internal => "internal",
-            RetryOn::Unavailable => "unavailable",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+// The `reason` label of `remora_upstream_retries_total`: the condition that
+// matched, by its config name.
+label_values!(RetryOn {
+    FiveXx => "5xx",
+    GatewayError => "gateway-error",
+    Reset => "reset",
+    ConnectFailure => "connect-failure",
+    RefusedStream => "refused-stream",
+    Retriable4xx => "retriable-4xx",
+    RetriableStatusCodes => "retriable-status-codes",
+    Cancelled => "cancelled",
+    DeadlineExceeded => "deadline-exceeded",
+    ResourceExhausted => "resource-exhausted",
+    Internal => "internal",
+    Unavailable => "unavailable",
+});
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn reason(p: &RetryPolicy, failure: Failure, method: &Method) -> Option<&'static str> {
-        p.matches(failure, method).map(LabelValue::label)
+        p.matches(failure, method)
+            .map(crate::telemetry::LabelValue::label)
     }
     use crate::config::parse_yaml;
 

@@ -22,6 +22,27 @@ pub(crate) trait LabelValue: Copy + 'static {
     fn index(self) -> usize;
 }
 
+/// Implements [`LabelValue`] for a fieldless enum: every variant, in
+/// declaration order, with its label.
+macro_rules! label_values {
+    ($ty:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        impl $crate::telemetry::LabelValue for $ty {
+            const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            fn label(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $label),+
+                }
+            }
+
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+pub(crate) use label_values;
+
 /// One counter per value of `K`, under one metric name and fixed labels.
 #[derive(Debug, Clone)]
 pub(crate) struct CountersBy<K> {
@@ -72,18 +93,10 @@ mod tests {
         Blue,
     }
 
-    impl LabelValue for Colour {
-        const ALL: &'static [Colour] = &[Colour::Red, Colour::Blue];
-        fn label(self) -> &'static str {
-            match self {
-                Colour::Red => "red",
-                Colour::Blue => "blue",
-            }
-        }
-        fn index(self) -> usize {
-            self as usize
-        }
-    }
+    label_values!(Colour {
+        Red => "red",
+        Blue => "blue",
+    });
 
     #[test]
     fn each_value_counts_under_its_own_label() {

@@ -9,7 +9,7 @@ pub mod logging;
 
 use std::time::Duration;
 
-pub(crate) use labels::{CountersBy, LabelValue};
+pub(crate) use labels::{CountersBy, LabelValue, label_values};
 
 use http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};

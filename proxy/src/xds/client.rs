@@ -27,7 +27,7 @@ use super::protocol::{Delta, Protocol, Sotw, Update};
 use super::state::{self, Cache, Decoded, TYPES, is_named};
 use super::{Status, Target, TypeStatus};
 use crate::config::XdsConfig;
-use crate::telemetry::{self, CountersBy, LabelValue, Telemetry};
+use crate::telemetry::{self, CountersBy, Telemetry, label_values};
 
 /// How long listeners and clusters wait for the routes and endpoints they
 /// name before being applied without them (Envoy's `initial_fetch_timeout`).
@@ -175,20 +175,10 @@ enum Answer {
     Nack,
 }
 
-impl LabelValue for Answer {
-    const ALL: &'static [Answer] = &[Answer::Ack, Answer::Nack];
-
-    fn label(self) -> &'static str {
-        match self {
-            Answer::Ack => "ack",
-            Answer::Nack => "nack",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+label_values!(Answer {
+    Ack => "ack",
+    Nack => "nack",
+});
 
 /// What handling a response decided.
 pub(super) enum Verdict {
