@@ -212,8 +212,8 @@ label_values!(RetryOn {
     RetriableStatusCodes => "retriable-status-codes",
     Cancelled => "cancelled",
     DeadlineExceeded => "deadline-exceeded",
-    ResourceExhausted => "resource-exhausted",
     Internal => "internal",
+    ResourceExhausted => "resource-exhausted",
     Unavailable => "unavailable",
 });
 
