@@ -110,4 +110,19 @@ mod tests {
         assert!(text.contains(r#"t_total{a="b",colour="blue"} 2"#), "{text}");
         assert!(text.contains(r#"t_total{a="b",colour="red"} 1"#), "{text}");
     }
+
+    fn in_index_order<K: LabelValue + std::fmt::Debug>() {
+        for (i, value) in K::ALL.iter().enumerate() {
+            assert_eq!(value.index(), i, "{value:?} is out of order in ALL");
+        }
+    }
+
+    #[test]
+    fn every_label_enum_lists_its_values_in_index_order() {
+        in_index_order::<crate::cluster::TimeoutKind>();
+        in_index_order::<crate::config::RetryOn>();
+        in_index_order::<crate::breaker::Limit>();
+        in_index_order::<crate::listener::Refusal>();
+        in_index_order::<super::super::StatusClass>();
+    }
 }
