@@ -28,22 +28,19 @@ async fn an_idle_keep_alive_connection_holds_no_hyper_buffers() {
     let address = proxy.listener("web").await;
     let pid = proxy.child.id();
 
-    // Warm the allocator and the runtime with a first batch that closes.
+    // Warm the allocator and the runtime with a first batch, kept open.
     let mut warm = Vec::new();
     for _ in 0..200 {
         warm.push(one_request(address).await);
     }
-    drop(warm);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = rss_bytes(pid);
+    let before = settled_rss(pid).await;
 
     let mut held = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
         held.push(one_request(address).await);
     }
     // Every connection has answered and now waits, idle, for its next request.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = rss_bytes(pid);
+    let after = settled_rss(pid).await;
     let per_connection = after.saturating_sub(before) / CONNECTIONS;
     eprintln!(
         "{CONNECTIONS} idle connections: RSS {before} -> {after} bytes, {per_connection} B each"
@@ -79,6 +76,21 @@ async fn exchange(stream: &mut TcpStream) {
         response.extend_from_slice(&buf[..n]);
     }
     assert!(response.starts_with(b"HTTP/1.1 200"));
+}
+
+/// The RSS once it has stopped moving (two reads 50 ms apart agree), so
+/// that connections still finishing their last response are not counted.
+async fn settled_rss(pid: u32) -> usize {
+    let mut last = rss_bytes(pid);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = rss_bytes(pid);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
 }
 
 fn rss_bytes(pid: u32) -> usize {
