@@ -300,7 +300,11 @@ fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Opti
         return Some(Refusal::MaxConnections);
     }
     match &state.connection_rate {
-        Some(rate) if rate.check(&http::HeaderMap::new(), peer.ip()).is_err() => {
+        Some(rate)
+            if rate
+                .check(&http::HeaderMap::new(), None, peer.ip())
+                .is_err() =>
+        {
             Some(Refusal::ConnectionRateLimit)
         }
         _ => None,

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::body::ResponseBody;
 use super::exchange::{Exchange, StatsAt};
 use super::lifetime::Activity;
-use super::{forward, local_reply};
+use super::{authority, forward, local_reply};
 use crate::listener::ListenerSlot;
 use crate::listener::{ListenerKind, ListenerState};
 use crate::route::{RequestView, RouteAction};
@@ -33,7 +33,19 @@ pub(super) async fn handle(
     // The state loaded here serves the whole request, even if a reload lands meanwhile.
     let listener = conn.slot.current();
     let (peer, tracker) = (conn.peer, conn.tracker.clone());
+    let mut request = request;
+    let authority = authority::normalize(&mut request);
     let exchange = Exchange::start(listener.clone(), conn, &request);
+    if let Err(problem) = authority {
+        let grpc = local_reply::is_grpc(request.headers());
+        let message = format!("bad request: {problem}");
+        return Ok(local_reply::reply(
+            exchange,
+            StatusCode::BAD_REQUEST,
+            &message,
+            grpc,
+        ));
+    }
     Ok(route(&listener, request, exchange, peer, &tracker).await)
 }
 
@@ -51,7 +63,11 @@ async fn route(
     };
     let grpc = local_reply::is_grpc(request.headers());
     if let Some(limit) = &listener.rate_limit
-        && let Err(wait) = limit.check(request.headers(), client.ip())
+        && let Err(wait) = limit.check(
+            request.headers(),
+            request.uri().authority().map(|a| a.as_str()),
+            client.ip(),
+        )
     {
         listener.rate_limited.increment(1);
         let scope = format!("listener {:?}", listener.name);
@@ -80,7 +96,11 @@ async fn route(
         }
     };
     if let Some(limit) = &route.rate_limit
-        && let Err(wait) = limit.check(request.headers(), client.ip())
+        && let Err(wait) = limit.check(
+            request.headers(),
+            request.uri().authority().map(|a| a.as_str()),
+            client.ip(),
+        )
     {
         route.rate_limited.increment(1);
         return local_reply::rate_limited(exchange, wait, &format!("route {:?}", route.name), grpc);

@@ -3,6 +3,7 @@
 //! upstream with bodies and trailers streamed through.
 
 mod attempt;
+mod authority;
 pub(crate) mod body;
 pub mod deadline;
 mod detect;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ConfigError;
@@ -89,7 +90,15 @@ impl RateLimit {
     }
 
     /// `Ok` when the request may go; else how long until it could.
-    pub(crate) fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
+    /// `authority` is the request's (`:authority` or an absolute target):
+    /// a `header:host` key reads it when the request has no `Host` header,
+    /// as an HTTP/2 request usually has not.
+    pub(crate) fn check(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+        client: IpAddr,
+    ) -> Result<(), Duration> {
         let outcome = match &self.buckets {
             Buckets::One(limiter) => limiter.check(),
             Buckets::BySourceIp(limiter) => {
@@ -101,6 +110,10 @@ impl RateLimit {
                 let key = headers
                     .get(name)
                     .cloned()
+                    .or_else(|| {
+                        let authority = authority.filter(|_| *name == HOST)?;
+                        HeaderValue::from_str(authority).ok()
+                    })
                     .unwrap_or_else(|| HeaderValue::from_static(""));
                 limiter.check_key(&key)
             }
@@ -145,9 +158,9 @@ mod tests {
         let l = limit(1.0, Some(3), "none").unwrap();
         let headers = HeaderMap::new();
         for _ in 0..3 {
-            assert!(l.check(&headers, A).is_ok());
+            assert!(l.check(&headers, None, A).is_ok());
         }
-        let wait = l.check(&headers, A).unwrap_err();
+        let wait = l.check(&headers, None, A).unwrap_err();
         assert!(
             wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
             "{wait:?}"
@@ -158,9 +171,9 @@ mod tests {
     fn keys_get_their_own_buckets() {
         let by_ip = limit(1.0, Some(1), "source_ip").unwrap();
         let headers = HeaderMap::new();
-        assert!(by_ip.check(&headers, A).is_ok());
-        assert!(by_ip.check(&headers, A).is_err());
-        assert!(by_ip.check(&headers, B).is_ok());
+        assert!(by_ip.check(&headers, None, A).is_ok());
+        assert!(by_ip.check(&headers, None, A).is_err());
+        assert!(by_ip.check(&headers, None, B).is_ok());
 
         let by_header = limit(1.0, Some(1), "header:x-tenant").unwrap();
         let tenant = |t: &'static str| {
@@ -168,9 +181,16 @@ mod tests {
             h.insert("x-tenant", HeaderValue::from_static(t));
             h
         };
-        assert!(by_header.check(&tenant("a"), A).is_ok());
-        assert!(by_header.check(&tenant("a"), B).is_err());
-        assert!(by_header.check(&tenant("b"), A).is_ok());
+        assert!(by_header.check(&tenant("a"), None, A).is_ok());
+        assert!(by_header.check(&tenant("a"), None, B).is_err());
+        assert!(by_header.check(&tenant("b"), None, A).is_ok());
+
+        // `header:host` keys an HTTP/2 request (no Host) by its :authority.
+        let by_host = limit(1.0, Some(1), "header:host").unwrap();
+        let none = HeaderMap::new();
+        assert!(by_host.check(&none, Some("a.example"), A).is_ok());
+        assert!(by_host.check(&none, Some("a.example"), A).is_err());
+        assert!(by_host.check(&none, Some("b.example"), A).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod grpc;
 pub mod load;
 pub mod process;
+pub mod raw;
 pub mod upstream;
 
 use std::net::SocketAddr;
