@@ -82,14 +82,47 @@ impl RequestBody {
     }
 }
 
+/// The client's request body failed on its way through the proxy: framing
+/// that does not parse (a bad chunk size), or a client that went away
+/// mid-body. The client's fault, never the upstream's: the pools' senders
+/// carry it in their error's source chain, where [`is_client_fault`]
+/// finds it.
+#[derive(Debug)]
+pub struct ClientBodyError(hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Whether `error` (anywhere in its source chain) is the client's body
+/// failing.
+pub(crate) fn is_client_fault(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<ClientBodyError>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Streaming(inner) => Pin::new(inner).poll_frame(cx),
@@ -99,7 +132,7 @@ impl Body for RequestBody {
         if let (Poll::Ready(Some(Ok(_))), Some(idle)) = (&polled, &this.idle) {
             idle.touch();
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(ClientBodyError)))
     }
 
     fn is_end_stream(&self) -> bool {

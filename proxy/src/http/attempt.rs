@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::exchange::Exchange;
 use super::hop;
-use crate::body::RequestBody;
+use crate::body::{RequestBody, is_client_fault};
 use crate::breaker::Limit;
 use crate::endpoint::Endpoint;
 use crate::pool::ConnectError;
@@ -93,15 +93,24 @@ impl TryError {
     }
 }
 
-/// REFUSED_STREAM means the upstream did not process the request; anything
-/// else after sending may have reached it.
+/// Who caused a failed exchange. The client, when its request body failed
+/// (over HTTP/1.1 the body's error is in the chain; over HTTP/2 the pipe
+/// resets the stream itself, a reset neither the peer nor the h2 library
+/// made). Otherwise the upstream: REFUSED_STREAM means it did not process
+/// the request; anything else after sending may have reached it.
 fn send_failure(error: &hyper::Error) -> Failure {
+    if is_client_fault(error) {
+        return Failure::ClientBody;
+    }
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>()
-            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-        {
-            return Failure::RefusedStream;
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Failure::RefusedStream;
+            }
+            if h2.is_reset() && !h2.is_remote() && !h2.is_library() {
+                return Failure::ClientBody;
+            }
         }
         source = cause.source();
     }

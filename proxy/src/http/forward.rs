@@ -144,6 +144,9 @@ fn stopped(
             local_reply::reply(exchange, StatusCode::GATEWAY_TIMEOUT, &message, grpc)
         }
         Stop::Upstream { status, message } => local_reply::reply(exchange, status, &message, grpc),
+        Stop::Client { message } => {
+            local_reply::reply(exchange, StatusCode::BAD_REQUEST, &message, grpc)
+        }
         Stop::BodyNotReplayable { message } => {
             local_reply::reply(exchange, StatusCode::BAD_GATEWAY, &message, grpc)
         }

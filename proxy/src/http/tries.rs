@@ -61,6 +61,9 @@ pub(super) enum Stop {
     /// The last try failed: 503 (no connection), 502 (the upstream failed
     /// the exchange) or 504 (per-try timeout).
     Upstream { status: StatusCode, message: String },
+    /// The client's request body failed (bad framing, or the client went
+    /// away mid-body): 400, and nothing counted against the endpoint.
+    Client { message: String },
     /// A body that outgrew the retry buffer could not be sent again: 502.
     BodyNotReplayable { message: String },
     /// A circuit breaker is open: 503 with `x-remora-overloaded`.
@@ -179,7 +182,9 @@ impl Tries<'_> {
                 if matches!(error, UpstreamError::Connect(ConnectError::Timeout(_))) {
                     cluster.count_timeout(TimeoutKind::Connect);
                 }
-                cluster.record_outcome(endpoint, Outcome::LocalOrigin);
+                if failure != Failure::ClientBody {
+                    cluster.record_outcome(endpoint, Outcome::LocalOrigin);
+                }
                 return TryOutcome::Failed {
                     failure,
                     error,
@@ -393,6 +398,11 @@ impl Tries<'_> {
         failure: Failure,
         error: UpstreamError,
     ) -> Stop {
+        if failure == Failure::ClientBody {
+            let message = format!("bad request: {error}");
+            tracing::debug!(%message, cluster = %self.cluster().name, %endpoint, "the client's request body failed");
+            return Stop::Client { message };
+        }
         let status = error.status();
         let message = format!(
             "{}: cluster {:?} endpoint {endpoint}: {error}",

@@ -31,6 +31,10 @@ pub(crate) enum Failure {
     Reset,
     /// The per-try timeout fired before response headers.
     PerTryTimeout,
+    /// The client's request body failed (bad framing, or the client went
+    /// away mid-body): the client's fault. Never retried, never counted
+    /// against the endpoint.
+    ClientBody,
     /// A response the route's conditions may retry on.
     Response {
         status: StatusCode,

@@ -164,3 +164,72 @@ clusters:
     ))
     .await
 }
+
+/// A client's broken request body is the client's fault: answered 400 (or
+/// nothing, if it went away), never retried, never counted against the
+/// endpoint. Before, three of these ejected a healthy endpoint.
+#[tokio::test]
+async fn a_client_with_a_broken_body_cannot_eject_a_healthy_endpoint() {
+    let upstream = crate::support::upstream::Upstream::http1("up").await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    routes:
+      - {{name: all, backends: [{{cluster: up}}], retry: {{attempts: 2, on: [5xx, reset]}}}}
+clusters:
+  - name: up
+    endpoints: ['{}']
+    outlier_detection: {{consecutive_5xx: 2, consecutive_local_origin_failure: 2, interval: 10s, max_ejection_percent: 100}}
+",
+        upstream.addr
+    ))
+    .await;
+    let web = proxy.addr("web");
+    let broken: [&[u8]; 3] = [
+        b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n",
+        b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\nabcd\r\n0\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
+    ];
+    for _ in 0..3 {
+        for request in broken {
+            // The third one closes its side right after the partial body.
+            let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(request).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut reply)).await;
+            let reply = String::from_utf8_lossy(&reply);
+            assert!(
+                reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+                "{}\n=> {reply}",
+                String::from_utf8_lossy(request)
+            );
+        }
+    }
+    let ejected = r#"remora_endpoints_ejected{cluster="up"}"#;
+    assert_eq!(
+        proxy.metric(ejected),
+        0.0,
+        "no endpoint ejected by a client"
+    );
+    let retries = r#"remora_upstream_retries_total{cluster="up",reason="reset"}"#;
+    assert_eq!(
+        proxy.metric(retries),
+        0.0,
+        "a client's fault is not retried"
+    );
+    let (_, clusters) =
+        crate::support::process::admin_request(proxy.admin, "GET", "/clusters").await;
+    let clusters: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let up = clusters[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == upstream.addr.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(up["health"]["ejected"], false, "{up}");
+}
