@@ -125,7 +125,10 @@ impl Body for ResponseBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(BodyError::Upstream(error)))),
+                Poll::Ready(Some(Err(error))) => {
+                    exchange.upstream_body_failed();
+                    Poll::Ready(Some(Err(BodyError::Upstream(error))))
+                }
                 Poll::Ready(None) => {
                     exchange.body_finished();
                     Poll::Ready(None)

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use http::{Method, Request, StatusCode, Version};
 
 use super::handler::ConnContext;
+use super::lifetime::PREMATURE_RESET_LIFETIME;
 use crate::breaker::Held;
 use crate::cluster::{Cluster, TimeoutKind};
 use crate::endpoint::ActiveRequest;
@@ -50,6 +51,11 @@ pub(crate) struct Exchange {
     limit: Option<Held>,
     /// Only kept when an access log is configured.
     summary: Option<Box<Summary>>,
+    /// The downstream request is HTTP/2 (a stream the client can reset).
+    downstream_http2: bool,
+    /// The response ended, cleanly or by the proxy's or upstream's doing;
+    /// an exchange dropped before is one the client abandoned.
+    ended: bool,
 }
 
 struct Summary {
@@ -99,6 +105,8 @@ impl Exchange {
             http2: None,
             limit: None,
             summary,
+            downstream_http2: request.version() == Version::HTTP_2,
+            ended: false,
         }
     }
 
@@ -133,6 +141,7 @@ impl Exchange {
 
     /// The response ended cleanly: the connection may serve another request.
     pub(crate) fn body_finished(&mut self) {
+        self.ended = true;
         if let (Some(lease), Some(upstream)) = (self.http1.take(), &self.upstream) {
             upstream.endpoint().pool.release_http1(lease);
         }
@@ -140,11 +149,22 @@ impl Exchange {
 
     /// A timeout cut the response body short.
     pub(crate) fn timed_out_streaming(&mut self, kind: TimeoutKind) {
+        self.ended = true;
         self.http1 = None;
         if let Some(cluster) = self.cluster() {
             cluster.count_timeout(kind);
         }
         tracing::debug!(listener = %self.listener.name, kind = kind.label(), "timeout while streaming a response");
+    }
+
+    /// The proxy answered itself (the whole response is local).
+    pub(crate) fn replied_locally(&mut self) {
+        self.ended = true;
+    }
+
+    /// The upstream's response body failed.
+    pub(crate) fn upstream_body_failed(&mut self) {
+        self.ended = true;
     }
 
     /// The cluster the request went to, if it was forwarded.
@@ -229,6 +249,13 @@ impl Drop for Exchange {
         }
         if let Some(summary) = self.summary.take() {
             self.write_access_log(&summary);
+        }
+        if self.downstream_http2
+            && !self.ended
+            && self.upstream.is_some()
+            && self.started.elapsed() < PREMATURE_RESET_LIFETIME
+        {
+            self.conn.activity.premature_reset();
         }
         self.conn.activity.end();
     }

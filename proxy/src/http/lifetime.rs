@@ -4,19 +4,38 @@
 //! HTTP/2 and `Connection: close` after the current response on HTTP/1.1
 //! (an idle HTTP/1.1 connection closes at once).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Requests in flight on one connection, and when the last one ended.
+/// A stream the client resets within this long of its start, before its
+/// response is complete, is a premature reset (Envoy's
+/// `premature_reset_min_stream_lifetime_seconds`).
+pub(crate) const PREMATURE_RESET_LIFETIME: Duration = Duration::from_secs(1);
+
+/// Once a connection has had this many streams, more than half of them
+/// reset prematurely winds it down (Envoy's
+/// `premature_reset_total_stream_count`): the 2023 "rapid reset" pattern,
+/// fast or slow, costs the upstream at most about this many requests per
+/// connection, while a client that cancels now and then (gRPC deadlines,
+/// browsers) is never near half.
+const PREMATURE_RESET_MIN_STREAMS: u32 = 500;
+
+/// Requests in flight on one connection, when the last one ended, and how
+/// many of its streams the client reset prematurely.
 #[derive(Debug)]
 pub(crate) struct Activity {
     born: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` when the connection last became idle.
     idle_since_ms: AtomicU64,
+    requests: AtomicU32,
+    premature_resets: AtomicU32,
+    /// Told once the premature resets pass their bound.
+    calm_down: Notify,
 }
 
 impl Default for Activity {
@@ -25,6 +44,9 @@ impl Default for Activity {
             born: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            requests: AtomicU32::new(0),
+            premature_resets: AtomicU32::new(0),
+            calm_down: Notify::new(),
         }
     }
 }
@@ -32,6 +54,17 @@ impl Default for Activity {
 impl Activity {
     pub(crate) fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client reset a stream early (see [`PREMATURE_RESET_LIFETIME`]);
+    /// past the bound the connection winds down.
+    pub(crate) fn premature_reset(&self) {
+        let resets = self.premature_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let requests = self.requests.load(Ordering::Relaxed);
+        if requests >= PREMATURE_RESET_MIN_STREAMS && resets * 2 > requests {
+            self.calm_down.notify_one();
+        }
     }
 
     pub(crate) fn end(&self) {
@@ -89,6 +122,7 @@ impl Activity {
             () = stop.cancelled() => "draining",
             () = idle => "idle_timeout",
             () = age => "max_connection_age",
+            () = self.calm_down.notified() => "premature_resets",
         }
     }
 }

@@ -33,6 +33,7 @@ pub(crate) fn reply(
 ) -> Response<ResponseBody> {
     let response = local_response(status, message, grpc);
     exchange.set_status(response.status());
+    exchange.replied_locally();
     response
 }
 

@@ -101,3 +101,94 @@ clusters:
         assert_eq!(response.await.unwrap().status(), StatusCode::OK);
     }
 }
+
+/// Slow "rapid reset": streams opened and cancelled about 20 ms later, over
+/// and over on one connection. Once more than half of at least 500 streams
+/// were reset early the connection gets GOAWAY, so the upstream does a
+/// bounded share of the work; a client that cancels now and then is left
+/// alone, and other connections are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_keeps_resetting_its_streams_is_sent_away() {
+    use crate::support::upstream::Upstream;
+    use std::time::Duration;
+
+    let upstream = Upstream::http1("up").await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
+clusters:
+  - {{name: up, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    let connect = || async {
+        let stream = tokio::net::TcpStream::connect(proxy.addr("web"))
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(connection);
+        client
+    };
+
+    // A polite client: one cancel in ten, 600 streams, never sent away.
+    let polite = connect().await;
+    for i in 0..600 {
+        let mut client = polite.clone().ready().await.expect("never sent away");
+        let path = if i % 10 == 0 { "/slow/200" } else { "/" };
+        let request = Request::get(format!("http://a.example{path}"))
+            .body(())
+            .unwrap();
+        let (response, mut stream) = client.send_request(request, true).unwrap();
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            stream.send_reset(h2::Reason::CANCEL);
+        } else {
+            assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+        }
+    }
+
+    let before = upstream.hits();
+    let attacker = connect().await;
+    let mut opened = 0;
+    let mut stopped = None;
+    'attack: for _ in 0..200 {
+        let mut batch = Vec::new();
+        for _ in 0..10 {
+            let mut client = match attacker.clone().ready().await {
+                Ok(client) => client,
+                Err(error) => {
+                    stopped = Some(error);
+                    break 'attack;
+                }
+            };
+            let request = Request::get("http://a.example/slow/1000").body(()).unwrap();
+            let Ok((_, stream)) = client.send_request(request, true) else {
+                break 'attack;
+            };
+            batch.push(stream);
+            opened += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        for mut stream in batch {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    let reached = upstream.hits() - before;
+    eprintln!(
+        "rapid reset: {opened} streams opened, {reached} reached the upstream, stopped by {stopped:?}"
+    );
+    assert!(
+        opened < 2000,
+        "the connection was sent away ({opened} streams opened)"
+    );
+    assert!(reached <= 700, "{reached} requests reached the upstream");
+
+    // Another connection is served as usual.
+    let mut fresh = connect().await.ready().await.unwrap();
+    let (response, _) = fresh
+        .send_request(Request::get("http://a.example/").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+}
