@@ -2,6 +2,12 @@
 //! preface (`PRI * HTTP/2.0...`) means h2c with prior knowledge; anything
 //! else is served as HTTP/1.x. The bytes read to decide are replayed to the
 //! HTTP server by [`ServerIo`].
+//!
+//! After the preface the client's first frame must be SETTINGS (RFC 9113
+//! §3.4), which the h2 library does not check: a connection that sends
+//! anything else gets the server's SETTINGS and a GOAWAY with
+//! `PROTOCOL_ERROR` (`FRAME_SIZE_ERROR` for a SETTINGS frame whose length is
+//! not a multiple of 6) and is closed.
 
 use std::io;
 use std::pin::Pin;
@@ -9,10 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The preface and the header of the client's first frame.
+const PREFIX_MAX: usize = H2_PREFACE.len() + FRAME_HEADER;
+const FRAME_HEADER: usize = 9;
+const SETTINGS: u8 = 0x4;
+const ACK: u8 = 0x1;
+const PROTOCOL_ERROR: u8 = 0x1;
+const FRAME_SIZE_ERROR: u8 = 0x6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Detected {
@@ -22,7 +35,7 @@ pub(super) enum Detected {
 
 /// The first bytes of a connection, already read.
 pub(super) struct Prefix {
-    bytes: [u8; 24],
+    bytes: [u8; PREFIX_MAX],
     len: u8,
 }
 
@@ -30,12 +43,14 @@ pub(super) struct Prefix {
 /// closed before sending anything.
 pub(super) async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detected, Prefix)>> {
     let mut prefix = Prefix {
-        bytes: [0; 24],
+        bytes: [0; PREFIX_MAX],
         len: 0,
     };
     loop {
         let len = prefix.len as usize;
-        let read = stream.read(&mut prefix.bytes[len..]).await?;
+        let read = stream
+            .read(&mut prefix.bytes[len..H2_PREFACE.len()])
+            .await?;
         if read == 0 {
             return Ok(if len == 0 {
                 None
@@ -49,9 +64,44 @@ pub(super) async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detecte
             return Ok(Some((Detected::Http1, prefix)));
         }
         if len == H2_PREFACE.len() {
-            return Ok(Some((Detected::Http2, prefix)));
+            return first_frame(stream, prefix).await;
         }
     }
+}
+
+/// Reads the header of the frame after the preface; anything but SETTINGS
+/// ends the connection with the GOAWAY the RFC asks for (`None`).
+async fn first_frame(
+    stream: &mut TcpStream,
+    mut prefix: Prefix,
+) -> io::Result<Option<(Detected, Prefix)>> {
+    stream
+        .read_exact(&mut prefix.bytes[H2_PREFACE.len()..])
+        .await?;
+    prefix.len = PREFIX_MAX as u8;
+    let header = &prefix.bytes[H2_PREFACE.len()..];
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+    let (kind, flags) = (header[3], header[4]);
+    let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    let error = if kind != SETTINGS || flags & ACK != 0 || stream_id != 0 {
+        PROTOCOL_ERROR
+    } else if !length.is_multiple_of(6) {
+        FRAME_SIZE_ERROR
+    } else {
+        return Ok(Some((Detected::Http2, prefix)));
+    };
+    #[rustfmt::skip]
+    let goodbye = [
+        // The server's (empty) SETTINGS: its preface.
+        0, 0, 0, SETTINGS, 0, 0, 0, 0, 0,
+        // GOAWAY, last stream 0, and the error.
+        0, 0, 8, 0x7, 0, 0, 0, 0, 0,
+        0, 0, 0, 0,
+        0, 0, 0, error,
+    ];
+    stream.write_all(&goodbye).await?;
+    let _ = stream.shutdown().await;
+    Ok(None)
 }
 
 /// A server connection's socket: replays the detection prefix, then reads

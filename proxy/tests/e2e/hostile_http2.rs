@@ -192,3 +192,51 @@ clusters:
         .unwrap();
     assert_eq!(response.await.unwrap().status(), StatusCode::OK);
 }
+
+/// After the preface the first frame must be SETTINGS (RFC 9113 §3.4):
+/// anything else is a connection error, answered with GOAWAY and a close.
+#[tokio::test]
+async fn a_preface_not_followed_by_settings_is_a_connection_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = RawUpstream::start().await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
+clusters:
+  - {{name: up, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let settings_ack = [0, 0, 0, 4, 1, 0, 0, 0, 0];
+    let odd_settings = [0, 0, 5, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0];
+    for (first, error) in [
+        (&ping[..], 1u8),
+        (&settings_ack[..], 1),
+        (&odd_settings[..], 6),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr("web"))
+            .await
+            .unwrap();
+        stream.write_all(PREFACE).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut reply),
+        )
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+        let goaway = reply
+            .windows(4)
+            .position(|w| w == [0, 0, 8, 7])
+            .unwrap_or_else(|| panic!("no GOAWAY in {reply:?}"));
+        assert_eq!(reply[goaway + 16], error, "{reply:?}");
+    }
+    assert!(upstream.received().is_empty());
+}
