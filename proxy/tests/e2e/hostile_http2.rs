@@ -240,3 +240,73 @@ clusters:
     }
     assert!(upstream.received().is_empty());
 }
+
+/// Frame errors that the h2 library answers (docs/operations.md): each ends
+/// the connection with GOAWAY. The RFC names FLOW_CONTROL_ERROR for an
+/// oversized SETTINGS_INITIAL_WINDOW_SIZE, FRAME_SIZE_ERROR for a PING that
+/// is not 8 bytes, and STREAM_CLOSED (a stream error) for DATA after
+/// END_STREAM; h2 0.4 sends PROTOCOL_ERROR for all three. If a newer h2 gets
+/// them right, this test says so and the docs should follow.
+#[tokio::test]
+async fn frame_errors_the_h2_library_handles_end_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = RawUpstream::start().await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
+clusters:
+  - {{name: up, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    // SETTINGS_INITIAL_WINDOW_SIZE = 2^31.
+    let big_window = [0u8, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0x80, 0, 0, 0];
+    // A PING of 7 bytes.
+    let short_ping = [0u8, 0, 7, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7];
+    // GET / on stream 1 with END_STREAM, then DATA on stream 1.
+    let headers = [
+        0u8, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41, 0x01, b'a',
+    ];
+    let data = [0u8, 0, 1, 0, 0, 0, 0, 0, 1, b'x'];
+    for (case, frames) in [
+        ("oversized initial window", vec![&big_window[..]]),
+        ("short PING", vec![&short_ping[..]]),
+        ("DATA after END_STREAM", vec![&headers[..], &data[..]]),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr("web"))
+            .await
+            .unwrap();
+        stream.write_all(PREFACE).await.unwrap();
+        stream.write_all(&settings).await.unwrap();
+        for frame in frames {
+            stream.write_all(frame).await.unwrap();
+        }
+        let mut reply = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut reply),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{case}: the connection stays open"))
+        .unwrap();
+        let mut at = 0;
+        let mut goaway = None;
+        while at + 9 <= reply.len() {
+            let length = u32::from_be_bytes([0, reply[at], reply[at + 1], reply[at + 2]]) as usize;
+            if reply[at + 3] == 7 && at + 17 <= reply.len() {
+                goaway = Some(reply[at + 16]);
+            }
+            at += 9 + length;
+        }
+        assert_eq!(
+            goaway,
+            Some(1),
+            "{case}: GOAWAY PROTOCOL_ERROR in {reply:?}"
+        );
+    }
+}
