@@ -7,6 +7,7 @@ mod balancing;
 mod config_cli;
 mod grpc_calls;
 mod health_checks;
+mod hostile_corpus;
 mod hostile_http1;
 mod hostile_http2;
 mod idle_memory;
