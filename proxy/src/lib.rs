@@ -25,6 +25,8 @@ pub mod config;
 mod discovery;
 mod endpoint;
 mod fault;
+#[doc(hidden)]
+pub mod fuzz;
 mod health;
 pub mod http;
 pub mod listener;

@@ -12,6 +12,7 @@ use std::path::Path;
 const LAYERS: &[&str] = &[
     // foundations: config types, randomness, locks, threads, sockets, metrics
     "config",
+    "fuzz",
     "rand",
     "sync",
     "worker",

@@ -368,3 +368,52 @@ fn the_inbound_rate_limit_survives_the_trip_to_remora_proxy() {
     assert_eq!(limit.burst, Some(10));
     assert_eq!(routes[0].timeout, None);
 }
+
+/// Fuzz: arbitrary bytes as any of the four Envoy resource types never
+/// panic remora-proxy's translation (it accepts or names what is wrong),
+/// starting from the real resources of EVERY_POLICY and the mesh example.
+/// `REMORA_FUZZ_ITERATIONS` scales the run.
+#[test]
+fn fuzz_the_proxy_translation_of_envoy_resources() {
+    let mut seeds = Vec::new();
+    let example = include_str!("../../../examples/mesh/mesh.yaml");
+    for mesh in [EVERY_POLICY, example] {
+        let t = translate(&parse_yaml(mesh).unwrap(), None);
+        for proxy in &t.proxies {
+            for (i, resources) in proxy.by_type.iter().enumerate() {
+                for resource in resources.values() {
+                    let mut seed = vec![i as u8];
+                    seed.extend_from_slice(&resource.any.value);
+                    seeds.push(seed);
+                }
+            }
+        }
+    }
+    let ran = remora_proxy::fuzz::run("xds translation", &seeds, 20_000, |input| {
+        let Some((&kind, value)) = input.split_first() else {
+            return;
+        };
+        let type_url = type_url::ALL[kind as usize % 4];
+        let any = Any {
+            type_url: type_url.to_string(),
+            value: value.to_vec(),
+        };
+        let _ = remora_proxy::xds::translate::translate(type_url, &any);
+    });
+    eprintln!("fuzz xds translation: {ran} inputs");
+}
+
+/// Fuzz: the mesh file parser and validator never panic.
+#[test]
+fn fuzz_the_mesh_file() {
+    let seeds = vec![
+        EVERY_POLICY.as_bytes().to_vec(),
+        include_bytes!("../../../examples/mesh/mesh.yaml").to_vec(),
+    ];
+    let ran = remora_proxy::fuzz::run("mesh file", &seeds, 3_000, |input| {
+        if let Ok(mesh) = parse_yaml(&String::from_utf8_lossy(input)) {
+            let _ = translate(&mesh, None);
+        }
+    });
+    eprintln!("fuzz mesh file: {ran} inputs");
+}

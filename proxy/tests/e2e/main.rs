@@ -5,6 +5,7 @@ mod admin_api;
 mod bad_input;
 mod balancing;
 mod config_cli;
+mod fuzz;
 mod grpc_calls;
 mod health_checks;
 mod hostile_corpus;
