@@ -76,6 +76,7 @@ impl Proxy {
             telemetry: telemetry.clone(),
             drain: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            connections: Arc::default(),
         };
         let resolver = ResolverHandle::default();
         prepare_discovery(&snapshot, &resolver)?;

@@ -502,6 +502,16 @@ mod tests {
         assert!(!mesh.proxies.is_empty());
     }
 
+    /// Found by fuzz_the_mesh_file: a node id ending in a multibyte
+    /// character made the `*` check slice inside it and panic.
+    #[test]
+    fn node_ids_ending_in_any_character_are_checked_without_panicking() {
+        let mesh = parse_yaml("proxies: [{node_id: \"client\u{b3}\", outbound: []}]").unwrap();
+        assert_eq!(mesh.proxies[0].node_id, "client\u{b3}");
+        let e = errors_of("proxies: [{node_id: \"a*\u{e9}\", outbound: []}]");
+        assert!(e.contains("* may only end the id"), "{e}");
+    }
+
     #[test]
     fn shape_errors_name_the_field_path() {
         let e = errors_of("services: [{name: a, port: 80, bogus: 1}]");

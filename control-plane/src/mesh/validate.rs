@@ -289,7 +289,12 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
                 "must be a node id, or a prefix ending in * (not * alone)".into(),
             );
         }
-        if proxy.node_id[..proxy.node_id.len().saturating_sub(1)].contains('*') {
+        let before_last = proxy
+            .node_id
+            .char_indices()
+            .next_back()
+            .map_or("", |(last, _)| &proxy.node_id[..last]);
+        if before_last.contains('*') {
             err(
                 format!("{at}.node_id"),
                 "* may only end the id (a prefix)".into(),

@@ -14,6 +14,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
-use crate::listener::{ListenerKind, ListenerSlot, ListenerState, Refusal};
+use crate::listener::{ListenerKind, ListenerSlot, ListenerState, Refusal, take_place};
 use crate::telemetry::{self, LabelValue, Telemetry};
 use crate::worker::Workers;
 
@@ -41,6 +42,9 @@ pub(crate) struct Spawner {
     pub drain: CancellationToken,
     /// Tracks every connection, so a drain can wait for them.
     pub tracker: TaskTracker,
+    /// Downstream connections open over every listener (for the
+    /// top-level `max_connections`).
+    pub connections: Arc<AtomicUsize>,
 }
 
 struct Bound {
@@ -120,6 +124,7 @@ impl ListenerSet {
                             stop.clone(),
                             spawner.tracker.clone(),
                             spawner.telemetry.clone(),
+                            spawner.connections.clone(),
                         ));
                     }
                     tracing::info!(listener = %state.name, address = %local, workers, "listening");
@@ -248,6 +253,7 @@ async fn accept_loop(
     stop: CancellationToken,
     tracker: TaskTracker,
     telemetry: Arc<Telemetry>,
+    open: Arc<AtomicUsize>,
 ) {
     let listener = match TcpListener::from_std(socket) {
         Ok(listener) => listener,
@@ -267,12 +273,15 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let state = slot.current();
                 counted.count(&telemetry, &state.name);
-                if let Some(reason) = refusal(&state, &slot, peer) {
-                    state.rejected.increment(reason);
-                    tracing::debug!(listener = %state.name, %peer, reason = reason.label(), "connection closed on accept");
-                    drop(stream);
-                    continue;
-                }
+                let admitted = match admit(&state, &slot, &open, peer) {
+                    Ok(admitted) => admitted,
+                    Err(reason) => {
+                        state.rejected.increment(reason);
+                        tracing::debug!(listener = %state.name, %peer, reason = reason.label(), "connection closed on accept");
+                        drop(stream);
+                        continue;
+                    }
+                };
                 tracker.spawn(connection(
                     stream,
                     peer,
@@ -280,6 +289,7 @@ async fn accept_loop(
                     state,
                     stop.clone(),
                     tracker.clone(),
+                    admitted,
                 ));
             }
             Err(error) => {
@@ -291,23 +301,47 @@ async fn accept_loop(
     }
 }
 
-/// Which limit refuses a new connection, if one does.
-fn refusal(state: &ListenerState, slot: &ListenerSlot, peer: SocketAddr) -> Option<Refusal> {
-    if state
-        .max_connections
-        .is_some_and(|max| slot.open_connections() >= max)
-    {
-        return Some(Refusal::MaxConnections);
+/// A connection's places under the proxy-wide and the listener's
+/// `max_connections`, given back when it closes.
+struct Admitted {
+    proxy: Arc<AtomicUsize>,
+    slot: Arc<ListenerSlot>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.proxy.fetch_sub(1, Ordering::AcqRel);
+        self.slot.open().fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Admits a new connection under every limit, or says which refuses it.
+fn admit(
+    state: &ListenerState,
+    slot: &Arc<ListenerSlot>,
+    open: &Arc<AtomicUsize>,
+    peer: SocketAddr,
+) -> Result<Admitted, Refusal> {
+    if !take_place(open, state.proxy_max_connections) {
+        return Err(Refusal::ProxyMaxConnections);
+    }
+    if !take_place(slot.open(), state.max_connections) {
+        open.fetch_sub(1, Ordering::AcqRel);
+        return Err(Refusal::MaxConnections);
+    }
+    let admitted = Admitted {
+        proxy: open.clone(),
+        slot: slot.clone(),
+    };
     match &state.connection_rate {
         Some(rate)
             if rate
                 .check(&http::HeaderMap::new(), None, peer.ip())
                 .is_err() =>
         {
-            Some(Refusal::ConnectionRateLimit)
+            Err(Refusal::ConnectionRateLimit)
         }
-        _ => None,
+        _ => Ok(admitted),
     }
 }
 
@@ -318,20 +352,19 @@ async fn connection(
     state: Arc<ListenerState>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    admitted: Admitted,
 ) {
     if let Err(error) = state.socket.apply(&stream) {
         tracing::debug!(%peer, %error, "cannot set socket options");
     }
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
-    slot.connection_opened();
-    let counted = slot.clone();
     match &state.kind {
         ListenerKind::Http(_) => {
             crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await
         }
         ListenerKind::Tcp(_) => crate::tcp::proxy_connection(stream, peer, state, stop).await,
     }
-    counted.connection_closed();
+    drop(admitted);
     gauge.decrement(1.0);
 }

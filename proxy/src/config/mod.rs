@@ -46,6 +46,12 @@ pub struct Config {
     /// Data-plane worker threads; absent means one per CPU core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<NonZeroUsize>,
+    /// Downstream connections open at once over all listeners; a new one
+    /// past it is closed on accept (each listener's own `max_connections`
+    /// applies as well). Absent: no limit but the process's file
+    /// descriptors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<NonZeroUsize>,
     /// How long in-flight requests get to finish on shutdown.
     #[serde(default = "default_drain_timeout", with = "scalar::duration")]
     pub drain_timeout: Duration,

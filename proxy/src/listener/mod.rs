@@ -47,17 +47,22 @@ impl ListenerSlot {
         self.state.store(state);
     }
 
-    pub(crate) fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+    /// The socket's count of open connections (for `max_connections`).
+    pub(crate) fn open(&self) -> &AtomicUsize {
+        &self.open
     }
+}
 
-    pub(crate) fn connection_opened(&self) {
-        self.open.fetch_add(1, Ordering::Relaxed);
+/// Takes one place under `max` in `count` (no limit: always), or none if
+/// it is full. Taken and checked in one step, so connections accepted at
+/// once on several workers cannot together pass the limit.
+pub(crate) fn take_place(count: &AtomicUsize, max: Option<usize>) -> bool {
+    let taken = count.fetch_add(1, Ordering::AcqRel) + 1;
+    if max.is_some_and(|max| taken > max) {
+        count.fetch_sub(1, Ordering::AcqRel);
+        return false;
     }
-
-    pub(crate) fn connection_closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
+    true
 }
 
 #[derive(Debug)]
@@ -83,6 +88,8 @@ pub struct ListenerState {
     pub(crate) rate_limited: Counter,
     pub(crate) connection_rate: Option<RateLimit>,
     pub(crate) max_connections: Option<usize>,
+    /// The top-level `max_connections`, over every listener.
+    pub(crate) proxy_max_connections: Option<usize>,
     /// Connections closed on accept by the two limits above.
     pub(crate) rejected: CountersBy<Refusal>,
 }
@@ -92,11 +99,14 @@ pub struct ListenerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     MaxConnections,
+    /// The top-level `max_connections`, over every listener.
+    ProxyMaxConnections,
     ConnectionRateLimit,
 }
 
 label_values!(Refusal {
     MaxConnections => "max_connections",
+    ProxyMaxConnections => "proxy_max_connections",
     ConnectionRateLimit => "connection_rate_limit",
 });
 
@@ -127,6 +137,7 @@ pub(crate) struct ListenerContext<'a> {
     pub(crate) telemetry: &'a Telemetry,
     pub(crate) access_log: Option<&'a Arc<AccessLog>>,
     pub(crate) drain_timeout: Duration,
+    pub(crate) proxy_max_connections: Option<usize>,
 }
 
 impl ListenerState {
@@ -270,6 +281,7 @@ impl ListenerState {
             ),
             connection_rate,
             max_connections: config.max_connections.map(|m| m as usize),
+            proxy_max_connections: cx.proxy_max_connections,
             rejected: CountersBy::register(
                 cx.telemetry,
                 telemetry::LISTENER_REJECTED_TOTAL,

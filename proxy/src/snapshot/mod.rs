@@ -120,6 +120,7 @@ impl Snapshot {
             telemetry,
             access_log: access_log.as_ref(),
             drain_timeout: config.drain_timeout,
+            proxy_max_connections: config.max_connections.map(|m| m.get()),
         };
         let listeners: Vec<Arc<ListenerState>> = config
             .listeners
