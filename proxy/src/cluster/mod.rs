@@ -68,6 +68,26 @@ pub(crate) enum TimeoutKind {
     Grpc,
 }
 
+/// Who caused a request to fail, for `remora_request_failures_total` and
+/// the access log's `failed_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailedBy {
+    /// A broken request body, or a client gone before its response ended.
+    Client,
+    /// The proxy's own limits: a circuit breaker, no endpoint to pick, a
+    /// body too large to retry.
+    Proxy,
+    /// No usable response from the upstream: connect failure, reset,
+    /// timeout.
+    Upstream,
+}
+
+label_values!(FailedBy {
+    Client => "client",
+    Proxy => "proxy",
+    Upstream => "upstream",
+});
+
 label_values!(TimeoutKind {
     Route => "route",
     PerTry => "per_try",
@@ -82,6 +102,7 @@ struct LbStats {
     no_hash_key: Counter,
     timeouts: CountersBy<TimeoutKind>,
     retries: CountersBy<RetryOn>,
+    failures: CountersBy<FailedBy>,
 }
 
 impl Cluster {
@@ -171,6 +192,12 @@ impl Cluster {
                 &[("cluster", name)],
                 "kind",
             ),
+            failures: CountersBy::register(
+                telemetry,
+                telemetry::REQUEST_FAILURES_TOTAL,
+                &[("cluster", name)],
+                "failed_by",
+            ),
             retries: CountersBy::register(
                 telemetry,
                 telemetry::UPSTREAM_RETRIES_TOTAL,
@@ -245,6 +272,10 @@ impl Cluster {
 
     pub(crate) fn count_timeout(&self, kind: TimeoutKind) {
         self.stats.timeouts.increment(kind);
+    }
+
+    pub(crate) fn count_failure(&self, by: FailedBy) {
+        self.stats.failures.increment(by);
     }
 
     pub(crate) fn count_retry(&self, reason: RetryOn) {

@@ -11,7 +11,7 @@ use http::{Method, Request, StatusCode, Version};
 use super::handler::ConnContext;
 use super::lifetime::PREMATURE_RESET_LIFETIME;
 use crate::breaker::Held;
-use crate::cluster::{Cluster, TimeoutKind};
+use crate::cluster::{Cluster, FailedBy, TimeoutKind};
 use crate::endpoint::ActiveRequest;
 use crate::listener::{ListenerKind, ListenerState};
 use crate::pool::{Http1Lease, Http2Lease};
@@ -53,6 +53,8 @@ pub(crate) struct Exchange {
     summary: Option<Box<Summary>>,
     /// The downstream request is HTTP/2 (a stream the client can reset).
     downstream_http2: bool,
+    /// Who made the request fail, and how.
+    failure: Option<(FailedBy, &'static str)>,
     /// The response ended, cleanly or by the proxy's or upstream's doing;
     /// an exchange dropped before is one the client abandoned.
     ended: bool,
@@ -106,6 +108,7 @@ impl Exchange {
             limit: None,
             summary,
             downstream_http2: request.version() == Version::HTTP_2,
+            failure: None,
             ended: false,
         }
     }
@@ -151,10 +154,24 @@ impl Exchange {
     pub(crate) fn timed_out_streaming(&mut self, kind: TimeoutKind) {
         self.ended = true;
         self.http1 = None;
+        let what = match kind {
+            TimeoutKind::StreamIdle => "stream_idle_timeout",
+            _ => "route_timeout",
+        };
+        self.failed(FailedBy::Upstream, what);
         if let Some(cluster) = self.cluster() {
             cluster.count_timeout(kind);
         }
         tracing::debug!(listener = %self.listener.name, kind = kind.label(), "timeout while streaming a response");
+    }
+
+    /// Records who made the request fail and how (the access log's
+    /// `failed_by` and `failure`), counted per cluster.
+    pub(crate) fn failed(&mut self, by: FailedBy, what: &'static str) {
+        self.failure = Some((by, what));
+        if let Some(cluster) = self.cluster() {
+            cluster.count_failure(by);
+        }
     }
 
     /// The proxy answered itself (the whole response is local).
@@ -165,6 +182,7 @@ impl Exchange {
     /// The upstream's response body failed.
     pub(crate) fn upstream_body_failed(&mut self) {
         self.ended = true;
+        self.failed(FailedBy::Upstream, "upstream_body");
     }
 
     /// The cluster the request went to, if it was forwarded.
@@ -235,12 +253,17 @@ impl Exchange {
                 .as_ref()
                 .map(|u| u.endpoint().address.to_string()),
             bytes_sent: self.bytes_sent,
+            failed_by: self.failure.map(|(by, _)| by.label()),
+            failure: self.failure.map(|(_, what)| what),
         });
     }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if !self.ended && self.upstream.is_some() && self.failure.is_none() {
+            self.failed(FailedBy::Client, "client_cancelled");
+        }
         if let Some(stats) = self.stats() {
             if let Some(status) = self.status {
                 stats.record_status(status);

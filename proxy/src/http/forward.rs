@@ -19,7 +19,7 @@ use super::{hop, local_reply, upgrade};
 use crate::balance::HashInput;
 use crate::body::{RequestBody, StreamIdle};
 use crate::breaker::Limit;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, FailedBy};
 use crate::config::UpstreamProtocol;
 use crate::route::{Backend, Route};
 
@@ -139,15 +139,27 @@ fn stopped(
     stop: Stop,
     grpc: bool,
 ) -> Response<ResponseBody> {
+    let mut exchange = exchange;
     match stop {
         Stop::Deadline { message } => {
+            exchange.failed(FailedBy::Upstream, "route_timeout");
             local_reply::reply(exchange, StatusCode::GATEWAY_TIMEOUT, &message, grpc)
         }
-        Stop::Upstream { status, message } => local_reply::reply(exchange, status, &message, grpc),
+        Stop::Upstream { status, message } => {
+            let what = match status {
+                StatusCode::SERVICE_UNAVAILABLE => "connect_failure",
+                StatusCode::GATEWAY_TIMEOUT => "per_try_timeout",
+                _ => "upstream_reset",
+            };
+            exchange.failed(FailedBy::Upstream, what);
+            local_reply::reply(exchange, status, &message, grpc)
+        }
         Stop::Client { message } => {
+            exchange.failed(FailedBy::Client, "client_body");
             local_reply::reply(exchange, StatusCode::BAD_REQUEST, &message, grpc)
         }
         Stop::BodyNotReplayable { message } => {
+            exchange.failed(FailedBy::Proxy, "retry_buffer_overflow");
             local_reply::reply(exchange, StatusCode::BAD_GATEWAY, &message, grpc)
         }
         Stop::Overloaded(limit) => local_reply::overloaded(exchange, cluster, limit, grpc),

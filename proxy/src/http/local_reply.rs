@@ -10,7 +10,7 @@ use super::attempt::UpstreamError;
 use super::body::ResponseBody;
 use super::exchange::Exchange;
 use crate::breaker::Limit;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, FailedBy};
 use crate::endpoint::Endpoint;
 use crate::fault::Abort;
 use crate::telemetry::LabelValue;
@@ -102,6 +102,13 @@ pub(crate) fn failure_reply(
     error: UpstreamError,
     grpc: bool,
 ) -> Response<ResponseBody> {
+    let mut exchange = exchange;
+    let what = match error {
+        UpstreamError::Connect(_) => "connect_failure",
+        UpstreamError::Send { .. } => "upstream_reset",
+        UpstreamError::PerTryTimeout(_) => "per_try_timeout",
+    };
+    exchange.failed(FailedBy::Upstream, what);
     let message = format!(
         "{}: cluster {:?} endpoint {}: {error}",
         error.summary(),
@@ -116,6 +123,8 @@ pub(crate) fn no_endpoint(
     cluster: &Cluster,
     grpc: bool,
 ) -> Response<ResponseBody> {
+    let mut exchange = exchange;
+    exchange.failed(FailedBy::Proxy, "no_healthy_upstream");
     let message = format!(
         "no endpoint available: cluster {:?} has no healthy endpoints",
         cluster.name
@@ -130,6 +139,8 @@ pub(crate) fn overloaded(
     limit: Limit,
     grpc: bool,
 ) -> Response<ResponseBody> {
+    let mut exchange = exchange;
+    exchange.failed(FailedBy::Proxy, "circuit_breaker");
     let message = format!(
         "overloaded: cluster {:?} is at its {} circuit breaker",
         cluster.name,

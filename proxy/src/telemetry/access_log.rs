@@ -37,6 +37,12 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) cluster: &'a str,
     pub(crate) upstream: Option<String>,
     pub(crate) bytes_sent: u64,
+    /// For a request that failed: `client`, `proxy` or `upstream`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failed_by: Option<&'static str>,
+    /// What failed (`connect_failure`, `client_body`, `client_cancelled`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failure: Option<&'static str>,
 }
 
 impl AccessLog {

@@ -243,8 +243,10 @@ listeners:
     address: 127.0.0.1:0
     routes:
       - {{name: api, match: {{path_prefix: /api}}, backends: [{{cluster: api}}]}}
+      - {{name: dead, match: {{path_prefix: /dead}}, backends: [{{cluster: dead}}]}}
 clusters:
   - {{name: api, endpoints: ['{}']}}
+  - {{name: dead, endpoints: ['127.0.0.1:1']}}
 ",
         log.display(),
         upstream.addr
@@ -253,14 +255,15 @@ clusters:
     let client = client::http2();
     client::get(&client, &proxy.url("web", "/api/items?page=2")).await;
     client::get(&client, &proxy.url("web", "/nowhere")).await;
+    client::get(&client, &proxy.url("web", "/dead")).await;
     let mut lines = Vec::new();
-    crate::support::eventually("two access-log lines", || {
+    crate::support::eventually("three access-log lines", || {
         lines = std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
             .map(String::from)
             .collect();
-        lines.len() == 2
+        lines.len() == 3
     })
     .await;
     // A line is written when its exchange ends, which for the first request
@@ -295,4 +298,9 @@ clusters:
         (Some(""), Some(404))
     );
     assert!(second["upstream"].is_null());
+    assert!(first["failed_by"].is_null() && second["failed_by"].is_null());
+    let third = by_path("/dead");
+    assert_eq!(third["status"], 503);
+    assert_eq!(third["failed_by"], "upstream");
+    assert_eq!(third["failure"], "connect_failure");
 }
