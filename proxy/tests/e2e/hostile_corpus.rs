@@ -111,16 +111,7 @@ const CASES: &[Case] = &[
 #[tokio::test]
 async fn the_request_corpus_gets_one_reading() {
     let upstream = RawUpstream::start().await;
-    let proxy = TestProxy::start(&format!(
-        "
-listeners:
-  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
-clusters:
-  - {{name: up, endpoints: ['{}']}}
-",
-        upstream.addr
-    ))
-    .await;
+    let proxy = TestProxy::forwarding_to(upstream.addr).await;
     let mut failures = Vec::new();
     for case in CASES {
         let before = upstream.received().len();
@@ -219,16 +210,7 @@ async fn the_response_corpus_reaches_clients_with_one_framing() {
     let mut failures = Vec::new();
     for case in RESPONSES {
         let upstream = RawUpstream::answering(case.response).await;
-        let proxy = TestProxy::start(&format!(
-            "
-listeners:
-  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
-clusters:
-  - {{name: up, endpoints: ['{}']}}
-",
-            upstream.addr
-        ))
-        .await;
+        let proxy = TestProxy::forwarding_to(upstream.addr).await;
         let request = format!(
             "{} / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             case.method

@@ -113,7 +113,7 @@ async fn hop_by_hop_headers_in_a_response_do_not_reach_the_client() {
           x-other: 2\r\nx-end: 3\r\ncontent-length: 2\r\n\r\nok",
     )
     .await;
-    let proxy = single(&upstream).await;
+    let proxy = TestProxy::forwarding_to(upstream.addr).await;
     let reply = exchange(
         proxy.addr("web"),
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -136,7 +136,7 @@ async fn an_upstream_response_with_transfer_encoding_and_content_length_arrives_
           b\r\nhello world\r\n0\r\n\r\n",
     )
     .await;
-    let proxy = single(&upstream).await;
+    let proxy = TestProxy::forwarding_to(upstream.addr).await;
     let reply = exchange(
         proxy.addr("web"),
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -150,19 +150,6 @@ async fn an_upstream_response_with_transfer_encoding_and_content_length_arrives_
         "the overridden length must not be passed on: {reply}"
     );
     assert!(reply.contains("hello world"), "the whole body: {reply}");
-}
-
-async fn single(upstream: &RawUpstream) -> TestProxy {
-    TestProxy::start(&format!(
-        "
-listeners:
-  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
-clusters:
-  - {{name: up, endpoints: ['{}']}}
-",
-        upstream.addr
-    ))
-    .await
 }
 
 /// A client's broken request body is the client's fault: answered 400 (or

@@ -8,16 +8,7 @@ use crate::support::raw::RawUpstream;
 #[tokio::test]
 async fn a_host_header_that_differs_from_authority_is_refused() {
     let upstream = RawUpstream::start().await;
-    let proxy = TestProxy::start(&format!(
-        "
-listeners:
-  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
-clusters:
-  - {{name: up, endpoints: ['{}']}}
-",
-        upstream.addr
-    ))
-    .await;
+    let proxy = TestProxy::forwarding_to(upstream.addr).await;
     let stream = tokio::net::TcpStream::connect(proxy.addr("web"))
         .await
         .unwrap();
@@ -113,16 +104,7 @@ async fn a_connection_that_keeps_resetting_its_streams_is_sent_away() {
     use std::time::Duration;
 
     let upstream = Upstream::http1("up").await;
-    let proxy = TestProxy::start(&format!(
-        "
-listeners:
-  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
-clusters:
-  - {{name: up, endpoints: ['{}']}}
-",
-        upstream.addr
-    ))
-    .await;
+    let proxy = TestProxy::forwarding_to(upstream.addr).await;
     let connect = || async {
         let stream = tokio::net::TcpStream::connect(proxy.addr("web"))
             .await
@@ -200,16 +182,7 @@ async fn a_preface_not_followed_by_settings_is_a_connection_error() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let upstream = RawUpstream::start().await;
-    let proxy = TestProxy::start(&format!(
-        "
-listeners:
-  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
-clusters:
-  - {{name: up, endpoints: ['{}']}}
-",
-        upstream.addr
-    ))
-    .await;
+    let proxy = TestProxy::forwarding_to(upstream.addr).await;
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
     let settings_ack = [0, 0, 0, 4, 1, 0, 0, 0, 0];
@@ -252,16 +225,7 @@ async fn frame_errors_the_h2_library_handles_end_the_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let upstream = RawUpstream::start().await;
-    let proxy = TestProxy::start(&format!(
-        "
-listeners:
-  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
-clusters:
-  - {{name: up, endpoints: ['{}']}}
-",
-        upstream.addr
-    ))
-    .await;
+    let proxy = TestProxy::forwarding_to(upstream.addr).await;
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
     // SETTINGS_INITIAL_WINDOW_SIZE = 2^31.

@@ -77,6 +77,20 @@ impl TestProxy {
         }
     }
 
+    /// A proxy with one listener `web` whose one route sends everything to
+    /// cluster `up` at `upstream`.
+    pub async fn forwarding_to(upstream: SocketAddr) -> TestProxy {
+        TestProxy::start(&format!(
+            "
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: up}}]}}]}}
+clusters:
+  - {{name: up, endpoints: ['{upstream}']}}
+"
+        ))
+        .await
+    }
+
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.proxy
             .listener_address(listener)
