@@ -20,6 +20,7 @@ pub mod admin;
 mod balance;
 mod body;
 mod breaker;
+pub mod capture;
 pub mod cluster;
 pub mod config;
 mod discovery;

@@ -15,8 +15,15 @@ use remora_proxy::{Proxy, ProxyOptions, admin, reload};
 
 /// Remora's sidecar proxy: HTTP/1.1, HTTP/2, gRPC and TCP.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The YAML config file; it is watched and reloaded on change (and on
     /// SIGHUP). Optional with --xds.
     #[arg(long, short, required_unless_present = "xds")]
@@ -43,8 +50,73 @@ struct Args {
     admin_address_path: Option<PathBuf>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Install the iptables rules that capture this network namespace's TCP
+    /// for the proxy (what a sidecar's init container runs); see
+    /// docs/sidecar.md.
+    Init(InitArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// The proxy's user id: its own connections are never captured.
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The proxy's group id: its own connections are never captured.
+    #[arg(long, default_value_t = 1337)]
+    proxy_gid: u32,
+    /// Where outbound TCP is redirected.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Where inbound TCP is redirected.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// The proxy's other ports (admin): inbound connections to them are
+    /// never redirected.
+    #[arg(long, value_delimiter = ',', default_value = "15000")]
+    proxy_ports: Vec<u16>,
+    /// Inbound ports left alone (e.g. 22).
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports left alone.
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Outbound destinations left alone (10.0.0.0/8,fd00::/8).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<remora_proxy::capture::Cidr>,
+    /// Only these outbound destinations are captured; `*` (the default):
+    /// all.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    include_outbound_cidrs: Vec<String>,
+    /// Which iptables: the one the host uses, nft or legacy.
+    #[arg(long, value_enum, default_value = "auto")]
+    iptables: remora_proxy::capture::Flavour,
+    /// Capture IPv6 too: when the host has it, always, or never.
+    #[arg(long, value_enum, default_value = "auto")]
+    ipv6: remora_proxy::capture::Ipv6,
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove every rule init added.
+    #[arg(long)]
+    clean: bool,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Init(init)) = args.command {
+        return match run_init(init) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("remora-proxy init: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args) {
         Ok(code) => code,
         Err(error) => {
@@ -94,6 +166,35 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the runtime")?;
     let worker_threads = Workers::start(workers).context("cannot start the worker threads")?;
     runtime.block_on(serve(args, config, env, log, worker_threads, workers))
+}
+
+fn run_init(args: InitArgs) -> anyhow::Result<String> {
+    use remora_proxy::capture::{CaptureOptions, Cidr, InitRequest, init};
+    let include_outbound_cidrs = args
+        .include_outbound_cidrs
+        .iter()
+        .filter(|c| c.as_str() != "*")
+        .map(|c| c.parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--include-outbound-cidrs: {e}"))?;
+    let request = InitRequest {
+        options: CaptureOptions {
+            proxy_uid: args.proxy_uid,
+            proxy_gid: args.proxy_gid,
+            outbound_port: args.outbound_port,
+            inbound_port: args.inbound_port,
+            proxy_ports: args.proxy_ports,
+            exclude_inbound_ports: args.exclude_inbound_ports,
+            exclude_outbound_ports: args.exclude_outbound_ports,
+            exclude_outbound_cidrs: args.exclude_outbound_cidrs,
+            include_outbound_cidrs,
+        },
+        flavour: args.iptables,
+        ipv6: args.ipv6,
+        dry_run: args.dry_run,
+        clean: args.clean,
+    };
+    Ok(init(&request)?)
 }
 
 fn source_name(args: &Args) -> String {

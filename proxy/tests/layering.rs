@@ -45,6 +45,8 @@ const LAYERS: &[&str] = &[
     "proxy",
     "admin",
     "reload",
+    // `remora-proxy init`: the capture rules, on their own
+    "capture",
 ];
 
 #[test]
