@@ -87,6 +87,29 @@ pub(super) trait Protocol: Default + Send + 'static {
     fn resubscribe(&mut self, n: usize, wanted: BTreeSet<String>) -> Option<Self::Request>;
 }
 
+/// The trait methods that read the same fields of either protocol's
+/// messages (the prost types share no trait to write them once).
+macro_rules! same_in_both_protocols {
+    ($request:ident, $response:ident) => {
+        fn type_url(response: &$response) -> &str {
+            &response.type_url
+        }
+
+        fn resource_count(response: &$response) -> usize {
+            response.resources.len()
+        }
+
+        fn reject(response: &$response, error: rpc::Status) -> $request {
+            $request {
+                type_url: response.type_url.clone(),
+                response_nonce: response.nonce.clone(),
+                error_detail: Some(error),
+                ..Default::default()
+            }
+        }
+    };
+}
+
 fn nack(verdict: &Verdict) -> Option<rpc::Status> {
     match verdict {
         Verdict::Nack(reasons) => Some(invalid(reasons.clone())),
@@ -139,22 +162,7 @@ impl Protocol for Sotw {
         request
     }
 
-    fn type_url(response: &DiscoveryResponse) -> &str {
-        &response.type_url
-    }
-
-    fn resource_count(response: &DiscoveryResponse) -> usize {
-        response.resources.len()
-    }
-
-    fn reject(response: &DiscoveryResponse, error: rpc::Status) -> DiscoveryRequest {
-        DiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
-            error_detail: Some(error),
-            ..Default::default()
-        }
-    }
+    same_in_both_protocols!(DiscoveryRequest, DiscoveryResponse);
 
     fn decode(t: usize, response: &DiscoveryResponse) -> Result<Update<'_>, String> {
         let items = response
@@ -247,22 +255,7 @@ impl Protocol for Delta {
         request
     }
 
-    fn type_url(response: &DeltaDiscoveryResponse) -> &str {
-        &response.type_url
-    }
-
-    fn resource_count(response: &DeltaDiscoveryResponse) -> usize {
-        response.resources.len()
-    }
-
-    fn reject(response: &DeltaDiscoveryResponse, error: rpc::Status) -> DeltaDiscoveryRequest {
-        DeltaDiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
-            error_detail: Some(error),
-            ..Default::default()
-        }
-    }
+    same_in_both_protocols!(DeltaDiscoveryRequest, DeltaDiscoveryResponse);
 
     fn decode(t: usize, response: &DeltaDiscoveryResponse) -> Result<Update<'_>, String> {
         if let Some(i) = response.resources.iter().position(|r| r.resource.is_none()) {
