@@ -77,6 +77,7 @@ impl Proxy {
             drain: CancellationToken::new(),
             tracker: TaskTracker::new(),
             connections: Arc::default(),
+            targets: Arc::default(),
         };
         let resolver = ResolverHandle::default();
         prepare_discovery(&snapshot, &resolver)?;

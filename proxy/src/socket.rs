@@ -28,6 +28,33 @@ impl SocketOptions {
     }
 }
 
+/// Closes `stream` with a reset (RST) rather than a FIN, so the client
+/// learns at once that nobody will answer.
+pub(crate) fn reset(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
+
+/// The destination a redirected connection was headed for before
+/// iptables sent it to the proxy (`SO_ORIGINAL_DST`, or
+/// `IP6T_SO_ORIGINAL_DST` for IPv6).
+pub(crate) fn original_destination(
+    stream: &tokio::net::TcpStream,
+) -> std::io::Result<std::net::SocketAddr> {
+    let socket = socket2::SockRef::from(stream);
+    let original = if stream.local_addr()?.is_ipv4() {
+        socket.original_dst_v4()?
+    } else {
+        socket.original_dst_v6()?
+    };
+    original.as_socket().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the original destination is not an IP address",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use metrics::Counter;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -24,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Unmatched;
 use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
 use crate::listener::{ListenerKind, ListenerSlot, ListenerState, Refusal, take_place};
 use crate::telemetry::{self, LabelValue, Telemetry};
@@ -45,6 +47,32 @@ pub(crate) struct Spawner {
     /// Downstream connections open over every listener (for the
     /// top-level `max_connections`).
     pub connections: Arc<AtomicUsize>,
+    /// The listeners that open no socket (`bind: false`), which capture
+    /// listeners hand connections to by original destination.
+    pub targets: Arc<ArcSwap<Targets>>,
+}
+
+/// The unbound listeners, by the address they stand for.
+#[derive(Default)]
+pub(crate) struct Targets {
+    slots: Vec<(SocketAddr, Arc<ListenerSlot>)>,
+}
+
+impl Targets {
+    /// The listener for a captured connection's original destination: the
+    /// exact address first, then one for any address on that port.
+    fn find(&self, original: SocketAddr) -> Option<&Arc<ListenerSlot>> {
+        let exact = self.slots.iter().find(|(address, _)| *address == original);
+        exact
+            .or_else(|| {
+                self.slots.iter().find(|(address, _)| {
+                    address.ip().is_unspecified()
+                        && address.port() == original.port()
+                        && address.is_ipv4() == original.is_ipv4()
+                })
+            })
+            .map(|(_, slot)| slot)
+    }
 }
 
 struct Bound {
@@ -74,6 +102,28 @@ impl ListenerSet {
         spawner: &Spawner,
     ) -> Result<(), ConfigErrors> {
         let _runtime = spawner.runtime.enter();
+        // Unbound listeners only go into the targets table; a reloaded one
+        // keeps its slot, so its connections see the new state.
+        let previous = spawner.targets.load_full();
+        let slots = wanted
+            .iter()
+            .filter(|state| !state.bind)
+            .map(|state| {
+                let kept = previous.slots.iter().find(|(address, slot)| {
+                    *address == state.address && slot.current().name == state.name
+                });
+                let slot = match kept {
+                    Some((_, slot)) => {
+                        slot.store(state.clone());
+                        slot.clone()
+                    }
+                    None => Arc::new(ListenerSlot::new(state.clone())),
+                };
+                (state.address, slot)
+            })
+            .collect();
+        let wanted: Vec<Arc<ListenerState>> = wanted.iter().filter(|s| s.bind).cloned().collect();
+        let wanted = &wanted[..];
         let mut claimed = vec![false; self.bound.len()];
         let mut plan = Vec::with_capacity(wanted.len());
         let mut errors = Vec::new();
@@ -95,6 +145,7 @@ impl ListenerSet {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        spawner.targets.store(Arc::new(Targets { slots }));
 
         let mut old: Vec<Option<Bound>> = self.bound.drain(..).map(Some).collect();
         for (state, plan) in wanted.iter().zip(plan) {
@@ -122,9 +173,7 @@ impl ListenerSet {
                             worker,
                             slot.clone(),
                             stop.clone(),
-                            spawner.tracker.clone(),
-                            spawner.telemetry.clone(),
-                            spawner.connections.clone(),
+                            spawner.clone(),
                         ));
                     }
                     tracing::info!(listener = %state.name, address = %local, workers, "listening");
@@ -158,7 +207,7 @@ impl ListenerSet {
                 let state = b.slot.current();
                 let protocol = match state.kind {
                     ListenerKind::Http(_) => ListenerProtocol::Http,
-                    ListenerKind::Tcp(_) => ListenerProtocol::Tcp,
+                    ListenerKind::Tcp(_) | ListenerKind::Capture(_) => ListenerProtocol::Tcp,
                 };
                 BoundListener {
                     name: state.name.to_string(),
@@ -251,10 +300,15 @@ async fn accept_loop(
     worker: usize,
     slot: Arc<ListenerSlot>,
     stop: CancellationToken,
-    tracker: TaskTracker,
-    telemetry: Arc<Telemetry>,
-    open: Arc<AtomicUsize>,
+    spawner: Spawner,
 ) {
+    let Spawner {
+        telemetry,
+        tracker,
+        connections: open,
+        targets,
+        ..
+    } = spawner;
     let listener = match TcpListener::from_std(socket) {
         Ok(listener) => listener,
         Err(error) => {
@@ -288,8 +342,11 @@ async fn accept_loop(
                     slot.clone(),
                     state,
                     stop.clone(),
-                    tracker.clone(),
-                    admitted,
+                    Handoff {
+                        tracker: tracker.clone(),
+                        admitted,
+                        targets: targets.clone(),
+                    },
                 ));
             }
             Err(error) => {
@@ -299,6 +356,13 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// What a connection task takes along besides its socket and listener.
+struct Handoff {
+    tracker: TaskTracker,
+    admitted: Admitted,
+    targets: Arc<ArcSwap<Targets>>,
 }
 
 /// A connection's places under the proxy-wide and the listener's
@@ -351,9 +415,13 @@ async fn connection(
     slot: Arc<ListenerSlot>,
     state: Arc<ListenerState>,
     stop: CancellationToken,
-    tracker: TaskTracker,
-    admitted: Admitted,
+    handoff: Handoff,
 ) {
+    let Handoff {
+        tracker,
+        admitted,
+        targets,
+    } = handoff;
     if let Err(error) = state.socket.apply(&stream) {
         tracing::debug!(%peer, %error, "cannot set socket options");
     }
@@ -364,7 +432,61 @@ async fn connection(
             crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await
         }
         ListenerKind::Tcp(_) => crate::tcp::proxy_connection(stream, peer, state, stop).await,
+        ListenerKind::Capture(capture) => {
+            let unmatched = capture.unmatched;
+            captured(stream, peer, &state, unmatched, stop, tracker, &targets).await
+        }
     }
     drop(admitted);
     gauge.decrement(1.0);
+}
+/// A connection a capture listener accepted: it goes on to the listener of
+/// its original destination, or (unmatched) through to that destination or
+/// reset. A connection made straight to the capture port, not redirected,
+/// is reset: sending it on would loop into the proxy.
+async fn captured(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: &Arc<ListenerState>,
+    unmatched: Unmatched,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    targets: &ArcSwap<Targets>,
+) {
+    let original = match crate::socket::original_destination(&stream) {
+        Ok(original) if Some(original) != stream.local_addr().ok() => original,
+        Ok(_) => {
+            tracing::debug!(listener = %state.name, %peer, "a connection to the capture port itself; reset");
+            crate::socket::reset(stream);
+            return;
+        }
+        Err(error) => {
+            tracing::debug!(listener = %state.name, %peer, %error, "no original destination; reset");
+            crate::socket::reset(stream);
+            return;
+        }
+    };
+    let target = targets.load().find(original).cloned();
+    match (target, unmatched) {
+        (Some(slot), _) => {
+            let target = slot.current();
+            tracing::trace!(listener = %state.name, %peer, %original, target = %target.name, "captured");
+            match &target.kind {
+                ListenerKind::Http(_) => {
+                    crate::http::serve_connection(stream, peer, slot, target, stop, tracker).await
+                }
+                ListenerKind::Tcp(_) => {
+                    crate::tcp::proxy_connection(stream, peer, target, stop).await
+                }
+                ListenerKind::Capture(_) => crate::socket::reset(stream),
+            }
+        }
+        (None, Unmatched::Passthrough) => {
+            crate::tcp::passthrough(stream, peer, original, state.clone(), stop).await
+        }
+        (None, Unmatched::Reject) => {
+            tracing::debug!(listener = %state.name, %peer, %original, "no listener for the original destination; reset");
+            crate::socket::reset(stream);
+        }
+    }
 }

@@ -58,6 +58,36 @@ pub struct ListenerConfig {
     /// Connections open at once; more are closed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// A capture listener (docs/sidecar.md): every connection it accepts
+    /// was redirected to it by `remora-proxy init`, and goes on to the
+    /// listener whose `address` is the connection's original destination.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub original_destination: bool,
+    /// `false`: the listener opens no socket and is reached only through a
+    /// capture listener, by its `address` (`0.0.0.0:PORT` matches any
+    /// address on that port).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub bind: bool,
+    /// A capture listener: what happens to a connection whose original
+    /// destination no listener has.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub unmatched: Unmatched,
+}
+
+/// What a capture listener does with a connection no listener claims.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// Opaque TCP to the original destination (the `passthrough` cluster in
+    /// metrics).
+    #[default]
+    Passthrough,
+    /// Reset at once.
+    Reject,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 fn default_idle_timeout() -> Duration {

@@ -25,7 +25,7 @@ pub use cluster::{ClusterConfig, DnsConfig, EndpointConfig, PoolConfig, Upstream
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
     BackendRef, DirectResponseConfig, HeaderEditsConfig, HeaderValueConfig, ListenerConfig,
-    ListenerProtocol, MatchConfig, RouteConfig, ValueMatchConfig,
+    ListenerProtocol, MatchConfig, RouteConfig, Unmatched, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
 

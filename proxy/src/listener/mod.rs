@@ -14,7 +14,7 @@ use metrics::{Counter, Gauge};
 
 use crate::cluster::Cluster;
 use crate::config::{
-    ConfigError, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol,
+    ConfigError, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol, Unmatched,
 };
 use crate::ratelimit::RateLimit;
 use crate::route::RouteTable;
@@ -90,8 +90,10 @@ pub struct ListenerState {
     pub(crate) max_connections: Option<usize>,
     /// The top-level `max_connections`, over every listener.
     pub(crate) proxy_max_connections: Option<usize>,
-    /// Connections closed on accept by the two limits above.
+    /// Connections closed on accept by the limits above.
     pub(crate) rejected: CountersBy<Refusal>,
+    /// `false`: reached only through a capture listener, by `address`.
+    pub(crate) bind: bool,
 }
 
 /// Why a connection was closed on accept: the `reason` label of
@@ -114,6 +116,20 @@ label_values!(Refusal {
 pub enum ListenerKind {
     Http(HttpRoutes),
     Tcp(TcpTarget),
+    /// `original_destination: true`.
+    Capture(CaptureTarget),
+}
+
+/// A capture listener: connections go on to the listener of their
+/// original destination.
+#[derive(Debug)]
+pub struct CaptureTarget {
+    pub(crate) unmatched: Unmatched,
+    /// Passed-through bytes from the client (`rx`) and to it (`tx`).
+    pub(crate) bytes_rx: Counter,
+    pub(crate) bytes_tx: Counter,
+    /// Connections sent on to their original destination, unmatched.
+    pub(crate) passthrough: Counter,
 }
 
 #[derive(Debug)]
@@ -149,6 +165,35 @@ impl ListenerState {
     ) -> Option<ListenerState> {
         let name = config.name.as_str();
         let kind = match config.protocol {
+            _ if config.original_destination => {
+                if !config.bind {
+                    errors.push(ConfigError::new(
+                        format!("{at}.bind"),
+                        "a capture listener (original_destination: true) must bind its port",
+                    ));
+                }
+                if !config.routes.is_empty() || config.cluster.is_some() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.original_destination"),
+                        "a capture listener has no routes or cluster: it hands each connection to the listener of its original destination",
+                    ));
+                }
+                let bytes = |direction| {
+                    cx.telemetry.counter(
+                        telemetry::TCP_BYTES_TOTAL,
+                        &[("listener", name), ("direction", direction)],
+                    )
+                };
+                ListenerKind::Capture(CaptureTarget {
+                    unmatched: config.unmatched,
+                    bytes_rx: bytes("rx"),
+                    bytes_tx: bytes("tx"),
+                    passthrough: cx.telemetry.counter(
+                        telemetry::PASSTHROUGH_CONNECTIONS_TOTAL,
+                        &[("listener", name)],
+                    ),
+                })
+            }
             ListenerProtocol::Http => {
                 if config.cluster.is_some() {
                     errors.push(ConfigError::new(
@@ -202,6 +247,18 @@ impl ListenerState {
                 })
             }
         };
+        if !config.bind && config.address.port() == 0 {
+            errors.push(ConfigError::new(
+                format!("{at}.address"),
+                "a listener with bind: false stands for an original destination, so it needs a port (not 0)",
+            ));
+        }
+        if !config.original_destination && config.unmatched != Unmatched::default() {
+            errors.push(ConfigError::new(
+                format!("{at}.unmatched"),
+                "only a capture listener (original_destination: true) has unmatched connections",
+            ));
+        }
         if config.request_headers_timeout.is_zero() {
             errors.push(ConfigError::new(
                 format!("{at}.request_headers_timeout"),
@@ -282,6 +339,7 @@ impl ListenerState {
             connection_rate,
             max_connections: config.max_connections.map(|m| m as usize),
             proxy_max_connections: cx.proxy_max_connections,
+            bind: config.bind,
             rejected: CountersBy::register(
                 cx.telemetry,
                 telemetry::LISTENER_REJECTED_TOTAL,

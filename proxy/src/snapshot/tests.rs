@@ -99,6 +99,31 @@ listeners:
 }
 
 #[test]
+fn capture_listener_fields_are_checked() {
+    let yaml = format!(
+        "{CLUSTERS}
+listeners:
+  - {{name: a, address: '0.0.0.0:15001', original_destination: true, bind: false}}
+  - {{name: b, address: '0.0.0.0:15002', original_destination: true, cluster: web}}
+  - {{name: c, address: '127.0.0.1:0', bind: false, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
+  - {{name: d, address: '127.0.0.1:4', unmatched: reject, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
+  - {{name: e, address: '0.0.0.0:15003', original_destination: true, unmatched: reject}}
+  - {{name: f, address: '10.0.0.9:80', bind: false, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
+"
+    );
+    assert_eq!(
+        compile(&yaml).unwrap_err(),
+        [
+            "listeners[0].bind: a capture listener (original_destination: true) must bind its port",
+            "listeners[1].original_destination: a capture listener has no routes or cluster: it hands each connection to the listener of its original destination",
+            "listeners[2].address: a listener with bind: false stands for an original destination, so it needs a port (not 0)",
+            "listeners[3].unmatched: only a capture listener (original_destination: true) has unmatched connections",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
 fn route_actions_and_limits_are_checked() {
     let yaml = format!(
         "{CLUSTERS}

@@ -40,13 +40,69 @@ pub(crate) async fn proxy_connection(
             return;
         }
     };
-    let relay = relay::relay(
+    relay_until_drained(
         downstream,
         upstream.stream,
-        &target.bytes_rx,
-        &target.bytes_tx,
-        state.idle_timeout,
-    );
+        peer,
+        &state,
+        (&target.bytes_rx, &target.bytes_tx),
+        &stop,
+    )
+    .await;
+}
+
+/// A captured connection that no listener claims, passed on as opaque TCP
+/// to its original destination (`unmatched: passthrough`). The proxy's own
+/// connection is not captured again: `remora-proxy init` exempts its UID.
+pub(crate) async fn passthrough(
+    downstream: TcpStream,
+    peer: SocketAddr,
+    original: SocketAddr,
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+) {
+    let ListenerKind::Capture(capture) = &state.kind else {
+        return;
+    };
+    capture.passthrough.increment(1);
+    let connect = tokio::time::timeout(PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(original));
+    let upstream = match connect.await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(error)) => {
+            tracing::debug!(listener = %state.name, %peer, %original, %error, "passthrough: cannot connect to the original destination");
+            crate::socket::reset(downstream);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(listener = %state.name, %peer, %original, "passthrough: connect timed out");
+            crate::socket::reset(downstream);
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    relay_until_drained(
+        downstream,
+        upstream,
+        peer,
+        &state,
+        (&capture.bytes_rx, &capture.bytes_tx),
+        &stop,
+    )
+    .await;
+}
+
+/// How long a passthrough connection to an original destination may take.
+const PASSTHROUGH_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn relay_until_drained(
+    downstream: TcpStream,
+    upstream: TcpStream,
+    peer: SocketAddr,
+    state: &ListenerState,
+    (rx, tx): (&metrics::Counter, &metrics::Counter),
+    stop: &CancellationToken,
+) {
+    let relay = relay::relay(downstream, upstream, rx, tx, state.idle_timeout);
     // On drain (or when the listener is removed) a TCP stream cannot be told
     // to wind down, so it gets the drain timeout to finish on its own.
     let deadline = async {

@@ -30,6 +30,7 @@ pub(crate) const DNS_RESOLUTIONS_TOTAL: &str = "remora_dns_resolutions_total";
 pub(crate) const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
 pub(crate) const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
 pub(crate) const REQUEST_FAILURES_TOTAL: &str = "remora_request_failures_total";
+pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_connections_total";
 pub(crate) const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
 pub(crate) const OUTLIER_EJECTIONS_TOTAL: &str = "remora_outlier_ejections_total";
 pub(crate) const ENDPOINTS_EJECTED: &str = "remora_endpoints_ejected";

@@ -162,3 +162,252 @@ fn a_missing_iptables_is_named() {
         "{stderr}"
     );
 }
+
+/// Two namespaces joined by a veth pair: "pod" (10.77.0.1) holds the
+/// application and the proxy, "remote" (10.77.0.2) the services.
+struct Topology {
+    pod: Netns,
+    remote: Netns,
+    dir: tempfile::TempDir,
+    children: Vec<std::process::Child>,
+}
+
+impl Topology {
+    fn create() -> Option<Topology> {
+        if !have("iptables-save") || !have("setpriv") || !have("python3") {
+            eprintln!("skipped: needs iptables, setpriv and python3");
+            return None;
+        }
+        let pod = Netns::create("pod")?;
+        let remote = Netns::create("remote")?;
+        let veth = format!("rv{}", std::process::id() % 100_000);
+        let peer = format!("{veth}r");
+        let sh = |script: &str| {
+            let status = Command::new("sh").args(["-ec", script]).status().unwrap();
+            assert!(status.success(), "{script}");
+        };
+        sh(&format!(
+            "ip link add {veth} netns {pod} type veth peer name {peer} netns {remote}
+             ip -n {pod} addr add 10.77.0.1/24 dev {veth}
+             ip -n {remote} addr add 10.77.0.2/24 dev {peer}
+             ip -n {pod} link set {veth} up
+             ip -n {remote} link set {peer} up
+             ip -n {pod} link set lo up
+             ip -n {remote} link set lo up",
+            pod = pod.0,
+            remote = remote.0
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("peer.py"), PEER).unwrap();
+        let mut topology = Topology {
+            pod,
+            remote,
+            dir,
+            children: Vec::new(),
+        };
+        // An HTTP service and a TCP echo service on the remote side.
+        let peer = topology.dir.path().join("peer.py");
+        let peer = peer.to_str().unwrap();
+        for (mode, port) in [("http", "8080"), ("echo", "9090")] {
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &topology.remote.0,
+                    "python3",
+                    peer,
+                    mode,
+                    "10.77.0.2",
+                    port,
+                ])
+                .spawn()
+                .unwrap();
+            topology.children.push(child);
+        }
+        // Python takes a moment to start: wait until both services answer.
+        for (args, want) in [
+            (&["get", "http://10.77.0.2:8080/"][..], "200 - remote"),
+            (&["send", "10.77.0.2", "9090"][..], "ping"),
+        ] {
+            let mut last = String::new();
+            for _ in 0..100 {
+                last = topology.app(args);
+                if last.starts_with(want) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert!(
+                last.starts_with(want),
+                "the remote service never answered: {last}"
+            );
+        }
+        Some(topology)
+    }
+
+    /// Runs the peer script in the pod as the application (root, captured).
+    fn app(&self, args: &[&str]) -> String {
+        let peer = self.dir.path().join("peer.py");
+        let mut command = vec!["python3", peer.to_str().unwrap()];
+        command.extend_from_slice(args);
+        let (_, out, err) = self.pod.run(&command);
+        format!("{out}{err}").trim().to_string()
+    }
+
+    /// Starts remora-proxy in the pod as UID 1337 on `yaml`; waits for /ready.
+    fn proxy(&mut self, yaml: &str) {
+        let config = self.dir.path().join("proxy.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.pod.0,
+                "setpriv",
+                "--reuid",
+                "1337",
+                "--regid",
+                "1337",
+                "--clear-groups",
+            ])
+            .arg(binary())
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        for _ in 0..200 {
+            if self
+                .app(&["get", "http://127.0.0.1:15000/ready"])
+                .starts_with("200")
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the proxy in the pod never became ready");
+    }
+
+    fn stop_proxy(&mut self) {
+        if let Some(mut child) = self.children.pop() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Servers and clients for the namespaces, in Python so that they run in
+/// any namespace without a build: `http HOST PORT` serves 200 `remote`,
+/// `echo HOST PORT` echoes; `get URL` prints `STATUS x-remora-header`,
+/// `send HOST PORT` prints what came back, or `reset` / `refused`.
+const PEER: &str = r#"
+import socket, sys, threading, urllib.request, http.server
+mode = sys.argv[1]
+if mode == "http":
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"remote"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    http.server.ThreadingHTTPServer((sys.argv[2], int(sys.argv[3])), H).serve_forever()
+elif mode == "echo":
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[2], int(sys.argv[3])))
+    s.listen(16)
+    def serve(c):
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            c.sendall(d)
+        c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+elif mode == "get":
+    try:
+        r = urllib.request.urlopen(sys.argv[2], timeout=5)
+        print(r.status, r.headers.get("x-remora", "-"), r.read().decode())
+    except urllib.error.HTTPError as e:
+        print(e.code, e.headers.get("x-remora", "-"))
+    except Exception as e:
+        print("error", e)
+elif mode == "send":
+    try:
+        c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=5)
+        c.sendall(b"ping")
+        print(c.recv(100).decode() or "closed")
+    except ConnectionResetError:
+        print("reset")
+    except ConnectionRefusedError:
+        print("refused")
+    except Exception as e:
+        print("error", e)
+"#;
+
+const CAPTURE: &str = "
+admin: {address: '127.0.0.1:15000'}
+workers: 1
+listeners:
+  - {name: outbound, address: '0.0.0.0:15001', original_destination: true, unmatched: UNMATCHED}
+  - name: remote-http
+    address: '10.77.0.2:8080'
+    bind: false
+    routes: [{name: r, backends: [{cluster: remote-http}], response_headers: {set: [{name: x-remora, value: captured}]}}]
+clusters:
+  - {name: remote-http, endpoints: ['10.77.0.2:8080']}
+";
+
+#[test]
+fn captured_traffic_is_routed_by_its_original_destination() {
+    let Some(mut topology) = Topology::create() else {
+        return;
+    };
+    let (ok, _, err) = topology.pod.run(&[binary(), "init", "--ipv6", "off"]);
+    assert!(ok, "init: {err}");
+    topology.proxy(&CAPTURE.replace("UNMATCHED", "passthrough"));
+
+    // The application calls the service by IP, with no proxy settings: the
+    // request passes the proxy (the route's header proves it).
+    let reply = topology.app(&["get", "http://10.77.0.2:8080/"]);
+    assert!(reply.starts_with("200 captured remote"), "{reply}");
+    // A port no listener stands for: passed through as opaque TCP.
+    assert_eq!(topology.app(&["send", "10.77.0.2", "9090"]), "ping");
+    // A port nobody listens on: refused promptly, no hang.
+    let nobody = topology.app(&["send", "10.77.0.2", "9999"]);
+    assert!(
+        nobody == "reset" || nobody == "refused" || nobody == "closed",
+        "{nobody}"
+    );
+    let metrics = topology.app(&["get", "http://127.0.0.1:15000/metrics"]);
+    assert!(metrics.starts_with("200"), "{metrics}");
+
+    // unmatched: reject resets what no listener claims.
+    topology.stop_proxy();
+    topology.proxy(&CAPTURE.replace("UNMATCHED", "reject"));
+    let rejected = topology.app(&["send", "10.77.0.2", "9090"]);
+    assert!(rejected == "reset" || rejected == "closed", "{rejected}");
+    let reply = topology.app(&["get", "http://10.77.0.2:8080/"]);
+    assert!(reply.starts_with("200 captured remote"), "{reply}");
+}
