@@ -213,7 +213,7 @@ impl Topology {
         // An HTTP service and a TCP echo service on the remote side.
         let peer = topology.dir.path().join("peer.py");
         let peer = peer.to_str().unwrap();
-        for (mode, port) in [("http", "8080"), ("echo", "9090")] {
+        for (mode, port) in [("http", "8080"), ("echo", "9090"), ("banner", "2525")] {
             let child = Command::new("ip")
                 .args([
                     "netns",
@@ -233,6 +233,7 @@ impl Topology {
         for (args, want) in [
             (&["get", "http://10.77.0.2:8080/"][..], "200 - remote"),
             (&["send", "10.77.0.2", "9090"][..], "ping"),
+            (&["hear", "10.77.0.2", "2525"][..], "220 remote ready"),
         ] {
             let mut last = String::new();
             for _ in 0..100 {
@@ -314,8 +315,9 @@ impl Drop for Topology {
 
 /// Servers and clients for the namespaces, in Python so that they run in
 /// any namespace without a build: `http HOST PORT` serves 200 `remote`,
-/// `echo HOST PORT` echoes; `get URL` prints `STATUS x-remora-header`,
-/// `send HOST PORT` prints what came back, or `reset` / `refused`.
+/// `echo HOST PORT` echoes, `banner HOST PORT` speaks first; `get URL`
+/// prints `STATUS x-remora-header BODY`, `send HOST PORT` prints what came
+/// back (or `reset` / `refused`), `hear HOST PORT` what the server said.
 const PEER: &str = r#"
 import socket, sys, threading, urllib.request, http.server
 mode = sys.argv[1]
@@ -345,6 +347,21 @@ elif mode == "echo":
     while True:
         c, _ = s.accept()
         threading.Thread(target=serve, args=(c,), daemon=True).start()
+elif mode == "banner":
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[2], int(sys.argv[3])))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        c.sendall(b"220 remote ready\r\n")
+        c.close()
+elif mode == "hear":
+    try:
+        c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=5)
+        print(c.recv(100).decode().strip() or "closed")
+    except Exception as e:
+        print("error", e)
 elif mode == "get":
     try:
         r = urllib.request.urlopen(sys.argv[2], timeout=5)
@@ -394,6 +411,12 @@ fn captured_traffic_is_routed_by_its_original_destination() {
     assert!(reply.starts_with("200 captured remote"), "{reply}");
     // A port no listener stands for: passed through as opaque TCP.
     assert_eq!(topology.app(&["send", "10.77.0.2", "9090"]), "ping");
+    // A server that speaks first (an SMTP-style banner): passed through
+    // with no detection wait, so the banner arrives.
+    assert_eq!(
+        topology.app(&["hear", "10.77.0.2", "2525"]),
+        "220 remote ready"
+    );
     // A port nobody listens on: refused promptly, no hang.
     let nobody = topology.app(&["send", "10.77.0.2", "9999"]);
     assert!(
