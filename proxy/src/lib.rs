@@ -40,6 +40,7 @@ pub mod reload;
 mod retry;
 pub mod route;
 pub mod snapshot;
+mod sniff;
 mod socket;
 mod sync;
 mod tcp;

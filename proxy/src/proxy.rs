@@ -69,6 +69,7 @@ impl Proxy {
             xds: Dynamic::default(),
         };
         let xds_synced = AtomicBool::new(config.xds.is_none());
+        let admin_port = config.admin.address.port();
         let snapshot = Snapshot::compile(config, None, &telemetry, 1, Mode::Serve)?;
         let spawner = Spawner {
             runtime: tokio::runtime::Handle::current(),
@@ -78,6 +79,7 @@ impl Proxy {
             tracker: TaskTracker::new(),
             connections: Arc::default(),
             targets: Arc::default(),
+            admin_port: Some(admin_port),
         };
         let resolver = ResolverHandle::default();
         prepare_discovery(&snapshot, &resolver)?;

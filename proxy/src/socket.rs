@@ -37,12 +37,14 @@ pub(crate) fn reset(stream: tokio::net::TcpStream) {
 
 /// The destination a redirected connection was headed for before
 /// iptables sent it to the proxy (`SO_ORIGINAL_DST`, or
-/// `IP6T_SO_ORIGINAL_DST` for IPv6).
+/// `IP6T_SO_ORIGINAL_DST` for IPv6). An IPv4 connection accepted on a
+/// dual-stack `[::]` socket is IPv4 here.
 pub(crate) fn original_destination(
     stream: &tokio::net::TcpStream,
 ) -> std::io::Result<std::net::SocketAddr> {
     let socket = socket2::SockRef::from(stream);
-    let original = if stream.local_addr()?.is_ipv4() {
+    let local = stream.local_addr()?;
+    let original = if local.is_ipv4() || local.ip().to_canonical().is_ipv4() {
         socket.original_dst_v4()?
     } else {
         socket.original_dst_v6()?

@@ -17,6 +17,7 @@ const LAYERS: &[&str] = &[
     "sync",
     "worker",
     "socket",
+    "sniff",
     "telemetry",
     // policies that know no upstream: limits, faults, retry rules, bodies
     "ratelimit",

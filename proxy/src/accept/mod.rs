@@ -25,9 +25,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Unmatched;
-use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
-use crate::listener::{ListenerKind, ListenerSlot, ListenerState, Refusal, take_place};
+use crate::config::{ConfigError, ConfigErrors, Direction, ListenerProtocol, Unmatched};
+use crate::listener::{
+    CaptureTarget, Captured, CapturedAs, ListenerKind, ListenerSlot, ListenerState, Refusal,
+    take_place,
+};
+use crate::sniff::{Sniffed, sniff};
+use crate::tcp::Taken;
 use crate::telemetry::{self, LabelValue, Telemetry};
 use crate::worker::Workers;
 
@@ -50,28 +54,39 @@ pub(crate) struct Spawner {
     /// The listeners that open no socket (`bind: false`), which capture
     /// listeners hand connections to by original destination.
     pub targets: Arc<ArcSwap<Targets>>,
+    /// The admin server's port: inbound capture never forwards to it.
+    pub admin_port: Option<u16>,
 }
 
-/// The unbound listeners, by the address they stand for.
+/// The unbound listeners, by the address and direction they stand for,
+/// and the proxy's own ports.
 #[derive(Default)]
 pub(crate) struct Targets {
-    slots: Vec<(SocketAddr, Arc<ListenerSlot>)>,
+    slots: Vec<(SocketAddr, Direction, Arc<ListenerSlot>)>,
+    /// Every bound listener's port and the admin port, sorted.
+    own_ports: Vec<u16>,
 }
 
 impl Targets {
-    /// The listener for a captured connection's original destination: the
-    /// exact address first, then one for any address on that port.
-    fn find(&self, original: SocketAddr) -> Option<&Arc<ListenerSlot>> {
-        let exact = self.slots.iter().find(|(address, _)| *address == original);
+    /// The listener for a captured connection's original destination, among
+    /// those of the capture listener's direction: the exact address first,
+    /// then one for any address on that port.
+    fn find(&self, original: SocketAddr, direction: Direction) -> Option<&Arc<ListenerSlot>> {
+        let mut slots = self.slots.iter().filter(|(_, d, _)| *d == direction);
+        let exact = slots.clone().find(|(address, _, _)| *address == original);
         exact
             .or_else(|| {
-                self.slots.iter().find(|(address, _)| {
+                slots.find(|(address, _, _)| {
                     address.ip().is_unspecified()
                         && address.port() == original.port()
                         && address.is_ipv4() == original.is_ipv4()
                 })
             })
-            .map(|(_, slot)| slot)
+            .map(|(_, _, slot)| slot)
+    }
+
+    fn is_own_port(&self, port: u16) -> bool {
+        self.own_ports.binary_search(&port).is_ok()
     }
 }
 
@@ -109,19 +124,19 @@ impl ListenerSet {
             .iter()
             .filter(|state| !state.bind)
             .map(|state| {
-                let kept = previous.slots.iter().find(|(address, slot)| {
+                let kept = previous.slots.iter().find(|(address, _, slot)| {
                     *address == state.address && slot.current().name == state.name
                 });
                 let slot = match kept {
-                    Some((_, slot)) => {
+                    Some((_, _, slot)) => {
                         slot.store(state.clone());
                         slot.clone()
                     }
                     None => Arc::new(ListenerSlot::new(state.clone())),
                 };
-                (state.address, slot)
+                (state.address, state.direction, slot)
             })
-            .collect();
+            .collect::<Vec<_>>();
         let wanted: Vec<Arc<ListenerState>> = wanted.iter().filter(|s| s.bind).cloned().collect();
         let wanted = &wanted[..];
         let mut claimed = vec![false; self.bound.len()];
@@ -145,7 +160,6 @@ impl ListenerSet {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        spawner.targets.store(Arc::new(Targets { slots }));
 
         let mut old: Vec<Option<Bound>> = self.bound.drain(..).map(Some).collect();
         for (state, plan) in wanted.iter().zip(plan) {
@@ -182,6 +196,13 @@ impl ListenerSet {
             };
             self.bound.push(bound);
         }
+        let mut own_ports: Vec<u16> = self.bound.iter().map(|b| b.local.port()).collect();
+        own_ports.extend(spawner.admin_port);
+        own_ports.sort_unstable();
+        own_ports.dedup();
+        spawner
+            .targets
+            .store(Arc::new(Targets { slots, own_ports }));
         for gone in old.into_iter().flatten() {
             tracing::info!(listener = %gone.slot.current().name, address = %gone.local, "listener removed; draining its connections");
             gone.stop.cancel();
@@ -207,7 +228,8 @@ impl ListenerSet {
                 let state = b.slot.current();
                 let protocol = match state.kind {
                     ListenerKind::Http(_) => ListenerProtocol::Http,
-                    ListenerKind::Tcp(_) | ListenerKind::Capture(_) => ListenerProtocol::Tcp,
+                    ListenerKind::Tcp(_) => ListenerProtocol::Tcp,
+                    ListenerKind::Capture(_) | ListenerKind::Auto(_) => ListenerProtocol::Auto,
                 };
                 BoundListener {
                     name: state.name.to_string(),
@@ -325,6 +347,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let peer = canonical(peer);
                 let state = slot.current();
                 counted.count(&telemetry, &state.name);
                 let admitted = match admit(&state, &slot, &open, peer) {
@@ -429,32 +452,37 @@ async fn connection(
     gauge.increment(1.0);
     match &state.kind {
         ListenerKind::Http(_) => {
-            crate::http::serve_connection(stream, peer, slot, state, stop, tracker).await
+            crate::http::serve_connection(stream, peer, slot, state, stop, tracker, None).await
         }
-        ListenerKind::Tcp(_) => crate::tcp::proxy_connection(stream, peer, state, stop).await,
-        ListenerKind::Capture(capture) => {
-            let unmatched = capture.unmatched;
-            captured(stream, peer, &state, unmatched, stop, tracker, &targets).await
+        ListenerKind::Tcp(_) => {
+            crate::tcp::proxy_connection(stream, peer, state, stop, Taken::default()).await
         }
+        ListenerKind::Capture(_) => captured(stream, peer, &state, stop, tracker, &targets).await,
+        // Compiled only for bind: false listeners, which accept nothing.
+        ListenerKind::Auto(_) => crate::socket::reset(stream),
     }
     drop(admitted);
     gauge.decrement(1.0);
 }
 /// A connection a capture listener accepted: it goes on to the listener of
 /// its original destination, or (unmatched) through to that destination or
-/// reset. A connection made straight to the capture port, not redirected,
-/// is reset: sending it on would loop into the proxy.
+/// reset. A connection made straight to the capture port (not redirected),
+/// or inbound to one of the proxy's own ports, is reset: sending it on
+/// would loop into the proxy.
 async fn captured(
     stream: TcpStream,
     peer: SocketAddr,
     state: &Arc<ListenerState>,
-    unmatched: Unmatched,
     stop: CancellationToken,
     tracker: TaskTracker,
     targets: &ArcSwap<Targets>,
 ) {
-    let original = match crate::socket::original_destination(&stream) {
-        Ok(original) if Some(original) != stream.local_addr().ok() => original,
+    let ListenerKind::Capture(capture) = &state.kind else {
+        return;
+    };
+    let local = stream.local_addr().ok().map(canonical);
+    let original = match crate::socket::original_destination(&stream).map(canonical) {
+        Ok(original) if Some(original) != local => original,
         Ok(_) => {
             tracing::debug!(listener = %state.name, %peer, "a connection to the capture port itself; reset");
             crate::socket::reset(stream);
@@ -466,27 +494,105 @@ async fn captured(
             return;
         }
     };
-    let target = targets.load().find(original).cloned();
-    match (target, unmatched) {
-        (Some(slot), _) => {
-            let target = slot.current();
-            tracing::trace!(listener = %state.name, %peer, %original, target = %target.name, "captured");
-            match &target.kind {
-                ListenerKind::Http(_) => {
-                    crate::http::serve_connection(stream, peer, slot, target, stop, tracker).await
-                }
-                ListenerKind::Tcp(_) => {
-                    crate::tcp::proxy_connection(stream, peer, target, stop).await
-                }
-                ListenerKind::Capture(_) => crate::socket::reset(stream),
+    let targets = targets.load_full();
+    if capture.direction == Direction::Inbound && targets.is_own_port(original.port()) {
+        tracing::debug!(listener = %state.name, %peer, %original, "inbound to one of the proxy's own ports; reset");
+        crate::socket::reset(stream);
+        return;
+    }
+    let started = crate::tcp::Started::default();
+    let captured = Captured {
+        direction: capture.direction,
+        original,
+    };
+    let Some(slot) = targets.find(original, capture.direction).cloned() else {
+        drop(targets);
+        match capture.unmatched {
+            Unmatched::Passthrough => {
+                let detect = capture.detect.as_ref();
+                let taken = Taken {
+                    started,
+                    captured: Some(captured),
+                    sniffed: None,
+                };
+                crate::tcp::passthrough(stream, peer, taken, state.clone(), detect, stop).await
+            }
+            Unmatched::Reject => {
+                tracing::debug!(listener = %state.name, %peer, %original, "no listener for the original destination; reset");
+                crate::socket::reset(stream);
             }
         }
-        (None, Unmatched::Passthrough) => {
-            crate::tcp::passthrough(stream, peer, original, state.clone(), stop).await
+        return;
+    };
+    drop(targets);
+    let target = slot.current();
+    tracing::trace!(listener = %state.name, %peer, %original, target = %target.name, "captured");
+    let sniffed = match &target.kind {
+        ListenerKind::Http(_) => None,
+        ListenerKind::Tcp(_) => {
+            capture.captured.increment(CapturedAs::Tcp);
+            let taken = Taken {
+                started,
+                captured: Some(captured),
+                sniffed: None,
+            };
+            return crate::tcp::proxy_connection(stream, peer, target, stop, taken).await;
         }
-        (None, Unmatched::Reject) => {
-            tracing::debug!(listener = %state.name, %peer, %original, "no listener for the original destination; reset");
-            crate::socket::reset(stream);
+        ListenerKind::Capture(_) => return crate::socket::reset(stream),
+        ListenerKind::Auto(_) => Some(detect(&stream, capture, original.port()).await),
+    };
+    let http = sniffed.as_ref().is_none_or(|(s, _)| s.is_http());
+    if http && target.http_routes().is_some() {
+        let counted = match &sniffed {
+            Some((sniffed, _)) => crate::tcp::captured_as(Some(sniffed)),
+            // A declared HTTP listener: HTTP/1 or HTTP/2, told apart by the
+            // HTTP server; counted as HTTP/1 unless detection ran.
+            None => CapturedAs::Http1,
+        };
+        capture.captured.increment(counted);
+        crate::http::serve_connection(stream, peer, slot, target, stop, tracker, Some(captured))
+            .await;
+        return;
+    }
+    if let Some((Sniffed::Closed, _)) = sniffed {
+        return;
+    }
+    let taken = Taken {
+        started,
+        captured: Some(captured),
+        sniffed,
+    };
+    if target.tcp_target().is_some() {
+        capture.captured.increment(crate::tcp::captured_as(
+            taken.sniffed.as_ref().map(|(s, _)| s),
+        ));
+        crate::tcp::proxy_connection(stream, peer, target, stop, taken).await;
+    } else {
+        // Detection already ran; the passthrough only relays.
+        crate::tcp::passthrough(stream, peer, taken, state.clone(), None, stop).await;
+    }
+}
+
+/// An IPv4-mapped IPv6 address (on a dual-stack socket) as the IPv4 one.
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+/// Detection for a connection to a `protocol: auto` listener: none on an
+/// opaque port or when the capture listener says `protocol: tcp`.
+async fn detect(stream: &TcpStream, capture: &CaptureTarget, port: u16) -> (Sniffed, &'static str) {
+    let Some(detect) = &capture.detect else {
+        return (Sniffed::Opaque, "off");
+    };
+    if detect.skips(port) {
+        return (Sniffed::Opaque, "opaque_port");
+    }
+    match sniff(stream, detect.timeout).await {
+        Ok(Sniffed::Timeout) => {
+            detect.timeouts.increment(1);
+            (Sniffed::Timeout, "timeout")
         }
+        Ok(sniffed) => (sniffed, "detected"),
+        Err(_) => (Sniffed::Closed, "detected"),
     }
 }

@@ -17,8 +17,11 @@ pub struct ListenerConfig {
     pub name: String,
     #[serde(with = "scalar::socket_addr")]
     pub address: SocketAddr,
-    #[serde(default)]
-    pub protocol: ListenerProtocol,
+    /// `http`, `tcp` or `auto`; absent: `http`, except on a capture
+    /// listener and a `bind: false` listener, where it is `auto`
+    /// ([`ListenerConfig::protocol`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<ListenerProtocol>,
     /// HTTP listeners: routes in order; the first that matches wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
@@ -72,6 +75,68 @@ pub struct ListenerConfig {
     /// destination no listener has.
     #[serde(default, skip_serializing_if = "is_default")]
     pub unmatched: Unmatched,
+    /// Which way the listener's traffic goes: `outbound` (the default;
+    /// the pod's calls out) or `inbound` (calls to the pod). A capture
+    /// listener hands connections only to listeners of its own direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// A capture listener: how long protocol detection waits for the
+    /// client's first bytes before the connection is treated as opaque TCP
+    /// (default 100 ms).
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub detect_timeout: Option<Duration>,
+    /// A capture listener: original destination ports never detected, always
+    /// opaque TCP: the protocols where the server speaks first. Absent:
+    /// [`DEFAULT_OPAQUE_PORTS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opaque_ports: Option<Vec<u16>>,
+}
+
+/// Server-speaks-first protocols: FTP, SSH, SMTP, POP3, IMAP, submission,
+/// MySQL, NATS.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [21, 22, 25, 110, 143, 587, 3306, 4222];
+
+/// How long protocol detection waits for a client's first bytes.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_millis(100);
+
+impl ListenerConfig {
+    /// The protocol, with the default filled in: `auto` for listeners that
+    /// see captured traffic (`original_destination`, `bind: false`), `http`
+    /// for the rest.
+    pub fn protocol(&self) -> ListenerProtocol {
+        self.protocol
+            .unwrap_or(if self.original_destination || !self.bind {
+                ListenerProtocol::Auto
+            } else {
+                ListenerProtocol::Http
+            })
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.direction.unwrap_or_default()
+    }
+}
+
+/// Which way a listener's traffic goes (Envoy's `traffic_direction`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
 }
 
 /// What a capture listener does with a connection no listener claims.
@@ -110,6 +175,11 @@ pub enum ListenerProtocol {
     Http,
     /// Opaque bytes, both ways.
     Tcp,
+    /// Detected per connection from the client's first bytes (captured
+    /// traffic only): HTTP goes to `routes`, anything else (TLS, other
+    /// bytes, or nothing within the capture listener's `detect_timeout`)
+    /// is opaque TCP to `cluster`, or to the original destination.
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

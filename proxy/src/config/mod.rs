@@ -24,8 +24,9 @@ pub use balancer::{HashCookieConfig, HashOnConfig, LbPolicy, LoadBalancerConfig,
 pub use cluster::{ClusterConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol};
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
-    BackendRef, DirectResponseConfig, HeaderEditsConfig, HeaderValueConfig, ListenerConfig,
-    ListenerProtocol, MatchConfig, RouteConfig, Unmatched, ValueMatchConfig,
+    BackendRef, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction,
+    HeaderEditsConfig, HeaderValueConfig, ListenerConfig, ListenerProtocol, MatchConfig,
+    RouteConfig, Unmatched, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
 

@@ -13,7 +13,7 @@ use super::lifetime::PREMATURE_RESET_LIFETIME;
 use crate::breaker::Held;
 use crate::cluster::{Cluster, FailedBy, TimeoutKind};
 use crate::endpoint::ActiveRequest;
-use crate::listener::{ListenerKind, ListenerState};
+use crate::listener::ListenerState;
 use crate::pool::{Http1Lease, Http2Lease};
 use crate::route::RouteAction;
 use crate::telemetry::LabelValue;
@@ -187,9 +187,7 @@ impl Exchange {
 
     /// The cluster the request went to, if it was forwarded.
     fn cluster(&self) -> Option<&Arc<Cluster>> {
-        let ListenerKind::Http(http) = &self.listener.kind else {
-            return None;
-        };
+        let http = self.listener.http_routes()?;
         let StatsAt::Backend { route, backend } = self.stats_at else {
             return None;
         };
@@ -200,9 +198,7 @@ impl Exchange {
     }
 
     fn stats(&self) -> Option<&RequestStats> {
-        let ListenerKind::Http(http) = &self.listener.kind else {
-            return None;
-        };
+        let http = self.listener.http_routes()?;
         match self.stats_at {
             StatsAt::NoRoute => Some(&http.no_route),
             StatsAt::Direct { route } | StatsAt::Backend { route, .. } => {
@@ -221,7 +217,7 @@ impl Exchange {
         let Some(log) = &self.listener.access_log else {
             return;
         };
-        let ListenerKind::Http(http) = &self.listener.kind else {
+        let Some(http) = self.listener.http_routes() else {
             return;
         };
         let (route, cluster) = match self.stats_at {
@@ -255,6 +251,8 @@ impl Exchange {
             bytes_sent: self.bytes_sent,
             failed_by: self.failure.map(|(by, _)| by.label()),
             failure: self.failure.map(|(_, what)| what),
+            direction: self.conn.captured.map(|c| c.direction.as_str()),
+            original_dst: self.conn.captured.map(|c| c.original.to_string()),
         });
     }
 }

@@ -14,8 +14,7 @@ use super::body::ResponseBody;
 use super::exchange::{Exchange, StatsAt};
 use super::lifetime::Activity;
 use super::{authority, forward, local_reply};
-use crate::listener::ListenerSlot;
-use crate::listener::{ListenerKind, ListenerState};
+use crate::listener::{Captured, ListenerSlot, ListenerState};
 use crate::route::{RequestView, RouteAction};
 
 /// What every request on one downstream connection shares.
@@ -24,6 +23,8 @@ pub(crate) struct ConnContext {
     pub(crate) peer: SocketAddr,
     pub(crate) tracker: TaskTracker,
     pub(crate) activity: Activity,
+    /// Set when a capture listener handed the connection over.
+    pub(crate) captured: Option<Captured>,
 }
 
 pub(super) async fn handle(
@@ -56,7 +57,7 @@ async fn route(
     client: SocketAddr,
     tracker: &TaskTracker,
 ) -> Response<ResponseBody> {
-    let ListenerKind::Http(http) = &listener.kind else {
+    let Some(http) = listener.http_routes() else {
         let message = format!("listener {:?} no longer serves HTTP", listener.name);
         let grpc = local_reply::is_grpc(request.headers());
         return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);

@@ -28,8 +28,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::ListenerSlot;
 use crate::listener::ListenerState;
+use crate::listener::{Captured, ListenerSlot};
 use detect::{Detected, ServerIo};
 use handler::ConnContext;
 use header_timer::HeaderTimer;
@@ -64,6 +64,7 @@ pub(crate) async fn serve_connection(
     state: Arc<ListenerState>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    captured: Option<Captured>,
 ) {
     let headers_timeout = state.request_headers_timeout;
     let detected = tokio::select! {
@@ -87,6 +88,7 @@ pub(crate) async fn serve_connection(
         peer,
         tracker,
         activity: Activity::default(),
+        captured,
     });
     let service = {
         let conn = conn.clone();

@@ -14,7 +14,8 @@ use metrics::{Counter, Gauge};
 
 use crate::cluster::Cluster;
 use crate::config::{
-    ConfigError, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol, Unmatched,
+    ConfigError, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, Direction, Http2Config,
+    Http2KeepaliveConfig, ListenerConfig, ListenerProtocol, Unmatched,
 };
 use crate::ratelimit::RateLimit;
 use crate::route::RouteTable;
@@ -94,6 +95,7 @@ pub struct ListenerState {
     pub(crate) rejected: CountersBy<Refusal>,
     /// `false`: reached only through a capture listener, by `address`.
     pub(crate) bind: bool,
+    pub(crate) direction: Direction,
 }
 
 /// Why a connection was closed on accept: the `reason` label of
@@ -118,6 +120,59 @@ pub enum ListenerKind {
     Tcp(TcpTarget),
     /// `original_destination: true`.
     Capture(CaptureTarget),
+    /// `protocol: auto` (reached through a capture listener): HTTP to the
+    /// routes, the rest opaque.
+    Auto(AutoTarget),
+}
+
+/// How a connection a capture listener handed over got here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Captured {
+    pub(crate) direction: Direction,
+    /// The address the client dialled, before `init`'s redirect.
+    pub(crate) original: SocketAddr,
+}
+
+/// A `protocol: auto` listener: detected HTTP follows `http` (none: it is
+/// opaque too), opaque TCP goes to `opaque` (none: to the original
+/// destination).
+#[derive(Debug)]
+pub struct AutoTarget {
+    pub(crate) http: Option<HttpRoutes>,
+    pub(crate) opaque: Option<TcpTarget>,
+}
+
+/// What a captured connection turned out to be: the `protocol` label of
+/// `remora_captured_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CapturedAs {
+    Http1,
+    Http2,
+    Tls,
+    Tcp,
+}
+
+label_values!(CapturedAs {
+    Http1 => "http1",
+    Http2 => "http2",
+    Tls => "tls",
+    Tcp => "tcp",
+});
+
+/// A capture listener's protocol detection (`protocol: auto`).
+#[derive(Debug)]
+pub(crate) struct Detect {
+    pub(crate) timeout: Duration,
+    /// Sorted: original destination ports that skip detection.
+    pub(crate) opaque_ports: Box<[u16]>,
+    /// `remora_protocol_detect_timeouts_total{listener}`.
+    pub(crate) timeouts: Counter,
+}
+
+impl Detect {
+    pub(crate) fn skips(&self, port: u16) -> bool {
+        self.opaque_ports.binary_search(&port).is_ok()
+    }
 }
 
 /// A capture listener: connections go on to the listener of their
@@ -125,6 +180,11 @@ pub enum ListenerKind {
 #[derive(Debug)]
 pub struct CaptureTarget {
     pub(crate) unmatched: Unmatched,
+    pub(crate) direction: Direction,
+    /// None: `protocol: tcp`, no detection.
+    pub(crate) detect: Option<Detect>,
+    /// `remora_captured_connections_total{listener,direction,protocol}`.
+    pub(crate) captured: CountersBy<CapturedAs>,
     /// Passed-through bytes from the client (`rx`) and to it (`tx`).
     pub(crate) bytes_rx: Counter,
     pub(crate) bytes_tx: Counter,
@@ -164,87 +224,62 @@ impl ListenerState {
         errors: &mut Vec<ConfigError>,
     ) -> Option<ListenerState> {
         let name = config.name.as_str();
-        let kind = match config.protocol {
-            _ if config.original_destination => {
-                if !config.bind {
-                    errors.push(ConfigError::new(
-                        format!("{at}.bind"),
-                        "a capture listener (original_destination: true) must bind its port",
-                    ));
-                }
-                if !config.routes.is_empty() || config.cluster.is_some() {
-                    errors.push(ConfigError::new(
-                        format!("{at}.original_destination"),
-                        "a capture listener has no routes or cluster: it hands each connection to the listener of its original destination",
-                    ));
-                }
-                let bytes = |direction| {
-                    cx.telemetry.counter(
-                        telemetry::TCP_BYTES_TOTAL,
-                        &[("listener", name), ("direction", direction)],
-                    )
+        let protocol = config.protocol();
+        let kind = if config.original_destination {
+            Self::capture(config, at, cx, errors)
+        } else {
+            if config.detect_timeout.is_some() || config.opaque_ports.is_some() {
+                let field = if config.detect_timeout.is_some() {
+                    "detect_timeout"
+                } else {
+                    "opaque_ports"
                 };
-                ListenerKind::Capture(CaptureTarget {
-                    unmatched: config.unmatched,
-                    bytes_rx: bytes("rx"),
-                    bytes_tx: bytes("tx"),
-                    passthrough: cx.telemetry.counter(
-                        telemetry::PASSTHROUGH_CONNECTIONS_TOTAL,
-                        &[("listener", name)],
-                    ),
-                })
+                errors.push(ConfigError::new(
+                    format!("{at}.{field}"),
+                    "only a capture listener (original_destination: true) detects protocols",
+                ));
             }
-            ListenerProtocol::Http => {
-                if config.cluster.is_some() {
-                    errors.push(ConfigError::new(
-                        format!("{at}.cluster"),
-                        "only TCP listeners take a cluster; HTTP listeners send traffic through routes[].backends",
-                    ));
+            match protocol {
+                ListenerProtocol::Http => {
+                    if config.cluster.is_some() {
+                        errors.push(ConfigError::new(
+                            format!("{at}.cluster"),
+                            "only TCP listeners take a cluster; HTTP listeners send traffic through routes[].backends",
+                        ));
+                    }
+                    ListenerKind::Http(Self::routes(config, at, cx, errors))
                 }
-                ListenerKind::Http(HttpRoutes {
-                    table: RouteTable::compile(
-                        &config.routes,
-                        name,
-                        &format!("{at}.routes"),
-                        cx.clusters,
-                        cx.telemetry,
-                        errors,
-                    ),
-                    no_route: RequestStats::new(cx.telemetry, name, "", ""),
-                })
-            }
-            ListenerProtocol::Tcp => {
-                if !config.routes.is_empty() {
-                    errors.push(ConfigError::new(
-                        format!("{at}.routes"),
-                        "TCP listeners have no routes; set cluster instead",
-                    ));
+                ListenerProtocol::Tcp => {
+                    if !config.routes.is_empty() {
+                        errors.push(ConfigError::new(
+                            format!("{at}.routes"),
+                            "TCP listeners have no routes; set cluster instead",
+                        ));
+                    }
+                    if config.cluster.is_none() {
+                        errors.push(ConfigError::new(
+                            format!("{at}.cluster"),
+                            "required for protocol: tcp",
+                        ));
+                        return None;
+                    }
+                    ListenerKind::Tcp(tcp_target(config, at, cx, errors)?)
                 }
-                let Some(cluster_name) = &config.cluster else {
-                    errors.push(ConfigError::new(
-                        format!("{at}.cluster"),
-                        "required for protocol: tcp",
-                    ));
-                    return None;
-                };
-                let Some(cluster) = cx.clusters.get(cluster_name.as_str()) else {
-                    errors.push(ConfigError::new(
-                        format!("{at}.cluster"),
-                        format!("no cluster named {cluster_name:?}"),
-                    ));
-                    return None;
-                };
-                let bytes = |direction| {
-                    cx.telemetry.counter(
-                        telemetry::TCP_BYTES_TOTAL,
-                        &[("listener", name), ("direction", direction)],
-                    )
-                };
-                ListenerKind::Tcp(TcpTarget {
-                    cluster: cluster.clone(),
-                    bytes_rx: bytes("rx"),
-                    bytes_tx: bytes("tx"),
-                })
+                ListenerProtocol::Auto => {
+                    if config.bind {
+                        errors.push(ConfigError::new(
+                            format!("{at}.protocol"),
+                            "auto detects captured traffic: only for a listener with bind: false (or a capture listener)",
+                        ));
+                    }
+                    let http =
+                        (!config.routes.is_empty()).then(|| Self::routes(config, at, cx, errors));
+                    let opaque = match config.cluster {
+                        Some(_) => Some(tcp_target(config, at, cx, errors)?),
+                        None => None,
+                    };
+                    ListenerKind::Auto(AutoTarget { http, opaque })
+                }
             }
         };
         if !config.bind && config.address.port() == 0 {
@@ -279,7 +314,7 @@ impl ListenerState {
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
-        let rate_limit = match (&config.rate_limit, config.protocol) {
+        let rate_limit = match (&config.rate_limit, protocol) {
             (Some(_), ListenerProtocol::Tcp) => {
                 errors.push(ConfigError::new(
                     format!("{at}.rate_limit"),
@@ -287,7 +322,7 @@ impl ListenerState {
                 ));
                 None
             }
-            (Some(r), ListenerProtocol::Http) => RateLimit::compile(
+            (Some(r), ListenerProtocol::Http | ListenerProtocol::Auto) => RateLimit::compile(
                 ("requests_per_second", r.requests_per_second),
                 r.burst,
                 &r.key,
@@ -340,6 +375,7 @@ impl ListenerState {
             max_connections: config.max_connections.map(|m| m as usize),
             proxy_max_connections: cx.proxy_max_connections,
             bind: config.bind,
+            direction: config.direction(),
             rejected: CountersBy::register(
                 cx.telemetry,
                 telemetry::LISTENER_REJECTED_TOTAL,
@@ -348,6 +384,171 @@ impl ListenerState {
             ),
         })
     }
+}
+
+impl ListenerState {
+    fn routes(
+        config: &ListenerConfig,
+        at: &str,
+        cx: &ListenerContext<'_>,
+        errors: &mut Vec<ConfigError>,
+    ) -> HttpRoutes {
+        let name = config.name.as_str();
+        HttpRoutes {
+            table: RouteTable::compile(
+                &config.routes,
+                name,
+                &format!("{at}.routes"),
+                cx.clusters,
+                cx.telemetry,
+                errors,
+            ),
+            no_route: RequestStats::new(cx.telemetry, name, "", ""),
+        }
+    }
+
+    fn capture(
+        config: &ListenerConfig,
+        at: &str,
+        cx: &ListenerContext<'_>,
+        errors: &mut Vec<ConfigError>,
+    ) -> ListenerKind {
+        let name = config.name.as_str();
+        if !config.bind {
+            errors.push(ConfigError::new(
+                format!("{at}.bind"),
+                "a capture listener (original_destination: true) must bind its port",
+            ));
+        }
+        if !config.routes.is_empty() || config.cluster.is_some() {
+            errors.push(ConfigError::new(
+                format!("{at}.original_destination"),
+                "a capture listener has no routes or cluster: it hands each connection to the listener of its original destination",
+            ));
+        }
+        let detect = match config.protocol() {
+            ListenerProtocol::Auto => {
+                let timeout = config.detect_timeout.unwrap_or(DEFAULT_DETECT_TIMEOUT);
+                if timeout.is_zero() {
+                    errors.push(ConfigError::new(
+                        format!("{at}.detect_timeout"),
+                        "must be greater than 0 (protocol: tcp turns detection off)",
+                    ));
+                }
+                let mut opaque_ports = config
+                    .opaque_ports
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_vec());
+                if let Some(i) = opaque_ports.iter().position(|&p| p == 0) {
+                    errors.push(ConfigError::new(
+                        format!("{at}.opaque_ports[{i}]"),
+                        "0 is not a port",
+                    ));
+                }
+                opaque_ports.sort_unstable();
+                opaque_ports.dedup();
+                Some(Detect {
+                    timeout,
+                    opaque_ports: opaque_ports.into(),
+                    timeouts: cx.telemetry.counter(
+                        telemetry::PROTOCOL_DETECT_TIMEOUTS_TOTAL,
+                        &[("listener", name)],
+                    ),
+                })
+            }
+            ListenerProtocol::Tcp => {
+                for (field, set) in [
+                    ("detect_timeout", config.detect_timeout.is_some()),
+                    ("opaque_ports", config.opaque_ports.is_some()),
+                ] {
+                    if set {
+                        errors.push(ConfigError::new(
+                            format!("{at}.{field}"),
+                            "protocol: tcp does no detection; leave it out or use protocol: auto",
+                        ));
+                    }
+                }
+                None
+            }
+            ListenerProtocol::Http => {
+                errors.push(ConfigError::new(
+                    format!("{at}.protocol"),
+                    "a capture listener is auto (detect each connection) or tcp (no detection); HTTP is for the listeners it hands connections to",
+                ));
+                None
+            }
+        };
+        let bytes = |direction| {
+            cx.telemetry.counter(
+                telemetry::TCP_BYTES_TOTAL,
+                &[("listener", name), ("direction", direction)],
+            )
+        };
+        let direction = config.direction();
+        ListenerKind::Capture(CaptureTarget {
+            unmatched: config.unmatched,
+            direction,
+            detect,
+            bytes_rx: bytes("rx"),
+            bytes_tx: bytes("tx"),
+            passthrough: cx.telemetry.counter(
+                telemetry::PASSTHROUGH_CONNECTIONS_TOTAL,
+                &[("listener", name)],
+            ),
+            captured: CountersBy::register(
+                cx.telemetry,
+                telemetry::CAPTURED_CONNECTIONS_TOTAL,
+                &[("listener", name), ("direction", direction.as_str())],
+                "protocol",
+            ),
+        })
+    }
+
+    /// The routes HTTP requests on this listener follow.
+    pub(crate) fn http_routes(&self) -> Option<&HttpRoutes> {
+        match &self.kind {
+            ListenerKind::Http(routes) => Some(routes),
+            ListenerKind::Auto(auto) => auto.http.as_ref(),
+            ListenerKind::Tcp(_) | ListenerKind::Capture(_) => None,
+        }
+    }
+
+    /// Where opaque TCP on this listener goes, if to a cluster.
+    pub(crate) fn tcp_target(&self) -> Option<&TcpTarget> {
+        match &self.kind {
+            ListenerKind::Tcp(target) => Some(target),
+            ListenerKind::Auto(auto) => auto.opaque.as_ref(),
+            ListenerKind::Http(_) | ListenerKind::Capture(_) => None,
+        }
+    }
+}
+
+/// The cluster of a TCP listener (or of an `auto` one's opaque traffic).
+fn tcp_target(
+    config: &ListenerConfig,
+    at: &str,
+    cx: &ListenerContext<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<TcpTarget> {
+    let cluster_name = config.cluster.as_deref()?;
+    let Some(cluster) = cx.clusters.get(cluster_name) else {
+        errors.push(ConfigError::new(
+            format!("{at}.cluster"),
+            format!("no cluster named {cluster_name:?}"),
+        ));
+        return None;
+    };
+    let bytes = |direction| {
+        cx.telemetry.counter(
+            telemetry::TCP_BYTES_TOTAL,
+            &[("listener", config.name.as_str()), ("direction", direction)],
+        )
+    };
+    Some(TcpTarget {
+        cluster: cluster.clone(),
+        bytes_rx: bytes("rx"),
+        bytes_tx: bytes("tx"),
+    })
 }
 
 /// Duplicate listener names and addresses, reported by path.

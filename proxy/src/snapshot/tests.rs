@@ -109,6 +109,13 @@ listeners:
   - {{name: d, address: '127.0.0.1:4', unmatched: reject, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
   - {{name: e, address: '0.0.0.0:15003', original_destination: true, unmatched: reject}}
   - {{name: f, address: '10.0.0.9:80', bind: false, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
+  - {{name: g, address: '0.0.0.0:15004', original_destination: true, protocol: http}}
+  - {{name: h, address: '0.0.0.0:15005', original_destination: true, detect_timeout: 0s, opaque_ports: [25, 0]}}
+  - {{name: i, address: '0.0.0.0:15007', original_destination: true, protocol: tcp, opaque_ports: [25]}}
+  - {{name: j, address: '127.0.0.1:5', protocol: auto, cluster: web}}
+  - {{name: k, address: '127.0.0.1:6', detect_timeout: 1s, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
+  - {{name: l, address: '10.0.0.9:81', bind: false, direction: inbound, cluster: web, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
+  - {{name: m, address: '[::]:15008', original_destination: true, direction: inbound, opaque_ports: [5432]}}
 "
     );
     assert_eq!(
@@ -118,6 +125,12 @@ listeners:
             "listeners[1].original_destination: a capture listener has no routes or cluster: it hands each connection to the listener of its original destination",
             "listeners[2].address: a listener with bind: false stands for an original destination, so it needs a port (not 0)",
             "listeners[3].unmatched: only a capture listener (original_destination: true) has unmatched connections",
+            "listeners[6].protocol: a capture listener is auto (detect each connection) or tcp (no detection); HTTP is for the listeners it hands connections to",
+            "listeners[7].detect_timeout: must be greater than 0 (protocol: tcp turns detection off)",
+            "listeners[7].opaque_ports[1]: 0 is not a port",
+            "listeners[8].opaque_ports: protocol: tcp does no detection; leave it out or use protocol: auto",
+            "listeners[9].protocol: auto detects captured traffic: only for a listener with bind: false (or a capture listener)",
+            "listeners[10].detect_timeout: only a capture listener (original_destination: true) detects protocols",
         ]
         .join("\n")
     );

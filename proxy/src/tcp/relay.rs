@@ -18,14 +18,23 @@ pub(super) enum Ended {
     Idle,
 }
 
+/// Bytes moved each way, for the connection's access-log line.
+#[derive(Debug, Default)]
+pub(super) struct Moved {
+    /// From the client.
+    pub(super) received: AtomicU64,
+    /// To the client.
+    pub(super) sent: AtomicU64,
+}
+
 /// Relays until both directions have ended (or nothing moved for `idle`);
-/// `rx` counts client→upstream bytes, `tx` upstream→client. An error in
-/// either direction ends both.
+/// `rx` counts client→upstream bytes, `tx` upstream→client, and `moved`
+/// adds them up for this connection. An error in either direction ends both.
 pub(super) async fn relay(
     mut client: TcpStream,
     mut upstream: TcpStream,
-    rx: &Counter,
-    tx: &Counter,
+    (rx, tx): (&Counter, &Counter),
+    moved: &Moved,
     idle: Option<Duration>,
 ) -> io::Result<Ended> {
     let (mut client_read, mut client_write) = client.split();
@@ -35,8 +44,18 @@ pub(super) async fn relay(
     let last = AtomicU64::new(0);
     let copy = async {
         tokio::try_join!(
-            pipe(&mut client_read, &mut upstream_write, rx, (start, &last)),
-            pipe(&mut upstream_read, &mut client_write, tx, (start, &last)),
+            pipe(
+                &mut client_read,
+                &mut upstream_write,
+                (rx, &moved.received),
+                (start, &last)
+            ),
+            pipe(
+                &mut upstream_read,
+                &mut client_write,
+                (tx, &moved.sent),
+                (start, &last)
+            ),
         )
     };
     let Some(idle) = idle else {
@@ -61,7 +80,7 @@ pub(super) async fn relay(
 async fn pipe<R, W>(
     reader: &mut R,
     writer: &mut W,
-    counter: &Counter,
+    (counter, total): (&Counter, &AtomicU64),
     (start, last): (Instant, &AtomicU64),
 ) -> io::Result<()>
 where
@@ -77,6 +96,7 @@ where
         }
         writer.write_all(&buffer[..read]).await?;
         counter.increment(read as u64);
+        total.fetch_add(read as u64, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

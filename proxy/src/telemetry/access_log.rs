@@ -1,4 +1,4 @@
-//! The access log: one JSON line per HTTP request, written by a thread of its
+//! The access log: one JSON line per HTTP request or opaque TCP connection, written by a thread of its
 //! own so a slow disk never stalls the data path. When the writer falls
 //! behind by more than [`QUEUE_LINES`] lines, new lines are dropped and
 //! counted in the log itself.
@@ -43,6 +43,44 @@ pub(crate) struct AccessRecord<'a> {
     /// What failed (`connect_failure`, `client_body`, `client_cancelled`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) failure: Option<&'static str>,
+    /// A captured connection's `inbound` or `outbound`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) direction: Option<&'static str>,
+    /// A captured connection's original destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) original_dst: Option<String>,
+}
+
+/// What one opaque TCP connection's line says (`"protocol": "tcp"` or
+/// `"tls"`), written when it closes.
+#[derive(Serialize)]
+pub(crate) struct ConnectionRecord<'a> {
+    #[serde(serialize_with = "rfc3339")]
+    pub(crate) time: SystemTime,
+    pub(crate) listener: &'a str,
+    pub(crate) downstream: String,
+    pub(crate) protocol: &'static str,
+    /// The server name of a TLS ClientHello.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sni: Option<&'a str>,
+    /// `timeout` (nothing within `detect_timeout`), `opaque_port`, `server_first`
+    /// (the server spoke before the client) or `detected`; absent without
+    /// detection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) detect: Option<&'static str>,
+    pub(crate) duration_ms: f64,
+    /// `passthrough` for a connection sent on to its original destination.
+    pub(crate) cluster: &'a str,
+    pub(crate) upstream: Option<String>,
+    /// Bytes from the client, and to it.
+    pub(crate) bytes_received: u64,
+    pub(crate) bytes_sent: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failure: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) direction: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) original_dst: Option<String>,
 }
 
 impl AccessLog {
@@ -62,7 +100,7 @@ impl AccessLog {
         })
     }
 
-    pub(crate) fn write(&self, record: &AccessRecord<'_>) {
+    pub(crate) fn write(&self, record: &impl Serialize) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };

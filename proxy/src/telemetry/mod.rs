@@ -31,6 +31,8 @@ pub(crate) const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
 pub(crate) const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
 pub(crate) const REQUEST_FAILURES_TOTAL: &str = "remora_request_failures_total";
 pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_connections_total";
+pub(crate) const CAPTURED_CONNECTIONS_TOTAL: &str = "remora_captured_connections_total";
+pub(crate) const PROTOCOL_DETECT_TIMEOUTS_TOTAL: &str = "remora_protocol_detect_timeouts_total";
 pub(crate) const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
 pub(crate) const OUTLIER_EJECTIONS_TOTAL: &str = "remora_outlier_ejections_total";
 pub(crate) const ENDPOINTS_EJECTED: &str = "remora_endpoints_ejected";
@@ -117,6 +119,16 @@ impl Telemetry {
             TCP_BYTES_TOTAL,
             None,
             "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.",
+        );
+        describe(
+            CAPTURED_CONNECTIONS_TOTAL,
+            None,
+            "Connections a capture listener took, by direction and by the protocol detected (http1, http2, tls, tcp).",
+        );
+        describe(
+            PROTOCOL_DETECT_TIMEOUTS_TOTAL,
+            None,
+            "Captured connections whose client sent nothing within detect_timeout, passed on as opaque TCP.",
         );
         describe(
             CONFIG_RELOADS_TOTAL,

@@ -197,7 +197,7 @@ impl Cache {
         known: &BTreeMap<&str, bool>,
     ) -> Option<ListenerConfig> {
         let mut config = part.config.clone();
-        if config.protocol == ListenerProtocol::Tcp {
+        if config.protocol() == ListenerProtocol::Tcp {
             let cluster = config.cluster.as_deref().unwrap_or_default();
             if !known.contains_key(cluster) {
                 tracing::warn!(listener = %config.name, cluster, "xDS listener names a cluster that does not exist; left out until it does");

@@ -179,7 +179,7 @@ fn http(
     config: &mut ListenerConfig,
 ) -> Result<(Routes, RouteDefaults)> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
-    config.protocol = ListenerProtocol::Http;
+    config.protocol = Some(ListenerProtocol::Http);
     if m.codec_type == CodecType::Http3 as i32 {
         return Err(Rejection::unsupported("codec_type", "HTTP/3"));
     }
@@ -304,7 +304,7 @@ fn http(
 
 fn tcp(p: &tcp_proxy::TcpProxy, config: &mut ListenerConfig) -> Result<()> {
     use tcp_proxy::tcp_proxy::ClusterSpecifier;
-    config.protocol = ListenerProtocol::Tcp;
+    config.protocol = Some(ListenerProtocol::Tcp);
     match &p.cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) if !name.is_empty() => {
             config.cluster = Some(name.clone())
