@@ -14,6 +14,7 @@ use remora_xds_proto::{protobuf, type_url};
 use super::translate::{self, ClusterPart, ListenerPart, Part, Routes};
 use crate::config::{
     BackendRef, ClusterConfig, DirectResponseConfig, ListenerConfig, ListenerProtocol, RouteConfig,
+    Unmatched,
 };
 
 pub(super) const CLUSTER: usize = 0;
@@ -160,9 +161,14 @@ impl Cache {
         let clusters: Vec<ClusterConfig> = self.types[CLUSTER]
             .values()
             .filter_map(|h| match &h.part {
-                Part::Cluster(part) => Some(self.cluster(part)),
+                Part::Cluster(part) if !part.original_dst => Some(self.cluster(part)),
                 _ => None,
             })
+            .collect();
+        let original_dst: BTreeSet<&str> = self.types[CLUSTER]
+            .iter()
+            .filter(|(_, h)| matches!(&h.part, Part::Cluster(part) if part.original_dst))
+            .map(|(name, _)| name.as_str())
             .collect();
         let known: BTreeMap<&str, bool> = clusters
             .iter()
@@ -171,6 +177,9 @@ impl Cache {
         let listeners = self.types[LISTENER]
             .values()
             .filter_map(|h| match &h.part {
+                Part::Listener(part) if part.config.original_destination => {
+                    capture_listener(part, &clusters, &original_dst)
+                }
                 Part::Listener(part) => self.listener(part, &known),
                 _ => None,
             })
@@ -234,6 +243,37 @@ impl Cache {
     }
 }
 
+/// A `use_original_dst` listener: what no listener claims goes through to
+/// its original destination (an ORIGINAL_DST cluster) or is reset (no
+/// cluster, or one without endpoints, as Istio's `BlackHoleCluster`). A
+/// cluster still to arrive leaves the listener out until it does; one with
+/// endpoints cannot take unmatched traffic here, and leaves it out too.
+fn capture_listener(
+    part: &ListenerPart,
+    clusters: &[ClusterConfig],
+    original_dst: &BTreeSet<&str>,
+) -> Option<ListenerConfig> {
+    let mut config = part.config.clone();
+    config.unmatched = match part.unmatched_cluster.as_deref() {
+        None => Unmatched::Reject,
+        Some(name) if original_dst.contains(name) => Unmatched::Passthrough,
+        Some(name) => match clusters.iter().find(|c| c.name == name) {
+            Some(cluster) if cluster.endpoints.is_empty() && cluster.dns.is_none() => {
+                Unmatched::Reject
+            }
+            Some(_) => {
+                tracing::warn!(listener = %config.name, cluster = name, "a use_original_dst listener's TCP proxy must name an ORIGINAL_DST cluster (or one without endpoints, to reject); left out");
+                return None;
+            }
+            None => {
+                tracing::warn!(listener = %config.name, cluster = name, "xDS listener names a cluster that does not exist; left out until it does");
+                return None;
+            }
+        },
+    };
+    Some(config)
+}
+
 /// Backends naming clusters that do not exist are dropped; with none left
 /// the route answers 503. A hash policy is kept only for a hash-based
 /// backend (Envoy ignores it otherwise).
@@ -258,5 +298,102 @@ fn missing_clusters(route: &mut RouteConfig, known: &BTreeMap<&str, bool>) {
         });
         route.retry = None;
         route.hash_on = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use remora_xds_proto::listener::{Filter, FilterChain, Listener, filter};
+    use remora_xds_proto::{cluster, core, pack, protobuf};
+
+    use super::*;
+    use crate::xds::translate::translate;
+
+    fn held(type_url: &str, any: &protobuf::Any) -> (String, Held) {
+        let (name, part) = translate(type_url, any).unwrap();
+        let version = "1".to_string();
+        (name, Held { version, part })
+    }
+
+    fn capture_to(cluster: Option<&str>) -> protobuf::Any {
+        let chains = cluster.map(|name| {
+            let proxy = remora_xds_proto::filters::tcp_proxy::TcpProxy {
+                stat_prefix: "t".into(),
+                cluster_specifier: Some(
+                    remora_xds_proto::filters::tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(
+                        name.into(),
+                    ),
+                ),
+                ..Default::default()
+            };
+            FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.tcp_proxy".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack(&proxy))),
+                }],
+                ..Default::default()
+            }
+        });
+        pack(&Listener {
+            name: "outbound".into(),
+            address: Some(core::Address {
+                address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                    address: "0.0.0.0".into(),
+                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(15001)),
+                    ..Default::default()
+                })),
+            }),
+            use_original_dst: Some(protobuf::BoolValue { value: true }),
+            filter_chains: chains.into_iter().collect(),
+            ..Default::default()
+        })
+    }
+
+    fn cluster_of(name: &str, kind: cluster::cluster::DiscoveryType) -> protobuf::Any {
+        pack(&cluster::Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(kind as i32)),
+            load_assignment: Some(remora_xds_proto::endpoint::ClusterLoadAssignment {
+                cluster_name: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// What a capture listener's TCP proxy cluster means for unmatched
+    /// connections; an ORIGINAL_DST cluster is no cluster of the proxy's.
+    #[test]
+    fn a_capture_listeners_cluster_decides_unmatched() {
+        use cluster::cluster::DiscoveryType::{OriginalDst, Static};
+        let unmatched =
+            |listener: protobuf::Any, clusters: &[(&str, cluster::cluster::DiscoveryType)]| {
+                let mut cache = Cache::default();
+                cache.types[LISTENER].extend([held(type_url::LISTENER, &listener)]);
+                for (name, kind) in clusters {
+                    cache.types[CLUSTER]
+                        .extend([held(type_url::CLUSTER, &cluster_of(name, *kind))]);
+                }
+                let (listeners, clusters) = cache.compose();
+                assert!(clusters.iter().all(|c| c.name != "PassthroughCluster"));
+                listeners.first().map(|l| l.unmatched)
+            };
+        assert_eq!(
+            unmatched(
+                capture_to(Some("PassthroughCluster")),
+                &[("PassthroughCluster", OriginalDst)]
+            ),
+            Some(Unmatched::Passthrough)
+        );
+        assert_eq!(
+            unmatched(
+                capture_to(Some("BlackHoleCluster")),
+                &[("BlackHoleCluster", Static)]
+            ),
+            Some(Unmatched::Reject)
+        );
+        assert_eq!(unmatched(capture_to(None), &[]), Some(Unmatched::Reject));
+        // Still to arrive: left out until it does.
+        assert_eq!(unmatched(capture_to(Some("PassthroughCluster")), &[]), None);
     }
 }

@@ -96,7 +96,13 @@ pub(crate) fn cluster(c: &Cluster) -> Result<ClusterPart> {
                 None
             }
             Ok(DiscoveryType::OriginalDst) => {
-                return Err(Rejection::unsupported("type", "ORIGINAL_DST clusters"));
+                // Connections go to their own original destination; only a
+                // capture listener's TCP proxy may name it (`xds/state.rs`).
+                return Ok(ClusterPart {
+                    config,
+                    eds: None,
+                    original_dst: true,
+                });
             }
             Err(_) => {
                 return Err(Rejection::new(
@@ -178,7 +184,11 @@ pub(crate) fn cluster(c: &Cluster) -> Result<ClusterPart> {
         ));
     }
     extras(c, &mut config)?;
-    Ok(ClusterPart { config, eds })
+    Ok(ClusterPart {
+        config,
+        eds,
+        original_dst: false,
+    })
 }
 
 fn static_endpoints(c: &Cluster, config: &mut ClusterConfig) -> Result<()> {

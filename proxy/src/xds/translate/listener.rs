@@ -13,7 +13,9 @@ use super::{
     ListenerPart, Rejection, Result, RouteDefaults, Routes, ads_source, duration_or_none,
     local_rate_limit, opt_duration, route_configuration, socket_address, u32v, unpack_typed,
 };
-use crate::config::{Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol};
+use crate::config::{
+    Direction, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol,
+};
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str =
@@ -36,24 +38,25 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
             "more than one address",
         ));
     }
-    if l.use_original_dst.as_ref().is_some_and(|v| v.value) {
-        return Err(Rejection::unsupported(
-            "use_original_dst",
-            "original-destination redirection",
-        ));
-    }
+    let capture = l.use_original_dst.as_ref().is_some_and(|v| v.value);
     if l.transparent.as_ref().is_some_and(|v| v.value) {
         return Err(Rejection::unsupported(
             "transparent",
             "a transparent listener",
         ));
     }
-    if l.bind_to_port.as_ref().is_some_and(|v| !v.value) {
-        return Err(Rejection::unsupported(
-            "bind_to_port",
-            "a listener that does not bind",
-        ));
-    }
+    let bind = l.bind_to_port.as_ref().is_none_or(|v| v.value);
+    let direction = match core::TrafficDirection::try_from(l.traffic_direction) {
+        Ok(core::TrafficDirection::Unspecified) => None,
+        Ok(core::TrafficDirection::Inbound) => Some(Direction::Inbound),
+        Ok(core::TrafficDirection::Outbound) => Some(Direction::Outbound),
+        Err(_) => {
+            return Err(Rejection::new(
+                "traffic_direction",
+                format!("unknown direction {}", l.traffic_direction),
+            ));
+        }
+    };
     if l.api_listener.is_some() || l.udp_listener_config.is_some() {
         return Err(Rejection::unsupported(
             "api_listener",
@@ -75,6 +78,18 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
     let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
         ([chain], None) => (chain, "filter_chains[0]"),
         ([], Some(chain)) => (chain, "default_filter_chain"),
+        // A capture listener without a chain closes what no listener claims.
+        ([], None) if capture => {
+            let mut config = base(&l.name, address);
+            config.original_destination = true;
+            config.direction = direction;
+            return Ok(ListenerPart {
+                config,
+                routes: Routes::None,
+                defaults: RouteDefaults::default(),
+                unmatched_cluster: None,
+            });
+        }
         ([], None) => {
             return Err(Rejection::new(
                 "filter_chains",
@@ -128,8 +143,16 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
     }
     let filter_at = format!("{at}.filters[{}]", chain.filters.len() - 1);
     let mut config = base(&l.name, address);
+    config.bind = bind;
+    config.direction = direction;
     let any = typed_config(terminal, &filter_at)?;
     let (routes, defaults) = match any.type_url.as_str() {
+        HCM if capture => {
+            return Err(Rejection::unsupported(
+                format!("{filter_at}.typed_config"),
+                "HTTP on a use_original_dst listener (its chain takes what no listener claims: a TCP proxy to an ORIGINAL_DST cluster)",
+            ));
+        }
         HCM => {
             let manager: hcm::HttpConnectionManager =
                 unpack_typed(any, &format!("{filter_at}.typed_config"))?;
@@ -148,10 +171,20 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
             ));
         }
     };
+    // A capture listener: its TCP proxy's cluster says what happens to
+    // connections no listener claims (resolved with the clusters, `xds/state.rs`).
+    let unmatched_cluster = if capture {
+        config.original_destination = true;
+        config.protocol = None;
+        config.cluster.take()
+    } else {
+        None
+    };
     Ok(ListenerPart {
         config,
         routes,
         defaults,
+        unmatched_cluster,
     })
 }
 

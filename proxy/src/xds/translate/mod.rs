@@ -50,6 +50,10 @@ pub struct ListenerPart {
     pub routes: Routes,
     /// The HTTP connection manager's defaults for its routes.
     pub defaults: RouteDefaults,
+    /// A `use_original_dst` listener's TCP proxy cluster: an ORIGINAL_DST
+    /// cluster means `unmatched: passthrough`; none, or a cluster without
+    /// endpoints (Istio's `BlackHoleCluster`), `unmatched: reject`.
+    pub unmatched_cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -68,6 +72,9 @@ pub struct ClusterPart {
     pub config: ClusterConfig,
     /// EDS: the ClusterLoadAssignment's name (`service_name`, else the cluster's).
     pub eds: Option<String>,
+    /// An ORIGINAL_DST cluster: not a cluster of the proxy's, but the
+    /// passthrough of the capture listeners that name it.
+    pub original_dst: bool,
 }
 
 /// One translated resource of any type.

@@ -8,7 +8,7 @@ use remora_xds_proto::route::{
 use remora_xds_proto::{cluster, core, matcher, pack, protobuf, type_url};
 
 use super::*;
-use crate::config::LbPolicy;
+use crate::config::{Direction, LbPolicy, ListenerProtocol};
 
 fn address(port: u32) -> core::Address {
     core::Address {
@@ -407,5 +407,85 @@ fn hostile_resources_are_rejected_not_trusted() {
     assert_eq!(
         rejection(type_url::ENDPOINT, &pack(&assignment)),
         "ClusterLoadAssignment \"c\" endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: \"backend.internal\" is not an IP address"
+    );
+}
+
+fn tcp_proxy_chain(cluster: &str) -> FilterChain {
+    let proxy = remora_xds_proto::filters::tcp_proxy::TcpProxy {
+        stat_prefix: "t".into(),
+        cluster_specifier: Some(
+            remora_xds_proto::filters::tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(
+                cluster.into(),
+            ),
+        ),
+        ..Default::default()
+    };
+    FilterChain {
+        filters: vec![Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&proxy))),
+        }],
+        ..Default::default()
+    }
+}
+
+/// Envoy's sidecar model: a `use_original_dst` listener whose TCP proxy
+/// names an ORIGINAL_DST cluster, and `bind_to_port: false` listeners per
+/// destination, with their `traffic_direction`.
+#[test]
+fn sidecar_listeners_map_to_capture_listeners() {
+    let capture = Listener {
+        name: "virtualOutbound".into(),
+        address: Some(address(15001)),
+        use_original_dst: Some(protobuf::BoolValue { value: true }),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        filter_chains: vec![tcp_proxy_chain("PassthroughCluster")],
+        ..Default::default()
+    };
+    let (_, part) = translate(type_url::LISTENER, &pack(&capture)).unwrap();
+    let Part::Listener(part) = part else { panic!() };
+    assert!(part.config.original_destination);
+    assert!(part.config.bind);
+    assert_eq!(part.config.cluster, None);
+    assert_eq!(part.config.direction, Some(Direction::Outbound));
+    assert_eq!(
+        part.unmatched_cluster.as_deref(),
+        Some("PassthroughCluster")
+    );
+
+    let mut target = http_listener(vec![router_filter()]);
+    target.bind_to_port = Some(protobuf::BoolValue { value: false });
+    target.traffic_direction = core::TrafficDirection::Inbound as i32;
+    let (_, part) = translate(type_url::LISTENER, &pack(&target)).unwrap();
+    let Part::Listener(part) = part else { panic!() };
+    assert!(!part.config.bind);
+    assert!(!part.config.original_destination);
+    assert_eq!(part.config.protocol, Some(ListenerProtocol::Http));
+    assert_eq!(part.config.direction, Some(Direction::Inbound));
+
+    let passthrough = cluster::Cluster {
+        name: "PassthroughCluster".into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        ..Default::default()
+    };
+    let (_, part) = translate(type_url::CLUSTER, &pack(&passthrough)).unwrap();
+    let Part::Cluster(part) = part else { panic!() };
+    assert!(part.original_dst);
+
+    // HTTP on the capture listener itself is not Envoy's model.
+    let mut http_capture = http_listener(vec![router_filter()]);
+    http_capture.use_original_dst = Some(protobuf::BoolValue { value: true });
+    assert!(
+        rejection(type_url::LISTENER, &pack(&http_capture))
+            .contains("HTTP on a use_original_dst listener"),
+    );
+    let mut bad_direction = capture.clone();
+    bad_direction.traffic_direction = 7;
+    assert!(
+        rejection(type_url::LISTENER, &pack(&bad_direction))
+            .contains("traffic_direction: unknown direction 7")
     );
 }
