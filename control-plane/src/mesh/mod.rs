@@ -40,6 +40,11 @@ pub struct Service {
     #[serde(default = "default_namespace")]
     pub namespace: String,
     pub port: u16,
+    /// The service's virtual IPs (a Kubernetes ClusterIP), which
+    /// applications dial: in sidecar mode (`capture: true`) each is an
+    /// original destination the proxy routes to the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<std::net::IpAddr>,
     #[serde(default)]
     pub protocol: ServiceProtocol,
     /// `IP:PORT` or `{address, weight, zone}`.
@@ -424,6 +429,12 @@ fn default_attempts() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ProxyEntry {
     pub node_id: String,
+    /// Sidecar mode: the pod's traffic is captured (`remora-proxy init`)
+    /// and arrives at capture listeners on 15001 (outbound) and 15006
+    /// (inbound); each outbound service is a listener at its address and
+    /// port that binds no socket, each inbound one at its `listen`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture: bool,
     /// Traffic into the workload: the service it serves.
     #[serde(default)]
     pub inbound: Vec<Inbound>,
@@ -450,9 +461,35 @@ pub struct Inbound {
 pub struct Outbound {
     /// `name` or `name.namespace`.
     pub service: String,
-    /// Where the workload sends its requests for the service.
-    #[serde(with = "scalar::socket_addr")]
-    pub listen: SocketAddr,
+    /// Where the workload sends its requests for the service. Sidecar mode:
+    /// the original destination it dials; absent, each of the service's
+    /// `addresses` at its port.
+    #[serde(
+        default,
+        with = "scalar::socket_addr::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The outbound capture port `remora-proxy init` redirects to.
+pub const CAPTURE_OUTBOUND_PORT: u16 = 15001;
+/// The inbound capture port `remora-proxy init` redirects to.
+pub const CAPTURE_INBOUND_PORT: u16 = 15006;
+
+impl Outbound {
+    /// The addresses the workload reaches the service at: `listen`, or in
+    /// sidecar mode the service's addresses at its port.
+    pub fn listens(&self, service: &Service) -> Vec<SocketAddr> {
+        match self.listen {
+            Some(listen) => vec![listen],
+            None => service
+                .addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, service.port))
+                .collect(),
+        }
+    }
 }
 
 impl ProxyEntry {
@@ -570,6 +607,41 @@ proxies:
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn sidecar_entries_reach_services_at_their_addresses() {
+        let yaml = "
+services:
+  - {name: a, port: 80, addresses: [10.96.0.1]}
+  - {name: b, port: 81}
+proxies:
+  - {node_id: plain, outbound: [{service: a}]}
+  - {node_id: side, capture: true, outbound: [{service: a}, {service: b}]}
+  - {node_id: clash, capture: true, outbound: [{service: a}, {service: b, listen: 10.96.0.2:15001}]}
+  - {node_id: dup, capture: true, outbound: [{service: a}, {service: a, listen: 10.96.0.1:80}]}
+";
+        let e = errors_of(yaml);
+        for expected in [
+            "proxies[0].outbound[0].listen: required (only a sidecar, capture: true, reaches services at their addresses)",
+            "proxies[1].outbound[1].listen: required: service \"b.default\" has no addresses to capture",
+            "proxies[2].outbound[1].listen: port 15001 is the sidecar's outbound capture port",
+            "proxies[3].outbound[1].listen: 10.96.0.1:80 is also proxies[3].outbound[0].listen",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+        let mesh = parse_yaml(
+            "
+services: [{name: a, port: 80, addresses: [10.96.0.1, 'fd00::1']}]
+proxies: [{node_id: side, capture: true, outbound: [{service: a}]}]
+",
+        )
+        .unwrap();
+        let entry = &mesh.proxies[0];
+        assert_eq!(
+            entry.outbound[0].listens(&mesh.services[0]),
+            ["10.96.0.1:80".parse().unwrap(), "[fd00::1]:80".parse().unwrap()]
+        );
     }
 
     #[test]

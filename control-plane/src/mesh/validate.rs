@@ -324,17 +324,48 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
         }
         for (j, outbound) in proxy.outbound.iter().enumerate() {
             let p = format!("{at}.outbound[{j}]");
-            if find_ref(mesh, &outbound.service).is_none() {
+            let Some(service) = find_ref(mesh, &outbound.service) else {
                 err(
                     format!("{p}.service"),
                     format!("no service {:?}", qualified(&outbound.service)),
                 );
-            }
-            if let Some(other) = listens.insert(outbound.listen, p.clone()) {
+                continue;
+            };
+            if outbound.listen.is_none() && !proxy.capture {
                 err(
                     format!("{p}.listen"),
-                    format!("{} is also {other}.listen", outbound.listen),
+                    "required (only a sidecar, capture: true, reaches services at their addresses)"
+                        .into(),
                 );
+            } else if outbound.listen.is_none() && service.addresses.is_empty() {
+                err(
+                    format!("{p}.listen"),
+                    format!(
+                        "required: service {:?} has no addresses to capture",
+                        qualified(&outbound.service)
+                    ),
+                );
+            }
+            for listen in outbound.listens(service) {
+                if let Some(other) = listens.insert(listen, p.clone()) {
+                    err(
+                        format!("{p}.listen"),
+                        format!("{listen} is also {other}.listen"),
+                    );
+                }
+            }
+        }
+        if proxy.capture {
+            for (port, what) in [
+                (crate::mesh::CAPTURE_OUTBOUND_PORT, "outbound"),
+                (crate::mesh::CAPTURE_INBOUND_PORT, "inbound"),
+            ] {
+                if let Some((_, other)) = listens.iter().find(|(a, _)| a.port() == port) {
+                    err(
+                        format!("{other}.listen"),
+                        format!("port {port} is the sidecar's {what} capture port"),
+                    );
+                }
             }
         }
     }

@@ -1,7 +1,10 @@
 //! Listeners: one per outbound entry (the workload calls a service) and one
 //! per inbound entry (traffic for the workload), with an inbound route
-//! configuration and a static cluster pointing at the workload.
+//! configuration and a static cluster pointing at the workload. A sidecar
+//! (`capture: true`) also gets the two capture listeners and their
+//! original-destination clusters, and its other listeners bind no socket.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use remora_xds_proto::filters::{
@@ -9,31 +12,89 @@ use remora_xds_proto::filters::{
 };
 use remora_xds_proto::listener::{Filter, FilterChain, Listener};
 use remora_xds_proto::route::{self, Route, RouteAction, RouteConfiguration, VirtualHost};
-use remora_xds_proto::{cluster, core, endpoint, type_url, types};
+use remora_xds_proto::{cluster, core, endpoint, protobuf, type_url, types};
 
 use super::wire::{address, ads, duration, u32v};
 use super::{Resource, cluster_name};
-use crate::mesh::{Inbound, Outbound, Service};
+use crate::mesh::{CAPTURE_INBOUND_PORT, CAPTURE_OUTBOUND_PORT, Inbound, Service};
 
 /// The HTTP filter name Envoy registers the local rate limit under.
 pub const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
 
-pub fn outbound_name(outbound: &Outbound) -> String {
-    format!("outbound|{}", outbound.listen)
+pub fn outbound_name(listen: SocketAddr) -> String {
+    format!("outbound|{listen}")
 }
 
-pub fn outbound(service: &Service, outbound: &Outbound) -> Listener {
-    let name = outbound_name(outbound);
+/// The workload's listener for a service at `listen`; a sidecar's binds no
+/// socket and is reached through the outbound capture listener.
+pub fn outbound(service: &Service, listen: SocketAddr, sidecar: bool) -> Listener {
+    let name = outbound_name(listen);
     let filter = if service.protocol.is_http() {
         http_filter(&name, &super::route::route_name(service), false)
     } else {
         tcp_filter(&name, &cluster_name(service))
     };
-    listener(name, outbound.listen, filter)
+    let mut out = listener(name, listen, filter);
+    if sidecar {
+        out.bind_to_port = Some(protobuf::BoolValue { value: false });
+        out.traffic_direction = core::TrafficDirection::Outbound as i32;
+    }
+    out
 }
 
-/// The inbound listener, its route configuration (HTTP) and its cluster.
-pub fn inbound(service: &Service, inbound: &Inbound) -> Vec<(&'static str, Arc<Resource>)> {
+/// The original-destination cluster a sidecar's capture listeners pass
+/// unclaimed connections through.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// The same for inbound connections (to the application).
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+
+/// A sidecar's capture listeners (Envoy's `virtualOutbound` and
+/// `virtualInbound`): `use_original_dst` hands each connection to the
+/// listener of its original destination; what none claims goes through an
+/// ORIGINAL_DST cluster to where it was headed.
+pub fn capture() -> Vec<(&'static str, Arc<Resource>)> {
+    let mut out = Vec::new();
+    for (name, port, direction, cluster) in [
+        (
+            "outbound|capture",
+            CAPTURE_OUTBOUND_PORT,
+            core::TrafficDirection::Outbound,
+            PASSTHROUGH_CLUSTER,
+        ),
+        (
+            "inbound|capture",
+            CAPTURE_INBOUND_PORT,
+            core::TrafficDirection::Inbound,
+            INBOUND_PASSTHROUGH_CLUSTER,
+        ),
+    ] {
+        let at = SocketAddr::from(([0, 0, 0, 0], port));
+        let mut listener = listener(name.into(), at, tcp_filter(name, cluster));
+        listener.use_original_dst = Some(protobuf::BoolValue { value: true });
+        listener.traffic_direction = direction as i32;
+        out.push((type_url::LISTENER, Resource::new(name.into(), &listener)));
+        let passthrough = cluster::Cluster {
+            name: cluster.into(),
+            cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+                cluster::cluster::DiscoveryType::OriginalDst as i32,
+            )),
+            lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+            connect_timeout: Some(duration(std::time::Duration::from_secs(10))),
+            ..Default::default()
+        };
+        out.push((type_url::CLUSTER, Resource::new(cluster.into(), &passthrough)));
+    }
+    out
+}
+
+/// The inbound listener, its route configuration (HTTP) and its cluster; a
+/// sidecar's binds no socket and is reached through the inbound capture
+/// listener.
+pub fn inbound(
+    service: &Service,
+    inbound: &Inbound,
+    sidecar: bool,
+) -> Vec<(&'static str, Arc<Resource>)> {
     let name = format!("inbound|{}", inbound.listen);
     let mut out = Vec::new();
     let rate_limited = service.policy.rate_limit.is_some();
@@ -44,13 +105,12 @@ pub fn inbound(service: &Service, inbound: &Inbound) -> Vec<(&'static str, Arc<R
     } else {
         tcp_filter(&name, &name)
     };
-    out.push((
-        type_url::LISTENER,
-        Resource::new(
-            name.clone(),
-            &listener(name.clone(), inbound.listen, filter),
-        ),
-    ));
+    let mut listener = listener(name.clone(), inbound.listen, filter);
+    if sidecar {
+        listener.bind_to_port = Some(protobuf::BoolValue { value: false });
+        listener.traffic_direction = core::TrafficDirection::Inbound as i32;
+    }
+    out.push((type_url::LISTENER, Resource::new(name.clone(), &listener)));
     out.push((
         type_url::CLUSTER,
         Resource::new(name.clone(), &inbound_cluster(&name, service, inbound)),

@@ -118,11 +118,16 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         .enumerate()
         .map(|(p, entry)| {
             let mut out = ProxyResources::default();
+            if entry.capture {
+                for (type_url, resource) in listener::capture() {
+                    out.insert(type_url, &resource);
+                }
+            }
             for inbound in &entry.inbound {
                 let service = mesh
                     .service(&inbound.service, "default")
                     .expect("validated: inbound services exist");
-                for (type_url, resource) in listener::inbound(service, inbound) {
+                for (type_url, resource) in listener::inbound(service, inbound, entry.capture) {
                     out.insert(type_url, &resource);
                 }
             }
@@ -132,13 +137,15 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                     .expect("validated: outbound services exist");
                 let i = index[&(service.name.as_str(), service.namespace.as_str())];
                 let built = &services[i];
-                out.insert(
-                    type_url::LISTENER,
-                    &Resource::new(
-                        listener::outbound_name(outbound),
-                        &listener::outbound(service, outbound),
-                    ),
-                );
+                for listen in outbound.listens(service) {
+                    out.insert(
+                        type_url::LISTENER,
+                        &Resource::new(
+                            listener::outbound_name(listen),
+                            &listener::outbound(service, listen, entry.capture),
+                        ),
+                    );
+                }
                 if let Some(routes) = &built.routes {
                     out.insert(type_url::ROUTE, routes);
                 }

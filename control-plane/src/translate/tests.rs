@@ -417,3 +417,86 @@ fn fuzz_the_mesh_file() {
     });
     eprintln!("fuzz mesh file: {ran} inputs");
 }
+
+/// Sidecar mode: the capture listeners and their original-destination
+/// clusters, and the service listeners at the services' addresses, binding
+/// no socket, with their direction.
+#[test]
+fn a_sidecar_gets_capture_listeners_and_listeners_by_original_destination() {
+    use remora_xds_proto::listener::Listener;
+    let mesh = parse_yaml(
+        "
+services:
+  - {name: web, port: 80, addresses: [10.96.0.10], endpoints: ['10.0.1.1:80']}
+  - {name: db, port: 5432, protocol: tcp, addresses: [10.96.0.11], endpoints: ['10.0.2.1:5432']}
+  - {name: me, port: 8000, endpoints: ['10.0.3.1:8000']}
+proxies:
+  - node_id: pod
+    capture: true
+    inbound: [{service: me, listen: '0.0.0.0:8000', target: '127.0.0.1:8000'}]
+    outbound: [{service: web}, {service: db}]
+",
+    )
+    .unwrap();
+    let t = translate(&mesh, None);
+    let pod = &t.proxies[0];
+    let names = |i: usize| pod.by_type[i].keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(2),
+        [
+            "inbound|0.0.0.0:8000",
+            "inbound|capture",
+            "outbound|10.96.0.10:80",
+            "outbound|10.96.0.11:5432",
+            "outbound|capture",
+        ]
+    );
+    assert!(names(0).contains(&"PassthroughCluster".to_string()));
+    assert!(names(0).contains(&"InboundPassthroughCluster".to_string()));
+    let capture: Listener = get(pod, type_url::LISTENER, "outbound|capture");
+    assert_eq!(capture.use_original_dst.map(|v| v.value), Some(true));
+    assert_eq!(
+        capture.traffic_direction,
+        remora_xds_proto::core::TrafficDirection::Outbound as i32
+    );
+    let web: Listener = get(pod, type_url::LISTENER, "outbound|10.96.0.10:80");
+    assert_eq!(web.bind_to_port.map(|v| v.value), Some(false));
+    let inbound: Listener = get(pod, type_url::LISTENER, "inbound|0.0.0.0:8000");
+    assert_eq!(inbound.bind_to_port.map(|v| v.value), Some(false));
+    assert_eq!(
+        inbound.traffic_direction,
+        remora_xds_proto::core::TrafficDirection::Inbound as i32
+    );
+    let passthrough: Cluster = get(pod, type_url::CLUSTER, "PassthroughCluster");
+    assert_eq!(
+        passthrough.cluster_discovery_type,
+        Some(remora_xds_proto::cluster::cluster::ClusterDiscoveryType::Type(
+            remora_xds_proto::cluster::cluster::DiscoveryType::OriginalDst as i32
+        ))
+    );
+
+    // The proxy takes the same resources: capture listeners, listeners that
+    // bind nothing, the passthrough.
+    let mut listeners = Vec::new();
+    for resource in pod.by_type[2].values() {
+        let (_, part) =
+            remora_proxy::xds::translate::translate(type_url::LISTENER, &resource.any).unwrap();
+        let remora_proxy::xds::translate::Part::Listener(part) = part else {
+            panic!()
+        };
+        listeners.push(part);
+    }
+    let capture = listeners
+        .iter()
+        .find(|l| l.config.name == "inbound|capture")
+        .unwrap();
+    assert!(capture.config.original_destination);
+    assert_eq!(
+        capture.config.direction,
+        Some(remora_proxy::config::Direction::Inbound)
+    );
+    assert_eq!(
+        capture.unmatched_cluster.as_deref(),
+        Some("InboundPassthroughCluster")
+    );
+}

@@ -193,6 +193,27 @@ pub mod socket_addr {
             parse_socket_addr(v).map_err(E::custom)
         }
     }
+
+    /// `#[serde(default, with = "scalar::socket_addr::option")]`
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            value: &Option<SocketAddr>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(address) => s.collect_str(address),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SocketAddr>, D::Error> {
+            d.deserialize_str(Visitor).map(Some)
+        }
+    }
 }
 
 #[cfg(test)]
