@@ -640,7 +640,10 @@ proxies: [{node_id: side, capture: true, outbound: [{service: a}]}]
         let entry = &mesh.proxies[0];
         assert_eq!(
             entry.outbound[0].listens(&mesh.services[0]),
-            ["10.96.0.1:80".parse().unwrap(), "[fd00::1]:80".parse().unwrap()]
+            [
+                "10.96.0.1:80".parse().unwrap(),
+                "[fd00::1]:80".parse().unwrap()
+            ]
         );
     }
 

@@ -82,7 +82,10 @@ pub fn capture() -> Vec<(&'static str, Arc<Resource>)> {
             connect_timeout: Some(duration(std::time::Duration::from_secs(10))),
             ..Default::default()
         };
-        out.push((type_url::CLUSTER, Resource::new(cluster.into(), &passthrough)));
+        out.push((
+            type_url::CLUSTER,
+            Resource::new(cluster.into(), &passthrough),
+        ));
     }
     out
 }

@@ -470,9 +470,11 @@ proxies:
     let passthrough: Cluster = get(pod, type_url::CLUSTER, "PassthroughCluster");
     assert_eq!(
         passthrough.cluster_discovery_type,
-        Some(remora_xds_proto::cluster::cluster::ClusterDiscoveryType::Type(
-            remora_xds_proto::cluster::cluster::DiscoveryType::OriginalDst as i32
-        ))
+        Some(
+            remora_xds_proto::cluster::cluster::ClusterDiscoveryType::Type(
+                remora_xds_proto::cluster::cluster::DiscoveryType::OriginalDst as i32
+            )
+        )
     );
 
     // The proxy takes the same resources: capture listeners, listeners that

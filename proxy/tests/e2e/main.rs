@@ -13,6 +13,7 @@ mod hostile_corpus;
 mod hostile_http1;
 mod hostile_http2;
 mod idle_memory;
+mod netns;
 mod overload;
 mod pools;
 mod protection;
