@@ -9,13 +9,18 @@
 //!   Envoy and HAProxy, alternating targets over rounds, and writes JSON, a
 //!   Markdown table of ratios and an SVG latency plot;
 //! - `conns`: holds many idle keep-alive connections through a proxy and
-//!   reports the proxy's memory per connection.
+//!   reports the proxy's memory per connection;
+//! - `sidecar`: Remora and Envoy as transparent sidecars on both ends of a
+//!   call (iptables capture in two network namespaces): CPU per request over
+//!   both hops, added latency, and the delay a server-first banner sees;
+//! - `banner`: times connects to a server's first byte.
 
 mod bench;
 mod conns;
 mod duration;
 mod load;
 mod procfs;
+mod sidecar;
 mod upstream;
 mod xds_clients;
 
@@ -38,6 +43,10 @@ enum Command {
     Bench(bench::Options),
     /// Holds N idle keep-alive connections through a proxy; reports RSS per connection.
     Conns(conns::Options),
+    /// Remora vs Envoy as transparent sidecars on both ends of a call (needs root).
+    Sidecar(sidecar::Options),
+    /// Times connects to a server's first byte (a server-first banner).
+    Banner(sidecar::BannerOptions),
     /// Simulates N ADS clients against the control plane; measures convergence and RSS.
     XdsClients(xds_clients::Options),
 }
@@ -50,6 +59,8 @@ fn main() {
         Command::Bench(options) => bench::run(options),
         Command::Conns(options) => conns::run(options),
         Command::XdsClients(options) => xds_clients::run(options),
+        Command::Sidecar(options) => sidecar::run(options),
+        Command::Banner(options) => sidecar::banner(options),
     };
     if let Err(error) = result {
         eprintln!("remora-perf: {error:#}");

