@@ -191,3 +191,25 @@ async fn a_request_line_split_over_writes_is_http() {
     let n = server.try_read(&mut buffer).unwrap();
     assert!(buffer[..n].starts_with(b"GET /slow"));
 }
+
+/// Mutated request lines, prefaces and ClientHellos: classification never
+/// panics, and what it calls HTTP/1 always has a whole request line or a
+/// full peek.
+#[test]
+fn fuzz_classify() {
+    let seeds = vec![
+        b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        H2_PREFACE.to_vec(),
+        client_hello(Some("reviews.default.svc.cluster.local")),
+        b"*1\r\n$4\r\nPING\r\n".to_vec(),
+        b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+    ];
+    let ran = crate::fuzz::run("sniff::classify", &seeds, 20_000, |input| {
+        for full in [false, true] {
+            if classify(input, full) == Some(Sniffed::Http1) && !full {
+                assert!(input.contains(&b'\n'), "{input:?}");
+            }
+        }
+    });
+    assert!(ran >= 20_000);
+}

@@ -271,6 +271,8 @@ clusters:
     assert!(reply.starts_with("200 detected remote"), "{reply}");
     let reply = topology.app(&["get", "http://[fd77::2]:8080/"]);
     assert!(reply.starts_with("200 v6 remote"), "{reply}");
+    // IPv6 with no listener: passed through to its original destination.
+    assert_eq!(topology.app(&["send", "fd77::2", "9090"]), "ping");
     // The client waits for the server: detection gives up after 200 ms and
     // the connection goes to the listener's cluster as opaque TCP.
     assert_eq!(
@@ -300,7 +302,7 @@ clusters:
     };
     assert_eq!(captured("http1"), 2.0, "{metrics}");
     assert_eq!(captured("tls"), 1.0, "{metrics}");
-    assert_eq!(captured("tcp"), 2.0, "{metrics}");
+    assert_eq!(captured("tcp"), 3.0, "{metrics}");
     assert_eq!(
         metric(
             &metrics,
@@ -309,7 +311,7 @@ clusters:
         1.0,
         "{metrics}"
     );
-    let lines = topology.access_log(5);
+    let lines = topology.access_log(6);
     let find = |dst: &str| {
         lines
             .iter()
@@ -325,6 +327,7 @@ clusters:
     assert_eq!(tls["protocol"], "tls");
     assert_eq!(tls["sni"], "reviews.example");
     assert_eq!(find("[fd77::2]:8080")["listener"], "v6-8080");
+    assert_eq!(find("[fd77::2]:9090")["cluster"], "passthrough");
 }
 
 /// Inbound: a remote client reaches the pod's application through the
@@ -409,12 +412,17 @@ clusters:
     // The application binds only the pod IP: loopback is refused, so the
     // inbound passthrough dials the original address. (Port 8001 is not
     // excluded this time.)
+    // This time the remote host's address is excluded instead: the
+    // application reaches it directly.
     topology.stop_proxy();
     topology.init(&["--clean"]);
-    topology.init(&["--ipv6", "off"]);
+    topology.init(&["--ipv6", "off", "--exclude-outbound-cidrs", "10.77.0.2/32"]);
     topology.proxy(config);
     let reply = topology.remote(&["get", "http://10.77.0.1:8001/"]);
     assert!(reply.starts_with("200 - app"), "{reply}");
+    assert_eq!(topology.app(&["send", "10.77.0.2", "9090"]), "ping");
+    let reply = topology.app(&["get", "http://10.77.0.2:8080/"]);
+    assert!(reply.starts_with("200 - remote"), "{reply}");
     let metrics = topology.metrics();
     assert_eq!(
         metric(
@@ -423,5 +431,13 @@ clusters:
         ),
         1.0,
         "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "remora_downstream_connections_total{listener=\"outbound\",worker=\"0\"}"
+        ),
+        0.0,
+        "the excluded CIDR bypassed the proxy: {metrics}"
     );
 }

@@ -135,6 +135,7 @@ impl Topology {
             (&remote, "http", "10.77.0.2", "8080"),
             (&remote, "http", "fd77::2", "8080"),
             (&remote, "echo", "10.77.0.2", "9090"),
+            (&remote, "echo", "fd77::2", "9090"),
             (&remote, "banner", "10.77.0.2", "2525"),
             (&remote, "banner", "10.77.0.2", "3306"),
             (&pod, "app", "0.0.0.0", "8000"),
@@ -155,6 +156,7 @@ impl Topology {
                 "200 - remote",
             ),
             (&remote, &["send", "10.77.0.2", "9090"][..], "ping"),
+            (&remote, &["send", "fd77::2", "9090"][..], "ping"),
             (
                 &remote,
                 &["hear", "10.77.0.2", "2525"][..],
@@ -280,6 +282,12 @@ impl Topology {
             std::fs::copy(program, &local).unwrap();
         }
         let program = local.as_path();
+        let log_path = self.dir.path().join(format!(
+            "logs/{}.{}.log",
+            name.to_string_lossy(),
+            self.children.len()
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -294,6 +302,8 @@ impl Topology {
             ])
             .arg(program)
             .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
         self.children.push(child);
@@ -306,7 +316,11 @@ impl Topology {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("{} in the pod never became ready", program.display());
+        panic!(
+            "{} in the pod never became ready:\n{}",
+            program.display(),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
     }
 
     pub fn stop_proxy(&mut self) {
@@ -349,7 +363,7 @@ if mode in ("http", "app"):
         address_family = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
     S((sys.argv[2], int(sys.argv[3])), H).serve_forever()
 elif mode == "echo":
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((sys.argv[2], int(sys.argv[3])))
     s.listen(16)
