@@ -5,13 +5,15 @@
 //! Where things live: `mesh/` (the file's shape, validation, watching),
 //! `translate/` (mesh → Listener, RouteConfiguration, Cluster,
 //! ClusterLoadAssignment), `xds/` (the ADS streams and the registry of
-//! connected proxies), `admin/` (`/ready`, `/metrics`, `/debug/proxies`),
+//! connected proxies), `ca/` (the certificate authority and bootstrap
+//! tokens), `admin/` (`/ready`, `/metrics`, `/debug/proxies`),
 //! `server` (starting it all).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod ca;
 pub mod mesh;
 pub mod metrics;
 pub mod server;

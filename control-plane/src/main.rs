@@ -34,12 +34,61 @@ enum Command {
         /// A `tracing` filter such as `info` or `debug`.
         #[arg(long, env = "REMORA_LOG_LEVEL", default_value = "info")]
         log_level: String,
+        #[command(flatten)]
+        ca: CaFlags,
+        /// Lifetime of the certificates the CA signs.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        cert_lifetime: Duration,
+    },
+    /// Issue a bootstrap token: it lets the node get certificates for the
+    /// identity the mesh file gives it, from this CA.
+    Token {
+        #[arg(long)]
+        mesh: PathBuf,
+        /// The node id the token is for (matched as the control plane does).
+        #[arg(long)]
+        node_id: String,
+        #[command(flatten)]
+        ca: CaFlags,
+        /// How long the token may be used.
+        #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+        valid_for: Duration,
     },
     /// Validate a mesh file and print what each proxy would be served.
     Check {
         #[arg(long)]
         mesh: PathBuf,
     },
+}
+
+/// Where the certificate authority's key is.
+#[derive(clap::Args, Debug, Clone)]
+struct CaFlags {
+    /// The CA's directory: a root generated at first start is kept there
+    /// (`ca.pem`, `ca.key`).
+    #[arg(long, env = "REMORA_CA_DIR", conflicts_with_all = ["ca_cert", "ca_key"])]
+    ca_dir: Option<PathBuf>,
+    /// The operator's CA certificate (a root, or an intermediate followed
+    /// by its chain up to the root), PEM.
+    #[arg(long, env = "REMORA_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert, PEM.
+    #[arg(long, env = "REMORA_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+}
+
+impl CaFlags {
+    fn source(&self) -> Option<remora_control_plane::ca::CaSource> {
+        use remora_control_plane::ca::CaSource;
+        match (&self.ca_dir, &self.ca_cert, &self.ca_key) {
+            (Some(dir), _, _) => Some(CaSource::Dir(dir.clone())),
+            (None, Some(cert), Some(key)) => Some(CaSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -71,12 +120,41 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Token {
+            mesh,
+            node_id,
+            ca,
+            valid_for,
+        } => {
+            let mesh_path = mesh;
+            let mesh = remora_control_plane::mesh::load_file(&mesh_path).map_err(|errors| {
+                anyhow::anyhow!("invalid mesh file {}:\n{errors}", mesh_path.display())
+            })?;
+            let Some(source) = ca.source() else {
+                anyhow::bail!("token needs the CA: --ca-dir, or --ca-cert with --ca-key");
+            };
+            let Some(entry) = mesh.proxy_for(&node_id) else {
+                anyhow::bail!(
+                    "no proxy entry in {} matches node id {node_id:?}",
+                    mesh_path.display()
+                );
+            };
+            let identity = mesh
+                .proxy_identity(&mesh.proxies[entry])
+                .map_err(|e| anyhow::anyhow!("proxies[{entry}].identity: {e}"))?;
+            let ca = source.open(&mesh.trust_domain)?;
+            eprintln!("token for {node_id}: {identity}, valid for {valid_for:?}");
+            println!("{}", ca.issue_token(&node_id, &identity, valid_for));
+            Ok(())
+        }
         Command::Serve {
             mesh,
             xds_address,
             admin_address,
             debounce,
             log_level,
+            ca,
+            cert_lifetime,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -87,6 +165,15 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let ca = match ca.source() {
+                Some(source) => {
+                    let trust_domain = remora_control_plane::mesh::load_file(&mesh)
+                        .map(|m| m.trust_domain)
+                        .unwrap_or_else(|_| remora_proxy::identity::DEFAULT_TRUST_DOMAIN.into());
+                    Some(std::sync::Arc::new(source.open(&trust_domain)?))
+                }
+                None => None,
+            };
             runtime.block_on(async move {
                 let _control_plane =
                     remora_control_plane::ControlPlane::start(remora_control_plane::Options {
@@ -94,6 +181,8 @@ fn main() -> anyhow::Result<()> {
                         xds_address,
                         admin_address,
                         debounce,
+                        ca,
+                        cert_lifetime,
                     })
                     .await?;
                 shutdown_signal().await;

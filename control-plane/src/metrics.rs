@@ -26,6 +26,8 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
+    /// The certificate authority's outcomes.
+    pub signing: std::sync::Arc<crate::ca::service::SignCounts>,
 }
 
 impl Metrics {
@@ -113,6 +115,23 @@ impl Metrics {
             "remora_cp_mesh_reloads_total{{result=\"rejected\"}} {}",
             get(&self.reloads_failed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP remora_cp_certificates_total CSRs the CA answered, by result."
+        );
+        let _ = writeln!(out, "# TYPE remora_cp_certificates_total counter");
+        for (result, count) in [
+            ("signed", &self.signing.signed),
+            ("unauthenticated", &self.signing.unauthenticated),
+            ("denied", &self.signing.denied),
+            ("invalid", &self.signing.invalid),
+        ] {
+            let _ = writeln!(
+                out,
+                "remora_cp_certificates_total{{result=\"{result}\"}} {}",
+                get(count)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP remora_cp_mesh_version The mesh version being served."

@@ -24,6 +24,11 @@ pub struct Options {
     pub admin_address: SocketAddr,
     /// Quiet time after a mesh file change before it is read and pushed.
     pub debounce: Duration,
+    /// The certificate authority, served as `CertificateService` beside
+    /// ADS; none: not served.
+    pub ca: Option<Arc<crate::ca::Ca>>,
+    /// The lifetime of the leaves it signs (a proxy may ask for less).
+    pub cert_lifetime: Duration,
 }
 
 /// Publishes mesh versions to every stream (through a `watch` channel).
@@ -112,6 +117,9 @@ impl ControlPlane {
             identifier: format!("remora-control-plane/{}", env!("CARGO_PKG_VERSION")).into(),
         };
         let service = AdsServer::new(shared).into_service();
+        let signer = options.ca.clone().map(|ca| {
+            crate::ca::service::Signer::new(ca, options.cert_lifetime, metrics.signing.clone())
+        });
         let grpc = tokio::spawn(async move {
             let incoming = TcpListenerStream::new(xds);
             let result = tonic::transport::Server::builder()
@@ -119,6 +127,7 @@ impl ControlPlane {
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(service)
+                .add_optional_service(signer)
                 .serve_with_incoming(incoming)
                 .await;
             if let Err(error) = result {

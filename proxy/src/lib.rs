@@ -30,6 +30,7 @@ mod fault;
 pub mod fuzz;
 mod health;
 pub mod http;
+pub mod identity;
 pub mod listener;
 mod outlier;
 mod pool;

@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "socket",
     "sniff",
     "telemetry",
+    "identity",
     // policies that know no upstream: limits, faults, retry rules, bodies
     "ratelimit",
     "fault",

@@ -21,10 +21,14 @@ use remora_proxy::config::{
 use serde::{Deserialize, Serialize};
 
 pub use load::{load_file, parse_yaml};
+use remora_proxy::identity::SpiffeId;
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mesh {
+    /// The SPIFFE trust domain of every identity in the mesh.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -52,10 +56,33 @@ pub struct Service {
     pub endpoints: Vec<MeshEndpoint>,
     #[serde(default)]
     pub policy: TrafficPolicy,
+    /// The service account the service's workloads run as: the identity
+    /// its callers expect (`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/IDENTITY`).
+    #[serde(default = "default_service_account")]
+    pub identity: String,
 }
 
 pub fn default_namespace() -> String {
     "default".to_string()
+}
+
+fn default_service_account() -> String {
+    "default".to_string()
+}
+
+fn default_trust_domain() -> String {
+    remora_proxy::identity::DEFAULT_TRUST_DOMAIN.to_string()
+}
+
+impl Default for Mesh {
+    fn default() -> Mesh {
+        Mesh {
+            trust_domain: default_trust_domain(),
+            services: Vec::new(),
+            routes: Vec::new(),
+            proxies: Vec::new(),
+        }
+    }
 }
 
 impl Service {
@@ -435,6 +462,11 @@ pub struct ProxyEntry {
     /// port that binds no socket, each inbound one at its `listen`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub capture: bool,
+    /// The service account the proxy's workload runs as (`NAME`, or
+    /// `NAME.NAMESPACE`; the namespace defaults to its first inbound
+    /// service's). Absent: the first inbound service's `identity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Traffic into the workload: the service it serves.
     #[serde(default)]
     pub inbound: Vec<Inbound>,
@@ -508,6 +540,31 @@ impl Mesh {
         self.services
             .iter()
             .find(|s| s.name == name && s.namespace == ns)
+    }
+
+    /// A service's workload identity.
+    pub fn service_identity(&self, service: &Service) -> Result<SpiffeId, String> {
+        SpiffeId::new(&self.trust_domain, &service.namespace, &service.identity)
+    }
+
+    /// The identity a proxy entry's workload runs as.
+    pub fn proxy_identity(&self, entry: &ProxyEntry) -> Result<SpiffeId, String> {
+        let inbound = entry
+            .inbound
+            .first()
+            .and_then(|i| self.service(&i.service, "default"));
+        let namespace = inbound.map_or("default", |s| s.namespace.as_str());
+        match &entry.identity {
+            Some(identity) => {
+                let (account, namespace) =
+                    identity.split_once('.').unwrap_or((identity, namespace));
+                SpiffeId::new(&self.trust_domain, namespace, account)
+            }
+            None => match inbound {
+                Some(service) => self.service_identity(service),
+                None => SpiffeId::new(&self.trust_domain, namespace, "default"),
+            },
+        }
     }
 
     /// The proxy entry for a node: an exact `node_id` first, then the longest prefix.

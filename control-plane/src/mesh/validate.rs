@@ -280,9 +280,26 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
         }
     }
 
+    if let Err(e) = remora_proxy::identity::SpiffeId::new(&mesh.trust_domain, "default", "default")
+    {
+        err("trust_domain".into(), e);
+    }
+    for (i, service) in mesh.services.iter().enumerate() {
+        if let Err(e) = mesh.service_identity(service)
+            && e.starts_with("service account")
+        {
+            err(format!("services[{i}].identity"), e);
+        }
+    }
     let mut node_ids = HashSet::new();
     for (i, proxy) in mesh.proxies.iter().enumerate() {
         let at = format!("proxies[{i}]");
+        if proxy.identity.is_some()
+            && let Err(e) = mesh.proxy_identity(proxy)
+            && !e.starts_with("trust domain")
+        {
+            err(format!("{at}.identity"), e);
+        }
         if proxy.node_id.trim().is_empty() || proxy.node_id == "*" {
             err(
                 format!("{at}.node_id"),

@@ -138,11 +138,21 @@ impl MeshFile {
 }
 
 pub async fn control_plane(mesh: &MeshFile) -> remora_control_plane::ControlPlane {
+    control_plane_with_ca(mesh, None).await
+}
+
+/// The control plane, serving `ca` as its certificate authority.
+pub async fn control_plane_with_ca(
+    mesh: &MeshFile,
+    ca: Option<Arc<remora_control_plane::ca::Ca>>,
+) -> remora_control_plane::ControlPlane {
     remora_control_plane::ControlPlane::start(remora_control_plane::Options {
         mesh: mesh.path.clone(),
         xds_address: "127.0.0.1:0".parse().unwrap(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
         debounce: Duration::from_millis(50),
+        ca,
+        cert_lifetime: Duration::from_secs(24 * 3600),
     })
     .await
     .unwrap()
