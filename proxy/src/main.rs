@@ -257,6 +257,7 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let admin_address = config.admin.address;
     let xds = config.xds.clone();
+    let identity = config.identity.clone();
     let admin_listener = std::net::TcpListener::bind(admin_address)
         .with_context(|| format!("admin.address: cannot bind {admin_address}"))?;
     admin_listener.set_nonblocking(true)?;
@@ -298,6 +299,10 @@ async fn serve(
         ),
         None => None,
     };
+    if let Some(identity) = identity {
+        tracing::info!(ca = %identity.ca, "identity: asking the mesh's CA for a certificate");
+        proxy.spawn_identity(identity);
+    }
     if let Some(xds) = xds {
         tracing::info!(server = %xds.address, node = %xds.node_id, delta = xds.delta, "xDS client starting");
         proxy.spawn_xds(xds);

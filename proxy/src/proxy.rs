@@ -38,6 +38,8 @@ struct Inner {
     /// False until the first xDS update is applied, when xDS is configured.
     xds_synced: AtomicBool,
     xds_status: Arc<crate::xds::Status>,
+    /// The workload certificate, when `identity:` is configured.
+    identity: Arc<crate::identity::IdentityState>,
     spawner: Spawner,
     resolver: ResolverHandle,
     env: EnvOverrides,
@@ -95,6 +97,7 @@ impl Proxy {
                 sources: Mutex::new(sources),
                 xds_synced,
                 xds_status: Arc::default(),
+                identity: Arc::default(),
                 spawner,
                 resolver,
                 env: options.env,
@@ -176,6 +179,23 @@ impl Proxy {
         );
     }
 
+    /// Starts getting and renewing the proxy's certificate from the mesh's
+    /// CA; `/ready` waits for the first one.
+    pub fn spawn_identity(&self, config: crate::config::IdentityConfig) {
+        let _runtime = self.inner.spawner.runtime.enter();
+        crate::identity::spawn(
+            config,
+            self.inner.identity.clone(),
+            &self.inner.telemetry,
+            self.inner.spawner.drain.clone(),
+        );
+    }
+
+    /// The proxy's identity and certificate.
+    pub fn identity(&self) -> &Arc<crate::identity::IdentityState> {
+        &self.inner.identity
+    }
+
     /// The xDS client's state, for the admin server.
     pub fn xds_status(&self) -> &Arc<crate::xds::Status> {
         &self.inner.xds_status
@@ -213,8 +233,11 @@ impl Proxy {
         if old.workers != new.workers
             || old.admin.address != new.admin.address
             || old.log.format != new.log.format
+            || old.identity != new.identity
         {
-            tracing::warn!("workers, admin.address and log.format take effect on restart only");
+            tracing::warn!(
+                "workers, admin.address, log.format and identity take effect on restart only"
+            );
         }
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(version)
@@ -249,6 +272,7 @@ impl Proxy {
     pub fn is_ready(&self) -> bool {
         !self.is_draining()
             && self.inner.xds_synced.load(Ordering::Acquire)
+            && self.inner.identity.is_ready()
             && self.inner.snapshot.load().is_warm()
     }
 

@@ -55,7 +55,7 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
     }
 }
 
-const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\n";
+const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\n";
 
 fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method();
@@ -71,7 +71,7 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
                     if proxy.is_draining() {
                         "draining\n"
                     } else {
-                        "not ready: waiting for the first xDS config or the first DNS answers\n"
+                        "not ready: waiting for the first xDS config, the first DNS answers or the first certificate\n"
                     },
                 )
             }
@@ -86,6 +86,7 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
         "/clusters" if read => json(&views::clusters(&proxy.snapshot())),
         "/listeners" if read => json(&proxy.listeners()),
         "/xds" if read => json(&proxy.xds_status().view()),
+        "/identity" if read => json(&proxy.identity().view()),
         "/logging" if read => match proxy.log_control() {
             Some(log) => text(StatusCode::OK, format!("{}\n", log.current())),
             None => text(
@@ -101,7 +102,7 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
             text(StatusCode::OK, "draining\n")
         }
         "/" | "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/listeners"
-        | "/logging" | "/drain" => text(
+        | "/xds" | "/identity" | "/logging" | "/drain" => text(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed here\n\n{INDEX}"),
         ),

@@ -70,6 +70,28 @@ pub struct Config {
     /// Listeners and clusters from an xDS server (ADS), added to the ones above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds: Option<XdsConfig>,
+    /// The proxy's workload certificate, from the mesh's CA (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// `identity:` — where the proxy gets the certificate for its SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `HOST:PORT` of the CA's CertificateService (the control plane's
+    /// xDS address).
+    pub ca: String,
+    /// The bootstrap token (`remora-control-plane token`), re-read before
+    /// every request, so it can be rotated in place.
+    pub token_file: std::path::PathBuf,
+    /// The certificate lifetime asked for (the CA may give less).
+    #[serde(default = "default_cert_lifetime", with = "scalar::duration")]
+    pub lifetime: Duration,
+}
+
+fn default_cert_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// `xds:` — where the proxy gets its dynamic config (docs/xds.md).

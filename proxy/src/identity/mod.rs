@@ -1,8 +1,10 @@
 //! The proxy's workload identity: its SPIFFE ID and (when `identity:` is
 //! configured) the certificate the mesh's CA signs for it.
 
+mod renew;
 mod spiffe;
 
+pub use renew::{Credentials, IdentityState, IdentityView, check, spawn};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId};
 
 use base64::Engine as _;

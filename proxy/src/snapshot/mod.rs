@@ -113,6 +113,9 @@ impl Snapshot {
         if let Some(resolver) = &config.dns_resolver {
             crate::discovery::check(resolver, &mut errors);
         }
+        if let Some(identity) = &config.identity {
+            errors.extend(crate::identity::check(identity));
+        }
 
         state::check_unique(&config.listeners, &mut errors);
         let cx = ListenerContext {

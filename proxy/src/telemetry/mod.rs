@@ -31,6 +31,8 @@ pub(crate) const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
 pub(crate) const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
 pub(crate) const REQUEST_FAILURES_TOTAL: &str = "remora_request_failures_total";
 pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_connections_total";
+pub(crate) const IDENTITY_CERT_EXPIRY: &str = "remora_identity_cert_expiry_timestamp_seconds";
+pub(crate) const IDENTITY_RENEWALS_TOTAL: &str = "remora_identity_renewals_total";
 pub(crate) const CAPTURED_CONNECTIONS_TOTAL: &str = "remora_captured_connections_total";
 pub(crate) const PROTOCOL_DETECT_TIMEOUTS_TOTAL: &str = "remora_protocol_detect_timeouts_total";
 pub(crate) const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
@@ -119,6 +121,16 @@ impl Telemetry {
             TCP_BYTES_TOTAL,
             None,
             "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.",
+        );
+        describe(
+            IDENTITY_CERT_EXPIRY,
+            None,
+            "When the proxy's current certificate expires, Unix seconds.",
+        );
+        describe(
+            IDENTITY_RENEWALS_TOTAL,
+            None,
+            "Certificate requests to the mesh's CA, by result (ok, error).",
         );
         describe(
             CAPTURED_CONNECTIONS_TOTAL,
