@@ -666,6 +666,31 @@ proxies:
         }
     }
 
+    /// Every whole mesh file shown in the docs parses and validates.
+    #[test]
+    fn every_mesh_in_the_docs_is_valid() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "md") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for rest in text.split("```yaml\n").skip(1) {
+                let block = rest.split("```").next().unwrap();
+                let mesh = block.lines().any(|l| l.starts_with("services:"))
+                    && block.lines().any(|l| l.starts_with("proxies:"));
+                if !mesh || block.contains("...") {
+                    continue;
+                }
+                parse_yaml(block).unwrap_or_else(|e| panic!("{}: {e}\n{block}", path.display()));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "{checked} meshes found in the docs");
+    }
+
     #[test]
     fn sidecar_entries_reach_services_at_their_addresses() {
         let yaml = "
