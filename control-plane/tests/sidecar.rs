@@ -101,33 +101,10 @@ fn control_plane(topology: &Topology) -> Killed {
 
 fn envoy_bootstrap(topology: &Topology) -> PathBuf {
     let path = topology.dir.path().join("envoy.yaml");
+    let xds = std::net::SocketAddr::from(([127, 0, 0, 1], 18000));
     std::fs::write(
         &path,
-        r#"
-node: {id: pod-envoy, cluster: pod}
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{envoy_grpc: {cluster_name: xds}}]
-    set_node_on_first_message_only: true
-  lds_config: {ads: {}, resource_api_version: V3}
-  cds_config: {ads: {}, resource_api_version: V3}
-static_resources:
-  clusters:
-    - name: xds
-      type: STATIC
-      connect_timeout: 1s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config: {http2_protocol_options: {}}
-      load_assignment:
-        cluster_name: xds
-        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18000}}}}]}]
-"#,
+        support::envoy_bootstrap("pod-envoy", 15000, xds, false),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();

@@ -242,36 +242,40 @@ impl Body for GrpcEcho {
     }
 }
 
-async fn tcp_echo(listener: TcpListener) {
+/// Accepts forever, serving each connection on a task of its own.
+async fn each_connection<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let (mut reader, mut writer) = stream.split();
-            let _ = tokio::io::copy(&mut reader, &mut writer).await;
-        });
+        tokio::spawn(serve(stream));
     }
+}
+
+async fn tcp_echo(listener: TcpListener) {
+    each_connection(listener, |mut stream| async move {
+        let (mut reader, mut writer) = stream.split();
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+    })
+    .await
 }
 
 /// The first bytes a banner server sends.
 pub const BANNER: &[u8] = b"220 remora-perf ready\r\n";
 
 async fn banner(listener: TcpListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = stream.write_all(BANNER).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    each_connection(listener, |mut stream| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stream.write_all(BANNER).await;
+        let _ = stream.shutdown().await;
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -205,13 +205,12 @@ pub struct Envoy {
     _dir: tempfile::TempDir,
 }
 
-impl Envoy {
-    pub fn start(node_id: &str, xds: SocketAddr, delta: bool) -> Envoy {
-        let dir = tempfile::tempdir().unwrap();
-        let admin_port = free_port();
-        let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
-        let bootstrap = format!(
-            r#"
+/// An Envoy bootstrap: node `node_id`, the admin server on loopback at
+/// `admin_port`, and every listener and cluster from ADS at `xds`.
+pub fn envoy_bootstrap(node_id: &str, admin_port: u16, xds: SocketAddr, delta: bool) -> String {
+    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    format!(
+        r#"
 node: {{id: {node_id}, cluster: test}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
@@ -236,9 +235,16 @@ static_resources:
         cluster_name: xds
         endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
 "#,
-            ip = xds.ip(),
-            port = xds.port(),
-        );
+        ip = xds.ip(),
+        port = xds.port(),
+    )
+}
+
+impl Envoy {
+    pub fn start(node_id: &str, xds: SocketAddr, delta: bool) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_port = free_port();
+        let bootstrap = envoy_bootstrap(node_id, admin_port, xds, delta);
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, bootstrap).unwrap();
         let log = dir.path().join("envoy.log");

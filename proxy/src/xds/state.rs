@@ -303,10 +303,11 @@ fn missing_clusters(route: &mut RouteConfig, known: &BTreeMap<&str, bool>) {
 
 #[cfg(test)]
 mod tests {
-    use remora_xds_proto::listener::{Filter, FilterChain, Listener, filter};
-    use remora_xds_proto::{cluster, core, pack, protobuf};
+    use remora_xds_proto::listener::Listener;
+    use remora_xds_proto::{cluster, pack, protobuf};
 
     use super::*;
+    use crate::xds::translate::tests::{address, tcp_proxy_chain};
     use crate::xds::translate::translate;
 
     fn held(type_url: &str, any: &protobuf::Any) -> (String, Held) {
@@ -316,35 +317,11 @@ mod tests {
     }
 
     fn capture_to(cluster: Option<&str>) -> protobuf::Any {
-        let chains = cluster.map(|name| {
-            let proxy = remora_xds_proto::filters::tcp_proxy::TcpProxy {
-                stat_prefix: "t".into(),
-                cluster_specifier: Some(
-                    remora_xds_proto::filters::tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(
-                        name.into(),
-                    ),
-                ),
-                ..Default::default()
-            };
-            FilterChain {
-                filters: vec![Filter {
-                    name: "envoy.filters.network.tcp_proxy".into(),
-                    config_type: Some(filter::ConfigType::TypedConfig(pack(&proxy))),
-                }],
-                ..Default::default()
-            }
-        });
         pack(&Listener {
             name: "outbound".into(),
-            address: Some(core::Address {
-                address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-                    address: "0.0.0.0".into(),
-                    port_specifier: Some(core::socket_address::PortSpecifier::PortValue(15001)),
-                    ..Default::default()
-                })),
-            }),
+            address: Some(address(15001)),
             use_original_dst: Some(protobuf::BoolValue { value: true }),
-            filter_chains: chains.into_iter().collect(),
+            filter_chains: cluster.map(tcp_proxy_chain).into_iter().collect(),
             ..Default::default()
         })
     }

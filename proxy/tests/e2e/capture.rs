@@ -131,6 +131,17 @@ fn metric(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `remora_captured_connections_total` of one capture listener, direction
+/// and protocol.
+fn captured(metrics: &str, listener: &str, direction: &str, protocol: &str) -> f64 {
+    metric(
+        metrics,
+        &format!(
+            "remora_captured_connections_total{{listener=\"{listener}\",direction=\"{direction}\",protocol=\"{protocol}\"}}"
+        ),
+    )
+}
+
 #[test]
 fn captured_traffic_is_routed_by_its_original_destination() {
     let Some(mut topology) = Topology::create("o", Path::new(binary())) else {
@@ -159,14 +170,7 @@ fn captured_traffic_is_routed_by_its_original_destination() {
         "{nobody}"
     );
     let metrics = topology.metrics();
-    let captured = |protocol: &str| {
-        metric(
-            &metrics,
-            &format!(
-                "remora_captured_connections_total{{listener=\"outbound\",direction=\"outbound\",protocol=\"{protocol}\"}}"
-            ),
-        )
-    };
+    let captured = |protocol| captured(&metrics, "outbound", "outbound", protocol);
     assert_eq!(captured("http1"), 1.0, "{metrics}");
     assert_eq!(captured("tcp"), 3.0, "{metrics}");
     assert_eq!(
@@ -292,14 +296,7 @@ clusters:
         "tls-failed"
     );
     let metrics = topology.metrics();
-    let captured = |protocol: &str| {
-        metric(
-            &metrics,
-            &format!(
-                "remora_captured_connections_total{{listener=\"outbound\",direction=\"outbound\",protocol=\"{protocol}\"}}"
-            ),
-        )
-    };
+    let captured = |protocol| captured(&metrics, "outbound", "outbound", protocol);
     assert_eq!(captured("http1"), 2.0, "{metrics}");
     assert_eq!(captured("tls"), 1.0, "{metrics}");
     assert_eq!(captured("tcp"), 3.0, "{metrics}");
@@ -379,14 +376,7 @@ clusters:
     // Excluded outbound port: straight to the remote service.
     assert_eq!(topology.app(&["send", "10.77.0.2", "9090"]), "ping");
     let metrics = topology.metrics();
-    let inbound = |protocol: &str| {
-        metric(
-            &metrics,
-            &format!(
-                "remora_captured_connections_total{{listener=\"inbound\",direction=\"inbound\",protocol=\"{protocol}\"}}"
-            ),
-        )
-    };
+    let inbound = |protocol| captured(&metrics, "inbound", "inbound", protocol);
     assert_eq!(inbound("http1"), 2.0, "{metrics}");
     assert_eq!(
         metric(

@@ -19,7 +19,7 @@ mod route_match;
 mod route_policy;
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -10,7 +10,7 @@ use remora_xds_proto::{cluster, core, matcher, pack, protobuf, type_url};
 use super::*;
 use crate::config::{Direction, LbPolicy, ListenerProtocol};
 
-fn address(port: u32) -> core::Address {
+pub(crate) fn address(port: u32) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
             address: "127.0.0.1".into(),
@@ -410,7 +410,7 @@ fn hostile_resources_are_rejected_not_trusted() {
     );
 }
 
-fn tcp_proxy_chain(cluster: &str) -> FilterChain {
+pub(crate) fn tcp_proxy_chain(cluster: &str) -> FilterChain {
     let proxy = remora_xds_proto::filters::tcp_proxy::TcpProxy {
         stat_prefix: "t".into(),
         cluster_specifier: Some(
