@@ -46,6 +46,7 @@ mod socket;
 mod sync;
 mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;
 pub mod xds;
 

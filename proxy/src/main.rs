@@ -104,6 +104,7 @@ struct InitArgs {
 }
 
 fn main() -> ExitCode {
+    remora_proxy::tls::install_default_provider();
     let args = Args::parse();
     if let Some(Command::Init(init)) = args.command {
         return match run_init(init) {

@@ -57,6 +57,14 @@ pub(crate) fn original_destination(
     })
 }
 
+/// A downstream connection's byte stream: a TCP socket, or TLS over one.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+
+impl<T> Stream for T where T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "sniff",
     "telemetry",
     "identity",
+    "tls",
     // policies that know no upstream: limits, faults, retry rules, bodies
     "ratelimit",
     "fault",

@@ -450,6 +450,12 @@ async fn connection(
     }
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
+    if state.tls.is_some() {
+        over_tls(stream, peer, slot, state, stop, tracker, None).await;
+        drop(admitted);
+        gauge.decrement(1.0);
+        return;
+    }
     match &state.kind {
         ListenerKind::Http(_) => {
             crate::http::serve_connection(stream, peer, slot, state, stop, tracker, None).await
@@ -527,6 +533,10 @@ async fn captured(
     drop(targets);
     let target = slot.current();
     tracing::trace!(listener = %state.name, %peer, %original, target = %target.name, "captured");
+    if target.tls.is_some() {
+        capture.captured.increment(CapturedAs::Tls);
+        return over_tls(stream, peer, slot, target, stop, tracker, Some(captured)).await;
+    }
     let sniffed = match &target.kind {
         ListenerKind::Http(_) => None,
         ListenerKind::Tcp(_) => {
@@ -570,6 +580,43 @@ async fn captured(
     } else {
         // Detection already ran; the passthrough only relays.
         crate::tcp::passthrough(stream, peer, taken, state.clone(), None, stop).await;
+    }
+}
+
+/// A connection to a listener with `tls:`: the handshake, then HTTP or
+/// the TCP relay over it; a failed handshake is counted by reason.
+async fn over_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Arc<ListenerSlot>,
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    captured: Option<Captured>,
+) {
+    let Some(tls) = &state.tls else {
+        return;
+    };
+    match crate::tls::accept(tls, stream, state.request_headers_timeout).await {
+        Ok(stream) => match &state.kind {
+            ListenerKind::Http(_) => {
+                crate::http::serve_connection(stream, peer, slot, state, stop, tracker, captured)
+                    .await
+            }
+            ListenerKind::Tcp(_) => {
+                let taken = Taken {
+                    captured,
+                    ..Taken::default()
+                };
+                crate::tcp::proxy_connection(stream, peer, state, stop, taken).await
+            }
+            // Refused by validation.
+            ListenerKind::Capture(_) | ListenerKind::Auto(_) => {}
+        },
+        Err(failure) => {
+            state.tls_errors.increment(failure);
+            tracing::debug!(listener = %state.name, %peer, reason = failure.label(), "TLS handshake failed");
+        }
     }
 }
 

@@ -61,6 +61,9 @@ pub struct ListenerConfig {
     /// Connections open at once; more are closed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// TLS termination with certificate files (an ingress; docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsConfig>,
     /// A capture listener (docs/sidecar.md): every connection it accepts
     /// was redirected to it by `remora-proxy init`, and goes on to the
     /// listener whose `address` is the connection's original destination.
@@ -94,6 +97,25 @@ pub struct ListenerConfig {
     /// [`DEFAULT_OPAQUE_PORTS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opaque_ports: Option<Vec<u16>>,
+}
+
+/// A listener's TLS: its certificate and key, read at start and on every
+/// reload.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The certificate chain, PEM: the server's certificate first.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// Clients must present a certificate that chains to one of these
+    /// roots (PEM); absent: no client certificate is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// ALPN protocols offered, in order of preference. Absent: `h2` and
+    /// `http/1.1` on HTTP listeners, none on TCP listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
 }
 
 /// Server-speaks-first protocols: FTP, SSH, SMTP, POP3, IMAP, submission,

@@ -25,8 +25,8 @@ pub use cluster::{ClusterConfig, DnsConfig, EndpointConfig, PoolConfig, Upstream
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
     BackendRef, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction,
-    HeaderEditsConfig, HeaderValueConfig, ListenerConfig, ListenerProtocol, MatchConfig,
-    RouteConfig, Unmatched, ValueMatchConfig,
+    HeaderEditsConfig, HeaderValueConfig, ListenerConfig, ListenerProtocol, ListenerTlsConfig,
+    MatchConfig, RouteConfig, Unmatched, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
 

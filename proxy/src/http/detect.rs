@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
+use crate::socket::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The preface and the header of the client's first frame.
@@ -41,7 +41,7 @@ pub(super) struct Prefix {
 
 /// Reads until the first bytes decide the protocol. `None` when the client
 /// closed before sending anything.
-pub(super) async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detected, Prefix)>> {
+pub(super) async fn detect<S: Stream>(stream: &mut S) -> io::Result<Option<(Detected, Prefix)>> {
     let mut prefix = Prefix {
         bytes: [0; PREFIX_MAX],
         len: 0,
@@ -71,8 +71,8 @@ pub(super) async fn detect(stream: &mut TcpStream) -> io::Result<Option<(Detecte
 
 /// Reads the header of the frame after the preface; anything but SETTINGS
 /// ends the connection with the GOAWAY the RFC asks for (`None`).
-async fn first_frame(
-    stream: &mut TcpStream,
+async fn first_frame<S: Stream>(
+    stream: &mut S,
     mut prefix: Prefix,
 ) -> io::Result<Option<(Detected, Prefix)>> {
     stream
@@ -107,19 +107,15 @@ async fn first_frame(
 /// A server connection's socket: replays the detection prefix, then reads
 /// and writes the socket directly. With `reads` set, it counts reads that
 /// returned data, which the HTTP/1 header timer watches.
-pub(super) struct ServerIo {
-    stream: TcpStream,
+pub(super) struct ServerIo<S> {
+    stream: S,
     prefix: Prefix,
     replayed: u8,
     reads: Option<Arc<AtomicU64>>,
 }
 
-impl ServerIo {
-    pub(super) fn new(
-        stream: TcpStream,
-        prefix: Prefix,
-        reads: Option<Arc<AtomicU64>>,
-    ) -> ServerIo {
+impl<S> ServerIo<S> {
+    pub(super) fn new(stream: S, prefix: Prefix, reads: Option<Arc<AtomicU64>>) -> ServerIo<S> {
         ServerIo {
             stream,
             prefix,
@@ -129,7 +125,7 @@ impl ServerIo {
     }
 }
 
-impl AsyncRead for ServerIo {
+impl<S: Stream> AsyncRead for ServerIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -157,7 +153,7 @@ impl AsyncRead for ServerIo {
     }
 }
 
-impl AsyncWrite for ServerIo {
+impl<S: Stream> AsyncWrite for ServerIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

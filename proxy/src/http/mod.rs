@@ -24,7 +24,6 @@ use std::sync::atomic::AtomicU64;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,8 +56,8 @@ macro_rules! drive {
 
 /// Serves one downstream connection until it closes, shutting it down
 /// gracefully (`Connection: close` / GOAWAY) when `stop` fires.
-pub(crate) async fn serve_connection(
-    mut stream: TcpStream,
+pub(crate) async fn serve_connection<S: crate::socket::Stream>(
+    mut stream: S,
     peer: SocketAddr,
     slot: Arc<ListenerSlot>,
     state: Arc<ListenerState>,

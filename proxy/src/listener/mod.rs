@@ -96,6 +96,9 @@ pub struct ListenerState {
     /// `false`: reached only through a capture listener, by `address`.
     pub(crate) bind: bool,
     pub(crate) direction: Direction,
+    /// TLS termination (`tls:`), and its handshake failures.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) tls_errors: crate::tls::HandshakeErrors,
 }
 
 /// Why a connection was closed on accept: the `reason` label of
@@ -282,6 +285,30 @@ impl ListenerState {
                 }
             }
         };
+        let tls = match &config.tls {
+            None => None,
+            Some(_) if config.original_destination => {
+                errors.push(ConfigError::new(
+                    format!("{at}.tls"),
+                    "a capture listener passes connections on as they are; put tls on the listener it hands them to",
+                ));
+                None
+            }
+            Some(tls) if protocol == ListenerProtocol::Auto => {
+                let _ = tls;
+                errors.push(ConfigError::new(
+                    format!("{at}.tls"),
+                    "terminating TLS needs a declared protocol (http or tcp), not auto",
+                ));
+                None
+            }
+            Some(tls) => crate::tls::server_config(
+                tls,
+                protocol == ListenerProtocol::Http,
+                &format!("{at}.tls"),
+                errors,
+            ),
+        };
         if !config.bind && config.address.port() == 0 {
             errors.push(ConfigError::new(
                 format!("{at}.address"),
@@ -376,6 +403,13 @@ impl ListenerState {
             proxy_max_connections: cx.proxy_max_connections,
             bind: config.bind,
             direction: config.direction(),
+            tls,
+            tls_errors: CountersBy::register(
+                cx.telemetry,
+                telemetry::TLS_HANDSHAKE_ERRORS_TOTAL,
+                &[("listener", name)],
+                "reason",
+            ),
             rejected: CountersBy::register(
                 cx.telemetry,
                 telemetry::LISTENER_REJECTED_TOTAL,

@@ -116,6 +116,8 @@ listeners:
   - {{name: k, address: '127.0.0.1:6', detect_timeout: 1s, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
   - {{name: l, address: '10.0.0.9:81', bind: false, direction: inbound, cluster: web, routes: [{{name: r, backends: [{{cluster: web}}]}}]}}
   - {{name: m, address: '[::]:15008', original_destination: true, direction: inbound, opaque_ports: [5432]}}
+  - {{name: n, address: '0.0.0.0:15009', original_destination: true, tls: {{cert_file: a.pem, key_file: a.key}}}}
+  - {{name: o, address: '10.0.0.9:82', bind: false, tls: {{cert_file: a.pem, key_file: a.key}}}}
 "
     );
     assert_eq!(
@@ -131,6 +133,8 @@ listeners:
             "listeners[8].opaque_ports: protocol: tcp does no detection; leave it out or use protocol: auto",
             "listeners[9].protocol: auto detects captured traffic: only for a listener with bind: false (or a capture listener)",
             "listeners[10].detect_timeout: only a capture listener (original_destination: true) detects protocols",
+            "listeners[13].tls: a capture listener passes connections on as they are; put tls on the listener it hands them to",
+            "listeners[14].tls: terminating TLS needs a declared protocol (http or tcp), not auto",
         ]
         .join("\n")
     );

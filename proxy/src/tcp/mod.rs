@@ -35,8 +35,8 @@ pub(crate) struct Taken {
     pub(crate) sniffed: Option<(Sniffed, &'static str)>,
 }
 
-pub(crate) async fn proxy_connection(
-    downstream: TcpStream,
+pub(crate) async fn proxy_connection<S: relay::Halves>(
+    downstream: S,
     peer: SocketAddr,
     state: Arc<ListenerState>,
     stop: CancellationToken,
@@ -274,8 +274,8 @@ impl Started {
     }
 }
 
-async fn relay_until_drained(
-    downstream: TcpStream,
+async fn relay_until_drained<S: relay::Halves>(
+    downstream: S,
     upstream: TcpStream,
     peer: SocketAddr,
     state: &ListenerState,

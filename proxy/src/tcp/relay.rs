@@ -18,6 +18,24 @@ pub(super) enum Ended {
     Idle,
 }
 
+/// A client stream split into halves that can be used at once: a TCP
+/// socket's borrowed halves (free), or a TLS stream's (`tokio::io::split`).
+pub(crate) trait Halves {
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_);
+}
+
+impl Halves for TcpStream {
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+        self.split()
+    }
+}
+
+impl Halves for tokio_rustls::server::TlsStream<TcpStream> {
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+        tokio::io::split(self)
+    }
+}
+
 /// Bytes moved each way, for the connection's access-log line.
 #[derive(Debug, Default)]
 pub(super) struct Moved {
@@ -30,14 +48,14 @@ pub(super) struct Moved {
 /// Relays until both directions have ended (or nothing moved for `idle`);
 /// `rx` counts client→upstream bytes, `tx` upstream→client, and `moved`
 /// adds them up for this connection. An error in either direction ends both.
-pub(super) async fn relay(
-    mut client: TcpStream,
+pub(super) async fn relay<C: Halves>(
+    mut client: C,
     mut upstream: TcpStream,
     (rx, tx): (&Counter, &Counter),
     moved: &Moved,
     idle: Option<Duration>,
 ) -> io::Result<Ended> {
-    let (mut client_read, mut client_write) = client.split();
+    let (mut client_read, mut client_write) = client.halves();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     let start = Instant::now();
     // Milliseconds after `start` when bytes last moved either way.

@@ -31,6 +31,7 @@ pub(crate) const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
 pub(crate) const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
 pub(crate) const REQUEST_FAILURES_TOTAL: &str = "remora_request_failures_total";
 pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_connections_total";
+pub(crate) const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
 pub(crate) const IDENTITY_CERT_EXPIRY: &str = "remora_identity_cert_expiry_timestamp_seconds";
 pub(crate) const IDENTITY_RENEWALS_TOTAL: &str = "remora_identity_renewals_total";
 pub(crate) const CAPTURED_CONNECTIONS_TOTAL: &str = "remora_captured_connections_total";
@@ -121,6 +122,11 @@ impl Telemetry {
             TCP_BYTES_TOTAL,
             None,
             "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.",
+        );
+        describe(
+            TLS_HANDSHAKE_ERRORS_TOTAL,
+            None,
+            "TLS handshakes a listener refused or lost, by reason (not_tls, client_certificate, protocol, timeout, closed).",
         );
         describe(
             IDENTITY_CERT_EXPIRY,

@@ -398,6 +398,15 @@ clusters:
     let routed = lines.iter().find(|l| l["listener"] == "app-8002").unwrap();
     assert_eq!(routed["direction"], "inbound");
     assert_eq!(routed["original_dst"], "10.77.0.1:8002");
+    // /config_dump shows the capture listeners as configured.
+    let dump = topology.app(&["get", "http://127.0.0.1:15000/config_dump"]);
+    for field in [
+        r#""original_destination":true"#,
+        r#""direction":"inbound""#,
+        r#""bind":false"#,
+    ] {
+        assert!(dump.contains(field), "{field} in {dump}");
+    }
 
     // The application binds only the pod IP: loopback is refused, so the
     // inbound passthrough dials the original address. (Port 8001 is not

@@ -24,4 +24,5 @@ mod routing;
 mod shutdown;
 mod support;
 mod tcp_relay;
+mod tls;
 mod websocket;
