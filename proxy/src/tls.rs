@@ -213,3 +213,142 @@ fn classify(error: &io::Error) -> HandshakeFailure {
         _ => HandshakeFailure::Protocol,
     }
 }
+
+/// A cluster's TLS to its endpoints: one client config per ALPN (an
+/// HTTP/1.1 connection offers `http/1.1`, an HTTP/2 one `h2`), and the
+/// server name.
+#[derive(Debug)]
+pub(crate) struct UpstreamTls {
+    http1: Arc<rustls::ClientConfig>,
+    http2: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+/// A cluster's `tls:`, or errors naming the fields at `at`.
+pub(crate) fn upstream(
+    config: &crate::config::UpstreamTlsConfig,
+    at: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<UpstreamTls> {
+    let server_name = match rustls::pki_types::ServerName::try_from(config.sni.clone()) {
+        Ok(name) => name,
+        Err(_) => {
+            errors.push(ConfigError::new(
+                format!("{at}.sni"),
+                format!("{:?} is not a DNS name or IP address", config.sni),
+            ));
+            return None;
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions");
+    let builder = if !config.verify {
+        tracing::warn!(at, "tls.verify is false: any certificate is accepted");
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &config.ca_file {
+            Some(path) => {
+                for cert in read_certs(path, &format!("{at}.ca_file"), errors)? {
+                    if let Err(error) = roots.add(cert) {
+                        errors.push(ConfigError::new(
+                            format!("{at}.ca_file"),
+                            format!("{}: {error}", path.display()),
+                        ));
+                        return None;
+                    }
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    errors.push(ConfigError::new(
+                        format!("{at}.ca_file"),
+                        "the system has no root certificates: give ca_file",
+                    ));
+                    return None;
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    let base = builder.with_no_client_auth();
+    let with_alpn = |alpn: &[u8]| {
+        let mut config = base.clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    };
+    Some(UpstreamTls {
+        http1: with_alpn(b"http/1.1"),
+        http2: with_alpn(b"h2"),
+        server_name,
+    })
+}
+
+impl UpstreamTls {
+    /// The client handshake on a connected `stream`.
+    pub(crate) async fn connect(
+        &self,
+        stream: TcpStream,
+        http2: bool,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let config = if http2 { &self.http2 } else { &self.http1 };
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(self.server_name.clone(), stream)
+            .await
+    }
+}
+
+/// `verify: false`: a verifier that accepts every certificate (signatures
+/// are still checked, so the handshake itself is sound).
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

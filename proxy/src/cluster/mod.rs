@@ -236,7 +236,20 @@ impl Cluster {
             }
         }
         let limits = Arc::new(Limits::new(&config.circuit_breakers, name, telemetry));
-        let pool = Arc::new(PoolSettings::new(config, conn_stats, limits));
+        let tls = config.tls.as_ref().and_then(|tls| {
+            if config
+                .health_check
+                .as_ref()
+                .is_some_and(|h| h.http.is_some() || h.grpc.is_some())
+            {
+                errors.push(ConfigError::new(
+                    format!("{path}.health_check"),
+                    "HTTP and gRPC health checks do not speak TLS yet; use a tcp check with tls",
+                ));
+            }
+            crate::tls::upstream(tls, &format!("{path}.tls"), errors)
+        });
+        let pool = Arc::new(PoolSettings::new(config, conn_stats, limits, tls));
         let endpoints: Box<[Arc<Endpoint>]> = config
             .endpoints
             .iter()
@@ -353,6 +366,11 @@ impl Cluster {
     /// once the first lookup has come back (successful or not).
     pub(crate) fn is_warm(&self) -> bool {
         self.dns.is_none() || lock(&self.dns_status).resolutions > 0
+    }
+
+    /// Whether connections to the endpoints speak TLS (`tls:`).
+    pub(crate) fn originates_tls(&self) -> bool {
+        self.pool.tls.is_some()
     }
 
     /// The endpoint for the next request, counted as active until the guard

@@ -22,6 +22,9 @@ pub struct ClusterConfig {
     pub dns: Option<DnsConfig>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (an external service; docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
     #[serde(default = "default_connect_timeout", with = "scalar::duration")]
     pub connect_timeout: Duration,
     #[serde(default)]
@@ -63,6 +66,25 @@ pub enum UpstreamProtocol {
     /// HTTP/2 with prior knowledge (h2c); gRPC needs this or `same_as_downstream`.
     Http2,
     SameAsDownstream,
+}
+
+/// TLS origination: how the proxy talks TLS to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The server name sent (SNI) and checked in the endpoint's certificate.
+    pub sni: String,
+    /// The roots the endpoints' certificates must chain to (PEM); absent:
+    /// the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `false` accepts any certificate (for tests only; logged).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub verify: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// Connections per endpoint.

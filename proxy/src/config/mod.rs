@@ -21,7 +21,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use balancer::{HashCookieConfig, HashOnConfig, LbPolicy, LoadBalancerConfig, SlowStartConfig};
-pub use cluster::{ClusterConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol};
+pub use cluster::{
+    ClusterConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol, UpstreamTlsConfig,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
     BackendRef, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction,

@@ -572,6 +572,12 @@ fn tcp_target(
         ));
         return None;
     };
+    if cluster.originates_tls() {
+        errors.push(ConfigError::new(
+            format!("{at}.cluster"),
+            format!("cluster {cluster_name:?} has tls:, which TCP listeners do not originate yet"),
+        ));
+    }
     let bytes = |direction| {
         cx.telemetry.counter(
             telemetry::TCP_BYTES_TOTAL,

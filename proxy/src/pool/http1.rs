@@ -116,7 +116,7 @@ impl EndpointPool {
         slot: Slot,
         upgrades: bool,
     ) -> Result<Http1Lease, ConnectError> {
-        let (stream, slot) = self.connect(slot).await?;
+        let (stream, slot) = self.connect_http(slot, false).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

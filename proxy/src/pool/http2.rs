@@ -186,7 +186,7 @@ impl EndpointPool {
     }
 
     async fn open_http2(&self, slot: Slot) -> Result<Arc<Http2Conn>, ConnectError> {
-        let (stream, slot) = self.connect(slot).await?;
+        let (stream, slot) = self.connect_http(slot, true).await?;
         let settings = &self.settings;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());

@@ -64,10 +64,17 @@ pub struct PoolSettings {
     pub stats: ConnStats,
     /// The cluster's circuit breakers (connections and pending requests are taken here).
     pub limits: Arc<Limits>,
+    /// TLS to the endpoints (`tls:`).
+    pub(crate) tls: Option<crate::tls::UpstreamTls>,
 }
 
 impl PoolSettings {
-    pub fn new(config: &ClusterConfig, stats: ConnStats, limits: Arc<Limits>) -> PoolSettings {
+    pub(crate) fn new(
+        config: &ClusterConfig,
+        stats: ConnStats,
+        limits: Arc<Limits>,
+        tls: Option<crate::tls::UpstreamTls>,
+    ) -> PoolSettings {
         let pool = &config.pool;
         PoolSettings {
             connect_timeout: config.connect_timeout,
@@ -85,6 +92,7 @@ impl PoolSettings {
             min_idle: pool.min_idle as usize,
             stats,
             limits,
+            tls,
         }
     }
 
@@ -103,7 +111,7 @@ impl PoolSettings {
             "c",
             &crate::telemetry::Telemetry::new(),
         ));
-        PoolSettings::new(config, stats, limits)
+        PoolSettings::new(config, stats, limits, None)
     }
 
     /// Whether a connection born at `born` that served `served` requests is done.
@@ -124,6 +132,10 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("HTTP/2 handshake failed: {0}")]
     Handshake(hyper::Error),
+    /// The TLS handshake with the endpoint failed (a connect failure, as
+    /// Envoy counts it).
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
     #[error("connection limit reached ({0} connections to this endpoint)")]
     Full(usize),
     /// A circuit breaker is open: no connection, or no place in the queue for one.
@@ -187,6 +199,76 @@ impl Drop for Slot {
         }
         self.shared.lock().open -= 1;
         self.shared.changed.notify_one();
+    }
+}
+
+/// An upstream HTTP connection's bytes: plain TCP, or TLS over it.
+pub(crate) enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -332,6 +414,36 @@ impl EndpointPool {
         settings.stats.created.increment(1);
         slot.connected(&settings.stats);
         Ok((stream, slot))
+    }
+
+    /// A connection for HTTP: TCP, then TLS when the cluster has `tls:`
+    /// (ALPN `h2` for an HTTP/2 connection, `http/1.1` otherwise), both
+    /// within the connect timeout.
+    async fn connect_http(
+        &self,
+        slot: Slot,
+        http2: bool,
+    ) -> Result<(UpstreamIo, Slot), ConnectError> {
+        let started = tokio::time::Instant::now();
+        let (stream, slot) = self.connect(slot).await?;
+        let Some(tls) = &self.settings.tls else {
+            return Ok((UpstreamIo::Plain(stream), slot));
+        };
+        let left = self
+            .settings
+            .connect_timeout
+            .saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, tls.connect(stream, http2)).await {
+            Ok(Ok(stream)) => Ok((UpstreamIo::Tls(Box::new(stream)), slot)),
+            Ok(Err(error)) => {
+                self.settings.stats.connect_failures.increment(1);
+                Err(ConnectError::Tls(error))
+            }
+            Err(_) => {
+                self.settings.stats.connect_failures.increment(1);
+                Err(ConnectError::Timeout(self.settings.connect_timeout))
+            }
+        }
     }
 
     /// Drives a client connection in a task of its own; the slot is freed

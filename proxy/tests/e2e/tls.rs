@@ -371,3 +371,94 @@ clusters:
     tls.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"over tls");
 }
+
+/// A cluster with `tls:` in front of a TLS listener (another proxy in front
+/// of a plain upstream): client → proxy → TLS → proxy → upstream.
+struct Chain {
+    front: TestProxy,
+    back: TestProxy,
+    _upstream: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+async fn chain(protocol: &str, tls: impl Fn(&str) -> String) -> Chain {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("upstream CA");
+    let (cert, key) = pki.write_leaf(dir.path(), "server", &["backend.internal"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let upstream = Upstream::http1("behind-tls").await;
+    let back = TestProxy::start(&listener_yaml(&cert, &key, None, upstream.addr)).await;
+    let tls = tls(&ca_file.display().to_string());
+    let front = TestProxy::start(&format!(
+        "
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: secure}}]}}]}}
+clusters:
+  - {{name: secure, protocol: {protocol}, endpoints: ['{}'], tls: {tls}}}
+",
+        back.addr("https")
+    ))
+    .await;
+    Chain {
+        front,
+        back,
+        _upstream: upstream,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_originates_tls_verifying_the_name_and_the_roots() {
+    use crate::support::client::get as fetch;
+    let client = crate::support::client::http1();
+    for protocol in ["http1", "http2"] {
+        let c = chain(protocol, |ca| {
+            format!("{{sni: backend.internal, ca_file: '{ca}'}}")
+        })
+        .await;
+        let response = fetch(&client, &c.front.url("web", "/")).await;
+        assert_eq!(response.status, 200, "{protocol}");
+        assert_eq!(response.header("x-upstream"), "behind-tls");
+        assert_eq!(
+            c.back.metric(
+                "remora_requests_total{listener=\"https\",route=\"all\",cluster=\"up\",status_class=\"2xx\"}"
+            ),
+            1.0,
+            "{protocol}: the request arrived over TLS"
+        );
+    }
+
+    // A name the certificate does not have, roots it does not chain to: the
+    // handshake fails, counted as a connect failure, and the client gets 503.
+    let wrong_name = chain("http1", |ca| {
+        format!("{{sni: other.internal, ca_file: '{ca}'}}")
+    })
+    .await;
+    let other_roots = tempfile::tempdir().unwrap();
+    let other_ca = other_roots.path().join("other.pem");
+    std::fs::write(&other_ca, Pki::new("other").ca_pem).unwrap();
+    let wrong_roots = chain("http1", |_| {
+        format!(
+            "{{sni: backend.internal, ca_file: '{}'}}",
+            other_ca.display()
+        )
+    })
+    .await;
+    for c in [&wrong_name, &wrong_roots] {
+        let response = fetch(&client, &c.front.url("web", "/")).await;
+        assert_eq!(response.status, 503);
+        assert!(
+            c.front
+                .metric("remora_upstream_connect_failures_total{cluster=\"secure\"}")
+                >= 1.0
+        );
+    }
+    // verify: false takes any certificate (tests only).
+    let unverified = chain("http1", |_| {
+        "{sni: other.internal, verify: false}".to_string()
+    })
+    .await;
+    let response = fetch(&client, &unverified.front.url("web", "/")).await;
+    assert_eq!(response.status, 200);
+}
