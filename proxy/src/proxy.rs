@@ -72,7 +72,8 @@ impl Proxy {
         };
         let xds_synced = AtomicBool::new(config.xds.is_none());
         let admin_port = config.admin.address.port();
-        let snapshot = Snapshot::compile(config, None, &telemetry, 1, Mode::Serve)?;
+        let identity: Arc<crate::identity::IdentityState> = Arc::default();
+        let snapshot = Snapshot::compile(config, None, &telemetry, 1, Mode::Serve(&identity))?;
         let spawner = Spawner {
             runtime: tokio::runtime::Handle::current(),
             workers: options.workers,
@@ -97,7 +98,7 @@ impl Proxy {
                 sources: Mutex::new(sources),
                 xds_synced,
                 xds_status: Arc::default(),
-                identity: Arc::default(),
+                identity,
                 spawner,
                 resolver,
                 env: options.env,
@@ -218,7 +219,7 @@ impl Proxy {
             Some(&previous),
             &self.inner.telemetry,
             version,
-            Mode::Serve,
+            Mode::Serve(&self.inner.identity),
         )?;
         prepare_discovery(&snapshot, &self.inner.resolver)?;
         listeners.apply(&snapshot.listeners, &self.inner.spawner)?;

@@ -169,24 +169,36 @@ label_values!(HandshakeFailure {
 /// A listener's handshake failures, by reason.
 pub(crate) type HandshakeErrors = CountersBy<HandshakeFailure>;
 
-/// Runs the server handshake on `stream` within `timeout`.
+/// An accepted connection after the TLS step.
+pub(crate) enum Accepted {
+    Tls(Box<TlsStream<TcpStream>>),
+    /// `mtls: permissive` and the client did not start a handshake.
+    Plain(TcpStream),
+}
+
+/// Runs the server handshake on `stream` within `timeout`; with
+/// `permissive`, a client whose first byte cannot start a TLS record is
+/// passed on in plaintext.
 pub(crate) async fn accept(
     config: &Arc<ServerConfig>,
     stream: TcpStream,
     timeout: Duration,
-) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
-    // A first byte that cannot start a TLS record: plaintext to a TLS port.
+    permissive: bool,
+) -> Result<Accepted, HandshakeFailure> {
     let mut first = [0u8; 1];
     match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Err(_) if permissive => return Ok(Accepted::Plain(stream)),
         Err(_) => return Err(HandshakeFailure::Timeout),
         Ok(Ok(0)) | Ok(Err(_)) => return Err(HandshakeFailure::Closed),
+        Ok(Ok(_)) if first[0] != 0x16 && permissive => return Ok(Accepted::Plain(stream)),
+        // Plaintext to a TLS port.
         Ok(Ok(_)) if first[0] != 0x16 => return Err(HandshakeFailure::NotTls),
         Ok(Ok(_)) => {}
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Err(_) => Err(HandshakeFailure::Timeout),
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(stream)) => Ok(Accepted::Tls(Box::new(stream))),
         Ok(Err(error)) => Err(classify(&error)),
     }
 }
@@ -221,7 +233,9 @@ fn classify(error: &io::Error) -> HandshakeFailure {
 pub(crate) struct UpstreamTls {
     http1: Arc<rustls::ClientConfig>,
     http2: Arc<rustls::ClientConfig>,
-    server_name: rustls::pki_types::ServerName<'static>,
+    /// None (mesh mTLS): the endpoint's IP, which only keys the session
+    /// cache; the peer is checked by identity.
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// A cluster's `tls:`, or errors naming the fields at `at`.
@@ -285,7 +299,7 @@ pub(crate) fn upstream(
     Some(UpstreamTls {
         http1: with_alpn(b"http/1.1"),
         http2: with_alpn(b"h2"),
-        server_name,
+        server_name: Some(server_name),
     })
 }
 
@@ -297,8 +311,12 @@ impl UpstreamTls {
         http2: bool,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let config = if http2 { &self.http2 } else { &self.http1 };
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => rustls::pki_types::ServerName::IpAddress(stream.peer_addr()?.ip().into()),
+        };
         tokio_rustls::TlsConnector::from(config.clone())
-            .connect(self.server_name.clone(), stream)
+            .connect(name, stream)
             .await
     }
 }
@@ -350,5 +368,246 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+// ---- mutual TLS with the mesh identity ----
+
+use crate::identity::IdentityState;
+
+/// The proxy's current mesh certificate, for servers and clients alike;
+/// none before the first one or once it has expired.
+#[derive(Debug)]
+struct MeshCert(Arc<IdentityState>);
+
+impl rustls::server::ResolvesServerCert for MeshCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.current().map(|c| c.certified.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for MeshCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.current().map(|c| c.certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Client certificates must chain to the mesh's current trust bundle.
+#[derive(Debug)]
+struct MeshClients(Arc<IdentityState>, Arc<CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for MeshClients {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let current = self
+            .0
+            .current()
+            .ok_or_else(|| rustls::Error::General("no mesh certificate yet".into()))?;
+        current
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if uri_sans(end_entity).is_empty() {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A server must chain to the mesh's trust bundle and present one of the
+/// identities the cluster expects (a URI SAN; the server name is not used).
+#[derive(Debug)]
+struct MeshServers {
+    identity: Arc<IdentityState>,
+    expected: Box<[String]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for MeshServers {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let current = self
+            .identity
+            .current()
+            .ok_or_else(|| rustls::Error::General("no mesh certificate yet".into()))?;
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &current.root_store,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let names = uri_sans(end_entity);
+        if !names.iter().any(|n| self.expected.iter().any(|e| e == n)) {
+            tracing::debug!(presented = ?names, expected = ?self.expected, "mesh peer has an unexpected identity");
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A certificate's URI SANs.
+fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return Vec::new();
+    };
+    parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The identity a TLS peer presented (its certificate's first URI SAN).
+pub(crate) fn peer_identity(connection: &rustls::CommonState) -> Option<Arc<str>> {
+    let certs = connection.peer_certificates()?;
+    uri_sans(certs.first()?).into_iter().next().map(Arc::from)
+}
+
+/// A listener's server config for mesh mTLS: the proxy's current
+/// certificate, client certificates required and checked against the
+/// mesh's trust bundle.
+pub(crate) fn mesh_server(identity: &Arc<IdentityState>, http: bool) -> Arc<ServerConfig> {
+    let provider = provider();
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .with_client_cert_verifier(Arc::new(MeshClients(identity.clone(), provider)))
+        .with_cert_resolver(Arc::new(MeshCert(identity.clone())));
+    if http {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    Arc::new(config)
+}
+
+/// A cluster's client side of mesh mTLS, accepting servers that present one
+/// of `expected`.
+pub(crate) fn mesh_upstream(identity: &Arc<IdentityState>, expected: &[String]) -> UpstreamTls {
+    let provider = provider();
+    let verifier = Arc::new(MeshServers {
+        identity: identity.clone(),
+        expected: expected.into(),
+        provider: provider.clone(),
+    });
+    let base = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(MeshCert(identity.clone())));
+    let with_alpn = |alpn: &[u8]| {
+        let mut config = base.clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    };
+    UpstreamTls {
+        http1: with_alpn(b"http/1.1"),
+        http2: with_alpn(b"h2"),
+        server_name: None,
     }
 }

@@ -27,8 +27,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, ConfigErrors, Direction, ListenerProtocol, Unmatched};
 use crate::listener::{
-    CaptureTarget, Captured, CapturedAs, ListenerKind, ListenerSlot, ListenerState, Refusal,
-    take_place,
+    CaptureTarget, Captured, CapturedAs, ListenerKind, ListenerSlot, ListenerState, Origin,
+    Refusal, take_place,
 };
 use crate::sniff::{Sniffed, sniff};
 use crate::tcp::Taken;
@@ -451,14 +451,23 @@ async fn connection(
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
     if state.tls.is_some() {
-        over_tls(stream, peer, slot, state, stop, tracker, None).await;
+        over_tls(stream, peer, slot, state, stop, tracker, Origin::default()).await;
         drop(admitted);
         gauge.decrement(1.0);
         return;
     }
     match &state.kind {
         ListenerKind::Http(_) => {
-            crate::http::serve_connection(stream, peer, slot, state, stop, tracker, None).await
+            crate::http::serve_connection(
+                stream,
+                peer,
+                slot,
+                state,
+                stop,
+                tracker,
+                Origin::default(),
+            )
+            .await
         }
         ListenerKind::Tcp(_) => {
             crate::tcp::proxy_connection(stream, peer, state, stop, Taken::default()).await
@@ -519,6 +528,7 @@ async fn captured(
                 let taken = Taken {
                     started,
                     captured: Some(captured),
+                    peer_identity: None,
                     sniffed: None,
                 };
                 crate::tcp::passthrough(stream, peer, taken, state.clone(), detect, stop).await
@@ -535,7 +545,16 @@ async fn captured(
     tracing::trace!(listener = %state.name, %peer, %original, target = %target.name, "captured");
     if target.tls.is_some() {
         capture.captured.increment(CapturedAs::Tls);
-        return over_tls(stream, peer, slot, target, stop, tracker, Some(captured)).await;
+        return over_tls(
+            stream,
+            peer,
+            slot,
+            target,
+            stop,
+            tracker,
+            Origin::captured(captured),
+        )
+        .await;
     }
     let sniffed = match &target.kind {
         ListenerKind::Http(_) => None,
@@ -544,6 +563,7 @@ async fn captured(
             let taken = Taken {
                 started,
                 captured: Some(captured),
+                peer_identity: None,
                 sniffed: None,
             };
             return crate::tcp::proxy_connection(stream, peer, target, stop, taken).await;
@@ -560,8 +580,16 @@ async fn captured(
             None => CapturedAs::Http1,
         };
         capture.captured.increment(counted);
-        crate::http::serve_connection(stream, peer, slot, target, stop, tracker, Some(captured))
-            .await;
+        crate::http::serve_connection(
+            stream,
+            peer,
+            slot,
+            target,
+            stop,
+            tracker,
+            Origin::captured(captured),
+        )
+        .await;
         return;
     }
     if let Some((Sniffed::Closed, _)) = sniffed {
@@ -570,6 +598,7 @@ async fn captured(
     let taken = Taken {
         started,
         captured: Some(captured),
+        peer_identity: None,
         sniffed,
     };
     if target.tcp_target().is_some() {
@@ -583,8 +612,9 @@ async fn captured(
     }
 }
 
-/// A connection to a listener with `tls:`: the handshake, then HTTP or
-/// the TCP relay over it; a failed handshake is counted by reason.
+/// A connection to a listener with `tls:` or `mtls:`: the handshake, then
+/// HTTP or the TCP relay over it (or, `mtls: permissive`, in plaintext); a
+/// failed handshake is counted by reason.
 async fn over_tls(
     stream: TcpStream,
     peer: SocketAddr,
@@ -592,31 +622,55 @@ async fn over_tls(
     state: Arc<ListenerState>,
     stop: CancellationToken,
     tracker: TaskTracker,
-    captured: Option<Captured>,
+    mut origin: Origin,
 ) {
     let Some(tls) = &state.tls else {
         return;
     };
-    match crate::tls::accept(tls, stream, state.request_headers_timeout).await {
-        Ok(stream) => match &state.kind {
-            ListenerKind::Http(_) => {
-                crate::http::serve_connection(stream, peer, slot, state, stop, tracker, captured)
-                    .await
-            }
-            ListenerKind::Tcp(_) => {
-                let taken = Taken {
-                    captured,
-                    ..Taken::default()
-                };
-                crate::tcp::proxy_connection(stream, peer, state, stop, taken).await
-            }
-            // Refused by validation.
-            ListenerKind::Capture(_) | ListenerKind::Auto(_) => {}
-        },
+    let timeout = state.request_headers_timeout;
+    let accepted = match crate::tls::accept(tls, stream, timeout, state.permissive).await {
+        Ok(accepted) => accepted,
         Err(failure) => {
             state.tls_errors.increment(failure);
             tracing::debug!(listener = %state.name, %peer, reason = failure.label(), "TLS handshake failed");
+            return;
         }
+    };
+    match accepted {
+        crate::tls::Accepted::Tls(stream) => {
+            origin.peer_identity = crate::tls::peer_identity(stream.get_ref().1);
+            serve_over(*stream, peer, slot, state, stop, tracker, origin).await
+        }
+        crate::tls::Accepted::Plain(stream) => {
+            serve_over(stream, peer, slot, state, stop, tracker, origin).await
+        }
+    }
+}
+
+/// HTTP, or the TCP relay, over an accepted stream.
+async fn serve_over<S: crate::socket::Stream + crate::tcp::Halves>(
+    stream: S,
+    peer: SocketAddr,
+    slot: Arc<ListenerSlot>,
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    origin: Origin,
+) {
+    match &state.kind {
+        ListenerKind::Http(_) => {
+            crate::http::serve_connection(stream, peer, slot, state, stop, tracker, origin).await
+        }
+        ListenerKind::Tcp(_) => {
+            let taken = Taken {
+                captured: origin.captured,
+                peer_identity: origin.peer_identity,
+                ..Taken::default()
+            };
+            crate::tcp::proxy_connection(stream, peer, state, stop, taken).await
+        }
+        // Refused by validation.
+        ListenerKind::Capture(_) | ListenerKind::Auto(_) => {}
     }
 }
 

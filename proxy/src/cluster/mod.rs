@@ -118,6 +118,7 @@ impl Cluster {
         path: &str,
         previous: Option<&Arc<Cluster>>,
         telemetry: &Telemetry,
+        identity: &Arc<crate::identity::IdentityState>,
         errors: &mut Vec<ConfigError>,
     ) -> (Arc<Cluster>, Option<EndpointList>) {
         let reusable = |previous: &&Arc<Cluster>| {
@@ -137,7 +138,10 @@ impl Cluster {
                     .collect();
                 (previous.clone(), Some(wanted))
             }
-            None => (Cluster::build(config, path, telemetry, errors), None),
+            None => (
+                Cluster::build(config, path, telemetry, identity, errors),
+                None,
+            ),
         }
     }
 
@@ -145,6 +149,7 @@ impl Cluster {
         config: &ClusterConfig,
         path: &str,
         telemetry: &Telemetry,
+        identity: &Arc<crate::identity::IdentityState>,
         errors: &mut Vec<ConfigError>,
     ) -> Arc<Cluster> {
         let lb = LbSettings::compile(
@@ -236,19 +241,7 @@ impl Cluster {
             }
         }
         let limits = Arc::new(Limits::new(&config.circuit_breakers, name, telemetry));
-        let tls = config.tls.as_ref().and_then(|tls| {
-            if config
-                .health_check
-                .as_ref()
-                .is_some_and(|h| h.http.is_some() || h.grpc.is_some())
-            {
-                errors.push(ConfigError::new(
-                    format!("{path}.health_check"),
-                    "HTTP and gRPC health checks do not speak TLS yet; use a tcp check with tls",
-                ));
-            }
-            crate::tls::upstream(tls, &format!("{path}.tls"), errors)
-        });
+        let tls = tls_of(config, path, identity, errors);
         let pool = Arc::new(PoolSettings::new(config, conn_stats, limits, tls));
         let endpoints: Box<[Arc<Endpoint>]> = config
             .endpoints
@@ -532,6 +525,51 @@ fn shape(config: &ClusterConfig) -> ClusterConfig {
     ClusterConfig {
         endpoints: Vec::new(),
         ..config.clone()
+    }
+}
+
+/// The cluster's TLS: from files (`tls:`) or with the mesh identity (`mtls:`).
+fn tls_of(
+    config: &ClusterConfig,
+    path: &str,
+    identity: &Arc<crate::identity::IdentityState>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<crate::tls::UpstreamTls> {
+    if (config.tls.is_some() || config.mtls.is_some())
+        && config
+            .health_check
+            .as_ref()
+            .is_some_and(|h| h.http.is_some() || h.grpc.is_some())
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.health_check"),
+            "HTTP and gRPC health checks do not speak TLS yet; use a tcp check with tls",
+        ));
+    }
+    match (&config.tls, &config.mtls) {
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::new(
+                format!("{path}.mtls"),
+                "set either tls (certificate files) or mtls (the mesh identity), not both",
+            ));
+            None
+        }
+        (Some(tls), None) => crate::tls::upstream(tls, &format!("{path}.tls"), errors),
+        (None, Some(mtls)) => {
+            if mtls.identities.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{path}.mtls.identities"),
+                    "name at least one SPIFFE ID the endpoints may present",
+                ));
+            }
+            for (i, id) in mtls.identities.iter().enumerate() {
+                if let Err(e) = id.parse::<crate::identity::SpiffeId>() {
+                    errors.push(ConfigError::new(format!("{path}.mtls.identities[{i}]"), e));
+                }
+            }
+            Some(crate::tls::mesh_upstream(identity, &mtls.identities))
+        }
+        (None, None) => None,
     }
 }
 

@@ -25,6 +25,10 @@ pub struct ClusterConfig {
     /// TLS to the endpoints (an external service; docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Mutual TLS to mesh endpoints with the proxy's identity, accepting
+    /// only servers that present one of these identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<ClusterMtlsConfig>,
     #[serde(default = "default_connect_timeout", with = "scalar::duration")]
     pub connect_timeout: Duration,
     #[serde(default)]
@@ -66,6 +70,14 @@ pub enum UpstreamProtocol {
     /// HTTP/2 with prior knowledge (h2c); gRPC needs this or `same_as_downstream`.
     Http2,
     SameAsDownstream,
+}
+
+/// Mutual TLS to a cluster in the mesh.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMtlsConfig {
+    /// The SPIFFE IDs the endpoints may present (one at least).
+    pub identities: Vec<String>,
 }
 
 /// TLS origination: how the proxy talks TLS to a cluster's endpoints.

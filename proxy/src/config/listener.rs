@@ -64,6 +64,11 @@ pub struct ListenerConfig {
     /// TLS termination with certificate files (an ingress; docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsConfig>,
+    /// Mutual TLS with the proxy's mesh identity (`identity:`): `strict`
+    /// takes only mTLS, `permissive` takes mTLS and plaintext, `disabled`
+    /// (the default) plaintext only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsMode>,
     /// A capture listener (docs/sidecar.md): every connection it accepts
     /// was redirected to it by `remora-proxy init`, and goes on to the
     /// listener whose `address` is the connection's original destination.
@@ -97,6 +102,18 @@ pub struct ListenerConfig {
     /// [`DEFAULT_OPAQUE_PORTS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opaque_ports: Option<Vec<u16>>,
+}
+
+/// What a listener takes from peers in the mesh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsMode {
+    /// Only mutual TLS with a certificate of the mesh's trust bundle.
+    Strict,
+    /// Mutual TLS when the client starts a handshake, plaintext otherwise.
+    Permissive,
+    #[default]
+    Disabled,
 }
 
 /// A listener's TLS: its certificate and key, read at start and on every

@@ -22,13 +22,14 @@ use serde::{Deserialize, Serialize};
 
 pub use balancer::{HashCookieConfig, HashOnConfig, LbPolicy, LoadBalancerConfig, SlowStartConfig};
 pub use cluster::{
-    ClusterConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol, UpstreamTlsConfig,
+    ClusterConfig, ClusterMtlsConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol,
+    UpstreamTlsConfig,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
     BackendRef, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction,
     HeaderEditsConfig, HeaderValueConfig, ListenerConfig, ListenerProtocol, ListenerTlsConfig,
-    MatchConfig, RouteConfig, Unmatched, ValueMatchConfig,
+    MatchConfig, MtlsMode, RouteConfig, Unmatched, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
 

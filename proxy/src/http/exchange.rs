@@ -251,8 +251,9 @@ impl Exchange {
             bytes_sent: self.bytes_sent,
             failed_by: self.failure.map(|(by, _)| by.label()),
             failure: self.failure.map(|(_, what)| what),
-            direction: self.conn.captured.map(|c| c.direction.as_str()),
-            original_dst: self.conn.captured.map(|c| c.original.to_string()),
+            direction: self.conn.origin.captured.map(|c| c.direction.as_str()),
+            original_dst: self.conn.origin.captured.map(|c| c.original.to_string()),
+            peer_identity: self.conn.origin.peer_identity.as_deref(),
         });
     }
 }

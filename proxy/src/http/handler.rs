@@ -14,7 +14,7 @@ use super::body::ResponseBody;
 use super::exchange::{Exchange, StatsAt};
 use super::lifetime::Activity;
 use super::{authority, forward, local_reply};
-use crate::listener::{Captured, ListenerSlot, ListenerState};
+use crate::listener::{ListenerSlot, ListenerState, Origin};
 use crate::route::{RequestView, RouteAction};
 
 /// What every request on one downstream connection shares.
@@ -23,8 +23,8 @@ pub(crate) struct ConnContext {
     pub(crate) peer: SocketAddr,
     pub(crate) tracker: TaskTracker,
     pub(crate) activity: Activity,
-    /// Set when a capture listener handed the connection over.
-    pub(crate) captured: Option<Captured>,
+    /// A capture listener's hand-over, an mTLS peer's identity.
+    pub(crate) origin: Origin,
 }
 
 pub(super) async fn handle(

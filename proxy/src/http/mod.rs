@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::listener::ListenerState;
-use crate::listener::{Captured, ListenerSlot};
+use crate::listener::{ListenerSlot, Origin};
 use detect::{Detected, ServerIo};
 use handler::ConnContext;
 use header_timer::HeaderTimer;
@@ -63,7 +63,7 @@ pub(crate) async fn serve_connection<S: crate::socket::Stream>(
     state: Arc<ListenerState>,
     stop: CancellationToken,
     tracker: TaskTracker,
-    captured: Option<Captured>,
+    origin: Origin,
 ) {
     let headers_timeout = state.request_headers_timeout;
     let detected = tokio::select! {
@@ -87,7 +87,7 @@ pub(crate) async fn serve_connection<S: crate::socket::Stream>(
         peer,
         tracker,
         activity: Activity::default(),
-        captured,
+        origin,
     });
     let service = {
         let conn = conn.clone();

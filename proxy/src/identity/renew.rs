@@ -40,6 +40,11 @@ pub struct Credentials {
     pub not_after: SystemTime,
     /// The leaf's serial number, hex.
     pub serial: String,
+    /// The chain and key as rustls presents them.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+    /// Peers' chains are verified against `roots` with these.
+    pub root_store: Arc<rustls::RootCertStore>,
+    pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -60,6 +65,14 @@ pub struct IdentityState {
     renewals: AtomicU64,
     failures: AtomicU64,
     last_error: ArcSwapOption<String>,
+}
+
+impl std::fmt::Debug for IdentityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityState")
+            .field("current", &self.current.load_full())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `/identity` shows.
@@ -292,14 +305,36 @@ fn accept(
     if SystemTime::now() >= not_after {
         return Err("the CA's certificate has already expired".into());
     }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key_der = key.serialize_der();
+    let certified = rustls::sign::CertifiedKey::from_der(
+        chain.iter().map(|c| c.clone().into()).collect(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.clone().into()),
+        &provider,
+    )
+    .map_err(|e| format!("the CA's certificate does not fit the key: {e}"))?;
+    let mut root_store = rustls::RootCertStore::empty();
+    for root in &roots {
+        root_store
+            .add(root.clone().into())
+            .map_err(|e| format!("the CA's trust bundle: {e}"))?;
+    }
+    let root_store = Arc::new(root_store);
+    let client_verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(root_store.clone(), provider)
+            .build()
+            .map_err(|e| format!("the CA's trust bundle: {e}"))?;
     Ok(Credentials {
         serial: cert.raw_serial_as_string(),
         id,
         chain,
-        key: key.serialize_der(),
+        key: key_der,
         roots,
         not_before,
         not_after,
+        certified: Arc::new(certified),
+        root_store,
+        client_verifier,
     })
 }
 

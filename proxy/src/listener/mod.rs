@@ -15,7 +15,7 @@ use metrics::{Counter, Gauge};
 use crate::cluster::Cluster;
 use crate::config::{
     ConfigError, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, Direction, Http2Config,
-    Http2KeepaliveConfig, ListenerConfig, ListenerProtocol, Unmatched,
+    Http2KeepaliveConfig, ListenerConfig, ListenerProtocol, MtlsMode, Unmatched,
 };
 use crate::ratelimit::RateLimit;
 use crate::route::RouteTable;
@@ -98,6 +98,9 @@ pub struct ListenerState {
     pub(crate) direction: Direction,
     /// TLS termination (`tls:`), and its handshake failures.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// `mtls: permissive`: a client that does not start a TLS handshake
+    /// is served in plaintext.
+    pub(crate) permissive: bool,
     pub(crate) tls_errors: crate::tls::HandshakeErrors,
 }
 
@@ -134,6 +137,24 @@ pub(crate) struct Captured {
     pub(crate) direction: Direction,
     /// The address the client dialled, before `init`'s redirect.
     pub(crate) original: SocketAddr,
+}
+
+/// How a connection came: handed over by a capture listener, and the
+/// identity its TLS client presented.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origin {
+    pub(crate) captured: Option<Captured>,
+    /// The SPIFFE ID of an mTLS peer's certificate.
+    pub(crate) peer_identity: Option<Arc<str>>,
+}
+
+impl Origin {
+    pub(crate) fn captured(captured: Captured) -> Origin {
+        Origin {
+            captured: Some(captured),
+            peer_identity: None,
+        }
+    }
 }
 
 /// A `protocol: auto` listener: detected HTTP follows `http` (none: it is
@@ -212,6 +233,8 @@ pub struct TcpTarget {
 
 /// Everything a listener compile needs from the rest of the snapshot.
 pub(crate) struct ListenerContext<'a> {
+    /// The proxy's mesh identity, for `mtls:`.
+    pub(crate) identity: &'a Arc<crate::identity::IdentityState>,
     pub(crate) clusters: &'a HashMap<&'a str, Arc<Cluster>>,
     pub(crate) telemetry: &'a Telemetry,
     pub(crate) access_log: Option<&'a Arc<AccessLog>>,
@@ -285,7 +308,35 @@ impl ListenerState {
                 }
             }
         };
+        let mtls = config.mtls.unwrap_or_default();
         let tls = match &config.tls {
+            None if mtls != MtlsMode::Disabled => {
+                if config.original_destination {
+                    errors.push(ConfigError::new(
+                        format!("{at}.mtls"),
+                        "a capture listener passes connections on as they are; put mtls on the listener it hands them to",
+                    ));
+                    None
+                } else if protocol == ListenerProtocol::Auto {
+                    errors.push(ConfigError::new(
+                        format!("{at}.mtls"),
+                        "terminating TLS needs a declared protocol (http or tcp), not auto",
+                    ));
+                    None
+                } else {
+                    Some(crate::tls::mesh_server(
+                        cx.identity,
+                        protocol == ListenerProtocol::Http,
+                    ))
+                }
+            }
+            Some(_) if mtls != MtlsMode::Disabled => {
+                errors.push(ConfigError::new(
+                    format!("{at}.mtls"),
+                    "set either tls (certificate files) or mtls (the mesh identity), not both",
+                ));
+                None
+            }
             None => None,
             Some(_) if config.original_destination => {
                 errors.push(ConfigError::new(
@@ -404,6 +455,7 @@ impl ListenerState {
             bind: config.bind,
             direction: config.direction(),
             tls,
+            permissive: mtls == MtlsMode::Permissive,
             tls_errors: CountersBy::register(
                 cx.telemetry,
                 telemetry::TLS_HANDSHAKE_ERRORS_TOTAL,

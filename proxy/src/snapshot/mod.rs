@@ -30,10 +30,11 @@ pub struct Snapshot {
 }
 
 /// What compiling may do beyond checking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Build a snapshot to serve from: opens the access log.
-    Serve,
+#[derive(Debug, Clone, Copy)]
+pub enum Mode<'a> {
+    /// Build a snapshot to serve from: opens the access log; mTLS uses the
+    /// proxy's identity.
+    Serve(&'a Arc<crate::identity::IdentityState>),
     /// Only validate (`--check`): touches no files.
     Check,
 }
@@ -46,9 +47,14 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         telemetry: &Telemetry,
         version: u64,
-        mode: Mode,
+        mode: Mode<'_>,
     ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
+        let identity = match mode {
+            Mode::Serve(identity) => identity.clone(),
+            Mode::Check => Arc::default(),
+        };
+        check_mtls(&config, &mut errors);
 
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
             errors.push(ConfigError::new(
@@ -78,7 +84,7 @@ impl Snapshot {
             }
             let previous = previous_clusters.get(cluster.name.as_str()).copied();
             let (compiled, endpoints) =
-                Cluster::compile(cluster, &at, previous, telemetry, &mut errors);
+                Cluster::compile(cluster, &at, previous, telemetry, &identity, &mut errors);
             if let Some(endpoints) = endpoints {
                 endpoint_updates.push((compiled.clone(), endpoints));
             }
@@ -93,7 +99,7 @@ impl Snapshot {
                 None
             }
             (Some(_), Mode::Check) => None,
-            (Some(log), Mode::Serve) => {
+            (Some(log), Mode::Serve(_)) => {
                 match previous.filter(|p| p.config.access_log.as_ref() == Some(log)) {
                     Some(previous) => previous.access_log.clone(),
                     None => match AccessLog::open(log) {
@@ -119,6 +125,7 @@ impl Snapshot {
 
         state::check_unique(&config.listeners, &mut errors);
         let cx = ListenerContext {
+            identity: &identity,
             clusters: &by_name,
             telemetry,
             access_log: access_log.as_ref(),
@@ -168,6 +175,32 @@ impl Snapshot {
     #[cfg(test)]
     pub(crate) fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.iter().find(|c| &*c.name == name)
+    }
+}
+
+/// mTLS needs the proxy's certificate: `identity:`.
+fn check_mtls(config: &Config, errors: &mut Vec<ConfigError>) {
+    if config.identity.is_some() {
+        return;
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if listener
+            .mtls
+            .is_some_and(|m| m != crate::config::MtlsMode::Disabled)
+        {
+            errors.push(ConfigError::new(
+                format!("listeners[{i}].mtls"),
+                "needs identity: (the proxy's certificate from the mesh's CA)",
+            ));
+        }
+    }
+    for (i, cluster) in config.clusters.iter().enumerate() {
+        if cluster.mtls.is_some() {
+            errors.push(ConfigError::new(
+                format!("clusters[{i}].mtls"),
+                "needs identity: (the proxy's certificate from the mesh's CA)",
+            ));
+        }
     }
 }
 

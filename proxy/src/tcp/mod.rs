@@ -9,6 +9,8 @@
 
 mod relay;
 
+pub(crate) use relay::Halves;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +32,8 @@ pub(crate) struct Taken {
     pub(crate) started: Started,
     /// Handed over by a capture listener.
     pub(crate) captured: Option<Captured>,
+    /// The SPIFFE ID an mTLS client presented.
+    pub(crate) peer_identity: Option<Arc<str>>,
     /// What detection found, and how it decided (`timeout`, `opaque_port`,
     /// `server_first`, `detected`).
     pub(crate) sniffed: Option<(Sniffed, &'static str)>,
@@ -270,6 +274,7 @@ impl Started {
             failure,
             direction: taken.captured.map(|c| c.direction.as_str()),
             original_dst: taken.captured.map(|c| c.original.to_string()),
+            peer_identity: taken.peer_identity.as_deref(),
         });
     }
 }

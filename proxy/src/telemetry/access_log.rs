@@ -49,6 +49,9 @@ pub(crate) struct AccessRecord<'a> {
     /// A captured connection's original destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) original_dst: Option<String>,
+    /// The SPIFFE ID an mTLS client presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) peer_identity: Option<&'a str>,
 }
 
 /// What one opaque TCP connection's line says (`"protocol": "tcp"` or
@@ -81,6 +84,8 @@ pub(crate) struct ConnectionRecord<'a> {
     pub(crate) direction: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) original_dst: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) peer_identity: Option<&'a str>,
 }
 
 impl AccessLog {
