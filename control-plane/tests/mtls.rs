@@ -311,3 +311,63 @@ async fn requests_flow_across_certificate_rotations() {
     api.begin_drain();
     web.begin_drain();
 }
+
+/// Authorization by the caller's identity on an mTLS listener: a deny
+/// policy wins, an allow list makes the rest default-deny; HTTP denials
+/// answer 403 and are counted by policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_allows_and_denies_by_identity() {
+    let mesh = Mesh::start().await;
+    let app = Upstream::start("api-app").await;
+    let api = mesh
+        .proxy(
+            "api-sa",
+            "1h",
+            &format!(
+                "
+listeners:
+  - name: inbound
+    address: 127.0.0.1:0
+    mtls: strict
+    authorization:
+      - {{name: no-admin, action: deny, paths: ['/admin/*']}}
+      - {{name: web-reads, action: allow, from: ['spiffe://example.org/ns/shop/sa/web-sa'], methods: [GET]}}
+    routes: [{{name: all, backends: [{{cluster: app}}]}}]
+clusters:
+  - {{name: app, endpoints: ['{}']}}
+",
+                app.addr
+            ),
+        )
+        .await;
+    let inbound = api.listener_address("inbound").unwrap();
+    let web = mesh
+        .proxy("web-sa", "1h", &caller(inbound, &id("api-sa")))
+        .await;
+    let batch = mesh
+        .proxy("batch-sa", "1h", &caller(inbound, &id("api-sa")))
+        .await;
+    let (web_out, batch_out) = (
+        web.listener_address("out").unwrap(),
+        batch.listener_address("out").unwrap(),
+    );
+    assert_eq!(
+        get(web_out, "/items").await.unwrap(),
+        (200, "api-app".into())
+    );
+    assert_eq!(get(web_out, "/admin/users").await.unwrap().0, 403);
+    assert_eq!(get(batch_out, "/items").await.unwrap().0, 403);
+    for (policy, count) in [("no-admin", 1.0), ("default-deny", 1.0)] {
+        assert_eq!(
+            metric(
+                &api,
+                &format!("remora_authz_denied_total{{listener=\"inbound\",policy=\"{policy}\"}}")
+            ),
+            count,
+            "{policy}"
+        );
+    }
+    for proxy in [api, web, batch] {
+        proxy.begin_drain();
+    }
+}

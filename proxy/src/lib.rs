@@ -17,6 +17,7 @@
 
 mod accept;
 pub mod admin;
+mod authz;
 mod balance;
 mod body;
 mod breaker;

@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "tls",
     // policies that know no upstream: limits, faults, retry rules, bodies
     "ratelimit",
+    "authz",
     "fault",
     "retry",
     "breaker",

@@ -451,7 +451,17 @@ async fn connection(
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
     if state.tls.is_some() {
-        over_tls(stream, peer, slot, state, stop, tracker, Origin::default()).await;
+        let port = stream.local_addr().ok().map(|a| a.port());
+        over_tls(
+            stream,
+            peer,
+            slot,
+            state,
+            stop,
+            tracker,
+            Origin::at_port(port),
+        )
+        .await;
         drop(admitted);
         gauge.decrement(1.0);
         return;
@@ -470,7 +480,11 @@ async fn connection(
             .await
         }
         ListenerKind::Tcp(_) => {
-            crate::tcp::proxy_connection(stream, peer, state, stop, Taken::default()).await
+            let taken = Taken {
+                port: stream.local_addr().ok().map(|a| a.port()),
+                ..Taken::default()
+            };
+            crate::tcp::proxy_connection(stream, peer, state, stop, taken).await
         }
         ListenerKind::Capture(_) => captured(stream, peer, &state, stop, tracker, &targets).await,
         // Compiled only for bind: false listeners, which accept nothing.
@@ -529,6 +543,7 @@ async fn captured(
                     started,
                     captured: Some(captured),
                     peer_identity: None,
+                    port: Some(original.port()),
                     sniffed: None,
                 };
                 crate::tcp::passthrough(stream, peer, taken, state.clone(), detect, stop).await
@@ -564,6 +579,7 @@ async fn captured(
                 started,
                 captured: Some(captured),
                 peer_identity: None,
+                port: Some(original.port()),
                 sniffed: None,
             };
             return crate::tcp::proxy_connection(stream, peer, target, stop, taken).await;
@@ -599,6 +615,7 @@ async fn captured(
         started,
         captured: Some(captured),
         peer_identity: None,
+        port: Some(original.port()),
         sniffed,
     };
     if target.tcp_target().is_some() {
@@ -665,6 +682,7 @@ async fn serve_over<S: crate::socket::Stream + crate::tcp::Halves>(
             let taken = Taken {
                 captured: origin.captured,
                 peer_identity: origin.peer_identity,
+                port: origin.port,
                 ..Taken::default()
             };
             crate::tcp::proxy_connection(stream, peer, state, stop, taken).await

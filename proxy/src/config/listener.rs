@@ -64,6 +64,10 @@ pub struct ListenerConfig {
     /// TLS termination with certificate files (an ingress; docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsConfig>,
+    /// Who may call: allow and deny policies over peer identities, ports
+    /// and (HTTP) paths, methods and headers (docs/security.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<AuthorizationPolicyConfig>,
     /// Mutual TLS with the proxy's mesh identity (`identity:`): `strict`
     /// takes only mTLS, `permissive` takes mTLS and plaintext, `disabled`
     /// (the default) plaintext only.
@@ -102,6 +106,39 @@ pub struct ListenerConfig {
     /// [`DEFAULT_OPAQUE_PORTS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opaque_ports: Option<Vec<u16>>,
+}
+
+/// One authorization policy. Every condition given must hold (any entry of
+/// a list); a policy with none matches every request.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationPolicyConfig {
+    pub name: String,
+    pub action: AuthorizationAction,
+    /// Peer identities: a SPIFFE ID, `spiffe://DOMAIN/ns/NAMESPACE/*` for a
+    /// whole namespace, or `*` for any authenticated peer. A peer without
+    /// an identity (plaintext) matches none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// Destination ports (the original destination's for captured traffic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// HTTP: exact paths, or prefixes ending in `*` (`/api/*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// HTTP methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// HTTP headers, each of which must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatchConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizationAction {
+    Allow,
+    Deny,
 }
 
 /// What a listener takes from peers in the mesh.

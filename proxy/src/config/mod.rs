@@ -27,9 +27,10 @@ pub use cluster::{
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
-    BackendRef, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction,
-    HeaderEditsConfig, HeaderValueConfig, ListenerConfig, ListenerProtocol, ListenerTlsConfig,
-    MatchConfig, MtlsMode, RouteConfig, Unmatched, ValueMatchConfig,
+    AuthorizationAction, AuthorizationPolicyConfig, BackendRef, DEFAULT_DETECT_TIMEOUT,
+    DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction, HeaderEditsConfig, HeaderValueConfig,
+    ListenerConfig, ListenerProtocol, ListenerTlsConfig, MatchConfig, MtlsMode, RouteConfig,
+    Unmatched, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
 

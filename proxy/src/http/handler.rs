@@ -36,6 +36,16 @@ pub(super) async fn handle(
     let (peer, tracker) = (conn.peer, conn.tracker.clone());
     let mut request = request;
     let authority = authority::normalize(&mut request);
+    let denied = if listener.authz.is_empty() {
+        None
+    } else {
+        let subject = crate::authz::Subject {
+            identity: conn.origin.peer_identity.as_deref(),
+            port: conn.origin.port,
+            request: Some((request.method(), request.uri().path(), request.headers())),
+        };
+        listener.authz.check(&subject).err()
+    };
     let exchange = Exchange::start(listener.clone(), conn, &request);
     if let Err(problem) = authority {
         let grpc = local_reply::is_grpc(request.headers());
@@ -44,6 +54,16 @@ pub(super) async fn handle(
             exchange,
             StatusCode::BAD_REQUEST,
             &message,
+            grpc,
+        ));
+    }
+    if let Some(denied) = denied {
+        tracing::debug!(listener = %listener.name, %peer, policy = denied.0, "request denied by authorization");
+        let grpc = local_reply::is_grpc(request.headers());
+        return Ok(local_reply::reply(
+            exchange,
+            StatusCode::FORBIDDEN,
+            "RBAC: access denied",
             grpc,
         ));
     }

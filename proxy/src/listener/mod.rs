@@ -101,6 +101,8 @@ pub struct ListenerState {
     /// `mtls: permissive`: a client that does not start a TLS handshake
     /// is served in plaintext.
     pub(crate) permissive: bool,
+    /// Who may call (`authorization:`).
+    pub(crate) authz: crate::authz::Authorization,
     pub(crate) tls_errors: crate::tls::HandshakeErrors,
 }
 
@@ -146,6 +148,9 @@ pub(crate) struct Origin {
     pub(crate) captured: Option<Captured>,
     /// The SPIFFE ID of an mTLS peer's certificate.
     pub(crate) peer_identity: Option<Arc<str>>,
+    /// The port the client connected to (the original destination's, for
+    /// a captured connection).
+    pub(crate) port: Option<u16>,
 }
 
 impl Origin {
@@ -153,6 +158,14 @@ impl Origin {
         Origin {
             captured: Some(captured),
             peer_identity: None,
+            port: Some(captured.original.port()),
+        }
+    }
+
+    pub(crate) fn at_port(port: Option<u16>) -> Origin {
+        Origin {
+            port,
+            ..Origin::default()
         }
     }
 }
@@ -360,6 +373,20 @@ impl ListenerState {
                 errors,
             ),
         };
+        if config.original_destination && !config.authorization.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{at}.authorization"),
+                "a capture listener passes connections on; authorize on the listener it hands them to",
+            ));
+        }
+        let authz = crate::authz::Authorization::compile(
+            &config.authorization,
+            name,
+            protocol != ListenerProtocol::Tcp,
+            &format!("{at}.authorization"),
+            cx.telemetry,
+            errors,
+        );
         if !config.bind && config.address.port() == 0 {
             errors.push(ConfigError::new(
                 format!("{at}.address"),
@@ -456,6 +483,7 @@ impl ListenerState {
             direction: config.direction(),
             tls,
             permissive: mtls == MtlsMode::Permissive,
+            authz,
             tls_errors: CountersBy::register(
                 cx.telemetry,
                 telemetry::TLS_HANDSHAKE_ERRORS_TOTAL,

@@ -34,6 +34,8 @@ pub(crate) struct Taken {
     pub(crate) captured: Option<Captured>,
     /// The SPIFFE ID an mTLS client presented.
     pub(crate) peer_identity: Option<Arc<str>>,
+    /// The port the client connected to (for authorization).
+    pub(crate) port: Option<u16>,
     /// What detection found, and how it decided (`timeout`, `opaque_port`,
     /// `server_first`, `detected`).
     pub(crate) sniffed: Option<(Sniffed, &'static str)>,
@@ -49,6 +51,23 @@ pub(crate) async fn proxy_connection<S: relay::Halves>(
     let Some(target) = state.tcp_target() else {
         return;
     };
+    let subject = crate::authz::Subject {
+        identity: taken.peer_identity.as_deref(),
+        port: taken.port,
+        request: None,
+    };
+    if let Err(denied) = state.authz.check(&subject) {
+        tracing::debug!(listener = %state.name, %peer, policy = denied.0, "connection denied by authorization");
+        taken.started.log(
+            &state,
+            peer,
+            &taken,
+            ("", None),
+            &relay::Moved::default(),
+            Some("authz_denied"),
+        );
+        return;
+    }
     let cluster = &target.cluster;
     let Some(active) = cluster.pick(None) else {
         tracing::warn!(listener = %state.name, cluster = %cluster.name, %peer, "closing connection: the cluster has no healthy endpoints");

@@ -31,6 +31,7 @@ pub(crate) const CIRCUIT_OPEN_TOTAL: &str = "remora_circuit_open_total";
 pub(crate) const UPSTREAM_RETRIES_TOTAL: &str = "remora_upstream_retries_total";
 pub(crate) const REQUEST_FAILURES_TOTAL: &str = "remora_request_failures_total";
 pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_connections_total";
+pub(crate) const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
 pub(crate) const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
 pub(crate) const IDENTITY_CERT_EXPIRY: &str = "remora_identity_cert_expiry_timestamp_seconds";
 pub(crate) const IDENTITY_RENEWALS_TOTAL: &str = "remora_identity_renewals_total";
@@ -122,6 +123,11 @@ impl Telemetry {
             TCP_BYTES_TOTAL,
             None,
             "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.",
+        );
+        describe(
+            AUTHZ_DENIED_TOTAL,
+            None,
+            "Requests (HTTP: answered 403) and TCP connections (closed) denied by authorization, by listener and policy (default-deny: no allow policy matched).",
         );
         describe(
             TLS_HANDSHAKE_ERRORS_TOTAL,

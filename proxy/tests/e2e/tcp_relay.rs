@@ -74,3 +74,45 @@ async fn an_unreachable_upstream_closes_the_client_connection() {
         1.0
     );
 }
+
+/// Authorization on a TCP listener: a plaintext client has no identity, so
+/// an allow list that names identities closes its connection (counted);
+/// a deny policy on another port leaves it alone.
+#[tokio::test]
+async fn authorization_closes_denied_connections() {
+    let (echo, _task) = tcp_echo().await;
+    let proxy = TestProxy::start(&format!(
+        "
+listeners:
+  - name: open
+    address: 127.0.0.1:0
+    protocol: tcp
+    cluster: echo
+    authorization: [{{name: not-here, action: deny, ports: [1]}}]
+  - name: closed
+    address: 127.0.0.1:0
+    protocol: tcp
+    cluster: echo
+    authorization: [{{name: mesh-only, action: allow, from: ['*']}}]
+clusters:
+  - {{name: echo, endpoints: ['{echo}']}}
+"
+    ))
+    .await;
+    let mut open = raw(proxy.addr("open")).await;
+    open.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    open.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+
+    let mut closed = raw(proxy.addr("closed")).await;
+    let _ = closed.write_all(b"ping").await;
+    let mut rest = Vec::new();
+    let _ = within("the close", closed.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    eventually("the denial counted", || {
+        proxy.metric("remora_authz_denied_total{listener=\"closed\",policy=\"default-deny\"}")
+            == 1.0
+    })
+    .await;
+}
