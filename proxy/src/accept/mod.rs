@@ -423,7 +423,12 @@ fn admit(
     match &state.connection_rate {
         Some(rate)
             if rate
-                .check(&http::HeaderMap::new(), None, peer.ip())
+                .check(crate::ratelimit::Caller {
+                    headers: &http::HeaderMap::new(),
+                    authority: None,
+                    ip: peer.ip(),
+                    identity: None,
+                })
                 .is_err() =>
         {
             Err(Refusal::ConnectionRateLimit)

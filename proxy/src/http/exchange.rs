@@ -69,6 +69,11 @@ struct Summary {
 }
 
 impl Exchange {
+    /// The SPIFFE ID of the connection's mTLS peer.
+    pub(super) fn peer_identity(&self) -> Option<&Arc<str>> {
+        self.conn.origin.peer_identity.as_ref()
+    }
+
     pub(crate) fn start<B>(
         listener: Arc<ListenerState>,
         conn: Arc<ConnContext>,

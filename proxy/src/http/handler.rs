@@ -15,6 +15,7 @@ use super::exchange::{Exchange, StatsAt};
 use super::lifetime::Activity;
 use super::{authority, forward, local_reply};
 use crate::listener::{ListenerSlot, ListenerState, Origin};
+use crate::ratelimit::Caller;
 use crate::route::{RequestView, RouteAction};
 
 /// What every request on one downstream connection shares.
@@ -84,11 +85,12 @@ async fn route(
     };
     let grpc = local_reply::is_grpc(request.headers());
     if let Some(limit) = &listener.rate_limit
-        && let Err(wait) = limit.check(
-            request.headers(),
-            request.uri().authority().map(|a| a.as_str()),
-            client.ip(),
-        )
+        && let Err(wait) = limit.check(Caller {
+            headers: request.headers(),
+            authority: request.uri().authority().map(|a| a.as_str()),
+            ip: client.ip(),
+            identity: exchange.peer_identity(),
+        })
     {
         listener.rate_limited.increment(1);
         let scope = format!("listener {:?}", listener.name);
@@ -117,11 +119,12 @@ async fn route(
         }
     };
     if let Some(limit) = &route.rate_limit
-        && let Err(wait) = limit.check(
-            request.headers(),
-            request.uri().authority().map(|a| a.as_str()),
-            client.ip(),
-        )
+        && let Err(wait) = limit.check(Caller {
+            headers: request.headers(),
+            authority: request.uri().authority().map(|a| a.as_str()),
+            ip: client.ip(),
+            identity: exchange.peer_identity(),
+        })
     {
         route.rate_limited.increment(1);
         return local_reply::rate_limited(exchange, wait, &format!("route {:?}", route.name), grpc);

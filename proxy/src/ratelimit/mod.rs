@@ -1,12 +1,14 @@
 //! Rate limits: a token bucket (GCRA, via governor) per key, refilled at
 //! `requests_per_second` and holding `burst` requests. The key is `none`
-//! (one bucket), `source_ip`, or `header:NAME` (one bucket per value;
-//! requests without the header share one). Over the limit, HTTP gets 429
+//! (one bucket), `source_ip`, `header:NAME` (one bucket per value;
+//! requests without the header share one) or `peer_identity` (one bucket
+//! per mTLS peer's SPIFFE ID; plaintext requests share one). Over the limit, HTTP gets 429
 //! with `retry-after`, gRPC gets RESOURCE_EXHAUSTED. Keys are forgotten once
 //! their bucket is full again, so the table does not grow without bound.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -31,6 +33,18 @@ enum Buckets {
     One(DefaultDirectRateLimiter),
     BySourceIp(DefaultKeyedRateLimiter<IpAddr>),
     ByHeader(HeaderName, DefaultKeyedRateLimiter<HeaderValue>),
+    ByPeer(DefaultKeyedRateLimiter<Arc<str>>),
+}
+
+/// Who a request or connection comes from, as rate limit keys see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    /// The request's `:authority` or absolute target.
+    pub(crate) authority: Option<&'a str>,
+    pub(crate) ip: IpAddr,
+    /// An mTLS peer's SPIFFE ID.
+    pub(crate) identity: Option<&'a Arc<str>>,
 }
 
 impl RateLimit {
@@ -62,13 +76,7 @@ impl RateLimit {
         let buckets = match key {
             "none" => Buckets::One(RateLimiter::direct(quota)),
             "source_ip" => Buckets::BySourceIp(RateLimiter::keyed(quota)),
-            "peer_identity" => {
-                errors.push(ConfigError::new(
-                    format!("{path}.key"),
-                    "peer_identity needs mutual TLS between proxies, which is not available yet; use none, source_ip or header:NAME",
-                ));
-                return None;
-            }
+            "peer_identity" => Buckets::ByPeer(RateLimiter::keyed(quota)),
             other => match other
                 .strip_prefix("header:")
                 .map(|name| HeaderName::from_bytes(name.trim().as_bytes()))
@@ -77,7 +85,9 @@ impl RateLimit {
                 _ => {
                     errors.push(ConfigError::new(
                         format!("{path}.key"),
-                        format!("{other:?} is not a key: use none, source_ip or header:NAME"),
+                        format!(
+                            "{other:?} is not a key: use none, source_ip, peer_identity or header:NAME"
+                        ),
                     ));
                     return None;
                 }
@@ -93,17 +103,25 @@ impl RateLimit {
     /// `authority` is the request's (`:authority` or an absolute target):
     /// a `header:host` key reads it when the request has no `Host` header,
     /// as an HTTP/2 request usually has not.
-    pub(crate) fn check(
-        &self,
-        headers: &HeaderMap,
-        authority: Option<&str>,
-        client: IpAddr,
-    ) -> Result<(), Duration> {
+    pub(crate) fn check(&self, caller: Caller<'_>) -> Result<(), Duration> {
+        let Caller {
+            headers,
+            authority,
+            ip: client,
+            identity,
+        } = caller;
         let outcome = match &self.buckets {
             Buckets::One(limiter) => limiter.check(),
             Buckets::BySourceIp(limiter) => {
                 self.sweep(|| limiter.retain_recent());
                 limiter.check_key(&client)
+            }
+            Buckets::ByPeer(limiter) => {
+                self.sweep(|| limiter.retain_recent());
+                match identity {
+                    Some(identity) => limiter.check_key(identity),
+                    None => limiter.check_key(&Arc::from("")),
+                }
             }
             Buckets::ByHeader(name, limiter) => {
                 self.sweep(|| limiter.retain_recent());
@@ -132,6 +150,15 @@ impl RateLimit {
 mod tests {
     use super::*;
 
+    fn caller<'a>(headers: &'a HeaderMap, authority: Option<&'a str>, ip: IpAddr) -> Caller<'a> {
+        Caller {
+            headers,
+            authority,
+            ip,
+            identity: None,
+        }
+    }
+
     fn limit(rate: f64, burst: Option<u32>, key: &str) -> Result<RateLimit, String> {
         let mut errors = Vec::new();
         RateLimit::compile(
@@ -158,9 +185,9 @@ mod tests {
         let l = limit(1.0, Some(3), "none").unwrap();
         let headers = HeaderMap::new();
         for _ in 0..3 {
-            assert!(l.check(&headers, None, A).is_ok());
+            assert!(l.check(caller(&headers, None, A)).is_ok());
         }
-        let wait = l.check(&headers, None, A).unwrap_err();
+        let wait = l.check(caller(&headers, None, A)).unwrap_err();
         assert!(
             wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
             "{wait:?}"
@@ -171,9 +198,9 @@ mod tests {
     fn keys_get_their_own_buckets() {
         let by_ip = limit(1.0, Some(1), "source_ip").unwrap();
         let headers = HeaderMap::new();
-        assert!(by_ip.check(&headers, None, A).is_ok());
-        assert!(by_ip.check(&headers, None, A).is_err());
-        assert!(by_ip.check(&headers, None, B).is_ok());
+        assert!(by_ip.check(caller(&headers, None, A)).is_ok());
+        assert!(by_ip.check(caller(&headers, None, A)).is_err());
+        assert!(by_ip.check(caller(&headers, None, B)).is_ok());
 
         let by_header = limit(1.0, Some(1), "header:x-tenant").unwrap();
         let tenant = |t: &'static str| {
@@ -181,16 +208,16 @@ mod tests {
             h.insert("x-tenant", HeaderValue::from_static(t));
             h
         };
-        assert!(by_header.check(&tenant("a"), None, A).is_ok());
-        assert!(by_header.check(&tenant("a"), None, B).is_err());
-        assert!(by_header.check(&tenant("b"), None, A).is_ok());
+        assert!(by_header.check(caller(&tenant("a"), None, A)).is_ok());
+        assert!(by_header.check(caller(&tenant("a"), None, B)).is_err());
+        assert!(by_header.check(caller(&tenant("b"), None, A)).is_ok());
 
         // `header:host` keys an HTTP/2 request (no Host) by its :authority.
         let by_host = limit(1.0, Some(1), "header:host").unwrap();
         let none = HeaderMap::new();
-        assert!(by_host.check(&none, Some("a.example"), A).is_ok());
-        assert!(by_host.check(&none, Some("a.example"), A).is_err());
-        assert!(by_host.check(&none, Some("b.example"), A).is_ok());
+        assert!(by_host.check(caller(&none, Some("a.example"), A)).is_ok());
+        assert!(by_host.check(caller(&none, Some("a.example"), A)).is_err());
+        assert!(by_host.check(caller(&none, Some("b.example"), A)).is_ok());
     }
 
     #[test]
@@ -208,10 +235,28 @@ mod tests {
                 .unwrap_err()
                 .starts_with("r.rate_limit.key: \"cookie\" is not a key")
         );
-        assert!(
-            limit(1.0, None, "peer_identity")
-                .unwrap_err()
-                .contains("needs mutual TLS")
+        assert!(limit(1.0, None, "peer_identity").is_ok());
+    }
+
+    #[test]
+    fn peer_identity_keys_one_bucket_per_identity() {
+        let by_peer = limit(1.0, Some(1), "peer_identity").unwrap();
+        let headers = HeaderMap::new();
+        let (web, batch): (Arc<str>, Arc<str>) = (
+            "spiffe://cluster.local/ns/a/sa/web".into(),
+            "spiffe://cluster.local/ns/a/sa/batch".into(),
         );
+        let from = |identity| Caller {
+            identity,
+            ..caller(&headers, None, A)
+        };
+        assert!(by_peer.check(from(Some(&web))).is_ok());
+        assert!(by_peer.check(from(Some(&web))).is_err());
+        assert!(by_peer.check(from(Some(&batch))).is_ok());
+        assert!(
+            by_peer.check(from(None)).is_ok(),
+            "plaintext shares one bucket"
+        );
+        assert!(by_peer.check(from(None)).is_err());
     }
 }

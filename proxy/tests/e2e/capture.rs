@@ -399,7 +399,9 @@ clusters:
     assert_eq!(routed["direction"], "inbound");
     assert_eq!(routed["original_dst"], "10.77.0.1:8002");
     // /config_dump shows the capture listeners as configured.
-    let dump = topology.app(&["get", "http://127.0.0.1:15000/config_dump"]);
+    let dump = topology
+        .app(&["get", "http://127.0.0.1:15000/config_dump"])
+        .replace(char::is_whitespace, "");
     for field in [
         r#""original_destination":true"#,
         r#""direction":"inbound""#,
