@@ -266,7 +266,6 @@ listeners:
             "listeners[0].routes[0].rate_limit.burst: must be at least 1",
             "listeners[0].routes[0].fault.delay.percent: 101 is outside 0..=100",
             "listeners[0].routes[0].fault.abort: set exactly one of status and grpc_status",
-            "listeners[0].routes[1].rate_limit.key: peer_identity needs mutual TLS between proxies, which is not available yet; use none, source_ip or header:NAME",
             "listeners[0].routes[1].fault.abort: set exactly one of status and grpc_status",
             "listeners[0].rate_limit.requests_per_second: 0 must be above 0 (and at most 1e9)",
             "listeners[1].max_connections: must be at least 1 (leave it out for no limit)",
@@ -297,7 +296,7 @@ listeners:
     .unwrap_err();
     assert_eq!(
         err,
-        "listeners[0].routes[0].rate_limit.key: \"header:\" is not a key: use none, source_ip or header:NAME"
+        "listeners[0].routes[0].rate_limit.key: \"header:\" is not a key: use none, source_ip, peer_identity or header:NAME"
     );
 }
 
