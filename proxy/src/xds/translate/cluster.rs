@@ -36,11 +36,14 @@ pub(crate) fn cluster(c: &Cluster) -> Result<ClusterPart> {
     let mut config: ClusterConfig = super::defaults!(ClusterConfig, "{name: x}");
     config.name = c.name.clone();
 
-    if c.transport_socket.is_some() || !c.transport_socket_matches.is_empty() {
+    if !c.transport_socket_matches.is_empty() {
         return Err(Rejection::unsupported(
-            "transport_socket",
-            "TLS to upstreams over xDS",
+            "transport_socket_matches",
+            "transport socket matching",
         ));
+    }
+    if let Some(socket) = &c.transport_socket {
+        config.mtls = Some(super::tls::upstream(socket, "transport_socket")?);
     }
     if c.lb_subset_config.is_some() {
         return Err(Rejection::unsupported(

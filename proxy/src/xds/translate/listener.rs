@@ -113,12 +113,13 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
             "filter chain matching",
         ));
     }
-    if chain.transport_socket.is_some() {
-        return Err(Rejection::unsupported(
-            format!("{at}.transport_socket"),
-            "TLS on an xDS listener",
-        ));
-    }
+    let mtls = match &chain.transport_socket {
+        Some(socket) => Some(super::tls::downstream(
+            socket,
+            &format!("{at}.transport_socket"),
+        )?),
+        None => None,
+    };
     #[allow(deprecated)]
     if chain.use_proxy_proto.as_ref().is_some_and(|v| v.value) {
         return Err(Rejection::unsupported(
@@ -145,6 +146,7 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
     let mut config = base(&l.name, address);
     config.bind = bind;
     config.direction = direction;
+    config.mtls = mtls;
     let any = typed_config(terminal, &filter_at)?;
     let (routes, defaults) = match any.type_url.as_str() {
         HCM if capture => {

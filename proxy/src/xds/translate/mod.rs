@@ -17,6 +17,7 @@ mod listener;
 mod route;
 mod route_match;
 mod route_policy;
+mod tls;
 
 #[cfg(test)]
 pub(super) mod tests;

@@ -489,3 +489,103 @@ fn sidecar_listeners_map_to_capture_listeners() {
             .contains("traffic_direction: unknown direction 7")
     );
 }
+
+fn tls_socket(any: protobuf::Any) -> core::TransportSocket {
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any)),
+    }
+}
+
+fn uri_san(
+    uri: &str,
+    san_type: remora_xds_proto::tls::subject_alt_name_matcher::SanType,
+) -> remora_xds_proto::tls::SubjectAltNameMatcher {
+    remora_xds_proto::tls::SubjectAltNameMatcher {
+        san_type: san_type as i32,
+        matcher: Some(matcher::StringMatcher {
+            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(uri.into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Istio-style TLS contexts: the proxy takes them as mesh mTLS with its own
+/// identity, whatever SDS secret they name.
+#[test]
+fn tls_contexts_become_mesh_mtls() {
+    use remora_xds_proto::tls::{
+        CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+        TlsCertificate, UpstreamTlsContext, common_tls_context::ValidationContextType,
+        subject_alt_name_matcher::SanType,
+    };
+    let sds = vec![SdsSecretConfig {
+        name: "default".into(),
+        ..Default::default()
+    }];
+    let mut listener = http_listener(vec![router_filter()]);
+    listener.filter_chains[0].transport_socket = Some(tls_socket(pack(&DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: sds.clone(),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(protobuf::BoolValue { value: true }),
+        ..Default::default()
+    })));
+    let (_, part) = translate(type_url::LISTENER, &pack(&listener)).unwrap();
+    let Part::Listener(part) = part else { panic!() };
+    assert_eq!(part.config.mtls, Some(crate::config::MtlsMode::Strict));
+
+    // One-way TLS, and inline certificates: not the mesh's shape.
+    listener.filter_chains[0].transport_socket =
+        Some(tls_socket(pack(&DownstreamTlsContext::default())));
+    assert!(rejection(type_url::LISTENER, &pack(&listener)).contains("require_client_certificate"));
+    listener.filter_chains[0].transport_socket = Some(tls_socket(pack(&DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate::default()],
+            ..Default::default()
+        }),
+        require_client_certificate: Some(protobuf::BoolValue { value: true }),
+        ..Default::default()
+    })));
+    assert!(rejection(type_url::LISTENER, &pack(&listener)).contains("tls_certificates"));
+
+    let upstream = |sans| {
+        tls_socket(pack(&UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: sds.clone(),
+                validation_context_type: Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    };
+    let mut c = cluster::Cluster {
+        name: "reviews".into(),
+        load_assignment: Some(remora_xds_proto::endpoint::ClusterLoadAssignment {
+            cluster_name: "reviews".into(),
+            ..Default::default()
+        }),
+        transport_socket: Some(upstream(vec![uri_san(
+            "spiffe://cluster.local/ns/shop/sa/reviews",
+            SanType::Uri,
+        )])),
+        ..Default::default()
+    };
+    let (_, part) = translate(type_url::CLUSTER, &pack(&c)).unwrap();
+    let Part::Cluster(part) = part else { panic!() };
+    assert_eq!(
+        part.config.mtls.unwrap().identities,
+        ["spiffe://cluster.local/ns/shop/sa/reviews"]
+    );
+    c.transport_socket = Some(upstream(vec![uri_san("reviews.shop", SanType::Dns)]));
+    assert!(rejection(type_url::CLUSTER, &pack(&c)).contains("san_type"));
+    c.transport_socket = Some(upstream(vec![]));
+    assert!(rejection(type_url::CLUSTER, &pack(&c)).contains("name the SPIFFE IDs"));
+}
