@@ -371,3 +371,85 @@ clusters:
         proxy.begin_drain();
     }
 }
+
+/// The control plane sets mTLS (`mtls: strict` in the mesh file): the
+/// inbound listener gets a DownstreamTlsContext, the service's cluster an
+/// UpstreamTlsContext naming the service's identity, and two remora-proxy
+/// sidecars configured only over xDS talk mTLS with their own identities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_sets_mtls_between_its_proxies() {
+    let app = Upstream::start("api-app").await;
+    let (outbound, inbound) = (free_port(), free_port());
+    let file = MeshFile::new(&format!(
+        "
+trust_domain: example.org
+mtls: strict
+services:
+  - {{name: api, namespace: shop, port: 80, identity: api-sa, endpoints: ['127.0.0.1:{inbound}']}}
+proxies:
+  - {{node_id: api-1, inbound: [{{service: api.shop, listen: '127.0.0.1:{inbound}', target: '{}'}}]}}
+  - {{node_id: web-1, identity: web-sa.shop, outbound: [{{service: api.shop, listen: '127.0.0.1:{outbound}'}}]}}
+",
+        app.addr
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::load_or_create(&dir.path().join("ca"), "example.org").unwrap());
+    let cp = control_plane_with_ca(&file, Some(ca.clone())).await;
+    let start = |node: &'static str, account: &'static str| {
+        let token = dir.path().join(format!("{node}.token"));
+        std::fs::write(
+            &token,
+            ca.issue_token(node, &id(account), Duration::from_secs(600)),
+        )
+        .unwrap();
+        let log = dir.path().join(format!("{node}.log"));
+        let config = remora_proxy::config::parse_yaml(&format!(
+            "admin: {{address: '127.0.0.1:0'}}\naccess_log: {{path: '{}'}}\nxds: {{address: '{}', node_id: {node}}}\nidentity: {{ca: '{}', token_file: '{}'}}\n",
+            log.display(),
+            cp.xds_address,
+            cp.xds_address,
+            token.display()
+        ))
+        .unwrap();
+        let (xds, identity) = (
+            config.xds.clone().unwrap(),
+            config.identity.clone().unwrap(),
+        );
+        let proxy = remora_proxy::Proxy::start(config, Default::default()).unwrap();
+        proxy.spawn_identity(identity);
+        proxy.spawn_xds(xds);
+        proxy
+    };
+    let api = start("api-1", "api-sa");
+    let web = start("web-1", "web-sa");
+    for proxy in [&api, &web] {
+        eventually("xDS and a certificate", 10, || {
+            let ready = proxy.is_ready();
+            async move { ready }
+        })
+        .await;
+    }
+    let out = SocketAddr::from(([127, 0, 0, 1], outbound));
+    let mut answer = Err(String::new());
+    for _ in 0..50 {
+        answer = get(out, "/").await;
+        if answer.as_ref().is_ok_and(|(status, _)| *status == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer, Ok((200, "api-app".to_string())));
+    // Plaintext to the inbound listener: refused.
+    assert!(
+        get(SocketAddr::from(([127, 0, 0, 1], inbound)), "/")
+            .await
+            .is_err()
+    );
+    eventually("the caller's identity in the callee's log", 5, || {
+        let log = std::fs::read_to_string(dir.path().join("api-1.log")).unwrap_or_default();
+        async move { log.contains("\"peer_identity\":\"spiffe://example.org/ns/shop/sa/web-sa\"") }
+    })
+    .await;
+    api.begin_drain();
+    web.begin_drain();
+}

@@ -29,6 +29,11 @@ pub struct Mesh {
     /// The SPIFFE trust domain of every identity in the mesh.
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
+    /// Mutual TLS between the mesh's proxies: `strict` puts mTLS on every
+    /// inbound listener and every service's cluster; `disabled` (the
+    /// default today) none. Proxies need `identity:` (docs/security.md).
+    #[serde(default, skip_serializing_if = "is_disabled")]
+    pub mtls: remora_proxy::config::MtlsMode,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -74,10 +79,15 @@ fn default_trust_domain() -> String {
     remora_proxy::identity::DEFAULT_TRUST_DOMAIN.to_string()
 }
 
+fn is_disabled(mode: &remora_proxy::config::MtlsMode) -> bool {
+    *mode == remora_proxy::config::MtlsMode::Disabled
+}
+
 impl Default for Mesh {
     fn default() -> Mesh {
         Mesh {
             trust_domain: default_trust_domain(),
+            mtls: remora_proxy::config::MtlsMode::Disabled,
             services: Vec::new(),
             routes: Vec::new(),
             proxies: Vec::new(),
@@ -689,6 +699,25 @@ proxies:
             }
         }
         assert!(checked >= 3, "{checked} meshes found in the docs");
+    }
+
+    #[test]
+    fn mesh_mtls_modes_are_checked() {
+        let e = errors_of("mtls: permissive");
+        assert!(
+            e.contains("mtls: permissive is not served over xDS yet"),
+            "{e}"
+        );
+        let e = errors_of(
+            "mtls: strict\nservices: [{name: a, port: 80, policy: {health_check: {http: {path: /h}}}}]",
+        );
+        assert!(
+            e.contains(
+                "services[0].policy.health_check: HTTP and gRPC health checks do not speak mTLS yet"
+            ),
+            "{e}"
+        );
+        assert!(parse_yaml("mtls: strict").is_ok());
     }
 
     #[test]

@@ -284,7 +284,27 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
     {
         err("trust_domain".into(), e);
     }
+    let mtls = mesh.mtls != remora_proxy::config::MtlsMode::Disabled;
+    if mesh.mtls == remora_proxy::config::MtlsMode::Permissive {
+        err(
+            "mtls".into(),
+            "permissive is not served over xDS yet (it takes filter-chain matching); use strict or disabled".into(),
+        );
+    }
     for (i, service) in mesh.services.iter().enumerate() {
+        if mtls
+            && service
+                .policy
+                .health_check
+                .as_ref()
+                .is_some_and(|h| h.http.is_some() || h.grpc.is_some())
+        {
+            err(
+                format!("services[{i}].policy.health_check"),
+                "HTTP and gRPC health checks do not speak mTLS yet; use a tcp check with mtls"
+                    .into(),
+            );
+        }
         if let Err(e) = mesh.service_identity(service)
             && e.starts_with("service account")
         {

@@ -97,6 +97,7 @@ pub fn inbound(
     service: &Service,
     inbound: &Inbound,
     sidecar: bool,
+    mtls: bool,
 ) -> Vec<(&'static str, Arc<Resource>)> {
     let name = format!("inbound|{}", inbound.listen);
     let mut out = Vec::new();
@@ -109,6 +110,9 @@ pub fn inbound(
         tcp_filter(&name, &name)
     };
     let mut listener = listener(name.clone(), inbound.listen, filter);
+    if mtls {
+        listener.filter_chains[0].transport_socket = Some(super::wire::downstream_mtls());
+    }
     if sidecar {
         listener.bind_to_port = Some(protobuf::BoolValue { value: false });
         listener.traffic_direction = core::TrafficDirection::Inbound as i32;

@@ -80,6 +80,7 @@ struct ServiceResources {
 }
 
 pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
+    let mtls = mesh.mtls != remora_proxy::config::MtlsMode::Disabled;
     let index: HashMap<(&str, &str), usize> = mesh
         .services
         .iter()
@@ -101,7 +102,16 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                 (None, BTreeSet::from([i]))
             };
             ServiceResources {
-                cluster: Resource::new(cluster_name(service), &cluster::cluster(service)),
+                cluster: Resource::new(cluster_name(service), &{
+                    let mut built = cluster::cluster(service);
+                    if mtls {
+                        let identity = mesh
+                            .service_identity(service)
+                            .expect("validated: service identities");
+                        built.transport_socket = Some(wire::upstream_mtls(&identity.uri()));
+                    }
+                    built
+                }),
                 assignment: Resource::new(
                     cluster_name(service),
                     &cluster::load_assignment(service),
@@ -127,7 +137,8 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                 let service = mesh
                     .service(&inbound.service, "default")
                     .expect("validated: inbound services exist");
-                for (type_url, resource) in listener::inbound(service, inbound, entry.capture) {
+                for (type_url, resource) in listener::inbound(service, inbound, entry.capture, mtls)
+                {
                     out.insert(type_url, &resource);
                 }
             }

@@ -502,3 +502,51 @@ proxies:
         Some("InboundPassthroughCluster")
     );
 }
+
+/// `mtls: strict`: inbound listeners require client certificates, service
+/// clusters check the service's identity; remora-proxy reads both back as
+/// its mesh mTLS.
+#[test]
+fn a_strict_mesh_puts_mtls_on_inbound_listeners_and_service_clusters() {
+    use remora_xds_proto::listener::Listener;
+    let mesh = parse_yaml(
+        "
+mtls: strict
+services:
+  - {name: api, namespace: shop, port: 80, identity: api-sa, endpoints: ['10.0.0.1:15006']}
+proxies:
+  - {node_id: api-1, inbound: [{service: api.shop, listen: '10.0.0.1:15006', target: '127.0.0.1:80'}]}
+  - {node_id: web-1, outbound: [{service: api.shop, listen: '127.0.0.1:15001'}]}
+",
+    )
+    .unwrap();
+    let t = translate(&mesh, None);
+    let inbound: Listener = get(&t.proxies[0], type_url::LISTENER, "inbound|10.0.0.1:15006");
+    assert!(inbound.filter_chains[0].transport_socket.is_some());
+    let cluster: Cluster = get(&t.proxies[1], type_url::CLUSTER, "outbound|80||api.shop");
+    assert!(cluster.transport_socket.is_some());
+    let (_, part) = remora_proxy::xds::translate::translate(
+        type_url::CLUSTER,
+        &t.proxies[1].by_type[0]["outbound|80||api.shop"].any,
+    )
+    .unwrap();
+    let remora_proxy::xds::translate::Part::Cluster(part) = part else {
+        panic!()
+    };
+    assert_eq!(
+        part.config.mtls.unwrap().identities,
+        ["spiffe://cluster.local/ns/shop/sa/api-sa"]
+    );
+    let (_, part) = remora_proxy::xds::translate::translate(
+        type_url::LISTENER,
+        &t.proxies[0].by_type[2]["inbound|10.0.0.1:15006"].any,
+    )
+    .unwrap();
+    let remora_proxy::xds::translate::Part::Listener(part) = part else {
+        panic!()
+    };
+    assert_eq!(
+        part.config.mtls,
+        Some(remora_proxy::config::MtlsMode::Strict)
+    );
+}
