@@ -455,8 +455,14 @@ async fn connection(
     }
     let gauge = state.connections_active.clone();
     gauge.increment(1.0);
+    // The port the client dialled, for authorization's `ports` (a syscall:
+    // only when there are policies).
+    let port = if state.authz.is_empty() {
+        None
+    } else {
+        stream.local_addr().ok().map(|a| a.port())
+    };
     if state.tls.is_some() {
-        let port = stream.local_addr().ok().map(|a| a.port());
         over_tls(
             stream,
             peer,
@@ -480,13 +486,13 @@ async fn connection(
                 state,
                 stop,
                 tracker,
-                Origin::default(),
+                Origin::at_port(port),
             )
             .await
         }
         ListenerKind::Tcp(_) => {
             let taken = Taken {
-                port: stream.local_addr().ok().map(|a| a.port()),
+                port,
                 ..Taken::default()
             };
             crate::tcp::proxy_connection(stream, peer, state, stop, taken).await

@@ -32,8 +32,6 @@ pub struct Credentials {
     pub id: SpiffeId,
     /// Leaf first, then intermediates, DER.
     pub chain: Vec<Vec<u8>>,
-    /// PKCS#8, DER.
-    pub key: Vec<u8>,
     /// The roots peers' chains are verified against, DER.
     pub roots: Vec<Vec<u8>>,
     pub not_before: SystemTime,
@@ -309,7 +307,7 @@ fn accept(
     let key_der = key.serialize_der();
     let certified = rustls::sign::CertifiedKey::from_der(
         chain.iter().map(|c| c.clone().into()).collect(),
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.clone().into()),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
         &provider,
     )
     .map_err(|e| format!("the CA's certificate does not fit the key: {e}"))?;
@@ -328,7 +326,6 @@ fn accept(
         serial: cert.raw_serial_as_string(),
         id,
         chain,
-        key: key_der,
         roots,
         not_before,
         not_after,

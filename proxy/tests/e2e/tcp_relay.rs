@@ -116,3 +116,48 @@ clusters:
     })
     .await;
 }
+
+/// A `ports` condition on a plain HTTP listener holds for the port the
+/// client dialled: that listener's requests are denied (403), another
+/// listener's are not.
+#[tokio::test]
+async fn an_http_listeners_port_condition_is_enforced() {
+    let proxy = TestProxy::start(
+        "
+listeners:
+  - name: guarded
+    address: 127.0.0.1:0
+    authorization: [{name: no-port, action: deny, ports: [1]}]
+    routes: [{name: r, direct_response: {status: 204}}]
+",
+    )
+    .await;
+    // Learn the port, then deny exactly it (a reload keeps the socket).
+    let port = proxy.addr("guarded").port();
+    let yaml = format!(
+        "
+listeners:
+  - name: guarded
+    address: 127.0.0.1:0
+    authorization: [{{name: no-port, action: deny, ports: [{port}]}}]
+    routes: [{{name: r, direct_response: {{status: 204}}}}]
+  - name: open
+    address: 127.0.0.1:0
+    authorization: [{{name: no-port, action: deny, ports: [{port}]}}]
+    routes: [{{name: r, direct_response: {{status: 204}}}}]
+"
+    );
+    proxy
+        .proxy
+        .reload(remora_proxy::config::parse_yaml(&yaml).unwrap())
+        .unwrap();
+    let client = crate::support::client::http1();
+    let guarded = crate::support::client::get(&client, &proxy.url("guarded", "/")).await;
+    assert_eq!(guarded.status, 403);
+    let open = crate::support::client::get(&client, &proxy.url("open", "/")).await;
+    assert_eq!(open.status, 204);
+    assert_eq!(
+        proxy.metric("remora_authz_denied_total{listener=\"guarded\",policy=\"no-port\"}"),
+        1.0
+    );
+}
