@@ -16,9 +16,9 @@ const BUCKETS: [f64; 14] = [
 #[derive(Default)]
 pub struct Metrics {
     pub connected: AtomicI64,
-    /// By type, in `type_url::ALL` order.
-    pub pushes: [AtomicU64; 4],
-    pub nacks: [AtomicU64; 4],
+    /// By type, in `type_url::SERVED` order.
+    pub pushes: [AtomicU64; 5],
+    pub nacks: [AtomicU64; 5],
     pub unknown_type_requests: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -69,7 +69,7 @@ impl Metrics {
             "# HELP remora_cp_pushes_total Responses sent, by resource type."
         );
         let _ = writeln!(out, "# TYPE remora_cp_pushes_total counter");
-        for (i, t) in type_url::ALL.iter().enumerate() {
+        for (i, t) in type_url::SERVED.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "remora_cp_pushes_total{{type=\"{}\"}} {}",
@@ -82,7 +82,7 @@ impl Metrics {
             "# HELP remora_cp_nacks_total Responses a proxy rejected, by resource type."
         );
         let _ = writeln!(out, "# TYPE remora_cp_nacks_total counter");
-        for (i, t) in type_url::ALL.iter().enumerate() {
+        for (i, t) in type_url::SERVED.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "remora_cp_nacks_total{{type=\"{}\"}} {}",

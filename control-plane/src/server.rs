@@ -115,6 +115,8 @@ impl ControlPlane {
             registry: registry.clone(),
             metrics: metrics.clone(),
             identifier: format!("remora-control-plane/{}", env!("CARGO_PKG_VERSION")).into(),
+            ca: options.ca.clone(),
+            cert_lifetime: options.cert_lifetime,
         };
         let service = AdsServer::new(shared).into_service();
         let signer = options.ca.clone().map(|ca| {

@@ -395,33 +395,8 @@ proxies:
     let dir = tempfile::tempdir().unwrap();
     let ca = Arc::new(Ca::load_or_create(&dir.path().join("ca"), "example.org").unwrap());
     let cp = control_plane_with_ca(&file, Some(ca.clone())).await;
-    let start = |node: &'static str, account: &'static str| {
-        let token = dir.path().join(format!("{node}.token"));
-        std::fs::write(
-            &token,
-            ca.issue_token(node, &id(account), Duration::from_secs(600)),
-        )
-        .unwrap();
-        let log = dir.path().join(format!("{node}.log"));
-        let config = remora_proxy::config::parse_yaml(&format!(
-            "admin: {{address: '127.0.0.1:0'}}\naccess_log: {{path: '{}'}}\nxds: {{address: '{}', node_id: {node}}}\nidentity: {{ca: '{}', token_file: '{}'}}\n",
-            log.display(),
-            cp.xds_address,
-            cp.xds_address,
-            token.display()
-        ))
-        .unwrap();
-        let (xds, identity) = (
-            config.xds.clone().unwrap(),
-            config.identity.clone().unwrap(),
-        );
-        let proxy = remora_proxy::Proxy::start(config, Default::default()).unwrap();
-        proxy.spawn_identity(identity);
-        proxy.spawn_xds(xds);
-        proxy
-    };
-    let api = start("api-1", "api-sa");
-    let web = start("web-1", "web-sa");
+    let api = xds_proxy(&dir, &ca, cp.xds_address, "api-1", "api-sa");
+    let web = xds_proxy(&dir, &ca, cp.xds_address, "web-1", "web-sa");
     for proxy in [&api, &web] {
         eventually("xDS and a certificate", 10, || {
             let ready = proxy.is_ready();
@@ -452,4 +427,118 @@ proxies:
     .await;
     api.begin_drain();
     web.begin_drain();
+}
+
+/// remora-proxy as node `node`, configured over xDS, its certificate for
+/// `account` from the CA (both at `cp`); its access log is `DIR/NODE.log`.
+fn xds_proxy(
+    dir: &tempfile::TempDir,
+    ca: &Ca,
+    cp: SocketAddr,
+    node: &str,
+    account: &str,
+) -> remora_proxy::Proxy {
+    let token = dir.path().join(format!("{node}.token"));
+    std::fs::write(
+        &token,
+        ca.issue_token(node, &id(account), Duration::from_secs(600)),
+    )
+    .unwrap();
+    let log = dir.path().join(format!("{node}.log"));
+    let config = remora_proxy::config::parse_yaml(&format!(
+        "admin: {{address: '127.0.0.1:0'}}\naccess_log: {{path: '{}'}}\nxds: {{address: '{cp}', node_id: {node}}}\nidentity: {{ca: '{cp}', token_file: '{}'}}\n",
+        log.display(),
+        token.display()
+    ))
+    .unwrap();
+    let (xds, identity) = (
+        config.xds.clone().unwrap(),
+        config.identity.clone().unwrap(),
+    );
+    let proxy = remora_proxy::Proxy::start(config, Default::default()).unwrap();
+    proxy.spawn_identity(identity);
+    proxy.spawn_xds(xds);
+    proxy
+}
+
+/// GETs `addr` until it answers 200 (listeners and secrets arrive over
+/// xDS), for up to 10 s; the last answer.
+async fn get_until_ok(addr: SocketAddr) -> Result<(u16, String), String> {
+    let mut answer = Err(String::new());
+    for _ in 0..100 {
+        answer = get(addr, "/").await;
+        if answer.as_ref().is_ok_and(|(status, _)| *status == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answer
+}
+
+/// A real Envoy and remora-proxy in one strict mesh, both configured by the
+/// control plane: Envoy gets its certificate and the roots over SDS (its
+/// node metadata carries its bootstrap token), remora-proxy from the CA.
+/// Requests flow mTLS in both directions, each side checking the other's
+/// identity, and neither inbound listener takes plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_remora_talk_mtls_both_ways_with_sds() {
+    let api_app = Upstream::start("api-app").await;
+    let web_app = Upstream::start("web-app").await;
+    let [api_in, web_in, to_api, to_web] = [free_port(), free_port(), free_port(), free_port()];
+    let file = MeshFile::new(&format!(
+        "
+trust_domain: example.org
+mtls: strict
+services:
+  - {{name: api, namespace: shop, port: 80, identity: envoy-sa, endpoints: ['127.0.0.1:{api_in}']}}
+  - {{name: web, namespace: shop, port: 80, identity: remora-sa, endpoints: ['127.0.0.1:{web_in}']}}
+proxies:
+  - node_id: envoy-1
+    inbound: [{{service: api.shop, listen: '127.0.0.1:{api_in}', target: '{}'}}]
+    outbound: [{{service: web.shop, listen: '127.0.0.1:{to_web}'}}]
+  - node_id: remora-1
+    inbound: [{{service: web.shop, listen: '127.0.0.1:{web_in}', target: '{}'}}]
+    outbound: [{{service: api.shop, listen: '127.0.0.1:{to_api}'}}]
+",
+        api_app.addr, web_app.addr
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::load_or_create(&dir.path().join("ca"), "example.org").unwrap());
+    let cp = control_plane_with_ca(&file, Some(ca.clone())).await;
+    let token = ca.issue_token("envoy-1", &id("envoy-sa"), Duration::from_secs(600));
+    let envoy = Envoy::start_with_token("envoy-1", Some(&token), cp.xds_address, false);
+    let remora = xds_proxy(&dir, &ca, cp.xds_address, "remora-1", "remora-sa");
+
+    // Remora -> Envoy: remora-proxy checks Envoy presents envoy-sa.
+    let answer = get_until_ok(SocketAddr::from(([127, 0, 0, 1], to_api))).await;
+    assert_eq!(
+        answer,
+        Ok((200, "api-app".to_string())),
+        "remora-proxy -> Envoy; Envoy's log:\n{}",
+        envoy.log_text()
+    );
+    // Envoy -> Remora: the access log names Envoy's identity.
+    let answer = get_until_ok(SocketAddr::from(([127, 0, 0, 1], to_web))).await;
+    assert_eq!(
+        answer,
+        Ok((200, "web-app".to_string())),
+        "Envoy -> remora-proxy; Envoy's log:\n{}",
+        envoy.log_text()
+    );
+    eventually("Envoy's identity in remora-proxy's access log", 5, || {
+        let log = std::fs::read_to_string(dir.path().join("remora-1.log")).unwrap_or_default();
+        async move { log.contains("\"peer_identity\":\"spiffe://example.org/ns/shop/sa/envoy-sa\"") }
+    })
+    .await;
+    // Both inbound listeners refuse plaintext.
+    for port in [api_in, web_in] {
+        let plain = get(SocketAddr::from(([127, 0, 0, 1], port)), "/").await;
+        assert!(plain.is_err(), "plaintext to {port} answered {plain:?}");
+    }
+    let (_, metrics) = admin(cp.admin_address, "/metrics").await;
+    assert!(
+        metrics.contains("remora_cp_pushes_total{type=\"secret\"}"),
+        "{metrics}"
+    );
+    remora.begin_drain();
 }

@@ -104,7 +104,7 @@ fn envoy_bootstrap(topology: &Topology) -> PathBuf {
     let xds = std::net::SocketAddr::from(([127, 0, 0, 1], 18000));
     std::fs::write(
         &path,
-        support::envoy_bootstrap("pod-envoy", 15000, xds, false),
+        support::envoy_bootstrap("pod-envoy", None, 15000, xds, false),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();

@@ -41,6 +41,9 @@ pub use pb::r#type::matcher::v3 as matcher;
 /// TLS contexts (transport sockets).
 pub use pb::extensions::transport_sockets::tls::v3 as tls;
 
+/// RBAC policies (the `rbac` HTTP and network filters' rules).
+pub use pb::config::rbac::v3 as rbac;
+
 /// `HttpProtocolOptions` for upstream clusters (HTTP/2, idle timeouts).
 pub use pb::extensions::upstreams::http::v3 as upstream_http;
 
@@ -49,8 +52,11 @@ pub mod filters {
     use super::pb::extensions::filters;
 
     pub use filters::http::local_ratelimit::v3 as local_ratelimit;
+    pub use filters::http::rbac::v3 as http_rbac;
     pub use filters::http::router::v3 as router;
+    pub use filters::listener::tls_inspector::v3 as tls_inspector;
     pub use filters::network::http_connection_manager::v3 as http_connection_manager;
+    pub use filters::network::rbac::v3 as network_rbac;
     pub use filters::network::tcp_proxy::v3 as tcp_proxy;
 }
 
@@ -60,6 +66,9 @@ pub mod type_url {
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// SDS: certificates and trust bundles, served by the control plane to
+    /// Envoy nodes (remora-proxy gets its certificate from the CA itself).
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
     /// In the order a client should apply them (Envoy's: CDS, EDS, LDS, RDS).
     pub const ALL: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
@@ -70,6 +79,14 @@ pub mod type_url {
         ALL.iter().position(|t| *t == type_url)
     }
 
+    /// What the control plane serves: [`ALL`], then [`SECRET`].
+    pub const SERVED: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
+
+    /// The position of a type in [`SERVED`].
+    pub fn served_index(type_url: &str) -> Option<usize> {
+        SERVED.iter().position(|t| *t == type_url)
+    }
+
     /// Short names for logs and metrics labels.
     pub fn short(type_url: &str) -> &'static str {
         match type_url {
@@ -77,6 +94,7 @@ pub mod type_url {
             ROUTE => "route",
             CLUSTER => "cluster",
             ENDPOINT => "endpoint",
+            SECRET => "secret",
             _ => "unknown",
         }
     }
@@ -146,6 +164,7 @@ mod tests {
             type_url::ENDPOINT,
             endpoint::ClusterLoadAssignment::type_url()
         );
+        assert_eq!(type_url::SECRET, tls::Secret::type_url());
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub fn percent(value: f64) -> remora_xds_proto::types::Percent {
 
 /// SDS secret names, as Istio's: the workload certificate and the roots.
 /// remora-proxy presents its own identity whatever the names say.
-const WORKLOAD_SECRET: &str = "default";
-const ROOT_SECRET: &str = "ROOTCA";
+pub(crate) const WORKLOAD_SECRET: &str = "default";
+pub(crate) const ROOT_SECRET: &str = "ROOTCA";
 
 fn sds(name: &str) -> remora_xds_proto::tls::SdsSecretConfig {
     remora_xds_proto::tls::SdsSecretConfig {

@@ -31,7 +31,7 @@ struct TypeState {
 
 pub(super) struct Stream {
     core: StreamCore<DeltaDiscoveryResponse>,
-    types: [TypeState; 4],
+    types: [TypeState; 5],
 }
 
 impl AdsStream for Stream {
@@ -41,6 +41,10 @@ impl AdsStream for Stream {
 
     fn node_id(request: &DeltaDiscoveryRequest) -> Option<String> {
         request.node.as_ref().map(|n| n.id.clone())
+    }
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&remora_xds_proto::core::Node> {
+        request.node.as_ref()
     }
 
     fn type_url(request: &DeltaDiscoveryRequest) -> &str {
@@ -115,7 +119,7 @@ impl AdsStream for Stream {
     /// names it holds that are gone; nothing if it is up to date (except the
     /// first response of a subscription, which is always sent).
     async fn respond(&mut self, t: usize, published: Option<Instant>) -> Result<(), Closed> {
-        let all = &self.core.resources.by_type[t];
+        let all = self.core.of_type(t);
         let ts = &self.types[t];
         let wanted = |name: &str| ts.wildcard || ts.names.contains(name);
         let mut updated = Vec::new();
@@ -147,7 +151,7 @@ impl AdsStream for Stream {
                     ..Default::default()
                 })
                 .collect(),
-            type_url: type_url::ALL[t].to_string(),
+            type_url: type_url::SERVED[t].to_string(),
             removed_resources: removed.clone(),
             nonce: nonce.clone(),
             control_plane: control_plane(&self.core.shared),

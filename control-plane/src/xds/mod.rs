@@ -8,6 +8,7 @@
 
 mod delta;
 pub mod registry;
+pub mod secrets;
 mod sotw;
 
 use std::pin::Pin;
@@ -27,8 +28,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::translate::{ProxyResources, Translation};
+use crate::translate::{ProxyResources, Resource, Translation};
 use registry::Registry;
+use std::collections::BTreeMap;
 
 /// Responses queued per stream before the stream waits for its client.
 const STREAM_QUEUE: usize = 4;
@@ -75,6 +77,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Sent in every response's `control_plane.identifier`.
     pub identifier: Arc<str>,
+    /// The CA, for the secrets of nodes that carry a token (SDS).
+    pub ca: Option<Arc<crate::ca::Ca>>,
+    /// The lifetime of those nodes' certificates.
+    pub cert_lifetime: std::time::Duration,
 }
 
 pub struct AdsServer {
@@ -150,6 +156,8 @@ struct StreamCore<R> {
     handle: registry::StreamHandle,
     state: Arc<MeshState>,
     resources: Arc<ProxyResources>,
+    /// The node's certificate and roots, if its token entitles it to them.
+    secrets: Option<secrets::NodeSecrets>,
     nonces: u64,
     tx: mpsc::Sender<Result<R, Status>>,
 }
@@ -158,7 +166,7 @@ impl<R> StreamCore<R> {
     /// The index of a requested type; a type this server does not serve is
     /// logged, counted, and `None` (the request is ignored).
     fn type_index(&self, type_url: &str) -> Option<usize> {
-        let index = remora_xds_proto::type_url::index(type_url);
+        let index = remora_xds_proto::type_url::served_index(type_url);
         if index.is_none() {
             self.shared
                 .metrics
@@ -179,6 +187,33 @@ impl<R> StreamCore<R> {
         self.handle.entry_changed(entry);
         self.resources = resources;
         true
+    }
+
+    /// The resources of type `t` this node is served.
+    fn of_type(&self, t: usize) -> &BTreeMap<String, Arc<Resource>> {
+        static NONE: BTreeMap<String, Arc<Resource>> = BTreeMap::new();
+        match t {
+            secrets::SECRET_INDEX => self.secrets.as_ref().map_or(&NONE, |s| &s.resources),
+            t => &self.resources.by_type[t],
+        }
+    }
+
+    /// A new certificate for the node; on failure the old one stays and
+    /// the next try is in a few seconds.
+    fn renew_secrets(&mut self) {
+        let (Some(ca), Some(current)) = (&self.shared.ca, &mut self.secrets) else {
+            return;
+        };
+        match secrets::issue(ca, &current.identity, self.shared.cert_lifetime) {
+            Ok(fresh) => {
+                tracing::info!(node = %self.node_id, identity = %fresh.identity, "renewed the node's certificate (SDS)");
+                *current = fresh;
+            }
+            Err(error) => {
+                tracing::warn!(node = %self.node_id, %error, "cannot renew the node's certificate; retrying");
+                current.renew_at = Instant::now() + std::time::Duration::from_secs(5);
+            }
+        }
     }
 
     fn next_nonce(&mut self) -> String {
@@ -202,13 +237,13 @@ impl<R> StreamCore<R> {
                 .observe_push_latency(published.elapsed());
         }
         self.handle
-            .sent(remora_xds_proto::type_url::ALL[t], version);
+            .sent(remora_xds_proto::type_url::SERVED[t], version);
         Ok(())
     }
 
     /// Logs, counts and records a NACK of `version` of type `t`.
     fn nacked(&self, t: usize, version: &str, error: &str) {
-        let type_url = remora_xds_proto::type_url::ALL[t];
+        let type_url = remora_xds_proto::type_url::SERVED[t];
         self.shared.metrics.nack(t);
         self.handle.nacked(type_url, version, error);
         tracing::warn!(
@@ -228,6 +263,8 @@ trait AdsStream: Sized + Send {
     const PROTOCOL: &'static str;
 
     fn node_id(request: &Self::Request) -> Option<String>;
+
+    fn node(request: &Self::Request) -> Option<&remora_xds_proto::core::Node>;
 
     fn type_url(request: &Self::Request) -> &str;
 
@@ -283,6 +320,7 @@ async fn drive<S: AdsStream>(
     if entry.is_none() {
         tracing::warn!(node = %node_id, "no proxies[] entry matches this node; it gets no resources");
     }
+    let secrets = node_secrets(&shared, &node_id, S::node(&first));
     let handle = shared
         .registry
         .register(&shared.metrics, &node_id, entry, S::PROTOCOL, peer);
@@ -293,6 +331,7 @@ async fn drive<S: AdsStream>(
         handle,
         state,
         resources,
+        secrets,
         nonces: 0,
         tx,
     });
@@ -306,7 +345,22 @@ async fn drive<S: AdsStream>(
             }
             continue;
         }
+        let renew_at = stream.core().secrets.as_ref().map(|s| s.renew_at);
+        let renewal = async move {
+            match renew_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = renewal => {
+                stream.core().renew_secrets();
+                if stream.subscribed(secrets::SECRET_INDEX)
+                    && stream.respond(secrets::SECRET_INDEX, None).await.is_err()
+                {
+                    break;
+                }
+            }
             request = requests.message() => match request {
                 Ok(Some(request)) => next = Some(request),
                 Ok(None) => break,
@@ -338,6 +392,42 @@ async fn drive<S: AdsStream>(
         }
     }
     tracing::info!(node = %node_id, "proxy disconnected");
+}
+
+/// The secrets of a node whose metadata carries a token this CA issued for
+/// it; none (logged) otherwise.
+fn node_secrets(
+    shared: &Shared,
+    node_id: &str,
+    node: Option<&remora_xds_proto::core::Node>,
+) -> Option<secrets::NodeSecrets> {
+    let ca = shared.ca.as_ref()?;
+    match secrets::entitlement(ca, node_id, node)? {
+        Ok(identity) => match secrets::issue(ca, &identity, shared.cert_lifetime) {
+            Ok(issued) => {
+                shared
+                    .metrics
+                    .signing
+                    .signed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(node = %node_id, %identity, "issued the node's certificate (SDS)");
+                Some(issued)
+            }
+            Err(error) => {
+                tracing::error!(node = %node_id, %error, "cannot issue the node's certificate");
+                None
+            }
+        },
+        Err(error) => {
+            shared
+                .metrics
+                .signing
+                .unauthenticated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(node = %node_id, %error, "no secrets for this node (SDS)");
+            None
+        }
+    }
 }
 
 fn control_plane(shared: &Shared) -> Option<remora_xds_proto::core::ControlPlane> {

@@ -28,7 +28,7 @@ struct TypeState {
 
 pub(super) struct Stream {
     core: StreamCore<DiscoveryResponse>,
-    types: [TypeState; 4],
+    types: [TypeState; 5],
 }
 
 impl AdsStream for Stream {
@@ -38,6 +38,10 @@ impl AdsStream for Stream {
 
     fn node_id(request: &DiscoveryRequest) -> Option<String> {
         request.node.as_ref().map(|n| n.id.clone())
+    }
+
+    fn node(request: &DiscoveryRequest) -> Option<&remora_xds_proto::core::Node> {
+        request.node.as_ref()
     }
 
     fn type_url(request: &DiscoveryRequest) -> &str {
@@ -106,7 +110,7 @@ impl AdsStream for Stream {
         let response = DiscoveryResponse {
             version_info: version.clone(),
             resources,
-            type_url: type_url::ALL[t].to_string(),
+            type_url: type_url::SERVED[t].to_string(),
             nonce: nonce.clone(),
             control_plane: control_plane(&self.core.shared),
             ..Default::default()
@@ -121,7 +125,7 @@ impl AdsStream for Stream {
 impl Stream {
     fn selected(&self, t: usize) -> Vec<&Arc<crate::translate::Resource>> {
         let ts = &self.types[t];
-        let all = &self.core.resources.by_type[t];
+        let all = self.core.of_type(t);
         if ts.wildcard {
             all.values().collect()
         } else {

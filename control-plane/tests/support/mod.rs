@@ -205,13 +205,23 @@ pub struct Envoy {
     _dir: tempfile::TempDir,
 }
 
-/// An Envoy bootstrap: node `node_id`, the admin server on loopback at
-/// `admin_port`, and every listener and cluster from ADS at `xds`.
-pub fn envoy_bootstrap(node_id: &str, admin_port: u16, xds: SocketAddr, delta: bool) -> String {
+/// An Envoy bootstrap: node `node_id` (with a bootstrap `token` in its
+/// metadata, for SDS), the admin server on loopback at `admin_port`, and
+/// every listener and cluster from ADS at `xds`.
+pub fn envoy_bootstrap(
+    node_id: &str,
+    token: Option<&str>,
+    admin_port: u16,
+    xds: SocketAddr,
+    delta: bool,
+) -> String {
     let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    let metadata = token
+        .map(|t| format!(", metadata: {{REMORA_TOKEN: '{t}'}}"))
+        .unwrap_or_default();
     format!(
         r#"
-node: {{id: {node_id}, cluster: test}}
+node: {{id: {node_id}, cluster: test{metadata}}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
 dynamic_resources:
@@ -242,9 +252,19 @@ static_resources:
 
 impl Envoy {
     pub fn start(node_id: &str, xds: SocketAddr, delta: bool) -> Envoy {
+        Envoy::start_with_token(node_id, None, xds, delta)
+    }
+
+    /// An Envoy whose node carries a bootstrap token (its SDS secrets).
+    pub fn start_with_token(
+        node_id: &str,
+        token: Option<&str>,
+        xds: SocketAddr,
+        delta: bool,
+    ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let admin_port = free_port();
-        let bootstrap = envoy_bootstrap(node_id, admin_port, xds, delta);
+        let bootstrap = envoy_bootstrap(node_id, token, admin_port, xds, delta);
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, bootstrap).unwrap();
         let log = dir.path().join("envoy.log");
