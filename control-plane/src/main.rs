@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use remora_proxy::config::MtlsMode;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,10 @@ enum Command {
     Check {
         #[arg(long)]
         mesh: PathBuf,
+        /// Check as a control plane that runs a CA does (a mesh without
+        /// `mtls` is then `strict`).
+        #[arg(long)]
+        with_ca: bool,
     },
 }
 
@@ -98,10 +103,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { mesh } => {
-            let mesh = remora_control_plane::mesh::load_file(&mesh).map_err(|errors| {
-                anyhow::anyhow!("invalid mesh file {}:\n{errors}", mesh.display())
-            })?;
+        Command::Check { mesh, with_ca } => {
+            let default_mtls = if with_ca {
+                MtlsMode::Strict
+            } else {
+                MtlsMode::Disabled
+            };
+            let mesh =
+                remora_control_plane::mesh::load_file(&mesh, default_mtls).map_err(|errors| {
+                    anyhow::anyhow!("invalid mesh file {}:\n{errors}", mesh.display())
+                })?;
             let translation = remora_control_plane::translate::translate(&mesh, None);
             for (entry, resources) in mesh.proxies.iter().zip(&translation.proxies) {
                 println!("{}:", entry.node_id);
@@ -127,9 +138,10 @@ fn main() -> anyhow::Result<()> {
             valid_for,
         } => {
             let mesh_path = mesh;
-            let mesh = remora_control_plane::mesh::load_file(&mesh_path).map_err(|errors| {
-                anyhow::anyhow!("invalid mesh file {}:\n{errors}", mesh_path.display())
-            })?;
+            let mesh = remora_control_plane::mesh::load_file(&mesh_path, MtlsMode::Strict)
+                .map_err(|errors| {
+                    anyhow::anyhow!("invalid mesh file {}:\n{errors}", mesh_path.display())
+                })?;
             let Some(source) = ca.source() else {
                 anyhow::bail!("token needs the CA: --ca-dir, or --ca-cert with --ca-key");
             };
@@ -167,9 +179,12 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let ca = match ca.source() {
                 Some(source) => {
-                    let trust_domain = remora_control_plane::mesh::load_file(&mesh)
-                        .map(|m| m.trust_domain)
-                        .unwrap_or_else(|_| remora_proxy::identity::DEFAULT_TRUST_DOMAIN.into());
+                    let trust_domain =
+                        remora_control_plane::mesh::load_file(&mesh, MtlsMode::Strict)
+                            .map(|m| m.trust_domain)
+                            .unwrap_or_else(|_| {
+                                remora_proxy::identity::DEFAULT_TRUST_DOMAIN.into()
+                            });
                     Some(std::sync::Arc::new(source.open(&trust_domain)?))
                 }
                 None => None,

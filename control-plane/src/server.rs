@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::translate;
 use crate::xds::registry::Registry;
 use crate::xds::{AdsServer, MeshState, Shared};
+use remora_proxy::config::MtlsMode;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -36,6 +37,8 @@ pub struct Options {
 pub struct Publisher {
     tx: Arc<watch::Sender<Arc<MeshState>>>,
     metrics: Arc<Metrics>,
+    /// The mode of a mesh file that sets no `mtls`: `strict` with a CA.
+    pub default_mtls: MtlsMode,
 }
 
 impl Publisher {
@@ -45,6 +48,7 @@ impl Publisher {
             Publisher {
                 tx: Arc::new(tx),
                 metrics,
+                default_mtls: MtlsMode::Disabled,
             },
             rx,
         )
@@ -85,12 +89,20 @@ impl ControlPlane {
     /// Loads the mesh file (failing on an invalid one), binds both
     /// addresses and starts serving.
     pub async fn start(options: Options) -> anyhow::Result<ControlPlane> {
-        let mesh = mesh::load_file(&options.mesh).map_err(|errors| {
+        // With a CA every proxy can have an identity: mTLS is on unless
+        // the mesh file says otherwise.
+        let default_mtls = if options.ca.is_some() {
+            MtlsMode::Strict
+        } else {
+            MtlsMode::Disabled
+        };
+        let mesh = mesh::load_file(&options.mesh, default_mtls).map_err(|errors| {
             anyhow::anyhow!("invalid mesh file {}:\n{errors}", options.mesh.display())
         })?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::default());
         let (mut publisher, state) = Publisher::new(metrics.clone());
+        publisher.default_mtls = default_mtls;
         publisher.publish(mesh);
 
         let xds = TcpListener::bind(options.xds_address).await.map_err(|e| {

@@ -44,7 +44,9 @@ fn proxy(ca: std::net::SocketAddr, token: &std::path::Path, lifetime: &str) -> r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_gets_renews_and_outlives_the_ca_with_its_certificate() {
     let mesh = MeshFile::new(MESH);
-    let mesh_model = remora_control_plane::mesh::load_file(&mesh.path).unwrap();
+    let mesh_model =
+        remora_control_plane::mesh::load_file(&mesh.path, remora_proxy::config::MtlsMode::Strict)
+            .unwrap();
     assert_eq!(
         mesh_model.proxy_identity(&mesh_model.proxies[0]).unwrap(),
         web(),

@@ -479,13 +479,14 @@ async fn get_until_ok(addr: SocketAddr) -> Result<(u16, String), String> {
 /// control plane: Envoy gets its certificate and the roots over SDS (its
 /// node metadata carries its bootstrap token), remora-proxy from the CA.
 /// Requests flow mTLS in both directions, each side checking the other's
-/// identity, and neither inbound listener takes plaintext.
+/// identity, and neither inbound listener takes plaintext; switched to
+/// permissive, both take plaintext as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_and_remora_talk_mtls_both_ways_with_sds() {
     let api_app = Upstream::start("api-app").await;
     let web_app = Upstream::start("web-app").await;
     let [api_in, web_in, to_api, to_web] = [free_port(), free_port(), free_port(), free_port()];
-    let file = MeshFile::new(&format!(
+    let mesh = format!(
         "
 trust_domain: example.org
 mtls: strict
@@ -501,7 +502,8 @@ proxies:
     outbound: [{{service: api.shop, listen: '127.0.0.1:{to_api}'}}]
 ",
         api_app.addr, web_app.addr
-    ));
+    );
+    let file = MeshFile::new(&mesh);
     let dir = tempfile::tempdir().unwrap();
     let ca = Arc::new(Ca::load_or_create(&dir.path().join("ca"), "example.org").unwrap());
     let cp = control_plane_with_ca(&file, Some(ca.clone())).await;
@@ -540,5 +542,22 @@ proxies:
         metrics.contains("remora_cp_pushes_total{type=\"secret\"}"),
         "{metrics}"
     );
+
+    // Permissive (Istio's TLS inspector and two chains): both inbound
+    // listeners now take plaintext too, and the mesh still talks mTLS.
+    file.write(&mesh.replace("mtls: strict", "mtls: permissive"));
+    for (port, body) in [(api_in, "api-app"), (web_in, "web-app")] {
+        let answer = get_until_ok(SocketAddr::from(([127, 0, 0, 1], port))).await;
+        assert_eq!(
+            answer,
+            Ok((200, body.to_string())),
+            "plaintext to {port} under permissive; Envoy's log:\n{}",
+            envoy.log_text()
+        );
+    }
+    for (port, body) in [(to_api, "api-app"), (to_web, "web-app")] {
+        let answer = get(SocketAddr::from(([127, 0, 0, 1], port)), "/").await;
+        assert_eq!(answer, Ok((200, body.to_string())));
+    }
     remora.begin_drain();
 }

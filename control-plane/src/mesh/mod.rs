@@ -20,7 +20,7 @@ use remora_proxy::config::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use load::{load_file, parse_yaml};
+pub use load::{load_file, parse_yaml, parse_yaml_with};
 use remora_proxy::identity::SpiffeId;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -30,10 +30,12 @@ pub struct Mesh {
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
     /// Mutual TLS between the mesh's proxies: `strict` puts mTLS on every
-    /// inbound listener and every service's cluster; `disabled` (the
-    /// default today) none. Proxies need `identity:` (docs/security.md).
-    #[serde(default, skip_serializing_if = "is_disabled")]
-    pub mtls: remora_proxy::config::MtlsMode,
+    /// inbound listener and every service's cluster, `permissive` also
+    /// takes plaintext on inbound listeners, `disabled` none. Absent:
+    /// `strict` when the control plane runs a CA, else `disabled`. Proxies
+    /// need `identity:` (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<remora_proxy::config::MtlsMode>,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -79,15 +81,11 @@ fn default_trust_domain() -> String {
     remora_proxy::identity::DEFAULT_TRUST_DOMAIN.to_string()
 }
 
-fn is_disabled(mode: &remora_proxy::config::MtlsMode) -> bool {
-    *mode == remora_proxy::config::MtlsMode::Disabled
-}
-
 impl Default for Mesh {
     fn default() -> Mesh {
         Mesh {
             trust_domain: default_trust_domain(),
-            mtls: remora_proxy::config::MtlsMode::Disabled,
+            mtls: None,
             services: Vec::new(),
             routes: Vec::new(),
             proxies: Vec::new(),
@@ -552,6 +550,12 @@ impl Mesh {
             .find(|s| s.name == name && s.namespace == ns)
     }
 
+    /// The mesh's mTLS mode (`disabled` if never resolved).
+    pub fn mtls_mode(&self) -> remora_proxy::config::MtlsMode {
+        self.mtls
+            .unwrap_or(remora_proxy::config::MtlsMode::Disabled)
+    }
+
     /// A service's workload identity.
     pub fn service_identity(&self, service: &Service) -> Result<SpiffeId, String> {
         SpiffeId::new(&self.trust_domain, &service.namespace, &service.identity)
@@ -703,11 +707,29 @@ proxies:
 
     #[test]
     fn mesh_mtls_modes_are_checked() {
-        let e = errors_of("mtls: permissive");
-        assert!(
-            e.contains("mtls: permissive is not served over xDS yet"),
-            "{e}"
+        use remora_proxy::config::MtlsMode;
+        assert!(parse_yaml("mtls: permissive").is_ok());
+        let e = errors_of("mtls: sometimes");
+        assert!(e.contains("mtls"), "{e}");
+        // Absent: what the control plane says (strict with a CA).
+        assert_eq!(parse_yaml("").unwrap().mtls, Some(MtlsMode::Disabled));
+        assert_eq!(
+            parse_yaml_with("", MtlsMode::Strict).unwrap().mtls,
+            Some(MtlsMode::Strict)
         );
+        assert_eq!(
+            parse_yaml_with("mtls: disabled", MtlsMode::Strict)
+                .unwrap()
+                .mtls,
+            Some(MtlsMode::Disabled)
+        );
+        let e = parse_yaml_with(
+            "services: [{name: a, port: 80, policy: {health_check: {http: {path: /h}}}}]",
+            MtlsMode::Strict,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("strict by default"), "{e}");
         let e = errors_of(
             "mtls: strict\nservices: [{name: a, port: 80, policy: {health_check: {http: {path: /h}}}}]",
         );

@@ -284,13 +284,7 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
     {
         err("trust_domain".into(), e);
     }
-    let mtls = mesh.mtls != remora_proxy::config::MtlsMode::Disabled;
-    if mesh.mtls == remora_proxy::config::MtlsMode::Permissive {
-        err(
-            "mtls".into(),
-            "permissive is not served over xDS yet (it takes filter-chain matching); use strict or disabled".into(),
-        );
-    }
+    let mtls = mesh.mtls_mode() != remora_proxy::config::MtlsMode::Disabled;
     for (i, service) in mesh.services.iter().enumerate() {
         if mtls
             && service
@@ -301,7 +295,8 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
         {
             err(
                 format!("services[{i}].policy.health_check"),
-                "HTTP and gRPC health checks do not speak mTLS yet; use a tcp check with mtls"
+                "HTTP and gRPC health checks do not speak mTLS yet; use a tcp check with mtls \
+                 (mtls is strict by default on a control plane with a CA: set mtls: disabled to turn it off)"
                     .into(),
             );
         }

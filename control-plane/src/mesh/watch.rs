@@ -60,7 +60,7 @@ async fn follow(
             continue;
         }
         last = current;
-        match super::load_file(&path) {
+        match super::load_file(&path, publisher.default_mtls) {
             Ok(mesh) => {
                 let version = publisher.publish(mesh);
                 tracing::info!(version, file = %path.display(), "mesh reloaded");

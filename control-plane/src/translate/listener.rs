@@ -7,10 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use remora_proxy::config::MtlsMode;
 use remora_xds_proto::filters::{
     http_connection_manager as hcm, local_ratelimit, router, tcp_proxy,
 };
-use remora_xds_proto::listener::{Filter, FilterChain, Listener};
+use remora_xds_proto::listener::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, listener_filter,
+};
 use remora_xds_proto::route::{self, Route, RouteAction, RouteConfiguration, VirtualHost};
 use remora_xds_proto::{cluster, core, endpoint, protobuf, type_url, types};
 
@@ -97,7 +100,7 @@ pub fn inbound(
     service: &Service,
     inbound: &Inbound,
     sidecar: bool,
-    mtls: bool,
+    mtls: remora_proxy::config::MtlsMode,
 ) -> Vec<(&'static str, Arc<Resource>)> {
     let name = format!("inbound|{}", inbound.listen);
     let mut out = Vec::new();
@@ -110,8 +113,35 @@ pub fn inbound(
         tcp_filter(&name, &name)
     };
     let mut listener = listener(name.clone(), inbound.listen, filter);
-    if mtls {
-        listener.filter_chains[0].transport_socket = Some(super::wire::downstream_mtls());
+    match mtls {
+        MtlsMode::Disabled => {}
+        MtlsMode::Strict => {
+            listener.filter_chains[0].transport_socket = Some(super::wire::downstream_mtls());
+        }
+        // As Istio: the TLS inspector tells the transports apart, a chain
+        // for each, the same filters on both.
+        MtlsMode::Permissive => {
+            let plain = listener.filter_chains[0].clone();
+            let tls = FilterChain {
+                filter_chain_match: Some(transport_match("tls")),
+                transport_socket: Some(super::wire::downstream_mtls()),
+                ..plain.clone()
+            };
+            let plain = FilterChain {
+                filter_chain_match: Some(transport_match("raw_buffer")),
+                ..plain
+            };
+            listener.filter_chains = vec![tls, plain];
+            listener.listener_filters = vec![ListenerFilter {
+                name: TLS_INSPECTOR.into(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(
+                    remora_xds_proto::pack(
+                        &remora_xds_proto::filters::tls_inspector::TlsInspector::default(),
+                    ),
+                )),
+                ..Default::default()
+            }];
+        }
     }
     if sidecar {
         listener.bind_to_port = Some(protobuf::BoolValue { value: false });
@@ -123,6 +153,16 @@ pub fn inbound(
         Resource::new(name.clone(), &inbound_cluster(&name, service, inbound)),
     ));
     out
+}
+
+/// Envoy's TLS inspector listener filter.
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+
+fn transport_match(protocol: &str) -> FilterChainMatch {
+    FilterChainMatch {
+        transport_protocol: protocol.into(),
+        ..Default::default()
+    }
 }
 
 fn listener(name: String, at: std::net::SocketAddr, filter: Filter) -> Listener {

@@ -80,7 +80,8 @@ struct ServiceResources {
 }
 
 pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
-    let mtls = mesh.mtls != remora_proxy::config::MtlsMode::Disabled;
+    let mtls = mesh.mtls_mode();
+    let mesh_tls = mtls != remora_proxy::config::MtlsMode::Disabled;
     let index: HashMap<(&str, &str), usize> = mesh
         .services
         .iter()
@@ -104,7 +105,7 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
             ServiceResources {
                 cluster: Resource::new(cluster_name(service), &{
                     let mut built = cluster::cluster(service);
-                    if mtls {
+                    if mesh_tls {
                         let identity = mesh
                             .service_identity(service)
                             .expect("validated: service identities");

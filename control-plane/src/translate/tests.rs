@@ -550,3 +550,65 @@ proxies:
         Some(remora_proxy::config::MtlsMode::Strict)
     );
 }
+
+/// `mtls: permissive`: the inbound listener has Istio's two chains (TLS
+/// with client certificates, raw_buffer) behind the TLS inspector, which
+/// remora-proxy reads back as `mtls: permissive`; clusters still talk mTLS.
+#[test]
+fn a_permissive_mesh_takes_both_transports_on_inbound_listeners() {
+    use remora_xds_proto::listener::Listener;
+    let mesh = parse_yaml(
+        "
+mtls: permissive
+services:
+  - {name: api, namespace: shop, port: 80, identity: api-sa, endpoints: ['10.0.0.1:15006']}
+proxies:
+  - {node_id: api-1, inbound: [{service: api.shop, listen: '10.0.0.1:15006', target: '127.0.0.1:80'}]}
+  - {node_id: web-1, outbound: [{service: api.shop, listen: '127.0.0.1:15001'}]}
+",
+    )
+    .unwrap();
+    let t = translate(&mesh, None);
+    let inbound: Listener = get(&t.proxies[0], type_url::LISTENER, "inbound|10.0.0.1:15006");
+    assert_eq!(
+        inbound.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    let transports: Vec<_> = inbound
+        .filter_chains
+        .iter()
+        .map(|c| {
+            (
+                c.filter_chain_match
+                    .as_ref()
+                    .unwrap()
+                    .transport_protocol
+                    .as_str(),
+                c.transport_socket.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(transports, [("tls", true), ("raw_buffer", false)]);
+    let cluster: Cluster = get(&t.proxies[1], type_url::CLUSTER, "outbound|80||api.shop");
+    assert!(cluster.transport_socket.is_some());
+    let (_, part) = remora_proxy::xds::translate::translate(
+        type_url::LISTENER,
+        &t.proxies[0].by_type[2]["inbound|10.0.0.1:15006"].any,
+    )
+    .unwrap();
+    let remora_proxy::xds::translate::Part::Listener(part) = part else {
+        panic!()
+    };
+    assert_eq!(
+        part.config.mtls,
+        Some(remora_proxy::config::MtlsMode::Permissive)
+    );
+    // Chains with different filters are not permissive mTLS: refused.
+    let mut odd = inbound.clone();
+    odd.filter_chains[1].filters.clear();
+    let refused =
+        remora_proxy::xds::translate::translate(type_url::LISTENER, &remora_xds_proto::pack(&odd))
+            .unwrap_err()
+            .to_string();
+    assert!(refused.contains("filter_chains"), "{refused}");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use remora_xds_proto::filters::{
     http_connection_manager as hcm, local_ratelimit, router, tcp_proxy,
 };
-use remora_xds_proto::listener::{Filter, Listener, filter};
+use remora_xds_proto::listener::{self, Filter, FilterChain, Listener, filter};
 use remora_xds_proto::{core, protobuf};
 
 use super::{
@@ -14,7 +14,7 @@ use super::{
     local_rate_limit, opt_duration, route_configuration, socket_address, u32v, unpack_typed,
 };
 use crate::config::{
-    Direction, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol,
+    Direction, Http2Config, Http2KeepaliveConfig, ListenerConfig, ListenerProtocol, MtlsMode,
 };
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -63,9 +63,16 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
             "an API or UDP listener",
         ));
     }
-    if let Some(f) = l.listener_filters.first() {
+    // Remora detects TLS by itself (`sniff.rs`): Envoy's TLS inspector,
+    // which permissive mTLS needs, has nothing to add.
+    if let Some((i, f)) = l
+        .listener_filters
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.name != TLS_INSPECTOR)
+    {
         return Err(Rejection::unsupported(
-            "listener_filters[0]",
+            format!("listener_filters[{i}]"),
             &format!("the listener filter {:?}", f.name),
         ));
     }
@@ -75,9 +82,19 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
             "filter chain matching",
         ));
     }
-    let (chain, at) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
-        ([chain], None) => (chain, "filter_chains[0]"),
-        ([], Some(chain)) => (chain, "default_filter_chain"),
+    let (chain, at, mtls) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
+        ([chain], None) => (chain, "filter_chains[0]", None),
+        ([], Some(chain)) => (chain, "default_filter_chain", None),
+        // Permissive mTLS, as Istio writes it: a chain for TLS requiring
+        // client certificates and the same filters for plaintext.
+        ([a, b], None) if permissive_pair(a, b) => {
+            permissive_tls(a, "filter_chains[0]")?;
+            (b, "filter_chains[1]", Some(MtlsMode::Permissive))
+        }
+        ([a, b], None) if permissive_pair(b, a) => {
+            permissive_tls(b, "filter_chains[1]")?;
+            (a, "filter_chains[0]", Some(MtlsMode::Permissive))
+        }
         // A capture listener without a chain closes what no listener claims.
         ([], None) if capture => {
             let mut config = base(&l.name, address);
@@ -99,26 +116,28 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
         _ => {
             return Err(Rejection::unsupported(
                 "filter_chains",
-                "more than one filter chain (filter chain matching)",
+                "more than one filter chain (filter chain matching), except a TLS and a raw_buffer chain with the same filters (permissive mTLS)",
             ));
         }
     };
-    if chain
-        .filter_chain_match
-        .as_ref()
-        .is_some_and(|m| *m != Default::default())
+    if mtls.is_none()
+        && chain
+            .filter_chain_match
+            .as_ref()
+            .is_some_and(|m| *m != Default::default())
     {
         return Err(Rejection::unsupported(
             format!("{at}.filter_chain_match"),
             "filter chain matching",
         ));
     }
-    let mtls = match &chain.transport_socket {
-        Some(socket) => Some(super::tls::downstream(
+    let mtls = match (&chain.transport_socket, mtls) {
+        (_, Some(permissive)) => Some(permissive),
+        (Some(socket), None) => Some(super::tls::downstream(
             socket,
             &format!("{at}.transport_socket"),
         )?),
-        None => None,
+        (None, None) => None,
     };
     #[allow(deprecated)]
     if chain.use_proxy_proto.as_ref().is_some_and(|v| v.value) {
@@ -188,6 +207,46 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
         defaults,
         unmatched_cluster,
     })
+}
+
+/// Envoy's TLS inspector listener filter.
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+
+/// Whether `tls` and `plain` are permissive mTLS: `tls` matches the TLS
+/// transport and requires client certificates (strict mTLS), `plain`
+/// matches `raw_buffer` (or anything) with no TLS, and both run the same
+/// filters.
+fn permissive_pair(tls: &FilterChain, plain: &FilterChain) -> bool {
+    let transport = |c: &FilterChain| {
+        c.filter_chain_match.as_ref().map_or(String::new(), |m| {
+            let only_transport = listener::FilterChainMatch {
+                transport_protocol: m.transport_protocol.clone(),
+                ..Default::default()
+            };
+            if *m == only_transport {
+                m.transport_protocol.clone()
+            } else {
+                "other".into()
+            }
+        })
+    };
+    transport(tls) == "tls"
+        && matches!(transport(plain).as_str(), "raw_buffer" | "")
+        && plain.transport_socket.is_none()
+        && tls.filters == plain.filters
+}
+
+/// The TLS chain of a permissive pair must be mesh mTLS.
+fn permissive_tls(tls: &FilterChain, at: &str) -> Result<()> {
+    match &tls.transport_socket {
+        Some(socket) => {
+            super::tls::downstream(socket, &format!("{at}.transport_socket")).map(|_| ())
+        }
+        None => Err(Rejection::new(
+            format!("{at}.transport_socket"),
+            "a chain matching transport_protocol tls needs a DownstreamTlsContext",
+        )),
+    }
 }
 
 fn typed_config<'a>(f: &'a Filter, at: &str) -> Result<&'a protobuf::Any> {
