@@ -468,7 +468,7 @@ async fn hostile_requests_get_errors_and_never_stop_the_server() {
     let mut ads = Sotw::connect(cp.xds_address).await;
     ads.send(DiscoveryRequest {
         node: node("web"),
-        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
+        type_url: "type.googleapis.com/envoy.service.runtime.v3.Runtime".into(),
         ..Default::default()
     })
     .await;

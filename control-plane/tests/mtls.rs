@@ -480,7 +480,8 @@ async fn get_until_ok(addr: SocketAddr) -> Result<(u16, String), String> {
 /// node metadata carries its bootstrap token), remora-proxy from the CA.
 /// Requests flow mTLS in both directions, each side checking the other's
 /// identity, and neither inbound listener takes plaintext; switched to
-/// permissive, both take plaintext as well.
+/// permissive, both take plaintext as well. Authorization policies in the
+/// mesh file are enforced by both, Envoy through its RBAC filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_and_remora_talk_mtls_both_ways_with_sds() {
     let api_app = Upstream::start("api-app").await;
@@ -543,6 +544,41 @@ proxies:
         "{metrics}"
     );
 
+    // Authorization from the mesh file, as RBAC filters: Envoy enforces the
+    // policy on its service, remora-proxy on its own.
+    let policed = mesh
+        .replace(
+            "identity: envoy-sa,",
+            "identity: envoy-sa, authorization: [{name: remora-reads, action: allow, from: ['spiffe://example.org/ns/shop/sa/remora-sa'], methods: [GET], paths: ['/ok*']}],",
+        )
+        .replace(
+            "identity: remora-sa,",
+            "identity: remora-sa, authorization: [{name: no-admin, action: deny, paths: ['/admin*']}],",
+        );
+    file.write(&policed);
+    let to_api = SocketAddr::from(([127, 0, 0, 1], to_api));
+    let to_web = SocketAddr::from(([127, 0, 0, 1], to_web));
+    eventually("Envoy denying /no", 10, || async move {
+        get(to_api, "/no")
+            .await
+            .is_ok_and(|(status, _)| status == 403)
+    })
+    .await;
+    assert_eq!(get(to_api, "/ok/1").await, Ok((200, "api-app".to_string())));
+    eventually("remora-proxy denying /admin", 10, || async move {
+        get(to_web, "/admin")
+            .await
+            .is_ok_and(|(status, _)| status == 403)
+    })
+    .await;
+    assert_eq!(get(to_web, "/admin/users").await, Ok((403, String::new())));
+    let denials = format!(
+        "remora_authz_denied_total{{listener=\"inbound|127.0.0.1:{web_in}\",policy=\"no-admin\"}}"
+    );
+    assert!(metric(&remora, &denials) >= 2.0, "{denials}");
+    assert_eq!(get(to_web, "/").await, Ok((200, "web-app".to_string())));
+    let (to_api, to_web) = (to_api.port(), to_web.port());
+
     // Permissive (Istio's TLS inspector and two chains): both inbound
     // listeners now take plaintext too, and the mesh still talks mTLS.
     file.write(&mesh.replace("mtls: strict", "mtls: permissive"));
@@ -555,8 +591,10 @@ proxies:
             envoy.log_text()
         );
     }
+    // (A connection pooled to Envoy's draining listener still has the old
+    // RBAC filter until Envoy closes it: hence until, not at once.)
     for (port, body) in [(to_api, "api-app"), (to_web, "web-app")] {
-        let answer = get(SocketAddr::from(([127, 0, 0, 1], port)), "/").await;
+        let answer = get_until_ok(SocketAddr::from(([127, 0, 0, 1], port))).await;
         assert_eq!(answer, Ok((200, body.to_string())));
     }
     remora.begin_drain();

@@ -66,6 +66,18 @@ enum ValueMatch {
     Present(bool),
 }
 
+/// The errors of policies for a listener (`http`: it sees requests), by
+/// field path under `at`: what a control plane checks before it sends them.
+pub fn check_authorization(
+    configs: &[AuthorizationPolicyConfig],
+    http: bool,
+    at: &str,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    Authorization::compile(configs, "check", http, at, &Telemetry::new(), &mut errors);
+    errors
+}
+
 /// Denied: by which policy (`default-deny` when no allow policy matched).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Denied<'a>(pub(crate) &'a str);

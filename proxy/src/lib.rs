@@ -18,6 +18,7 @@
 mod accept;
 pub mod admin;
 mod authz;
+pub use authz::check_authorization;
 mod balance;
 mod body;
 mod breaker;

@@ -67,6 +67,11 @@ pub struct Service {
     /// its callers expect (`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/IDENTITY`).
     #[serde(default = "default_service_account")]
     pub identity: String,
+    /// Who may call the service: Istio's semantics (a matching `deny`
+    /// policy denies; with any `allow` policy, only what one allows
+    /// passes), enforced on every inbound listener of the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<remora_proxy::config::AuthorizationPolicyConfig>,
 }
 
 pub fn default_namespace() -> String {

@@ -286,6 +286,13 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
     }
     let mtls = mesh.mtls_mode() != remora_proxy::config::MtlsMode::Disabled;
     for (i, service) in mesh.services.iter().enumerate() {
+        for e in remora_proxy::check_authorization(
+            &service.authorization,
+            service.protocol.is_http(),
+            &format!("services[{i}].authorization"),
+        ) {
+            err(e.path, e.message);
+        }
         if mtls
             && service
                 .policy

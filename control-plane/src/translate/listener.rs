@@ -104,15 +104,51 @@ pub fn inbound(
 ) -> Vec<(&'static str, Arc<Resource>)> {
     let name = format!("inbound|{}", inbound.listen);
     let mut out = Vec::new();
-    let rate_limited = service.policy.rate_limit.is_some();
-    let filter = if service.protocol.is_http() {
+    let build = |authorization: &[remora_proxy::config::AuthorizationPolicyConfig]| {
+        let rate_limited = service.policy.rate_limit.is_some();
+        let filters = if service.protocol.is_http() {
+            let mut manager = http_manager(&name, &name, rate_limited);
+            let mut http_filters = super::rbac::http_filters(authorization);
+            http_filters.append(&mut manager.http_filters);
+            manager.http_filters = http_filters;
+            vec![manager_filter(&manager)]
+        } else {
+            let mut filters = super::rbac::network_filters(authorization, &name);
+            filters.push(tcp_filter(&name, &name));
+            filters
+        };
+        let mut listener = listener_of(name.clone(), inbound.listen, filters);
+        secure(&mut listener, mtls);
+        if sidecar {
+            listener.bind_to_port = Some(protobuf::BoolValue { value: false });
+            listener.traffic_direction = core::TrafficDirection::Inbound as i32;
+        }
+        listener
+    };
+    if service.protocol.is_http() {
         let routes = inbound_routes(&name, service);
         out.push((type_url::ROUTE, Resource::new(name.clone(), &routes)));
-        http_filter(&name, &name, rate_limited)
+    }
+    let listener = build(&service.authorization);
+    let listener = if service.authorization.is_empty() {
+        Resource::new(name.clone(), &listener)
     } else {
-        tcp_filter(&name, &name)
+        // RBAC policies are a map, encoded in no fixed order: version by
+        // the listener without them and the policies as configured.
+        let mut key = remora_xds_proto::pack(&build(&[])).value;
+        key.extend(serde_json::to_vec(&service.authorization).unwrap_or_default());
+        Resource::keyed(name.clone(), &listener, &key)
     };
-    let mut listener = listener(name.clone(), inbound.listen, filter);
+    out.push((type_url::LISTENER, listener));
+    out.push((
+        type_url::CLUSTER,
+        Resource::new(name.clone(), &inbound_cluster(&name, service, inbound)),
+    ));
+    out
+}
+
+/// An inbound listener's mesh mTLS.
+fn secure(listener: &mut Listener, mtls: MtlsMode) {
     match mtls {
         MtlsMode::Disabled => {}
         MtlsMode::Strict => {
@@ -143,16 +179,6 @@ pub fn inbound(
             }];
         }
     }
-    if sidecar {
-        listener.bind_to_port = Some(protobuf::BoolValue { value: false });
-        listener.traffic_direction = core::TrafficDirection::Inbound as i32;
-    }
-    out.push((type_url::LISTENER, Resource::new(name.clone(), &listener)));
-    out.push((
-        type_url::CLUSTER,
-        Resource::new(name.clone(), &inbound_cluster(&name, service, inbound)),
-    ));
-    out
 }
 
 /// Envoy's TLS inspector listener filter.
@@ -166,12 +192,16 @@ fn transport_match(protocol: &str) -> FilterChainMatch {
 }
 
 fn listener(name: String, at: std::net::SocketAddr, filter: Filter) -> Listener {
+    listener_of(name, at, vec![filter])
+}
+
+fn listener_of(name: String, at: std::net::SocketAddr, filters: Vec<Filter>) -> Listener {
     Listener {
         stat_prefix: name.replace('|', "_"),
         name,
         address: Some(address(at)),
         filter_chains: vec![FilterChain {
-            filters: vec![filter],
+            filters,
             ..Default::default()
         }],
         ..Default::default()
@@ -179,6 +209,23 @@ fn listener(name: String, at: std::net::SocketAddr, filter: Filter) -> Listener 
 }
 
 fn http_filter(stat_prefix: &str, route_config: &str, rate_limited: bool) -> Filter {
+    manager_filter(&http_manager(stat_prefix, route_config, rate_limited))
+}
+
+fn manager_filter(manager: &hcm::HttpConnectionManager) -> Filter {
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(remora_xds_proto::listener::filter::ConfigType::TypedConfig(
+            remora_xds_proto::pack(manager),
+        )),
+    }
+}
+
+fn http_manager(
+    stat_prefix: &str,
+    route_config: &str,
+    rate_limited: bool,
+) -> hcm::HttpConnectionManager {
     let mut http_filters = Vec::new();
     if rate_limited {
         // Off here; each route that limits turns it on with its own bucket.
@@ -200,7 +247,7 @@ fn http_filter(stat_prefix: &str, route_config: &str, rate_limited: bool) -> Fil
         )),
         ..Default::default()
     });
-    let manager = hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat_prefix.replace('|', "_"),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
@@ -211,12 +258,6 @@ fn http_filter(stat_prefix: &str, route_config: &str, rate_limited: bool) -> Fil
         )),
         http_filters,
         ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.http_connection_manager".into(),
-        config_type: Some(remora_xds_proto::listener::filter::ConfigType::TypedConfig(
-            remora_xds_proto::pack(&manager),
-        )),
     }
 }
 

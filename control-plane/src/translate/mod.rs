@@ -16,6 +16,7 @@
 
 mod cluster;
 mod listener;
+mod rbac;
 mod route;
 pub(crate) mod wire;
 
@@ -39,6 +40,19 @@ impl Resource {
     pub fn new<T: prost::Name + prost::Message>(name: String, message: &T) -> Arc<Resource> {
         let any = remora_xds_proto::pack(message);
         let version = format!("{:016x}", xxhash_rust::xxh64::xxh64(&any.value, 0));
+        Arc::new(Resource { name, version, any })
+    }
+
+    /// A resource whose encoding is not deterministic (it holds a map of
+    /// more than one entry), versioned by `key`: a stable description of
+    /// everything it was built from.
+    pub fn keyed<T: prost::Name + prost::Message>(
+        name: String,
+        message: &T,
+        key: &[u8],
+    ) -> Arc<Resource> {
+        let any = remora_xds_proto::pack(message);
+        let version = format!("{:016x}", xxhash_rust::xxh64::xxh64(key, 1));
         Arc::new(Resource { name, version, any })
     }
 }

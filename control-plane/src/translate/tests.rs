@@ -612,3 +612,97 @@ proxies:
             .to_string();
     assert!(refused.contains("filter_chains"), "{refused}");
 }
+
+/// A service's authorization policies become RBAC filters on its inbound
+/// listener (a DENY filter, then an ALLOW filter), which remora-proxy reads
+/// back as the same policies; their version is stable across translations
+/// although RBAC policies are a map.
+#[test]
+fn authorization_policies_travel_as_rbac_filters() {
+    use remora_xds_proto::listener::Listener;
+    let mesh = parse_yaml(
+        "
+services:
+  - name: api
+    namespace: shop
+    port: 80
+    endpoints: ['10.0.0.1:8080']
+    authorization:
+      - {name: readers, action: allow, from: ['spiffe://cluster.local/ns/shop/sa/web-sa', 'spiffe://cluster.local/ns/ops/*'], methods: [GET, HEAD], ports: [8080], headers: [{name: x-team, exact: blue}, {name: x-debug, present: false}]}
+      - {name: no-admin, action: deny, paths: ['/admin*', /debug]}
+      - {name: anyone-healthz, action: allow, paths: [/healthz]}
+  - name: db
+    namespace: shop
+    port: 5432
+    protocol: tcp
+    endpoints: ['10.0.0.1:5432']
+    authorization:
+      - {name: mesh-only, action: allow, from: ['*'], ports: [5432]}
+proxies:
+  - node_id: api-1
+    inbound:
+      - {service: api.shop, listen: '10.0.0.1:15006', target: '127.0.0.1:8080'}
+      - {service: db.shop, listen: '10.0.0.1:15432', target: '127.0.0.1:5432'}
+",
+    )
+    .unwrap();
+    let t = translate(&mesh, None);
+    let again = translate(&mesh, None);
+    for name in ["inbound|10.0.0.1:15006", "inbound|10.0.0.1:15432"] {
+        assert_eq!(
+            t.proxies[0].by_type[2][name].version, again.proxies[0].by_type[2][name].version,
+            "{name}"
+        );
+        let listener: Listener = get(&t.proxies[0], type_url::LISTENER, name);
+        let (_, part) = remora_proxy::xds::translate::translate(
+            type_url::LISTENER,
+            &t.proxies[0].by_type[2][name].any,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{listener:?}"));
+        let remora_proxy::xds::translate::Part::Listener(part) = part else {
+            panic!()
+        };
+        let service = if name.ends_with("15006") {
+            &mesh.services[0]
+        } else {
+            &mesh.services[1]
+        };
+        let mut expected = service.authorization.clone();
+        expected.sort_by_key(|p| {
+            (
+                p.action != remora_proxy::config::AuthorizationAction::Deny,
+                p.name.clone(),
+            )
+        });
+        assert_eq!(part.config.authorization, expected, "{name}");
+    }
+    // The HTTP listener's filters: deny, allow, router.
+    let listener: Listener = get(&t.proxies[0], type_url::LISTENER, "inbound|10.0.0.1:15006");
+    let Some(remora_xds_proto::listener::filter::ConfigType::TypedConfig(any)) =
+        &listener.filter_chains[0].filters[0].config_type
+    else {
+        panic!()
+    };
+    let manager: remora_xds_proto::filters::http_connection_manager::HttpConnectionManager =
+        remora_xds_proto::unpack(any).unwrap();
+    let names: Vec<&str> = manager
+        .http_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.router"
+        ]
+    );
+    // A TCP service's policies cannot look at requests.
+    let e = parse_yaml(
+        "services: [{name: db, port: 5432, protocol: tcp, authorization: [{name: p, action: deny, paths: [/x]}]}]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("services[0].authorization[0].paths"), "{e}");
+}

@@ -272,6 +272,9 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            // A replaced listener's connections are closed within a second
+            // (default: gradually over 10 minutes), so tests see new policy.
+            .args(["--drain-time-s", "1", "--drain-strategy", "immediate"])
             .arg("--log-path")
             .arg(&log)
             .stdout(Stdio::null())

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use remora_xds_proto::filters::{
-    http_connection_manager as hcm, local_ratelimit, router, tcp_proxy,
+    http_connection_manager as hcm, http_rbac, local_ratelimit, network_rbac, router, tcp_proxy,
 };
 use remora_xds_proto::listener::{self, Filter, FilterChain, Listener, filter};
 use remora_xds_proto::{core, protobuf};
@@ -155,14 +155,28 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
             ));
         }
     };
-    if let Some(f) = before.first() {
-        return Err(Rejection::unsupported(
-            format!("{at}.filters[0]"),
-            &format!("the network filter {:?} before the terminal filter", f.name),
-        ));
+    // Network RBAC filters may come before the terminal filter.
+    let mut authorization = Vec::new();
+    let mut allow_seen = false;
+    for (i, f) in before.iter().enumerate() {
+        let filter_at = format!("{at}.filters[{i}]");
+        let any = typed_config(f, &filter_at)?;
+        if any.type_url != NETWORK_RBAC {
+            return Err(Rejection::unsupported(
+                format!("{filter_at}.typed_config"),
+                &format!(
+                    "the network filter {:?} before the terminal filter (only RBAC)",
+                    f.name
+                ),
+            ));
+        }
+        let rbac: network_rbac::Rbac = unpack_typed(any, &format!("{filter_at}.typed_config"))?;
+        network_rbac_filter(&rbac, &mut allow_seen, &mut authorization)
+            .map_err(|e| e.at(&format!("{filter_at}.typed_config")))?;
     }
     let filter_at = format!("{at}.filters[{}]", chain.filters.len() - 1);
     let mut config = base(&l.name, address);
+    config.authorization = authorization;
     config.bind = bind;
     config.direction = direction;
     config.mtls = mtls;
@@ -177,7 +191,8 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
         HCM => {
             let manager: hcm::HttpConnectionManager =
                 unpack_typed(any, &format!("{filter_at}.typed_config"))?;
-            http(&manager, &mut config).map_err(|e| e.at(&format!("{filter_at}.typed_config")))?
+            http(&manager, &mut config, &mut allow_seen)
+                .map_err(|e| e.at(&format!("{filter_at}.typed_config")))?
         }
         TCP_PROXY => {
             let proxy: tcp_proxy::TcpProxy =
@@ -207,6 +222,44 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
         defaults,
         unmatched_cluster,
     })
+}
+
+const NETWORK_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+/// The network RBAC filter: its rules as authorization policies.
+fn network_rbac_filter(
+    rbac: &network_rbac::Rbac,
+    allow_seen: &mut bool,
+    out: &mut Vec<crate::config::AuthorizationPolicyConfig>,
+) -> Result<()> {
+    if rbac.matcher.is_some() || rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
+        return Err(Rejection::unsupported(
+            "matcher",
+            "RBAC matchers and shadow rules",
+        ));
+    }
+    if rbac.delay_deny.is_some() {
+        return Err(Rejection::unsupported("delay_deny", "a delayed deny"));
+    }
+    // ONE_TIME_ON_FIRST_BYTE or CONTINUOUS: a connection's identity and
+    // port do not change, so checking once at its start is both.
+    super::rbac::rules(rbac.rules.as_ref(), allow_seen, out)
+}
+
+/// The HTTP RBAC filter: its rules as authorization policies.
+fn http_rbac_filter(
+    rbac: &http_rbac::Rbac,
+    allow_seen: &mut bool,
+    out: &mut Vec<crate::config::AuthorizationPolicyConfig>,
+) -> Result<()> {
+    if rbac.matcher.is_some() || rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
+        return Err(Rejection::unsupported(
+            "matcher",
+            "RBAC matchers and shadow rules",
+        ));
+    }
+    super::rbac::rules(rbac.rules.as_ref(), allow_seen, out)
 }
 
 /// Envoy's TLS inspector listener filter.
@@ -271,6 +324,7 @@ fn base(name: &str, address: std::net::SocketAddr) -> ListenerConfig {
 fn http(
     m: &hcm::HttpConnectionManager,
     config: &mut ListenerConfig,
+    allow_seen: &mut bool,
 ) -> Result<(Routes, RouteDefaults)> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     config.protocol = Some(ListenerProtocol::Http);
@@ -349,6 +403,11 @@ fn http(
             ROUTER => {
                 let _: router::Router = unpack_typed(any, &format!("{at}.typed_config"))?;
                 router_seen = true;
+            }
+            HTTP_RBAC => {
+                let rbac: http_rbac::Rbac = unpack_typed(any, &format!("{at}.typed_config"))?;
+                http_rbac_filter(&rbac, allow_seen, &mut config.authorization)
+                    .map_err(|e| e.at(&format!("{at}.typed_config")))?;
             }
             LOCAL_RATE_LIMIT => {
                 let limit: local_ratelimit::LocalRateLimit =

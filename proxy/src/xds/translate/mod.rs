@@ -14,6 +14,7 @@
 mod cluster;
 mod cluster_resilience;
 mod listener;
+mod rbac;
 mod route;
 mod route_match;
 mod route_policy;
