@@ -385,7 +385,7 @@ async fn the_control_plane_sets_mtls_between_its_proxies() {
 trust_domain: example.org
 mtls: strict
 services:
-  - {{name: api, namespace: shop, port: 80, identity: api-sa, endpoints: ['127.0.0.1:{inbound}']}}
+  - {{name: api, namespace: shop, port: 80, identity: api-sa, endpoints: ['127.0.0.1:{inbound}'], policy: {{pool: {{max_requests_per_connection: 1}}}}}}
 proxies:
   - {{node_id: api-1, inbound: [{{service: api.shop, listen: '127.0.0.1:{inbound}', target: '{}'}}]}}
   - {{node_id: web-1, identity: web-sa.shop, outbound: [{{service: api.shop, listen: '127.0.0.1:{outbound}'}}]}}
@@ -425,6 +425,28 @@ proxies:
         async move { log.contains("\"peer_identity\":\"spiffe://example.org/ns/shop/sa/web-sa\"") }
     })
     .await;
+    // One request per connection: the caller resumes its TLS sessions
+    // (no certificates exchanged), and every resumed request still carries
+    // the caller's identity.
+    for _ in 0..5 {
+        assert_eq!(get(out, "/").await, Ok((200, "api-app".to_string())));
+    }
+    let resumed = metric(
+        &api,
+        &format!(
+            "remora_tls_handshakes_total{{listener=\"inbound|127.0.0.1:{inbound}\",session=\"resumed\"}}"
+        ),
+    );
+    assert!(resumed >= 4.0, "{resumed} resumed handshakes");
+    let log = std::fs::read_to_string(dir.path().join("api-1.log")).unwrap_or_default();
+    let identified = log
+        .lines()
+        .filter(|l| l.contains("\"peer_identity\":\"spiffe://example.org/ns/shop/sa/web-sa\""))
+        .count();
+    assert!(
+        identified >= 6,
+        "{identified} requests logged with the caller's identity:\n{log}"
+    );
     api.begin_drain();
     web.begin_drain();
 }

@@ -13,12 +13,15 @@
 //! - `sidecar`: Remora and Envoy as transparent sidecars on both ends of a
 //!   call (iptables capture in two network namespaces): CPU per request over
 //!   both hops, added latency, and the delay a server-first banner sees;
-//! - `banner`: times connects to a server's first byte.
+//! - `banner`: times connects to a server's first byte;
+//! - `mtls`: two hops configured by the control plane, mTLS vs plaintext,
+//!   Remora vs Envoy: CPU per keep-alive request and per handshake.
 
 mod bench;
 mod conns;
 mod duration;
 mod load;
+mod mtls;
 mod procfs;
 mod sidecar;
 mod upstream;
@@ -45,6 +48,8 @@ enum Command {
     Conns(conns::Options),
     /// Remora vs Envoy as transparent sidecars on both ends of a call (needs root).
     Sidecar(sidecar::Options),
+    /// Remora vs Envoy in a two-hop mesh, mTLS vs plaintext (CPU per request and per handshake).
+    Mtls(mtls::Options),
     /// Times connects to a server's first byte (a server-first banner).
     Banner(sidecar::BannerOptions),
     /// Simulates N ADS clients against the control plane; measures convergence and RSS.
@@ -61,6 +66,7 @@ fn main() {
         Command::XdsClients(options) => xds_clients::run(options),
         Command::Sidecar(options) => sidecar::run(options),
         Command::Banner(options) => sidecar::banner(options),
+        Command::Mtls(options) => mtls::run(options),
     };
     if let Err(error) = result {
         eprintln!("remora-perf: {error:#}");

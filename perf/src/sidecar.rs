@@ -680,7 +680,7 @@ pub fn banner(options: BannerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
@@ -712,7 +712,7 @@ fn shared_copy(program: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(local)
 }
 
-fn versions(remora: &Path, envoy: Option<&Path>) -> Vec<(String, String)> {
+pub(crate) fn versions(remora: &Path, envoy: Option<&Path>) -> Vec<(String, String)> {
     let version = |program: &Path| {
         Command::new(program)
             .arg("--version")

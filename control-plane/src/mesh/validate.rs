@@ -293,6 +293,18 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
         ) {
             err(e.path, e.message);
         }
+        if !mtls {
+            for (j, policy) in service.authorization.iter().enumerate() {
+                if !policy.from.is_empty() {
+                    err(
+                        format!("services[{i}].authorization[{j}].from"),
+                        "peers have identities only over mTLS, and the mesh's mtls is disabled: \
+                         this policy would match no request"
+                            .into(),
+                    );
+                }
+            }
+        }
         if mtls
             && service
                 .policy

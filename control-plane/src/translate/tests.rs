@@ -622,6 +622,7 @@ fn authorization_policies_travel_as_rbac_filters() {
     use remora_xds_proto::listener::Listener;
     let mesh = parse_yaml(
         "
+mtls: strict
 services:
   - name: api
     namespace: shop
@@ -705,4 +706,14 @@ proxies:
     .unwrap_err()
     .to_string();
     assert!(e.contains("services[0].authorization[0].paths"), "{e}");
+    // Without mTLS no peer has an identity: a `from` would match nothing.
+    let e = parse_yaml(
+        "services: [{name: api, port: 80, authorization: [{name: p, action: allow, from: ['*']}]}]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("services[0].authorization[0].from: peers have identities only over mTLS"),
+        "{e}"
+    );
 }

@@ -666,6 +666,9 @@ async fn over_tls(
     };
     match accepted {
         crate::tls::Accepted::Tls(stream) => {
+            let resumed =
+                stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            state.tls_handshakes[usize::from(resumed)].increment(1);
             origin.peer_identity = crate::tls::peer_identity(stream.get_ref().1);
             serve_over(*stream, peer, slot, state, stop, tracker, origin).await
         }

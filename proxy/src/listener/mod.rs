@@ -104,6 +104,8 @@ pub struct ListenerState {
     /// Who may call (`authorization:`).
     pub(crate) authz: crate::authz::Authorization,
     pub(crate) tls_errors: crate::tls::HandshakeErrors,
+    /// `remora_tls_handshakes_total{listener,session}`: full, resumed.
+    pub(crate) tls_handshakes: [metrics::Counter; 2],
 }
 
 /// Why a connection was closed on accept: the `reason` label of
@@ -484,6 +486,12 @@ impl ListenerState {
             tls,
             permissive: mtls == MtlsMode::Permissive,
             authz,
+            tls_handshakes: ["full", "resumed"].map(|session| {
+                cx.telemetry.counter(
+                    telemetry::TLS_HANDSHAKES_TOTAL,
+                    &[("listener", name), ("session", session)],
+                )
+            }),
             tls_errors: CountersBy::register(
                 cx.telemetry,
                 telemetry::TLS_HANDSHAKE_ERRORS_TOTAL,

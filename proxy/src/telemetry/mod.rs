@@ -33,6 +33,7 @@ pub(crate) const REQUEST_FAILURES_TOTAL: &str = "remora_request_failures_total";
 pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_connections_total";
 pub(crate) const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
 pub(crate) const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
+pub(crate) const TLS_HANDSHAKES_TOTAL: &str = "remora_tls_handshakes_total";
 pub(crate) const IDENTITY_CERT_EXPIRY: &str = "remora_identity_cert_expiry_timestamp_seconds";
 pub(crate) const IDENTITY_RENEWALS_TOTAL: &str = "remora_identity_renewals_total";
 pub(crate) const CAPTURED_CONNECTIONS_TOTAL: &str = "remora_captured_connections_total";
@@ -133,6 +134,11 @@ impl Telemetry {
             TLS_HANDSHAKE_ERRORS_TOTAL,
             None,
             "TLS handshakes a listener refused or lost, by reason (not_tls, client_certificate, protocol, timeout, closed).",
+        );
+        describe(
+            TLS_HANDSHAKES_TOTAL,
+            None,
+            "TLS handshakes a listener completed, by session (full, or resumed from a session ticket).",
         );
         describe(
             IDENTITY_CERT_EXPIRY,
