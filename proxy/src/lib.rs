@@ -16,6 +16,7 @@
 #![warn(unreachable_pub)]
 
 mod accept;
+mod adaptive;
 pub mod admin;
 mod authz;
 pub use authz::check_authorization;

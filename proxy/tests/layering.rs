@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "fault",
     "retry",
     "breaker",
+    "adaptive",
     "body",
     // the upstream side, bottom-up
     "pool",

@@ -51,6 +51,7 @@ pub use pb::extensions::upstreams::http::v3 as upstream_http;
 pub mod filters {
     use super::pb::extensions::filters;
 
+    pub use filters::http::adaptive_concurrency::v3 as adaptive_concurrency;
     pub use filters::http::local_ratelimit::v3 as local_ratelimit;
     pub use filters::http::rbac::v3 as http_rbac;
     pub use filters::http::router::v3 as router;

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{CertificateParams, KeyPair, SanType};
 use remora_proxy::identity::SpiffeId;
 use remora_xds_proto::core::{self, DataSource, data_source::Specifier};
 use remora_xds_proto::tls::{self, CertificateValidationContext, Secret, TlsCertificate};
@@ -63,16 +62,7 @@ pub struct NodeSecrets {
 
 /// A fresh key and certificate for `identity`, and the roots.
 pub fn issue(ca: &Ca, identity: &SpiffeId, lifetime: Duration) -> Result<NodeSecrets, String> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| format!("cannot generate a key: {e}"))?;
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(
-        identity.uri().try_into().map_err(|e| format!("{e}"))?,
-    )];
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(|e| format!("cannot make the CSR: {e}"))?;
+    let (key, csr) = remora_proxy::identity::key_and_csr(identity)?;
     let signed = ca
         .sign(&csr, identity, lifetime)
         .map_err(|e| e.to_string())?;

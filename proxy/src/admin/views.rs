@@ -39,6 +39,9 @@ pub(super) struct ClusterView<'a> {
     pub(crate) dns: Option<DnsView>,
     /// What the circuit breakers count now.
     pub(crate) in_flight: InFlightView,
+    /// The adaptive concurrency limit, if the cluster has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) adaptive_concurrency: Option<crate::adaptive::AdaptiveView>,
     pub(crate) endpoints: Vec<EndpointView>,
 }
 
@@ -108,6 +111,7 @@ pub(super) fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
                         retries: limits.current(Limit::Retries),
                     }
                 },
+                adaptive_concurrency: cluster.adaptive.as_ref().map(|a| a.view()),
                 dns: cluster.dns.as_ref().map(|target| DnsView {
                     name: format!("{}:{}", target.host, target.port),
                     status: lock(&cluster.dns_status).clone(),

@@ -53,6 +53,8 @@ pub struct Cluster {
     pub(crate) dns_status: Mutex<DnsStatus>,
     pub(crate) outlier: Option<OutlierDetector>,
     pub(crate) health: Option<HealthChecker>,
+    /// `adaptive_concurrency:`: the limit that follows the latency.
+    pub(crate) adaptive: Option<Arc<crate::adaptive::Adaptive>>,
     stats: LbStats,
     /// Set once the cluster serves: the workers that warm its connections.
     workers: OnceLock<Workers>,
@@ -229,6 +231,15 @@ impl Cluster {
                 errors,
             )
         });
+        let adaptive = config.adaptive_concurrency.as_ref().map(|ac| {
+            ac.check(&format!("{path}.adaptive_concurrency"), errors);
+            crate::adaptive::Adaptive::new(
+                ac,
+                telemetry.counter(telemetry::ADAPTIVE_REJECTED_TOTAL, &[("cluster", name)]),
+                telemetry.gauge(telemetry::ADAPTIVE_LIMIT, &[("cluster", name)]),
+                telemetry.gauge(telemetry::ADAPTIVE_MIN_RTT, &[("cluster", name)]),
+            )
+        });
         for (field, value) in [
             ("max_connections", config.circuit_breakers.max_connections),
             ("max_requests", config.circuit_breakers.max_requests),
@@ -261,6 +272,7 @@ impl Cluster {
             dns_status: Mutex::new(DnsStatus::default()),
             outlier,
             health,
+            adaptive,
             stats,
             workers: OnceLock::new(),
         })

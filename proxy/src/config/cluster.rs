@@ -43,6 +43,10 @@ pub struct ClusterConfig {
     pub tcp_nodelay: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// A concurrency limit that follows the upstream's latency
+    /// (docs/resilience.md); `{}` for the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<crate::config::AdaptiveConcurrencyConfig>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub circuit_breakers: CircuitBreakersConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]

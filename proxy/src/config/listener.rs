@@ -68,6 +68,11 @@ pub struct ListenerConfig {
     /// and (HTTP) paths, methods and headers (docs/security.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthorizationPolicyConfig>,
+    /// HTTP: one adaptive concurrency limit over every request the listener
+    /// forwards (Envoy's `adaptive_concurrency` filter; a cluster's
+    /// `adaptive_concurrency` limits that cluster's). docs/resilience.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<crate::config::AdaptiveConcurrencyConfig>,
     /// Mutual TLS with the proxy's mesh identity (`identity:`): `strict`
     /// takes only mTLS, `permissive` takes mTLS and plaintext, `disabled`
     /// (the default) plaintext only.

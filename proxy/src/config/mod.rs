@@ -36,10 +36,11 @@ pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
 
 pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepaliveConfig};
 pub use resilience::{
-    BackoffConfig, BudgetConfig, CircuitBreakersConfig, ConnectionRateLimitConfig,
-    FailurePercentageConfig, FaultAbortConfig, FaultConfig, FaultDelayConfig,
-    GrpcHealthCheckConfig, HealthCheckConfig, HttpHealthCheckConfig, OutlierDetectionConfig,
-    RateLimitConfig, RetryConfig, RetryOn, StatusRange, SuccessRateConfig, TcpHealthCheckConfig,
+    AdaptiveConcurrencyConfig, BackoffConfig, BudgetConfig, CircuitBreakersConfig,
+    ConnectionRateLimitConfig, FailurePercentageConfig, FaultAbortConfig, FaultConfig,
+    FaultDelayConfig, GrpcHealthCheckConfig, HealthCheckConfig, HttpHealthCheckConfig,
+    OutlierDetectionConfig, RateLimitConfig, RetryConfig, RetryOn, StatusRange, SuccessRateConfig,
+    TcpHealthCheckConfig,
 };
 
 /// The whole file.

@@ -143,6 +143,123 @@ fn default_budget_min() -> u32 {
     10
 }
 
+/// `adaptive_concurrency:` on a cluster: a concurrency limit that follows
+/// the upstream's latency (Envoy's gradient controller; docs/resilience.md).
+/// `{}` takes every default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConcurrencyConfig {
+    /// How often the limit is recomputed from the latencies of the window.
+    #[serde(default = "default_sample_interval", with = "scalar::duration")]
+    pub sample_interval: Duration,
+    /// Which percentile of a window's (and a minRTT measurement's)
+    /// latencies stands for it, 1–100.
+    #[serde(default = "default_percentile")]
+    pub percentile: f64,
+    /// How often the ideal latency (minRTT) is measured again.
+    #[serde(default = "default_min_rtt_interval", with = "scalar::duration")]
+    pub min_rtt_interval: Duration,
+    /// Requests a minRTT measurement takes.
+    #[serde(default = "default_min_rtt_requests")]
+    pub min_rtt_requests: u32,
+    /// Random delay added to `min_rtt_interval`, percent of it (0–100).
+    #[serde(default = "default_min_rtt_jitter")]
+    pub min_rtt_jitter: f64,
+    /// The limit while minRTT is measured, and its floor.
+    #[serde(default = "default_min_concurrency")]
+    pub min_concurrency: u32,
+    /// The ceiling of the limit.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Latency above minRTT still taken as ideal, percent of minRTT.
+    #[serde(default = "default_buffer")]
+    pub buffer: f64,
+    /// A fixed minRTT instead of measuring it (the limit never drops to
+    /// `min_concurrency` to measure).
+    #[serde(
+        default,
+        with = "scalar::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fixed_min_rtt: Option<Duration>,
+}
+
+fn default_sample_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_percentile() -> f64 {
+    50.0
+}
+fn default_min_rtt_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_min_rtt_requests() -> u32 {
+    50
+}
+fn default_min_rtt_jitter() -> f64 {
+    10.0
+}
+fn default_min_concurrency() -> u32 {
+    3
+}
+fn default_max_concurrency() -> u32 {
+    1000
+}
+fn default_buffer() -> f64 {
+    25.0
+}
+
+impl AdaptiveConcurrencyConfig {
+    /// Errors by field under `at`.
+    pub fn check(&self, at: &str, errors: &mut Vec<crate::config::ConfigError>) {
+        let mut err = |field: &str, message: String| {
+            errors.push(crate::config::ConfigError::new(
+                format!("{at}.{field}"),
+                message,
+            ))
+        };
+        if self.sample_interval < Duration::from_millis(1) {
+            err("sample_interval", "must be at least 1ms".into());
+        }
+        if self.min_rtt_interval < Duration::from_secs(1) {
+            err("min_rtt_interval", "must be at least 1s".into());
+        }
+        if !(self.percentile > 0.0 && self.percentile <= 100.0) {
+            err(
+                "percentile",
+                format!("{} is outside (0, 100]", self.percentile),
+            );
+        }
+        if !(0.0..=100.0).contains(&self.min_rtt_jitter) {
+            err(
+                "min_rtt_jitter",
+                format!("{} is outside 0..=100", self.min_rtt_jitter),
+            );
+        }
+        if !(self.buffer >= 0.0 && self.buffer <= 1000.0) {
+            err("buffer", format!("{} is outside 0..=1000", self.buffer));
+        }
+        if self.min_rtt_requests == 0 {
+            err("min_rtt_requests", "must be at least 1".into());
+        }
+        if self.min_concurrency == 0 {
+            err("min_concurrency", "must be at least 1".into());
+        }
+        if self.fixed_min_rtt.is_some_and(|d| d.is_zero()) {
+            err("fixed_min_rtt", "must be greater than 0".into());
+        }
+        if self.max_concurrency < self.min_concurrency {
+            err(
+                "max_concurrency",
+                format!(
+                    "{} is below min_concurrency {}",
+                    self.max_concurrency, self.min_concurrency
+                ),
+            );
+        }
+    }
+}
+
 /// `outlier_detection:` on a cluster. Detectors left out are off, except
 /// `consecutive_5xx`, which defaults to 5 (`0` turns it off).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -49,6 +49,9 @@ pub(crate) struct Exchange {
     http2: Option<Http2Lease>,
     /// The request's place under the cluster's `max_requests`.
     limit: Option<Held>,
+    /// The request's places under adaptive concurrency limits: the
+    /// listener's, the cluster's.
+    adaptive: [Option<crate::adaptive::Permit>; 2],
     /// Only kept when an access log is configured.
     summary: Option<Box<Summary>>,
     /// The downstream request is HTTP/2 (a stream the client can reset).
@@ -111,6 +114,7 @@ impl Exchange {
             http1: None,
             http2: None,
             limit: None,
+            adaptive: [None, None],
             summary,
             downstream_http2: request.version() == Version::HTTP_2,
             failure: None,
@@ -137,6 +141,19 @@ impl Exchange {
 
     pub(crate) fn hold_http2(&mut self, lease: Http2Lease) {
         self.http2 = Some(lease);
+    }
+
+    /// `cluster`: the cluster's limit, else the listener's.
+    pub(crate) fn hold_adaptive(&mut self, permit: crate::adaptive::Permit, cluster: bool) {
+        self.adaptive[usize::from(cluster)] = Some(permit);
+    }
+
+    /// The upstream's response headers arrived: adaptive concurrency's
+    /// latency sample.
+    pub(crate) fn response_started(&mut self) {
+        for permit in self.adaptive.iter_mut().flatten() {
+            permit.record();
+        }
     }
 
     pub(crate) fn hold_limit(&mut self, held: Held) {

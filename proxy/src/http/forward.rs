@@ -16,6 +16,7 @@ use super::deadline::{self, Deadline};
 use super::exchange::Exchange;
 use super::tries::{Stop, Tries};
 use super::{hop, local_reply, upgrade};
+use crate::adaptive::Adaptive;
 use crate::balance::HashInput;
 use crate::body::{RequestBody, StreamIdle};
 use crate::breaker::Limit;
@@ -28,6 +29,7 @@ pub(super) async fn forward(
     client: SocketAddr,
     route: &Route,
     backend: &Backend,
+    listener_adaptive: Option<(&std::sync::Arc<Adaptive>, &str)>,
     mut exchange: Exchange,
     tracker: &TaskTracker,
 ) -> Response<ResponseBody> {
@@ -44,6 +46,26 @@ pub(super) async fn forward(
     match cluster.limits().take(Limit::Requests) {
         Ok(held) => exchange.hold_limit(held),
         Err(limit) => return local_reply::overloaded(exchange, cluster, limit, grpc),
+    }
+    // The listener's limit, then the cluster's (a request refused by one
+    // holds no place under the other).
+    if let Some((adaptive, listener)) = listener_adaptive {
+        match adaptive.try_acquire() {
+            Some(permit) => exchange.hold_adaptive(permit, false),
+            None => {
+                let scope = format!("listener {listener:?}");
+                return local_reply::adaptive_limited(exchange, &scope, grpc);
+            }
+        }
+    }
+    if let Some(adaptive) = &cluster.adaptive {
+        match adaptive.try_acquire() {
+            Some(permit) => exchange.hold_adaptive(permit, true),
+            None => {
+                let scope = format!("cluster {:?}", cluster.name);
+                return local_reply::adaptive_limited(exchange, &scope, grpc);
+            }
+        }
     }
     if let Some(budget) = &backend.budget {
         budget.record_request();
@@ -118,6 +140,7 @@ pub(super) async fn forward(
         Ok(answer) => answer,
         Err(stop) => return stopped(exchange, cluster, stop, grpc),
     };
+    exchange.response_started();
     hop::strip(response.headers_mut(), false);
     route.response_headers.apply(response.headers_mut());
     if let Some(cookie) = set_cookie {

@@ -145,7 +145,8 @@ async fn route(
             response
         }
         (RouteAction::Forward(_), Some(backend)) => {
-            forward::forward(request, client, route, backend, exchange, tracker).await
+            let adaptive = listener.adaptive.as_ref().map(|a| (a, &*listener.name));
+            forward::forward(request, client, route, backend, adaptive, exchange, tracker).await
         }
         (RouteAction::Forward(_), None) => {
             unreachable!("a forwarding route picked a backend above")

@@ -153,6 +153,21 @@ pub(crate) fn overloaded(
     response
 }
 
+/// Over the cluster's adaptive concurrency limit: 503 at once.
+pub(crate) fn adaptive_limited(
+    mut exchange: Exchange,
+    scope: &str,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    exchange.failed(FailedBy::Proxy, "adaptive_concurrency");
+    let message = format!("overloaded: {scope} is at its adaptive concurrency limit");
+    let mut response = reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
+    response
+        .headers_mut()
+        .insert(OVERLOADED, HeaderValue::from_static("adaptive-concurrency"));
+    response
+}
+
 pub(crate) fn aborted(exchange: Exchange, abort: Abort, grpc: bool) -> Response<ResponseBody> {
     match abort {
         Abort::Http(status) => reply(exchange, status, "fault injected: aborted", grpc),

@@ -4,7 +4,7 @@
 mod renew;
 mod spiffe;
 
-pub use renew::{Credentials, IdentityState, IdentityView, check, spawn};
+pub use renew::{Credentials, IdentityState, IdentityView, check, key_and_csr, spawn};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId};
 
 use base64::Engine as _;

@@ -208,12 +208,8 @@ fn jitter() -> f64 {
     0.5 + 0.3 * (f64::from(nanos % 1_000_000) / 1_000_000.0)
 }
 
-/// One round: a new key, a CSR, the CA's answer, checked.
-async fn renew(config: &IdentityConfig) -> Result<Credentials, String> {
-    let token = std::fs::read_to_string(&config.token_file)
-        .map_err(|e| format!("identity.token_file {}: {e}", config.token_file.display()))?;
-    let token = token.trim().to_string();
-    let id = token_identity(&token).map_err(|e| format!("identity.token_file: {e}"))?;
+/// A new P-256 key and a CSR (PEM) for `id` alone (a URI SAN).
+pub fn key_and_csr(id: &SpiffeId) -> Result<(KeyPair, String), String> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| format!("cannot generate a key: {e}"))?;
     let mut params = CertificateParams::default();
@@ -224,6 +220,16 @@ async fn renew(config: &IdentityConfig) -> Result<Credentials, String> {
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
         .map_err(|e| format!("cannot make the CSR: {e}"))?;
+    Ok((key, csr))
+}
+
+/// One round: a new key, a CSR, the CA's answer, checked.
+async fn renew(config: &IdentityConfig) -> Result<Credentials, String> {
+    let token = std::fs::read_to_string(&config.token_file)
+        .map_err(|e| format!("identity.token_file {}: {e}", config.token_file.display()))?;
+    let token = token.trim().to_string();
+    let id = token_identity(&token).map_err(|e| format!("identity.token_file: {e}"))?;
+    let (key, csr) = key_and_csr(&id)?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", config.ca))
         .map_err(|e| format!("invalid identity.ca {:?}: {e}", config.ca))?
         .connect_timeout(Duration::from_secs(5))

@@ -103,6 +103,8 @@ pub struct ListenerState {
     pub(crate) permissive: bool,
     /// Who may call (`authorization:`).
     pub(crate) authz: crate::authz::Authorization,
+    /// `adaptive_concurrency:` over every request the listener forwards.
+    pub(crate) adaptive: Option<Arc<crate::adaptive::Adaptive>>,
     pub(crate) tls_errors: crate::tls::HandshakeErrors,
     /// `remora_tls_handshakes_total{listener,session}`: full, resumed.
     pub(crate) tls_handshakes: [metrics::Counter; 2],
@@ -389,6 +391,26 @@ impl ListenerState {
             cx.telemetry,
             errors,
         );
+        let adaptive = config.adaptive_concurrency.as_ref().and_then(|ac| {
+            let at = format!("{at}.adaptive_concurrency");
+            if protocol == ListenerProtocol::Tcp || config.original_destination {
+                errors.push(ConfigError::new(
+                    at,
+                    "limits HTTP requests: only on an HTTP listener (or a cluster's)",
+                ));
+                return None;
+            }
+            ac.check(&at, errors);
+            Some(crate::adaptive::Adaptive::new(
+                ac,
+                cx.telemetry
+                    .counter(telemetry::ADAPTIVE_REJECTED_TOTAL, &[("listener", name)]),
+                cx.telemetry
+                    .gauge(telemetry::ADAPTIVE_LIMIT, &[("listener", name)]),
+                cx.telemetry
+                    .gauge(telemetry::ADAPTIVE_MIN_RTT, &[("listener", name)]),
+            ))
+        });
         if !config.bind && config.address.port() == 0 {
             errors.push(ConfigError::new(
                 format!("{at}.address"),
@@ -486,6 +508,7 @@ impl ListenerState {
             tls,
             permissive: mtls == MtlsMode::Permissive,
             authz,
+            adaptive,
             tls_handshakes: ["full", "resumed"].map(|session| {
                 cx.telemetry.counter(
                     telemetry::TLS_HANDSHAKES_TOTAL,

@@ -34,6 +34,9 @@ pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_conne
 pub(crate) const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
 pub(crate) const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
 pub(crate) const TLS_HANDSHAKES_TOTAL: &str = "remora_tls_handshakes_total";
+pub(crate) const ADAPTIVE_REJECTED_TOTAL: &str = "remora_adaptive_concurrency_rejected_total";
+pub(crate) const ADAPTIVE_LIMIT: &str = "remora_adaptive_concurrency_limit";
+pub(crate) const ADAPTIVE_MIN_RTT: &str = "remora_adaptive_concurrency_min_rtt_seconds";
 pub(crate) const IDENTITY_CERT_EXPIRY: &str = "remora_identity_cert_expiry_timestamp_seconds";
 pub(crate) const IDENTITY_RENEWALS_TOTAL: &str = "remora_identity_renewals_total";
 pub(crate) const CAPTURED_CONNECTIONS_TOTAL: &str = "remora_captured_connections_total";
@@ -134,6 +137,21 @@ impl Telemetry {
             TLS_HANDSHAKE_ERRORS_TOTAL,
             None,
             "TLS handshakes a listener refused or lost, by reason (not_tls, client_certificate, protocol, timeout, closed).",
+        );
+        describe(
+            ADAPTIVE_REJECTED_TOTAL,
+            None,
+            "Requests answered 503 because the cluster's adaptive concurrency limit was reached.",
+        );
+        describe(
+            ADAPTIVE_LIMIT,
+            None,
+            "The cluster's adaptive concurrency limit: requests it lets be outstanding.",
+        );
+        describe(
+            ADAPTIVE_MIN_RTT,
+            None,
+            "The cluster's last measured ideal latency (minRTT) for adaptive concurrency.",
         );
         describe(
             TLS_HANDSHAKES_TOTAL,

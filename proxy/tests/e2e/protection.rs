@@ -68,6 +68,122 @@ async fn max_requests_trips_at_exactly_the_configured_concurrency() {
     );
 }
 
+/// 32 clients in a loop for `for_` against an upstream with four workers
+/// busy 20 ms a request: the latencies of the 200s, and the 503s (each
+/// checked to be adaptive concurrency's).
+async fn saturate(proxy: &TestProxy, for_: Duration) -> (Vec<Duration>, usize) {
+    let url = proxy.url("web", "/busy/20");
+    let until = Instant::now() + for_;
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = client::http1();
+                let (mut ok, mut shed) = (Vec::new(), 0);
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let reply = client::get(&client, &url).await;
+                    match reply.status {
+                        StatusCode::OK => ok.push(started.elapsed()),
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            assert_eq!(reply.header("x-remora-overloaded"), "adaptive-concurrency");
+                            shed += 1;
+                            // A shed client backs off a little, as a real one would.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                (ok, shed)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut shed = 0;
+    for client in within("the clients", futures_util::future::join_all(clients)).await {
+        let (ok, s) = client.unwrap();
+        latencies.extend(ok);
+        shed += s;
+    }
+    latencies.sort();
+    (latencies, shed)
+}
+
+fn p90(latencies: &[Duration]) -> Duration {
+    latencies[latencies.len() * 9 / 10]
+}
+
+/// With adaptive concurrency the proxy sheds what the upstream cannot
+/// take at once, so admitted requests stay fast; without it every request
+/// queues at the upstream and latency grows with the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_concurrency_sheds_load_and_keeps_latency_bounded() {
+    let upstream = Upstream::http1("up").await;
+    let plain = proxy(&upstream, "", "").await;
+    let (queued, none_shed) = saturate(&plain, Duration::from_secs(2)).await;
+    assert_eq!(none_shed, 0);
+    let limited = proxy(
+        &upstream,
+        "",
+        ", adaptive_concurrency: {sample_interval: 50ms, min_rtt_requests: 10}",
+    )
+    .await;
+    // The first minRTT measurement, then adaptation, then the measured run.
+    saturate(&limited, Duration::from_secs(1)).await;
+    let (admitted, shed) = saturate(&limited, Duration::from_secs(2)).await;
+    eprintln!(
+        "adaptive concurrency: without: {} answered, p90 {:?}; with: {} admitted, {shed} shed, p90 {:?}",
+        queued.len(),
+        p90(&queued),
+        admitted.len(),
+        p90(&admitted)
+    );
+    assert!(shed > 0, "nothing shed");
+    assert!(
+        p90(&admitted) * 2 < p90(&queued),
+        "p90 with the limiter {:?}, without {:?}",
+        p90(&admitted),
+        p90(&queued)
+    );
+    // Four workers at 20 ms: 200 requests/s; the limiter must not starve
+    // the upstream (half its capacity at least).
+    assert!(admitted.len() >= 200, "{} admitted in 2 s", admitted.len());
+    assert!(
+        limited.metric(r#"remora_adaptive_concurrency_rejected_total{cluster="app"}"#)
+            >= shed as f64
+    );
+    let limit = limited.metric(r#"remora_adaptive_concurrency_limit{cluster="app"}"#);
+    assert!((3.0..=32.0).contains(&limit), "limit {limit}");
+    let min_rtt = limited.metric(r#"remora_adaptive_concurrency_min_rtt_seconds{cluster="app"}"#);
+    assert!((0.015..0.2).contains(&min_rtt), "minRTT {min_rtt}");
+
+    // The same on a listener (Envoy's filter, over xDS): one limit over
+    // every request it forwards.
+    let on_listener = TestProxy::start(&format!(
+        "
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    adaptive_concurrency: {{sample_interval: 50ms, min_rtt_requests: 10}}
+    routes: [{{name: all, backends: [{{cluster: app}}]}}]
+clusters:
+  - {{name: app, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    let (admitted, shed) = saturate(&on_listener, Duration::from_secs(2)).await;
+    assert!(
+        shed > 0 && admitted.len() >= 100,
+        "{} admitted, {shed} shed",
+        admitted.len()
+    );
+    assert!(
+        on_listener.metric(r#"remora_adaptive_concurrency_rejected_total{listener="web"}"#)
+            >= shed as f64
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_pending_requests_bounds_the_queue_for_a_connection() {
     let upstream = Upstream::http1("up").await;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use remora_xds_proto::filters::{
-    http_connection_manager as hcm, http_rbac, local_ratelimit, network_rbac, router, tcp_proxy,
+    adaptive_concurrency, http_connection_manager as hcm, http_rbac, local_ratelimit, network_rbac,
+    router, tcp_proxy,
 };
 use remora_xds_proto::listener::{self, Filter, FilterChain, Listener, filter};
 use remora_xds_proto::{core, protobuf};
@@ -224,6 +225,104 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
     })
 }
 
+const ADAPTIVE_CONCURRENCY: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency";
+
+/// Envoy's adaptive concurrency filter (the gradient controller) as the
+/// listener's `adaptive_concurrency`; none when the filter is disabled.
+fn adaptive(
+    f: &adaptive_concurrency::AdaptiveConcurrency,
+) -> Result<Option<crate::config::AdaptiveConcurrencyConfig>> {
+    use adaptive_concurrency::adaptive_concurrency::ConcurrencyControllerConfig;
+    if f.enabled
+        .as_ref()
+        .is_some_and(|flag| flag.default_value.as_ref().is_some_and(|v| !v.value))
+    {
+        return Ok(None);
+    }
+    if let Some(status) = &f.concurrency_limit_exceeded_status
+        && status.code != 503
+    {
+        return Err(Rejection::unsupported(
+            "concurrency_limit_exceeded_status",
+            &format!("answering {} (remora-proxy answers 503)", status.code),
+        ));
+    }
+    let Some(ConcurrencyControllerConfig::GradientControllerConfig(g)) =
+        &f.concurrency_controller_config
+    else {
+        return Err(Rejection::new("gradient_controller_config", "required"));
+    };
+    let mut config: crate::config::AdaptiveConcurrencyConfig =
+        super::defaults!(crate::config::AdaptiveConcurrencyConfig, "{}");
+    if let Some(p) = &g.sample_aggregate_percentile {
+        config.percentile = p.value;
+    }
+    let limits = g.concurrency_limit_params.as_ref().ok_or_else(|| {
+        Rejection::new(
+            "gradient_controller_config.concurrency_limit_params",
+            "required",
+        )
+    })?;
+    if let Some(max) = u32v(&limits.max_concurrency_limit) {
+        config.max_concurrency = max;
+    }
+    config.sample_interval = opt_duration(
+        &limits.concurrency_update_interval,
+        "gradient_controller_config.concurrency_limit_params.concurrency_update_interval",
+    )?
+    .ok_or_else(|| {
+        Rejection::new(
+            "gradient_controller_config.concurrency_limit_params.concurrency_update_interval",
+            "required",
+        )
+    })?;
+    let floor = u32v(&limits.min_concurrency_limit);
+    let rtt = g.min_rtt_calc_params.as_ref().ok_or_else(|| {
+        Rejection::new("gradient_controller_config.min_rtt_calc_params", "required")
+    })?;
+    let at = "gradient_controller_config.min_rtt_calc_params";
+    if let Some(interval) = opt_duration(&rtt.interval, &format!("{at}.interval"))? {
+        config.min_rtt_interval = interval;
+    }
+    config.fixed_min_rtt = opt_duration(&rtt.fixed_value, &format!("{at}.fixed_value"))?;
+    if rtt.interval.is_none() && config.fixed_min_rtt.is_none() {
+        return Err(Rejection::new(
+            format!("{at}.interval"),
+            "interval or fixed_value is required",
+        ));
+    }
+    if let Some(count) = u32v(&rtt.request_count) {
+        config.min_rtt_requests = count;
+    }
+    if let Some(jitter) = &rtt.jitter {
+        config.min_rtt_jitter = jitter.value;
+    }
+    if let Some(min) = u32v(&rtt.min_concurrency) {
+        config.min_concurrency = min;
+    }
+    if let Some(buffer) = &rtt.buffer {
+        config.buffer = buffer.value;
+    }
+    if let Some(floor) = floor
+        && floor != config.min_concurrency
+    {
+        return Err(Rejection::unsupported(
+            "gradient_controller_config.concurrency_limit_params.min_concurrency_limit",
+            "a floor other than min_rtt_calc_params.min_concurrency (one value serves both)",
+        ));
+    }
+    let mut errors = Vec::new();
+    config.check("", &mut errors);
+    if let Some(e) = errors.first() {
+        return Err(Rejection::new(
+            e.path.trim_start_matches('.'),
+            e.message.clone(),
+        ));
+    }
+    Ok(Some(config))
+}
+
 const NETWORK_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 
@@ -233,18 +332,17 @@ fn network_rbac_filter(
     allow_seen: &mut bool,
     out: &mut Vec<crate::config::AuthorizationPolicyConfig>,
 ) -> Result<()> {
-    if rbac.matcher.is_some() || rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
-        return Err(Rejection::unsupported(
-            "matcher",
-            "RBAC matchers and shadow rules",
-        ));
-    }
     if rbac.delay_deny.is_some() {
         return Err(Rejection::unsupported("delay_deny", "a delayed deny"));
     }
     // ONE_TIME_ON_FIRST_BYTE or CONTINUOUS: a connection's identity and
     // port do not change, so checking once at its start is both.
-    super::rbac::rules(rbac.rules.as_ref(), allow_seen, out)
+    rbac_rules(
+        rbac.rules.as_ref(),
+        rbac.matcher.is_some() || rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some(),
+        allow_seen,
+        out,
+    )
 }
 
 /// The HTTP RBAC filter: its rules as authorization policies.
@@ -253,13 +351,27 @@ fn http_rbac_filter(
     allow_seen: &mut bool,
     out: &mut Vec<crate::config::AuthorizationPolicyConfig>,
 ) -> Result<()> {
-    if rbac.matcher.is_some() || rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some() {
+    rbac_rules(
+        rbac.rules.as_ref(),
+        rbac.matcher.is_some() || rbac.shadow_rules.is_some() || rbac.shadow_matcher.is_some(),
+        allow_seen,
+        out,
+    )
+}
+
+fn rbac_rules(
+    rules: Option<&remora_xds_proto::rbac::Rbac>,
+    matchers: bool,
+    allow_seen: &mut bool,
+    out: &mut Vec<crate::config::AuthorizationPolicyConfig>,
+) -> Result<()> {
+    if matchers {
         return Err(Rejection::unsupported(
             "matcher",
             "RBAC matchers and shadow rules",
         ));
     }
-    super::rbac::rules(rbac.rules.as_ref(), allow_seen, out)
+    super::rbac::rules(rules, allow_seen, out)
 }
 
 /// Envoy's TLS inspector listener filter.
@@ -403,6 +515,12 @@ fn http(
             ROUTER => {
                 let _: router::Router = unpack_typed(any, &format!("{at}.typed_config"))?;
                 router_seen = true;
+            }
+            ADAPTIVE_CONCURRENCY => {
+                let filter: adaptive_concurrency::AdaptiveConcurrency =
+                    unpack_typed(any, &format!("{at}.typed_config"))?;
+                config.adaptive_concurrency =
+                    adaptive(&filter).map_err(|e| e.at(&format!("{at}.typed_config")))?;
             }
             HTTP_RBAC => {
                 let rbac: http_rbac::Rbac = unpack_typed(any, &format!("{at}.typed_config"))?;

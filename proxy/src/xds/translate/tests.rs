@@ -589,3 +589,107 @@ fn tls_contexts_become_mesh_mtls() {
     c.transport_socket = Some(upstream(vec![]));
     assert!(rejection(type_url::CLUSTER, &pack(&c)).contains("name the SPIFFE IDs"));
 }
+
+/// Envoy's adaptive concurrency filter becomes the listener's limiter with
+/// the gradient controller's parameters; disabled, it is none; a reply
+/// other than 503 or a controller without its required fields is refused.
+#[test]
+fn the_adaptive_concurrency_filter_becomes_the_listeners_limiter() {
+    use remora_xds_proto::filters::adaptive_concurrency::{
+        AdaptiveConcurrency, GradientControllerConfig, adaptive_concurrency,
+        gradient_controller_config,
+    };
+    let gradient = GradientControllerConfig {
+        sample_aggregate_percentile: Some(remora_xds_proto::types::Percent { value: 90.0 }),
+        concurrency_limit_params: Some(
+            gradient_controller_config::ConcurrencyLimitCalculationParams {
+                max_concurrency_limit: Some(protobuf::UInt32Value { value: 200 }),
+                concurrency_update_interval: Some(protobuf::Duration {
+                    seconds: 0,
+                    nanos: 50_000_000,
+                }),
+                ..Default::default()
+            },
+        ),
+        min_rtt_calc_params: Some(gradient_controller_config::MinimumRttCalculationParams {
+            interval: Some(protobuf::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            request_count: Some(protobuf::UInt32Value { value: 20 }),
+            ..Default::default()
+        }),
+    };
+    let filter = |f: AdaptiveConcurrency| hcm::HttpFilter {
+        name: "envoy.filters.http.adaptive_concurrency".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(&f))),
+        ..Default::default()
+    };
+    let on = AdaptiveConcurrency {
+        concurrency_controller_config: Some(
+            adaptive_concurrency::ConcurrencyControllerConfig::GradientControllerConfig(
+                gradient,
+            ),
+        ),
+        ..Default::default()
+    };
+    let (_, part) = translate(
+        type_url::LISTENER,
+        &pack(&http_listener(vec![filter(on.clone()), router_filter()])),
+    )
+    .unwrap();
+    let Part::Listener(part) = part else {
+        panic!("a listener")
+    };
+    let config = part.config.adaptive_concurrency.unwrap();
+    assert_eq!(config.percentile, 90.0);
+    assert_eq!(config.max_concurrency, 200);
+    assert_eq!(config.sample_interval, Duration::from_millis(50));
+    assert_eq!(config.min_rtt_interval, Duration::from_secs(30));
+    assert_eq!(config.min_rtt_requests, 20);
+    assert_eq!((config.min_concurrency, config.buffer), (3, 25.0));
+
+    let off = AdaptiveConcurrency {
+        enabled: Some(core::RuntimeFeatureFlag {
+            default_value: Some(protobuf::BoolValue { value: false }),
+            runtime_key: "adaptive".into(),
+        }),
+        ..on.clone()
+    };
+    let (_, part) = translate(
+        type_url::LISTENER,
+        &pack(&http_listener(vec![filter(off), router_filter()])),
+    )
+    .unwrap();
+    let Part::Listener(part) = part else {
+        panic!("a listener")
+    };
+    assert!(part.config.adaptive_concurrency.is_none());
+
+    let teapot = AdaptiveConcurrency {
+        concurrency_limit_exceeded_status: Some(remora_xds_proto::types::HttpStatus { code: 418 }),
+        ..on.clone()
+    };
+    let e = rejection(
+        type_url::LISTENER,
+        &pack(&http_listener(vec![filter(teapot), router_filter()])),
+    );
+    assert!(e.contains("concurrency_limit_exceeded_status"), "{e}");
+    let mut no_interval = gradient;
+    no_interval.concurrency_limit_params = None;
+    let e = rejection(
+        type_url::LISTENER,
+        &pack(&http_listener(vec![
+            filter(AdaptiveConcurrency {
+                concurrency_controller_config: Some(
+                    adaptive_concurrency::ConcurrencyControllerConfig::GradientControllerConfig(
+                        no_interval,
+                    ),
+                ),
+                ..Default::default()
+            }),
+            router_filter(),
+        ])),
+    );
+    assert!(e.contains("concurrency_limit_params: required"), "{e}");
+}

@@ -3,7 +3,8 @@
 //!
 //! HTTP paths: `/` and anything else answer 200 with the server's name as
 //! body; `/echo` streams the request body back; `/slow/MS` answers after MS
-//! milliseconds; `/status/CODE` answers CODE; `/bytes/N` sends N bytes in
+//! milliseconds; `/busy/MS` takes one of four workers for MS milliseconds
+//! (latency grows with concurrency past four); `/status/CODE` answers CODE; `/bytes/N` sends N bytes in
 //! 64 KiB chunks; `/gated` sends one chunk, then waits for [`Upstream::open_gate`]
 //! before the second; `/first-chunk` answers with the request body's first
 //! chunk before reading the rest; `/trailers` sends a body and trailers;
@@ -65,6 +66,9 @@ struct State {
     healthy: std::sync::atomic::AtomicBool,
     checks_passed: AtomicUsize,
     checks_failed: AtomicUsize,
+    /// `/busy/MS`: four workers, each busy MS per request; requests beyond
+    /// four wait their turn, so latency grows with concurrency.
+    workers: tokio::sync::Semaphore,
 }
 
 impl Upstream {
@@ -105,6 +109,7 @@ impl Upstream {
             healthy: std::sync::atomic::AtomicBool::new(true),
             checks_passed: AtomicUsize::new(0),
             checks_failed: AtomicUsize::new(0),
+            workers: tokio::sync::Semaphore::new(4),
         });
 
         let task = tokio::spawn(serve(listener, protocol, state.clone()));
@@ -263,6 +268,7 @@ async fn handle(
     const COMMANDS: &[&str] = &[
         "echo",
         "slow",
+        "busy",
         "status",
         "bytes",
         "gated",
@@ -280,6 +286,11 @@ async fn handle(
     let (status, body): (StatusCode, Body) = match command.as_slice() {
         ["", "echo"] => (StatusCode::OK, request.into_body().boxed()),
         ["", "slow", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            (StatusCode::OK, full(state.name.clone()))
+        }
+        ["", "busy", ms] => {
+            let _worker = state.workers.acquire().await.unwrap();
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             (StatusCode::OK, full(state.name.clone()))
         }
