@@ -38,9 +38,9 @@ pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepali
 pub use resilience::{
     AdaptiveConcurrencyConfig, BackoffConfig, BudgetConfig, CircuitBreakersConfig,
     ConnectionRateLimitConfig, FailurePercentageConfig, FaultAbortConfig, FaultConfig,
-    FaultDelayConfig, GrpcHealthCheckConfig, HealthCheckConfig, HttpHealthCheckConfig,
-    OutlierDetectionConfig, RateLimitConfig, RetryConfig, RetryOn, StatusRange, SuccessRateConfig,
-    TcpHealthCheckConfig,
+    FaultDelayConfig, GlobalFailure, GlobalRateLimitConfig, GrpcHealthCheckConfig,
+    HealthCheckConfig, HttpHealthCheckConfig, OutlierDetectionConfig, RateLimitConfig, RetryConfig,
+    RetryOn, StatusRange, SuccessRateConfig, TcpHealthCheckConfig,
 };
 
 /// The whole file.

@@ -480,6 +480,38 @@ pub struct RateLimitConfig {
     /// `none` (one bucket for all), `source_ip`, `header:NAME`, or `peer_identity`.
     #[serde(default = "default_rate_key")]
     pub key: String,
+    /// Share the limit between proxies: the buckets live in Redis
+    /// (docs/resilience.md#global-rate-limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalRateLimitConfig>,
+}
+
+/// `rate_limit.global:` the limit's buckets in Redis, shared by every proxy
+/// with the same listener (and route) names.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRateLimitConfig {
+    /// `redis://HOST:PORT/DB` (`rediss://` for TLS is not built).
+    pub redis: String,
+    /// How long a request may wait for Redis before the `failure` verdict.
+    #[serde(default = "default_global_timeout", with = "scalar::duration")]
+    pub timeout: Duration,
+    /// When Redis cannot be asked: `open` admits (the local limit still
+    /// applies), `closed` answers 429.
+    #[serde(default)]
+    pub failure: GlobalFailure,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalFailure {
+    #[default]
+    Open,
+    Closed,
+}
+
+fn default_global_timeout() -> Duration {
+    Duration::from_millis(5)
 }
 
 fn default_rate_key() -> String {

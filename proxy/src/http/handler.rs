@@ -84,17 +84,22 @@ async fn route(
         return local_reply::reply(exchange, StatusCode::SERVICE_UNAVAILABLE, &message, grpc);
     };
     let grpc = local_reply::is_grpc(request.headers());
-    if let Some(limit) = &listener.rate_limit
-        && let Err(wait) = limit.check(Caller {
+    if let Some(limit) = &listener.rate_limit {
+        let caller = Caller {
             headers: request.headers(),
             authority: request.uri().authority().map(|a| a.as_str()),
             ip: client.ip(),
             identity: exchange.peer_identity(),
-        })
-    {
-        listener.rate_limited.increment(1);
-        let scope = format!("listener {:?}", listener.name);
-        return local_reply::rate_limited(exchange, wait, &scope, grpc);
+        };
+        let verdict = match limit.check(caller) {
+            Ok(()) if limit.is_global() => limit.check_global(caller).await,
+            other => other,
+        };
+        if let Err(wait) = verdict {
+            listener.rate_limited.increment(1);
+            let scope = format!("listener {:?}", listener.name);
+            return local_reply::rate_limited(exchange, wait, &scope, grpc);
+        }
     }
     let view = RequestView::new(request.method(), request.uri(), request.headers());
     let Some((index, route)) = http.table.find(&view) else {
@@ -118,16 +123,22 @@ async fn route(
             Some(backend)
         }
     };
-    if let Some(limit) = &route.rate_limit
-        && let Err(wait) = limit.check(Caller {
+    if let Some(limit) = &route.rate_limit {
+        let caller = Caller {
             headers: request.headers(),
             authority: request.uri().authority().map(|a| a.as_str()),
             ip: client.ip(),
             identity: exchange.peer_identity(),
-        })
-    {
-        route.rate_limited.increment(1);
-        return local_reply::rate_limited(exchange, wait, &format!("route {:?}", route.name), grpc);
+        };
+        let verdict = match limit.check(caller) {
+            Ok(()) if limit.is_global() => limit.check_global(caller).await,
+            other => other,
+        };
+        if let Err(wait) = verdict {
+            route.rate_limited.increment(1);
+            let scope = format!("route {:?}", route.name);
+            return local_reply::rate_limited(exchange, wait, &scope, grpc);
+        }
     }
     match (&route.action, backend) {
         (RouteAction::Respond(direct), _) => {

@@ -457,7 +457,16 @@ impl ListenerState {
                 &r.key,
                 &format!("{at}.rate_limit"),
                 errors,
-            ),
+            )
+            .map(|limit| {
+                limit.with_global(
+                    r,
+                    &format!("listener/{name}"),
+                    &format!("{at}.rate_limit"),
+                    cx.telemetry,
+                    errors,
+                )
+            }),
             (None, _) => None,
         };
         let connection_rate = config.connection_rate_limit.as_ref().and_then(|r| {

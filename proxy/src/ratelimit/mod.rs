@@ -17,7 +17,10 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, RateLimitConfig};
+use crate::telemetry::{self, Telemetry};
+
+mod global;
 
 /// Checks between sweeps of forgotten keys.
 const SWEEP_EVERY: u64 = 4096;
@@ -26,6 +29,8 @@ const SWEEP_EVERY: u64 = 4096;
 pub(crate) struct RateLimit {
     buckets: Buckets,
     checks: AtomicU64,
+    /// `global:`: the shared buckets in Redis, checked after the local one.
+    global: Option<Box<global::Global>>,
 }
 
 #[derive(Debug)]
@@ -96,7 +101,76 @@ impl RateLimit {
         Some(RateLimit {
             buckets,
             checks: AtomicU64::new(0),
+            global: None,
         })
+    }
+
+    /// Adds `config.global` (if any): `scope` names the listener or route,
+    /// so that only the same limit on other proxies shares its buckets.
+    pub(crate) fn with_global(
+        mut self,
+        config: &RateLimitConfig,
+        scope: &str,
+        path: &str,
+        telemetry: &Telemetry,
+        errors: &mut Vec<ConfigError>,
+    ) -> RateLimit {
+        if let Some(g) = &config.global {
+            let rate = config.requests_per_second;
+            let burst = config.burst.unwrap_or(rate.ceil().max(1.0) as u32);
+            self.global = global::Global::compile(
+                g,
+                rate,
+                burst,
+                scope,
+                &format!("{path}.global"),
+                (
+                    telemetry.counter(telemetry::GLOBAL_RATE_LIMIT_CALLS, &[("scope", scope)]),
+                    telemetry.counter(telemetry::GLOBAL_RATE_LIMIT_FAILURES, &[("scope", scope)]),
+                ),
+                errors,
+            )
+            .map(Box::new);
+        }
+        self
+    }
+
+    pub(crate) fn is_global(&self) -> bool {
+        self.global.is_some()
+    }
+
+    /// The shared limit (after [`check`](Self::check) admitted the request
+    /// locally): `Ok` when it may go, else how long until it could.
+    pub(crate) async fn check_global(&self, caller: Caller<'_>) -> Result<(), Duration> {
+        let Some(global) = &self.global else {
+            return Ok(());
+        };
+        let octets;
+        let key: Option<&[u8]> = match &self.buckets {
+            Buckets::One(_) => None,
+            Buckets::BySourceIp(_) => {
+                octets = match caller.ip {
+                    IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+                    IpAddr::V6(ip) => ip.octets(),
+                };
+                Some(&octets)
+            }
+            Buckets::ByPeer(_) => Some(caller.identity.map_or(&b""[..], |i| i.as_bytes())),
+            Buckets::ByHeader(name, _) => Some(
+                caller
+                    .headers
+                    .get(name)
+                    .map(|v| v.as_bytes())
+                    .or_else(|| {
+                        caller
+                            .authority
+                            .filter(|_| *name == HOST)
+                            .map(str::as_bytes)
+                    })
+                    .unwrap_or(b""),
+            ),
+        };
+        global.check(key).await
     }
 
     /// `Ok` when the request may go; else how long until it could.
@@ -258,5 +332,58 @@ mod tests {
             "plaintext shares one bucket"
         );
         assert!(by_peer.check(from(None)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod global_tests {
+    use super::*;
+
+    fn global(yaml: &str) -> Vec<String> {
+        let config: RateLimitConfig = crate::config::parse_yaml_as(yaml).unwrap();
+        let mut errors = Vec::new();
+        let limit = RateLimit::compile(
+            ("requests_per_second", config.requests_per_second),
+            config.burst,
+            &config.key,
+            "routes[0].rate_limit",
+            &mut errors,
+        )
+        .unwrap();
+        let limit = limit.with_global(
+            &config,
+            "route/web/all",
+            "routes[0].rate_limit",
+            &Telemetry::new(),
+            &mut errors,
+        );
+        if errors.is_empty() {
+            assert!(limit.is_global());
+        }
+        errors.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn a_malformed_redis_url_names_the_field_and_an_unreachable_one_is_accepted() {
+        let e = global("{requests_per_second: 10, global: {redis: 'http://nowhere'}}");
+        assert!(
+            e.len() == 1
+                && e[0].starts_with(
+                    "routes[0].rate_limit.global.redis: \"http://nowhere\" is not a Redis URL"
+                ),
+            "{e:?}"
+        );
+        // Nothing listens there: accepted, Redis may come later.
+        assert!(
+            global("{requests_per_second: 10, global: {redis: 'redis://127.0.0.1:1/0'}}")
+                .is_empty()
+        );
+        let e = global(
+            "{requests_per_second: 10, global: {redis: 'redis://127.0.0.1:1/0', timeout: 0s}}",
+        );
+        assert_eq!(
+            e,
+            ["routes[0].rate_limit.global.timeout: must be greater than 0"]
+        );
     }
 }

@@ -154,6 +154,15 @@ impl Route {
                 &format!("{at}.rate_limit"),
                 errors,
             )
+            .map(|limit| {
+                limit.with_global(
+                    r,
+                    &format!("route/{listener}/{}", config.name),
+                    &format!("{at}.rate_limit"),
+                    telemetry,
+                    errors,
+                )
+            })
         });
         let fault = config
             .fault

@@ -34,6 +34,8 @@ pub(crate) const PASSTHROUGH_CONNECTIONS_TOTAL: &str = "remora_passthrough_conne
 pub(crate) const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
 pub(crate) const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
 pub(crate) const TLS_HANDSHAKES_TOTAL: &str = "remora_tls_handshakes_total";
+pub(crate) const GLOBAL_RATE_LIMIT_CALLS: &str = "remora_rate_limit_redis_calls_total";
+pub(crate) const GLOBAL_RATE_LIMIT_FAILURES: &str = "remora_rate_limit_redis_failures_total";
 pub(crate) const ADAPTIVE_REJECTED_TOTAL: &str = "remora_adaptive_concurrency_rejected_total";
 pub(crate) const ADAPTIVE_LIMIT: &str = "remora_adaptive_concurrency_limit";
 pub(crate) const ADAPTIVE_MIN_RTT: &str = "remora_adaptive_concurrency_min_rtt_seconds";
@@ -137,6 +139,16 @@ impl Telemetry {
             TLS_HANDSHAKE_ERRORS_TOTAL,
             None,
             "TLS handshakes a listener refused or lost, by reason (not_tls, client_certificate, protocol, timeout, closed).",
+        );
+        describe(
+            GLOBAL_RATE_LIMIT_CALLS,
+            None,
+            "Calls to Redis for a global rate limit's leases, by limit (listener/NAME or route/LISTENER/ROUTE).",
+        );
+        describe(
+            GLOBAL_RATE_LIMIT_FAILURES,
+            None,
+            "Requests that got a global rate limit's failure verdict (open: admitted, closed: 429) because Redis failed or was too slow.",
         );
         describe(
             ADAPTIVE_REJECTED_TOTAL,

@@ -7,6 +7,7 @@ mod balancing;
 mod capture;
 mod config_cli;
 mod fuzz;
+mod global_limits;
 mod grpc_calls;
 mod health_checks;
 mod hostile_corpus;

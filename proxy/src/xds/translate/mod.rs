@@ -374,6 +374,7 @@ fn local_rate_limit(
         requests_per_second: f64::from(tokens) / interval.as_secs_f64(),
         burst: Some(bucket.max_tokens),
         key: "none".into(),
+        global: None,
     }))
 }
 

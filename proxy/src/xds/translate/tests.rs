@@ -627,9 +627,7 @@ fn the_adaptive_concurrency_filter_becomes_the_listeners_limiter() {
     };
     let on = AdaptiveConcurrency {
         concurrency_controller_config: Some(
-            adaptive_concurrency::ConcurrencyControllerConfig::GradientControllerConfig(
-                gradient,
-            ),
+            adaptive_concurrency::ConcurrencyControllerConfig::GradientControllerConfig(gradient),
         ),
         ..Default::default()
     };
