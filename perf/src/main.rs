@@ -14,12 +14,15 @@
 //!   call (iptables capture in two network namespaces): CPU per request over
 //!   both hops, added latency, and the delay a server-first banner sees;
 //! - `banner`: times connects to a server's first byte;
+//! - `limits`: adaptive concurrency against a saturated upstream, and a
+//!   global (Redis) rate limit against a local one;
 //! - `mtls`: two hops configured by the control plane, mTLS vs plaintext,
 //!   Remora vs Envoy: CPU per keep-alive request and per handshake.
 
 mod bench;
 mod conns;
 mod duration;
+mod limits;
 mod load;
 mod mtls;
 mod procfs;
@@ -48,6 +51,8 @@ enum Command {
     Conns(conns::Options),
     /// Remora vs Envoy as transparent sidecars on both ends of a call (needs root).
     Sidecar(sidecar::Options),
+    /// Adaptive concurrency and global (Redis) rate limits: what they buy and cost.
+    Limits(limits::Options),
     /// Remora vs Envoy in a two-hop mesh, mTLS vs plaintext (CPU per request and per handshake).
     Mtls(mtls::Options),
     /// Times connects to a server's first byte (a server-first banner).
@@ -67,6 +72,7 @@ fn main() {
         Command::Sidecar(options) => sidecar::run(options),
         Command::Banner(options) => sidecar::banner(options),
         Command::Mtls(options) => mtls::run(options),
+        Command::Limits(options) => limits::run(options),
     };
     if let Err(error) = result {
         eprintln!("remora-perf: {error:#}");

@@ -470,11 +470,11 @@ static_resources:
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_listening(address: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(address: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {

@@ -54,11 +54,17 @@ pub struct Options {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// At most this many requests are in `--latency` at once; the rest
+    /// queue for a turn (a server with that many workers: latency grows
+    /// with concurrency past it). 0: no cap.
+    #[arg(long, default_value_t = 0)]
+    pub capacity: usize,
 }
 
 struct State {
     body: Bytes,
     latency: Duration,
+    capacity: Option<tokio::sync::Semaphore>,
     failure_rate: f64,
     served: AtomicU64,
 }
@@ -93,6 +99,7 @@ async fn serve(options: Options) -> anyhow::Result<()> {
     let state = Arc::new(State {
         body: Bytes::from(vec![b'x'; options.body_size]),
         latency: options.latency,
+        capacity: (options.capacity > 0).then(|| tokio::sync::Semaphore::new(options.capacity)),
         failure_rate: options.failure_rate,
         served: AtomicU64::new(0),
     });
@@ -165,6 +172,10 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Reply>, Infallible> {
     if !state.latency.is_zero() {
+        let _turn = match &state.capacity {
+            Some(capacity) => capacity.acquire().await.ok(),
+            None => None,
+        };
         tokio::time::sleep(state.latency).await;
     }
     let fail = state.should_fail();
@@ -287,6 +298,7 @@ mod tests {
         let state = State {
             body: Bytes::new(),
             latency: Duration::ZERO,
+            capacity: None,
             failure_rate: 0.25,
             served: AtomicU64::new(0),
         };
