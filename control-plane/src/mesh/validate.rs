@@ -536,6 +536,17 @@ fn check_policy(service: &Service, at: &str, err: &mut impl FnMut(String, String
             ),
         );
     }
+    if let Some(global) = policy.rate_limit.as_ref().and_then(|r| r.global.as_ref())
+        && !global.redis.starts_with("redis://")
+    {
+        err(
+            format!("{at}.rate_limit.global.redis"),
+            format!(
+                "{:?} is not a Redis URL (redis://HOST:PORT/DB)",
+                global.redis
+            ),
+        );
+    }
     if policy.rate_limit.is_some() && !service.protocol.is_http() {
         err(
             format!("{at}.rate_limit"),

@@ -296,6 +296,29 @@ fn inbound_routes(name: &str, service: &Service) -> RouteConfiguration {
             LOCAL_RATE_LIMIT.into(),
             remora_xds_proto::pack(&token_bucket(limit)),
         );
+        if let Some(global) = &limit.global {
+            // remora-proxy makes the limit global; Envoy keeps it per proxy.
+            // Every proxy of the service shares the service's buckets.
+            let mut global = global.clone();
+            global.bucket.get_or_insert_with(|| service.key());
+            let extras = serde_json::json!({ "rate_limit_global": global }).to_string();
+            route.metadata = Some(core::Metadata {
+                filter_metadata: [(
+                    "remora".to_string(),
+                    protobuf::Struct {
+                        fields: [(
+                            "extras".to_string(),
+                            protobuf::Value {
+                                kind: Some(protobuf::value::Kind::StringValue(extras)),
+                            },
+                        )]
+                        .into(),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            });
+        }
     }
     RouteConfiguration {
         name: name.into(),

@@ -717,3 +717,49 @@ proxies:
         "{e}"
     );
 }
+
+/// A service's `rate_limit.global`: Envoy's local rate limit on the inbound
+/// route as before, plus the Redis settings in the route's Remora metadata,
+/// with the service as the shared bucket; remora-proxy reads a global
+/// limit back.
+#[test]
+fn a_global_rate_limit_travels_in_the_routes_remora_metadata() {
+    let mesh = parse_yaml(
+        "
+services:
+  - name: api
+    namespace: shop
+    port: 80
+    endpoints: ['10.0.0.1:15006']
+    policy: {rate_limit: {requests_per_second: 100, global: {redis: 'redis://10.0.0.9:6379/0', failure: closed}}}
+proxies:
+  - {node_id: api-1, inbound: [{service: api.shop, listen: '10.0.0.1:15006', target: '127.0.0.1:80'}]}
+",
+    )
+    .unwrap();
+    let t = translate(&mesh, None);
+    let (_, part) = remora_proxy::xds::translate::translate(
+        type_url::ROUTE,
+        &t.proxies[0].by_type[3]["inbound|10.0.0.1:15006"].any,
+    )
+    .unwrap();
+    let remora_proxy::xds::translate::Part::Routes(part) = part else {
+        panic!()
+    };
+    let limit = part[0].rate_limit.clone().unwrap();
+    assert_eq!(limit.requests_per_second, 100.0);
+    let global = limit.global.unwrap();
+    assert_eq!(global.redis, "redis://10.0.0.9:6379/0");
+    assert_eq!(global.bucket.as_deref(), Some("api.shop"));
+    assert_eq!(global.failure, remora_proxy::config::GlobalFailure::Closed);
+    assert_eq!(global.timeout, std::time::Duration::from_millis(5));
+    let e = parse_yaml(
+        "services: [{name: api, port: 80, policy: {rate_limit: {requests_per_second: 1, global: {redis: 'http://x'}}}}]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("services[0].policy.rate_limit.global.redis"),
+        "{e}"
+    );
+}

@@ -500,6 +500,10 @@ pub struct GlobalRateLimitConfig {
     /// applies), `closed` answers 429.
     #[serde(default)]
     pub failure: GlobalFailure,
+    /// The buckets' name in Redis: limits with the same name share them.
+    /// Absent: `listener/NAME` or `route/LISTENER/ROUTE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

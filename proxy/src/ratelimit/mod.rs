@@ -116,6 +116,7 @@ impl RateLimit {
         errors: &mut Vec<ConfigError>,
     ) -> RateLimit {
         if let Some(g) = &config.global {
+            let scope = g.bucket.as_deref().unwrap_or(scope);
             let rate = config.requests_per_second;
             let burst = config.burst.unwrap_or(rate.ceil().max(1.0) as u32);
             self.global = global::Global::compile(

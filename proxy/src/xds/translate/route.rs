@@ -251,6 +251,15 @@ fn route(r: &Route, scope: &Scope, index_name: String) -> Result<RouteConfig> {
             Some(limit) => limit,
             None => scope.rate_limit.clone().flatten(),
         };
+    if let Some(global) = super::route_policy::global_rate_limit(r)? {
+        let Some(limit) = &mut out.rate_limit else {
+            return Err(Rejection::new(
+                "metadata.filter_metadata[\"remora\"].extras",
+                "rate_limit_global needs the route's local rate limit (typed_per_filter_config)",
+            ));
+        };
+        limit.global = Some(global);
+    }
     match &r.action {
         Some(route::route::Action::Route(action)) => {
             route_action(action, scope, &mut out).map_err(|e| e.at("route"))?

@@ -173,3 +173,32 @@ pub(super) fn per_filter_rate_limit(
     }
     Ok(out)
 }
+
+/// `metadata.filter_metadata["remora"].extras` on a route: `{"rate_limit_global":
+/// {redis, timeout, failure, bucket}}`, which makes the route's local rate
+/// limit global (Envoy has no Redis-backed limit; it ignores this).
+pub(super) fn global_rate_limit(
+    r: &remora_xds_proto::route::Route,
+) -> Result<Option<crate::config::GlobalRateLimitConfig>> {
+    let Some(text) = r
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("remora"))
+        .and_then(|s| s.fields.get("extras"))
+        .and_then(|v| match &v.kind {
+            Some(protobuf::value::Kind::StringValue(s)) => Some(s),
+            _ => None,
+        })
+    else {
+        return Ok(None);
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Extras {
+        rate_limit_global: Option<crate::config::GlobalRateLimitConfig>,
+    }
+    let extras: Extras = serde_json::from_str(text).map_err(|e| {
+        Rejection::new("metadata.filter_metadata[\"remora\"].extras", e.to_string())
+    })?;
+    Ok(extras.rate_limit_global)
+}
