@@ -193,6 +193,28 @@ impl Global {
                 "must be greater than 0",
             ));
         }
+        // Redis may come later: an unreachable one is a warning, not a
+        // refusal (its requests get the failure verdict meanwhile).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (client, url) = (client.clone(), config.redis.clone());
+            runtime.spawn(async move {
+                let probe = async {
+                    let mut connection = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut connection).await
+                };
+                match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::warn!(
+                        redis = %url, %error,
+                        "global rate limit: Redis unreachable; requests get the failure verdict until it answers"
+                    ),
+                    Err(_) => tracing::warn!(
+                        redis = %url,
+                        "global rate limit: Redis did not answer in 2 s; requests get the failure verdict until it does"
+                    ),
+                }
+            });
+        }
         Some(Global {
             url: config.redis.clone(),
             client,
