@@ -104,18 +104,35 @@ pub fn cluster(service: &Service) -> Cluster {
         out.typed_extension_protocol_options
             .insert(HTTP_OPTIONS.to_string(), http_options(service));
     }
-    if let Some(extra) = remora_extras(service) {
-        out.metadata = Some(core::Metadata {
-            filter_metadata: [(METADATA_KEY.to_string(), extra)].into(),
-            ..Default::default()
-        });
+    if let Some(json) = remora_extras(service) {
+        out.metadata = Some(remora_metadata(json));
     }
     out
 }
 
-/// Settings with no Envoy field, as one JSON string so the encoding stays
-/// deterministic: `{"load_balancer": {...}, "pool": {...}}`.
-fn remora_extras(service: &Service) -> Option<protobuf::Struct> {
+/// `filter_metadata["remora"].extras`: settings with no Envoy field, as
+/// one JSON string so the encoding stays deterministic.
+pub fn remora_metadata(json: String) -> core::Metadata {
+    core::Metadata {
+        filter_metadata: [(
+            METADATA_KEY.to_string(),
+            protobuf::Struct {
+                fields: [(
+                    "extras".to_string(),
+                    protobuf::Value {
+                        kind: Some(protobuf::value::Kind::StringValue(json)),
+                    },
+                )]
+                .into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// A cluster's extras: `{"load_balancer": {...}, "pool": {...}}`.
+fn remora_extras(service: &Service) -> Option<String> {
     let policy = &service.policy;
     let lb = &policy.load_balancer;
     let mut extras = serde_json::Map::new();
@@ -151,16 +168,7 @@ fn remora_extras(service: &Service) -> Option<protobuf::Struct> {
     if extras.is_empty() {
         return None;
     }
-    let json = serde_json::Value::Object(extras).to_string();
-    Some(protobuf::Struct {
-        fields: [(
-            "extras".to_string(),
-            protobuf::Value {
-                kind: Some(protobuf::value::Kind::StringValue(json)),
-            },
-        )]
-        .into(),
-    })
+    Some(serde_json::Value::Object(extras).to_string())
 }
 
 fn format_duration(d: std::time::Duration) -> String {

@@ -302,22 +302,7 @@ fn inbound_routes(name: &str, service: &Service) -> RouteConfiguration {
             let mut global = global.clone();
             global.bucket.get_or_insert_with(|| service.key());
             let extras = serde_json::json!({ "rate_limit_global": global }).to_string();
-            route.metadata = Some(core::Metadata {
-                filter_metadata: [(
-                    "remora".to_string(),
-                    protobuf::Struct {
-                        fields: [(
-                            "extras".to_string(),
-                            protobuf::Value {
-                                kind: Some(protobuf::value::Kind::StringValue(extras)),
-                            },
-                        )]
-                        .into(),
-                    },
-                )]
-                .into(),
-                ..Default::default()
-            });
+            route.metadata = Some(super::cluster::remora_metadata(extras));
         }
     }
     RouteConfiguration {

@@ -156,6 +156,14 @@ async fn adaptive_concurrency_sheds_load_and_keeps_latency_bounded() {
     assert!((3.0..=32.0).contains(&limit), "limit {limit}");
     let min_rtt = limited.metric(r#"remora_adaptive_concurrency_min_rtt_seconds{cluster="app"}"#);
     assert!((0.015..0.2).contains(&min_rtt), "minRTT {min_rtt}");
+    let (_, body) = crate::support::process::admin_request(limited.admin, "GET", "/clusters").await;
+    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let view = &clusters[0]["adaptive_concurrency"];
+    assert!(view["limit"].as_u64().is_some_and(|l| l >= 3), "{view}");
+    assert!(
+        view["min_rtt_ms"].as_f64().is_some_and(|ms| ms >= 15.0),
+        "{view}"
+    );
 
     // The same on a listener (Envoy's filter, over xDS): one limit over
     // every request it forwards.
