@@ -366,6 +366,24 @@ pub(crate) fn upstream(
     })
 }
 
+/// A client that accepts any server certificate, with no warning: the
+/// application's HTTPS probes (the kubelet does not verify them either).
+pub(crate) fn probe_client(host: &str) -> Option<UpstreamTls> {
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+        .with_no_client_auth();
+    let config = Arc::new(config);
+    Some(UpstreamTls {
+        http1: config.clone(),
+        http2: config,
+        server_name: Some(server_name),
+    })
+}
+
 impl UpstreamTls {
     /// The client handshake on a connected `stream`.
     pub(crate) async fn connect(

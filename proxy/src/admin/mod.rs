@@ -11,7 +11,9 @@
 //! | `GET /xds` | the xDS client: server, connection, versions, ACK/NACK counts, last NACK, warming |
 //! | `GET /logging`, `PUT`/`POST /logging?level=...` | read or change the log filter |
 //! | `POST /drain` | stop accepting, finish in-flight requests, exit |
+//! | `GET /app-health/...` | the application's probe configured at that path (`app_probes`) |
 
+mod probes;
 mod views;
 
 use std::convert::Infallible;
@@ -41,9 +43,16 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
+            let service = service_fn(move |request: Request<Incoming>| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(handle(&proxy, request)) }
+                async move {
+                    let read = request.method() == Method::GET || request.method() == Method::HEAD;
+                    let path = request.uri().path();
+                    if read && path.starts_with("/app-health/") {
+                        return Ok::<_, Infallible>(app_probe(&proxy, path).await);
+                    }
+                    Ok::<_, Infallible>(handle(&proxy, request))
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -55,7 +64,7 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
     }
 }
 
-const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\n";
+const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\nGET  /app-health/CONTAINER/PROBE\n";
 
 fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method();
@@ -109,6 +118,21 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
         path => text(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {path}\n\n{INDEX}"),
+        ),
+    }
+}
+
+/// `GET /app-health/...`: the application's probe configured at that path.
+async fn app_probe(proxy: &Proxy, path: &str) -> Response<Full<Bytes>> {
+    let probe = proxy.snapshot().config.app_probes.get(path).cloned();
+    match probe {
+        Some(probe) => {
+            let (status, body) = probes::run(&probe).await;
+            text(status, body)
+        }
+        None => text(
+            StatusCode::NOT_FOUND,
+            format!("no application probe at {path} (app_probes, REMORA_APP_PROBES)\n"),
         ),
     }
 }

@@ -45,13 +45,17 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     parse_yaml(&text)
 }
 
-/// `REMORA_ADMIN_ADDRESS`, `REMORA_LOG_LEVEL` and `REMORA_WORKERS`, read once
-/// at start and applied over every version of the file.
+/// `REMORA_ADMIN_ADDRESS`, `REMORA_LOG_LEVEL`, `REMORA_WORKERS` and
+/// `REMORA_APP_PROBES`, read once at start and applied over every version
+/// of the file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EnvOverrides {
     pub admin_address: Option<SocketAddr>,
     pub log_level: Option<String>,
     pub workers: Option<NonZeroUsize>,
+    /// `REMORA_APP_PROBES`: the application's probes, as JSON (what the
+    /// sidecar injector writes).
+    pub app_probes: Option<std::collections::BTreeMap<String, super::AppProbeConfig>>,
 }
 
 impl EnvOverrides {
@@ -70,6 +74,15 @@ impl EnvOverrides {
                 Err(message) => {
                     errors.push(super::ConfigError::new("REMORA_ADMIN_ADDRESS", message))
                 }
+            }
+        }
+        if let Some(value) = get("REMORA_APP_PROBES") {
+            match serde_json::from_str(&value) {
+                Ok(probes) => overrides.app_probes = Some(probes),
+                Err(error) => errors.push(super::ConfigError::new(
+                    "REMORA_APP_PROBES",
+                    format!("not a JSON map of probes ({{\"/app-health/web/readyz\": {{\"httpGet\": {{\"port\": 8080}}}}}}): {error}"),
+                )),
             }
         }
         if let Some(value) = get("REMORA_LOG_LEVEL") {
@@ -105,6 +118,9 @@ impl EnvOverrides {
         }
         if let Some(level) = &self.log_level {
             config.log.level.clone_from(level);
+        }
+        if let Some(probes) = &self.app_probes {
+            config.app_probes = probes.clone();
         }
         if let Some(workers) = self.workers {
             config.workers = Some(workers);
@@ -239,6 +255,27 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("REMORA_LOG_LEVEL: invalid log level"),
+            "{err}"
+        );
+
+        // What the sidecar injector writes: the pod's probes as JSON.
+        let overrides = EnvOverrides::from_lookup(env(&[(
+            "REMORA_APP_PROBES",
+            r#"{"/app-health/web/readyz": {"httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTP"}, "timeoutSeconds": 3}}"#,
+        )]))
+        .unwrap();
+        let mut config = parse_yaml("").unwrap();
+        overrides.apply(&mut config);
+        let probe = &config.app_probes["/app-health/web/readyz"];
+        assert_eq!((probe.http_get.port, probe.timeout_seconds), (8080, 3));
+        let err = EnvOverrides::from_lookup(env(&[(
+            "REMORA_APP_PROBES",
+            r#"{"/app-health/web/readyz": {"exec": {}}}"#,
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("REMORA_APP_PROBES: not a JSON map of probes"),
             "{err}"
         );
     }

@@ -78,6 +78,58 @@ pub struct Config {
     /// The proxy's workload certificate, from the mesh's CA (docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityConfig>,
+    /// The application's HTTP probes, answered on the admin port at these
+    /// paths (`/app-health/CONTAINER/livez|readyz|startupz`), so the kubelet
+    /// reaches them through the proxy under strict mTLS. Kubernetes' probe
+    /// shape: `{httpGet: {path, port, host, scheme, httpHeaders}, timeoutSeconds}`.
+    /// `REMORA_APP_PROBES` (the same as JSON) replaces it. docs/operations.md.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub app_probes: std::collections::BTreeMap<String, AppProbeConfig>,
+}
+
+/// One application probe, as a Kubernetes container's `httpGet` probe.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AppProbeConfig {
+    pub http_get: HttpGetProbeConfig,
+    /// Kubernetes' default, 1 s.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpGetProbeConfig {
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    pub port: u16,
+    /// Default `127.0.0.1`: the application in the proxy's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `HTTP` or `HTTPS` (the certificate is not verified, as the kubelet does not).
+    #[serde(default = "default_probe_scheme")]
+    pub scheme: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<ProbeHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeHeader {
+    pub name: String,
+    pub value: String,
+}
+
+fn default_probe_timeout() -> u32 {
+    1
+}
+
+fn default_probe_path() -> String {
+    "/".to_string()
+}
+
+fn default_probe_scheme() -> String {
+    "HTTP".to_string()
 }
 
 /// `identity:` — where the proxy gets the certificate for its SPIFFE ID.

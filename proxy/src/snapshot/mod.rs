@@ -122,6 +122,39 @@ impl Snapshot {
         if let Some(identity) = &config.identity {
             errors.extend(crate::identity::check(identity));
         }
+        for (path, probe) in &config.app_probes {
+            let at = format!("app_probes[{path:?}]");
+            if !path.starts_with("/app-health/") {
+                errors.push(ConfigError::new(
+                    at.clone(),
+                    "a probe's admin path starts with /app-health/ (e.g. /app-health/web/readyz)",
+                ));
+            }
+            if !matches!(probe.http_get.scheme.as_str(), "HTTP" | "HTTPS") {
+                errors.push(ConfigError::new(
+                    format!("{at}.httpGet.scheme"),
+                    format!("{:?}: HTTP or HTTPS", probe.http_get.scheme),
+                ));
+            }
+            if probe.http_get.port == 0 {
+                errors.push(ConfigError::new(
+                    format!("{at}.httpGet.port"),
+                    "must be 1-65535",
+                ));
+            }
+            if !probe.http_get.path.starts_with('/') {
+                errors.push(ConfigError::new(
+                    format!("{at}.httpGet.path"),
+                    "must start with /",
+                ));
+            }
+            if probe.timeout_seconds == 0 {
+                errors.push(ConfigError::new(
+                    format!("{at}.timeoutSeconds"),
+                    "must be at least 1",
+                ));
+            }
+        }
 
         state::check_unique(&config.listeners, &mut errors);
         let cx = ListenerContext {

@@ -433,3 +433,31 @@ fn an_endpoint_change_keeps_the_cluster_and_the_endpoints_that_stay() {
     assert_eq!(back.apply_endpoint_updates(), 1);
     assert_eq!(addresses(&back.clusters[0]), ["127.0.0.1:1", "127.0.0.1:2"]);
 }
+
+#[test]
+fn application_probes_and_adaptive_concurrency_are_checked() {
+    let yaml = "
+app_probes:
+  /healthz: {httpGet: {port: 8080}}
+  /app-health/web/readyz: {httpGet: {path: ready, port: 0, scheme: GRPC}, timeoutSeconds: 0}
+clusters:
+  - {name: a, endpoints: [127.0.0.1:1], adaptive_concurrency: {percentile: 0, min_concurrency: 5, max_concurrency: 4, sample_interval: 0s}}
+listeners:
+  - {name: t, address: 127.0.0.1:2, protocol: tcp, cluster: a, adaptive_concurrency: {}}
+";
+    assert_eq!(
+        compile(yaml).unwrap_err(),
+        [
+            "clusters[0].adaptive_concurrency.sample_interval: must be at least 1ms",
+            "clusters[0].adaptive_concurrency.percentile: 0 is outside (0, 100]",
+            "clusters[0].adaptive_concurrency.max_concurrency: 4 is below min_concurrency 5",
+            "app_probes[\"/app-health/web/readyz\"].httpGet.scheme: \"GRPC\": HTTP or HTTPS",
+            "app_probes[\"/app-health/web/readyz\"].httpGet.port: must be 1-65535",
+            "app_probes[\"/app-health/web/readyz\"].httpGet.path: must start with /",
+            "app_probes[\"/app-health/web/readyz\"].timeoutSeconds: must be at least 1",
+            "app_probes[\"/healthz\"]: a probe's admin path starts with /app-health/ (e.g. /app-health/web/readyz)",
+            "listeners[0].adaptive_concurrency: limits HTTP requests: only on an HTTP listener (or a cluster's)",
+        ]
+        .join("\n")
+    );
+}

@@ -144,3 +144,47 @@ async fn drain_makes_the_proxy_unready_and_refuse_new_connections() {
     })
     .await;
 }
+
+/// `app_probes`: the kubelet's rewritten probes reach the application
+/// through the admin port; the answer is the application's status, 503
+/// when it is down or too slow, 404 for a path no probe has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_probes_are_answered_on_the_admin_port() {
+    let upstream = Upstream::http1("app").await;
+    let port = upstream.addr.port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = TestProxy::start(&format!(
+        "
+app_probes:
+  /app-health/web/livez: {{httpGet: {{path: /healthz, port: {port}, httpHeaders: [{{name: x-probe, value: kubelet}}]}}}}
+  /app-health/web/readyz: {{httpGet: {{path: /status/503, port: {port}}}}}
+  /app-health/web/startupz: {{httpGet: {{path: /slow/3000, port: {port}}}, timeoutSeconds: 1}}
+  /app-health/gone/livez: {{httpGet: {{port: {closed}}}}}
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: app}}]}}]}}
+clusters:
+  - {{name: app, endpoints: ['{}']}}
+",
+        upstream.addr
+    ))
+    .await;
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/web/livez").await;
+    assert_eq!((status, body.as_str()), (200, "application answered 200\n"));
+    assert_eq!(upstream.hits(), 1);
+    let (status, _) = admin_request(proxy.admin, "GET", "/app-health/web/readyz").await;
+    assert_eq!(status, 503);
+    let started = std::time::Instant::now();
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/web/startupz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("timed out after 1s"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500));
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/gone/livez").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("application probe failed: connect"), "{body}");
+    let (status, _) = admin_request(proxy.admin, "GET", "/app-health/other/livez").await;
+    assert_eq!(status, 404);
+}
