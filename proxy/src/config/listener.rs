@@ -68,6 +68,11 @@ pub struct ListenerConfig {
     /// and (HTTP) paths, methods and headers (docs/security.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization: Vec<AuthorizationPolicyConfig>,
+    /// HTTP: give a request without `x-request-id` a new one (a random
+    /// UUID), passed upstream and written to the access log; a request
+    /// that has one keeps it (Envoy's `generate_request_id`).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub generate_request_id: bool,
     /// HTTP: one adaptive concurrency limit over every request the listener
     /// forwards (Envoy's `adaptive_concurrency` filter; a cluster's
     /// `adaptive_concurrency` limits that cluster's). docs/resilience.md.

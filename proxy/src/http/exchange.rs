@@ -65,6 +65,7 @@ pub(crate) struct Exchange {
 
 struct Summary {
     time: SystemTime,
+    request_id: Option<String>,
     method: Method,
     version: Version,
     authority: String,
@@ -97,6 +98,11 @@ impl Exchange {
                 .unwrap_or_default();
             Box::new(Summary {
                 time: SystemTime::now(),
+                request_id: request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
                 method: request.method().clone(),
                 version: request.version(),
                 authority: authority.to_string(),
@@ -276,6 +282,7 @@ impl Exchange {
             direction: self.conn.origin.captured.map(|c| c.direction.as_str()),
             original_dst: self.conn.origin.captured.map(|c| c.original.to_string()),
             peer_identity: self.conn.origin.peer_identity.as_deref(),
+            request_id: summary.request_id.as_deref(),
         });
     }
 }

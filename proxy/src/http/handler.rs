@@ -28,6 +28,25 @@ pub(crate) struct ConnContext {
     pub(crate) origin: Origin,
 }
 
+/// The request id header, as Envoy names it.
+pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A random (version 4) UUID.
+fn new_request_id() -> http::HeaderValue {
+    let (hi, lo) = (crate::rand::next_u64(), crate::rand::next_u64());
+    let hi = (hi & !0xf000) | 0x4000; // version 4
+    let lo = (lo & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
+    let text = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    http::HeaderValue::from_str(&text).expect("hex digits and dashes")
+}
+
 pub(super) async fn handle(
     conn: Arc<ConnContext>,
     request: Request<Incoming>,
@@ -36,6 +55,9 @@ pub(super) async fn handle(
     let listener = conn.slot.current();
     let (peer, tracker) = (conn.peer, conn.tracker.clone());
     let mut request = request;
+    if listener.generate_request_id && !request.headers().contains_key(REQUEST_ID) {
+        request.headers_mut().insert(REQUEST_ID, new_request_id());
+    }
     let authority = authority::normalize(&mut request);
     let denied = if listener.authz.is_empty() {
         None

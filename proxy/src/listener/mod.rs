@@ -101,6 +101,8 @@ pub struct ListenerState {
     /// `mtls: permissive`: a client that does not start a TLS handshake
     /// is served in plaintext.
     pub(crate) permissive: bool,
+    /// `generate_request_id`.
+    pub(crate) generate_request_id: bool,
     /// Who may call (`authorization:`).
     pub(crate) authz: crate::authz::Authorization,
     /// `adaptive_concurrency:` over every request the listener forwards.
@@ -516,6 +518,7 @@ impl ListenerState {
             direction: config.direction(),
             tls,
             permissive: mtls == MtlsMode::Permissive,
+            generate_request_id: config.generate_request_id,
             authz,
             adaptive,
             tls_handshakes: ["full", "resumed"].map(|session| {

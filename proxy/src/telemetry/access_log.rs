@@ -52,6 +52,9 @@ pub(crate) struct AccessRecord<'a> {
     /// The SPIFFE ID an mTLS client presented.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) peer_identity: Option<&'a str>,
+    /// The request's `x-request-id` (given, or generated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) request_id: Option<&'a str>,
 }
 
 /// What one opaque TCP connection's line says (`"protocol": "tcp"` or

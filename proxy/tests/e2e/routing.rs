@@ -304,3 +304,58 @@ clusters:
     assert_eq!(third["failed_by"], "upstream");
     assert_eq!(third["failure"], "connect_failure");
 }
+
+/// `x-request-id`, as Envoy: a request without one gets a new random UUID,
+/// passed upstream and written to the access log; one the client sent is
+/// kept; `generate_request_id: false` adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_an_x_request_id_upstream_and_in_the_access_log() {
+    let upstream = Upstream::http1("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let proxy = TestProxy::start(&format!(
+        "
+access_log: {{path: '{}'}}
+listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: api}}]}}]}}
+  - {{name: plain, address: 127.0.0.1:0, generate_request_id: false, routes: [{{name: all, backends: [{{cluster: api}}]}}]}}
+clusters:
+  - {{name: api, endpoints: ['{}']}}
+",
+        log.display(),
+        upstream.addr
+    ))
+    .await;
+    let client = client::http1();
+    let generated = client::get(&client, &proxy.url("web", "/one")).await;
+    let id = generated.header("x-echo-request-id").to_string();
+    let shape: Vec<usize> = id.split('-').map(str::len).collect();
+    assert_eq!(shape, [8, 4, 4, 4, 12], "{id}");
+    assert_eq!(&id[14..15], "4", "a version 4 UUID: {id}");
+    let again = client::get(&client, &proxy.url("web", "/one")).await;
+    assert_ne!(
+        again.header("x-echo-request-id"),
+        id,
+        "a new id per request"
+    );
+    let kept = client::get_with(
+        &client,
+        &proxy.url("web", "/two"),
+        &[("x-request-id", "abc-123")],
+    )
+    .await;
+    assert_eq!(kept.header("x-echo-request-id"), "abc-123");
+    let none = client::get(&client, &proxy.url("plain", "/three")).await;
+    assert_eq!(none.header("x-echo-request-id"), "");
+    let mut lines = String::new();
+    crate::support::eventually("four access-log lines", || {
+        lines = std::fs::read_to_string(&log).unwrap_or_default();
+        lines.lines().count() == 4
+    })
+    .await;
+    assert!(
+        lines.contains(&format!("\"request_id\":\"{id}\"")),
+        "{lines}"
+    );
+    assert!(lines.contains("\"request_id\":\"abc-123\""), "{lines}");
+}

@@ -468,6 +468,9 @@ fn http(
     if let Some(kb) = u32v(&m.max_request_headers_kb) {
         config.max_request_headers_kb = kb;
     }
+    if let Some(generate) = &m.generate_request_id {
+        config.generate_request_id = generate.value;
+    }
     if let Some(common) = &m.common_http_protocol_options {
         if let Some(idle) = opt_duration(
             &common.idle_timeout,
