@@ -100,7 +100,7 @@ impl Exchange {
                 time: SystemTime::now(),
                 request_id: request
                     .headers()
-                    .get("x-request-id")
+                    .get(super::handler::REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
                 method: request.method().clone(),

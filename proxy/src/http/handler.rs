@@ -31,20 +31,22 @@ pub(crate) struct ConnContext {
 /// The request id header, as Envoy names it.
 pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-/// A random (version 4) UUID.
+/// A random (version 4) UUID, formatted in place: one allocation.
 fn new_request_id() -> http::HeaderValue {
-    let (hi, lo) = (crate::rand::next_u64(), crate::rand::next_u64());
-    let hi = (hi & !0xf000) | 0x4000; // version 4
-    let lo = (lo & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
-    let text = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    );
-    http::HeaderValue::from_str(&text).expect("hex digits and dashes")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hi = (crate::rand::next_u64() & !0xf000) | 0x4000; // version 4
+    let lo = (crate::rand::next_u64() & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
+    let bits = (u128::from(hi) << 64) | u128::from(lo);
+    let mut text = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, byte) in text.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    http::HeaderValue::from_bytes(&text).expect("hex digits and dashes")
 }
 
 pub(super) async fn handle(
@@ -113,11 +115,7 @@ async fn route(
             ip: client.ip(),
             identity: exchange.peer_identity(),
         };
-        let verdict = match limit.check(caller) {
-            Ok(()) if limit.is_global() => limit.check_global(caller).await,
-            other => other,
-        };
-        if let Err(wait) = verdict {
+        if let Err(wait) = limit.admit(caller).await {
             listener.rate_limited.increment(1);
             let scope = format!("listener {:?}", listener.name);
             return local_reply::rate_limited(exchange, wait, &scope, grpc);
@@ -152,11 +150,7 @@ async fn route(
             ip: client.ip(),
             identity: exchange.peer_identity(),
         };
-        let verdict = match limit.check(caller) {
-            Ok(()) if limit.is_global() => limit.check_global(caller).await,
-            other => other,
-        };
-        if let Err(wait) = verdict {
+        if let Err(wait) = limit.admit(caller).await {
             route.rate_limited.increment(1);
             let scope = format!("route {:?}", route.name);
             return local_reply::rate_limited(exchange, wait, &scope, grpc);

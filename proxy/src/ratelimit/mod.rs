@@ -136,13 +136,23 @@ impl RateLimit {
         self
     }
 
-    pub(crate) fn is_global(&self) -> bool {
+    /// The local bucket, then (if it admits) the shared one: `Ok` when the
+    /// request may go, else how long until it could.
+    pub(crate) async fn admit(&self, caller: Caller<'_>) -> Result<(), Duration> {
+        self.check(caller)?;
+        if self.global.is_some() {
+            return self.check_global(caller).await;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn is_global(&self) -> bool {
         self.global.is_some()
     }
 
-    /// The shared limit (after [`check`](Self::check) admitted the request
-    /// locally): `Ok` when it may go, else how long until it could.
-    pub(crate) async fn check_global(&self, caller: Caller<'_>) -> Result<(), Duration> {
+    /// The shared limit, after the local one admitted the request.
+    async fn check_global(&self, caller: Caller<'_>) -> Result<(), Duration> {
         let Some(global) = &self.global else {
             return Ok(());
         };

@@ -332,6 +332,11 @@ clusters:
     let shape: Vec<usize> = id.split('-').map(str::len).collect();
     assert_eq!(shape, [8, 4, 4, 4, 12], "{id}");
     assert_eq!(&id[14..15], "4", "a version 4 UUID: {id}");
+    assert!("89ab".contains(&id[19..20]), "the RFC 4122 variant: {id}");
+    assert!(
+        id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()),
+        "{id}"
+    );
     let again = client::get(&client, &proxy.url("web", "/one")).await;
     assert_ne!(
         again.header("x-echo-request-id"),
