@@ -23,6 +23,7 @@ pub use authz::check_authorization;
 mod balance;
 mod body;
 mod breaker;
+mod cache;
 pub mod capture;
 pub mod cluster;
 pub mod config;

@@ -29,6 +29,7 @@ const LAYERS: &[&str] = &[
     "breaker",
     "adaptive",
     "body",
+    "cache",
     // the upstream side, bottom-up
     "pool",
     "endpoint",

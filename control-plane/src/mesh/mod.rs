@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use remora_proxy::config::{
-    CircuitBreakersConfig, EndpointConfig, HealthCheckConfig, KeepaliveConfig, LoadBalancerConfig,
-    OutlierDetectionConfig, PoolConfig, RateLimitConfig, scalar,
+    CacheConfig, CircuitBreakersConfig, EndpointConfig, HealthCheckConfig, KeepaliveConfig,
+    LoadBalancerConfig, OutlierDetectionConfig, PoolConfig, RateLimitConfig, scalar,
 };
 use serde::{Deserialize, Serialize};
 
@@ -202,6 +202,11 @@ pub struct TrafficPolicy {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// A response cache in every calling proxy, on each route to the
+    /// service (the RPC framework's client request cache; docs/cache.md).
+    /// remora-proxy only: Envoy ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -219,6 +224,7 @@ impl Default for TrafficPolicy {
             keepalive: KeepaliveConfig::default(),
             health_check: None,
             rate_limit: None,
+            cache: None,
         }
     }
 }

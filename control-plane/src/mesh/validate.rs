@@ -553,6 +553,17 @@ fn check_policy(service: &Service, at: &str, err: &mut impl FnMut(String, String
             "applies to HTTP and gRPC services only".into(),
         );
     }
+    if let Some(cache) = &policy.cache {
+        if !service.protocol.is_http() {
+            err(
+                format!("{at}.cache"),
+                "applies to HTTP and gRPC services only".into(),
+            );
+        }
+        for problem in cache.check(&format!("{at}.cache")) {
+            err(problem.path, problem.message);
+        }
+    }
 }
 
 fn is_prime(n: u64) -> bool {

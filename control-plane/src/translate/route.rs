@@ -110,6 +110,14 @@ pub fn route_configuration(
         ))),
         ..Default::default()
     });
+    if let Some(cache) = &service.policy.cache {
+        // Every route to the service caches its answers (remora-proxy
+        // reads this; Envoy ignores it).
+        let extras = serde_json::json!({ "cache": cache }).to_string();
+        for route in &mut routes {
+            route.metadata = Some(super::cluster::remora_metadata(extras.clone()));
+        }
+    }
     let config = RouteConfiguration {
         name: route_name(service),
         virtual_hosts: vec![VirtualHost {

@@ -763,3 +763,54 @@ proxies:
         "{e}"
     );
 }
+
+/// A service's `cache`: every outbound route to it carries the cache in
+/// its Remora metadata, which remora-proxy reads back as the route's
+/// `cache`; a bad field is named by its mesh path.
+#[test]
+fn a_services_cache_travels_on_every_route_to_it() {
+    let mesh = parse_yaml(
+        "
+services:
+  - name: api
+    namespace: shop
+    port: 80
+    endpoints: ['10.0.0.1:15006']
+    policy: {cache: {ttl: 30s, methods: [GET, POST], stale_if_error: 1m}}
+proxies:
+  - {node_id: web-1, outbound: [{service: api.shop, listen: '127.0.0.1:8080'}]}
+",
+    )
+    .unwrap();
+    let t = translate(&mesh, None);
+    let (_, part) = remora_proxy::xds::translate::translate(
+        type_url::ROUTE,
+        &t.proxies[0].by_type[3]["api.shop:80"].any,
+    )
+    .unwrap();
+    let remora_proxy::xds::translate::Part::Routes(part) = part else {
+        panic!()
+    };
+    let cache = part[0].cache.clone().expect("the route's cache");
+    assert_eq!(cache.ttl, std::time::Duration::from_secs(30));
+    assert_eq!(cache.methods, ["GET", "POST"]);
+    assert_eq!(cache.stale_if_error, std::time::Duration::from_secs(60));
+    let e = parse_yaml(
+        "services: [{name: api, port: 80, policy: {cache: {ttl: 0s, grpc_methods: [nope]}}}]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("services[0].policy.cache.ttl"), "{e}");
+    assert!(
+        e.contains("services[0].policy.cache.grpc_methods[0]"),
+        "{e}"
+    );
+    let e =
+        parse_yaml("services: [{name: db, port: 5432, protocol: tcp, policy: {cache: {ttl: 1s}}}]")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        e.contains("services[0].policy.cache: applies to HTTP"),
+        "{e}"
+    );
+}

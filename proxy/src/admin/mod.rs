@@ -11,6 +11,8 @@
 //! | `GET /xds` | the xDS client: server, connection, versions, ACK/NACK counts, last NACK, warming |
 //! | `GET /logging`, `PUT`/`POST /logging?level=...` | read or change the log filter |
 //! | `POST /drain` | stop accepting, finish in-flight requests, exit |
+//! | `GET /cache` | every route's response cache: entries, bytes, config |
+//! | `POST /cache/purge?listener=&route=&key_prefix=` | remove cached responses (all, or a route's, or under a path prefix) |
 //! | `GET /app-health/...` | the application's probe configured at that path (`app_probes`) |
 
 mod probes;
@@ -64,7 +66,7 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
     }
 }
 
-const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\nGET  /app-health/CONTAINER/PROBE\n";
+const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\nGET  /cache\nPOST /cache/purge?listener=NAME&route=NAME&key_prefix=/PATH\nGET  /app-health/CONTAINER/PROBE\n";
 
 fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method();
@@ -110,8 +112,38 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
             proxy.begin_drain();
             text(StatusCode::OK, "draining\n")
         }
+        "/cache" if read => json(&views::caches(&proxy.snapshot())),
+        "/cache/purge" if method == Method::POST => {
+            let param = |name: &str| {
+                request
+                    .uri()
+                    .query()
+                    .into_iter()
+                    .flat_map(|q| q.split('&'))
+                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                    .map(percent_decode)
+            };
+            let (listener, route) = (param("listener"), param("route"));
+            let prefix = param("key_prefix").unwrap_or_default();
+            match views::purge(
+                &proxy.snapshot(),
+                listener.as_deref(),
+                route.as_deref(),
+                &prefix,
+            ) {
+                Some(purged) => json(&purged),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no route with a cache matches listener={} route={}\n",
+                        listener.as_deref().unwrap_or("*"),
+                        route.as_deref().unwrap_or("*")
+                    ),
+                ),
+            }
+        }
         "/" | "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/listeners"
-        | "/xds" | "/identity" | "/logging" | "/drain" => text(
+        | "/xds" | "/identity" | "/logging" | "/drain" | "/cache" | "/cache/purge" => text(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed here\n\n{INDEX}"),
         ),

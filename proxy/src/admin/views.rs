@@ -148,3 +148,73 @@ pub(super) fn clusters(snapshot: &Snapshot) -> Vec<ClusterView<'_>> {
         })
         .collect()
 }
+
+#[derive(Serialize)]
+pub(super) struct CacheView<'a> {
+    pub(crate) listener: &'a str,
+    pub(crate) route: &'a str,
+    pub(crate) entries: i64,
+    pub(crate) bytes: i64,
+    pub(crate) config: &'a crate::config::CacheConfig,
+}
+
+/// Every route's response cache.
+pub(super) fn caches(snapshot: &Snapshot) -> Vec<CacheView<'_>> {
+    cached_routes(snapshot)
+        .map(|(listener, route, cache)| {
+            let (entries, bytes) = cache.usage();
+            CacheView {
+                listener,
+                route,
+                entries,
+                bytes,
+                config: &cache.config,
+            }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+pub(super) struct PurgeView<'a> {
+    pub(crate) key_prefix: &'a str,
+    pub(crate) purged: usize,
+    pub(crate) routes: Vec<(&'a str, &'a str)>,
+}
+
+/// Removes the entries under `prefix` from the caches of the routes that
+/// match `listener` and `route` (absent: any); `None` when none does.
+pub(super) fn purge<'a>(
+    snapshot: &'a Snapshot,
+    listener: Option<&str>,
+    route: Option<&str>,
+    prefix: &'a str,
+) -> Option<PurgeView<'a>> {
+    let mut view = PurgeView {
+        key_prefix: prefix,
+        purged: 0,
+        routes: Vec::new(),
+    };
+    for (l, r, cache) in cached_routes(snapshot) {
+        if listener.is_some_and(|name| name != l) || route.is_some_and(|name| name != r) {
+            continue;
+        }
+        view.purged += cache.purge(prefix);
+        view.routes.push((l, r));
+    }
+    (!view.routes.is_empty()).then_some(view)
+}
+
+fn cached_routes(
+    snapshot: &Snapshot,
+) -> impl Iterator<Item = (&str, &str, &std::sync::Arc<crate::cache::ResponseCache>)> {
+    snapshot
+        .listeners
+        .iter()
+        .filter_map(|l| Some((&*l.name, l.http_routes()?)))
+        .flat_map(|(listener, http)| {
+            http.table
+                .routes()
+                .iter()
+                .filter_map(move |r| Some((listener, &*r.name, r.cache.as_ref()?)))
+        })
+}

@@ -33,6 +33,18 @@ enum Source {
     Replay(ReplayBody),
     /// No body (every try may send it).
     Empty,
+    /// Read whole before it went upstream (a cached route's POST or gRPC
+    /// request, keyed by its digest): every try may send it.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// The part read before the body turned out too large to buffer, then
+    /// the rest from the client: sent once.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+    },
 }
 
 impl RequestBody {
@@ -54,6 +66,30 @@ impl RequestBody {
         RequestBody { source, idle: None }
     }
 
+    /// A body read whole (data, then trailers if any): every try may send it.
+    pub fn buffered(data: Bytes, trailers: Option<http::HeaderMap>) -> RequestBody {
+        let source = if data.is_empty() && trailers.is_none() {
+            Source::Empty
+        } else {
+            Source::Buffered {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            }
+        };
+        RequestBody { source, idle: None }
+    }
+
+    /// `prefix`, already read from the client, then the rest of `rest`.
+    pub fn prefixed(prefix: Bytes, rest: Incoming) -> RequestBody {
+        RequestBody {
+            source: Source::Prefixed {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                rest,
+            },
+            idle: None,
+        }
+    }
+
     pub fn with_idle(mut self, idle: Option<Arc<StreamIdle>>) -> RequestBody {
         self.idle = idle;
         self
@@ -62,18 +98,22 @@ impl RequestBody {
     /// Whether [`replay`](Self::replay) would give a body now.
     pub fn can_replay(&self) -> bool {
         match &self.source {
-            Source::Streaming(_) => false,
+            Source::Streaming(_) | Source::Prefixed { .. } => false,
             Source::Replay(body) => body.can_replay(),
-            Source::Empty => true,
+            Source::Empty | Source::Buffered { .. } => true,
         }
     }
 
     /// The body for another try, if it can be sent again.
     pub fn replay(&self) -> Option<RequestBody> {
         let source = match &self.source {
-            Source::Streaming(_) => return None,
+            Source::Streaming(_) | Source::Prefixed { .. } => return None,
             Source::Replay(body) => Source::Replay(body.replay()?),
             Source::Empty => Source::Empty,
+            Source::Buffered { data, trailers } => Source::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            },
         };
         Some(RequestBody {
             source,
@@ -128,6 +168,16 @@ impl Body for RequestBody {
             Source::Streaming(inner) => Pin::new(inner).poll_frame(cx),
             Source::Replay(inner) => Pin::new(inner).poll_frame(cx),
             Source::Empty => Poll::Ready(None),
+            Source::Buffered { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            Source::Prefixed { prefix, rest } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         };
         if let (Poll::Ready(Some(Ok(_))), Some(idle)) = (&polled, &this.idle) {
             idle.touch();
@@ -140,6 +190,8 @@ impl Body for RequestBody {
             Source::Streaming(inner) => inner.is_end_stream(),
             Source::Replay(inner) => inner.is_end_stream(),
             Source::Empty => true,
+            Source::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            Source::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -148,6 +200,19 @@ impl Body for RequestBody {
             Source::Streaming(inner) => inner.size_hint(),
             Source::Replay(inner) => inner.size_hint(),
             Source::Empty => SizeHint::with_exact(0),
+            Source::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Source::Prefixed { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }

@@ -314,6 +314,9 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultConfig>,
+    /// A response cache for this route's requests (docs/cache.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<super::CacheConfig>,
 }
 
 /// Every condition given must hold.

@@ -6,6 +6,7 @@
 //! its field path. The data path never reads these types.
 
 mod balancer;
+mod cache;
 mod cluster;
 mod error;
 mod listener;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use balancer::{HashCookieConfig, HashOnConfig, LbPolicy, LoadBalancerConfig, SlowStartConfig};
+pub use cache::{CacheConfig, CacheKeyConfig};
 pub use cluster::{
     ClusterConfig, ClusterMtlsConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol,
     UpstreamTlsConfig,

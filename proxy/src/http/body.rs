@@ -47,6 +47,21 @@ pin_project! {
         Local {
             data: Option<Bytes>,
         },
+        /// A response from the cache: its body, then its trailers.
+        Stored {
+            data: Option<Bytes>,
+            trailers: Option<http::HeaderMap>,
+        },
+        /// Data read ahead of the client (a response cache reading an
+        /// upstream body it may store, or answering from an entry), then
+        /// the error that cut the body short, then the rest of the body
+        /// (which carries the exchange), then trailers read ahead.
+        Prefixed {
+            prefix: Option<Bytes>,
+            error: Option<BodyError>,
+            rest: Pin<Box<ResponseBody>>,
+            trailers: Option<http::HeaderMap>,
+        },
     }
 }
 
@@ -82,6 +97,37 @@ impl ResponseBody {
         }
     }
 
+    pub(crate) fn stored(data: Bytes, trailers: Option<http::HeaderMap>) -> ResponseBody {
+        ResponseBody::Stored {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        }
+    }
+
+    pub(crate) fn prefixed(
+        prefix: Bytes,
+        error: Option<BodyError>,
+        rest: Pin<Box<ResponseBody>>,
+        trailers: Option<http::HeaderMap>,
+    ) -> ResponseBody {
+        ResponseBody::Prefixed {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            error,
+            rest,
+            trailers,
+        }
+    }
+
+    /// The exchange an upstream body carries (to set the status the client
+    /// gets when a cache answers in its place).
+    pub(crate) fn exchange_mut(self: Pin<&mut Self>) -> Option<&mut Exchange> {
+        match self.project() {
+            ResponseBodyProj::Upstream { exchange, .. } => Some(exchange),
+            ResponseBodyProj::Prefixed { rest, .. } => rest.as_mut().exchange_mut(),
+            ResponseBodyProj::Local { .. } | ResponseBodyProj::Stored { .. } => None,
+        }
+    }
+
     pub(crate) fn empty() -> ResponseBody {
         ResponseBody::Local { data: None }
     }
@@ -98,6 +144,37 @@ impl Body for ResponseBody {
         match self.project() {
             ResponseBodyProj::Local { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+            ResponseBodyProj::Stored { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            ResponseBodyProj::Prefixed {
+                prefix,
+                error,
+                rest,
+                trailers,
+            } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                if let Some(error) = error.take() {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                // A body the cache read to its end is not polled again.
+                let polled = if rest.is_end_stream() {
+                    Poll::Ready(None)
+                } else {
+                    rest.as_mut().poll_frame(cx)
+                };
+                match polled {
+                    Poll::Ready(None) => {
+                        Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                    }
+                    other => other,
+                }
             }
             ResponseBodyProj::Upstream {
                 first,
@@ -163,6 +240,13 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Local { data } => data.is_none(),
             ResponseBody::Upstream { first, inner, .. } => first.is_none() && inner.is_end_stream(),
+            ResponseBody::Stored { data, trailers } => data.is_none() && trailers.is_none(),
+            ResponseBody::Prefixed {
+                prefix,
+                error,
+                rest,
+                trailers,
+            } => prefix.is_none() && error.is_none() && rest.is_end_stream() && trailers.is_none(),
         }
     }
 
@@ -172,6 +256,19 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Stored { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ResponseBody::Prefixed { prefix, rest, .. } => {
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }

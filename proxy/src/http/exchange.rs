@@ -33,6 +33,21 @@ pub(crate) enum StatsAt {
         route: usize,
         backend: usize,
     },
+    /// A route's response cache answered.
+    Cached {
+        route: usize,
+    },
+}
+
+pub(crate) struct Seed {
+    listener: Arc<ListenerState>,
+    conn: Arc<ConnContext>,
+}
+
+impl Seed {
+    pub(crate) fn start<B>(self, request: &Request<B>) -> Exchange {
+        Exchange::start(self.listener, self.conn, request)
+    }
 }
 
 pub(crate) struct Exchange {
@@ -126,6 +141,20 @@ impl Exchange {
             failure: None,
             ended: false,
         }
+    }
+
+    /// What starting another exchange on the same connection and listener
+    /// takes (a cache's background refresh, or its answer after the
+    /// upstream leg failed).
+    pub(crate) fn seed(&self) -> Seed {
+        Seed {
+            listener: self.listener.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+
+    pub(crate) fn stats_at(&self) -> StatsAt {
+        self.stats_at
     }
 
     pub(crate) fn set_stats(&mut self, at: StatsAt) {
@@ -229,6 +258,9 @@ impl Exchange {
         let http = self.listener.http_routes()?;
         match self.stats_at {
             StatsAt::NoRoute => Some(&http.no_route),
+            StatsAt::Cached { route } => {
+                http.table.routes()[route].cache.as_ref().map(|c| &c.stats)
+            }
             StatsAt::Direct { route } | StatsAt::Backend { route, .. } => {
                 match (&http.table.routes()[route].action, self.stats_at) {
                     (RouteAction::Respond(direct), _) => Some(&direct.stats),
@@ -250,7 +282,9 @@ impl Exchange {
         };
         let (route, cluster) = match self.stats_at {
             StatsAt::NoRoute => ("", ""),
-            StatsAt::Direct { route } => (&*http.table.routes()[route].name, ""),
+            StatsAt::Direct { route } | StatsAt::Cached { route } => {
+                (&*http.table.routes()[route].name, "")
+            }
             StatsAt::Backend { route, backend } => {
                 let route = &http.table.routes()[route];
                 let cluster = match &route.action {

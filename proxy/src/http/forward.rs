@@ -24,8 +24,15 @@ use crate::cluster::{Cluster, FailedBy};
 use crate::config::UpstreamProtocol;
 use crate::route::{Backend, Route};
 
+/// A request body as [`forward`] takes it: the client's, still streaming,
+/// or one a response cache read first.
+pub(super) enum Outgoing {
+    Client(Incoming),
+    Ready(RequestBody),
+}
+
 pub(super) async fn forward(
-    request: Request<Incoming>,
+    request: Request<Outgoing>,
     client: SocketAddr,
     route: &Route,
     backend: &Backend,
@@ -103,14 +110,18 @@ pub(super) async fn forward(
         },
     };
 
-    if upgrade::is_upgrade(&request) {
-        let Some(active) = cluster.pick(hash) else {
-            return local_reply::no_endpoint(exchange, cluster, grpc);
-        };
-        let endpoint = active.endpoint().clone();
-        exchange.set_upstream(active);
-        return upgrade::forward(request, cluster, &endpoint, route, exchange, tracker).await;
-    }
+    let request = match request.into_parts() {
+        (parts, Outgoing::Client(body)) if upgrade::is_upgrade_head(&parts) => {
+            let Some(active) = cluster.pick(hash) else {
+                return local_reply::no_endpoint(exchange, cluster, grpc);
+            };
+            let endpoint = active.endpoint().clone();
+            exchange.set_upstream(active);
+            let request = Request::from_parts(parts, body);
+            return upgrade::forward(request, cluster, &endpoint, route, exchange, tracker).await;
+        }
+        (parts, body) => Request::from_parts(parts, body),
+    };
 
     let version = match (cluster.protocol, request.version()) {
         (UpstreamProtocol::Http2, _) | (UpstreamProtocol::SameAsDownstream, Version::HTTP_2) => {
@@ -121,9 +132,12 @@ pub(super) async fn forward(
     let (mut parts, body) = request.into_parts();
     attempt::prepare(&mut parts, version, route);
     let idle = route.stream_idle_timeout.map(StreamIdle::new);
-    let body = match &route.retry {
-        Some(policy) => RequestBody::replayable(body, policy.buffer_limit),
-        None => RequestBody::streaming(body),
+    let body = match (body, &route.retry) {
+        (Outgoing::Ready(body), _) => body,
+        (Outgoing::Client(body), Some(policy)) => {
+            RequestBody::replayable(body, policy.buffer_limit)
+        }
+        (Outgoing::Client(body), None) => RequestBody::streaming(body),
     }
     .with_idle(idle.clone());
 

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::body::ResponseBody;
 use super::exchange::{Exchange, StatsAt};
 use super::lifetime::Activity;
-use super::{authority, forward, local_reply};
+use super::{authority, cached, forward, local_reply};
 use crate::listener::{ListenerSlot, ListenerState, Origin};
 use crate::ratelimit::Caller;
 use crate::route::{RequestView, RouteAction};
@@ -96,7 +96,7 @@ pub(super) async fn handle(
 }
 
 async fn route(
-    listener: &ListenerState,
+    listener: &Arc<ListenerState>,
     request: Request<Incoming>,
     mut exchange: Exchange,
     client: SocketAddr,
@@ -129,10 +129,10 @@ async fn route(
         );
         return local_reply::reply(exchange, StatusCode::NOT_FOUND, &message, grpc);
     };
-    let backend = match &route.action {
+    let (backend_index, backend) = match &route.action {
         RouteAction::Respond(_) => {
             exchange.set_stats(StatsAt::Direct { route: index });
-            None
+            (0, None)
         }
         RouteAction::Forward(backends) => {
             let (backend_index, backend) = backends.pick();
@@ -140,7 +140,7 @@ async fn route(
                 route: index,
                 backend: backend_index,
             });
-            Some(backend)
+            (backend_index, Some(backend))
         }
     };
     if let Some(limit) = &route.rate_limit {
@@ -172,7 +172,18 @@ async fn route(
             response
         }
         (RouteAction::Forward(_), Some(backend)) => {
+            if let Some(cache) = &route.cache {
+                let at = cached::Routed {
+                    listener,
+                    route: index,
+                    backend: backend_index,
+                    client,
+                    tracker,
+                };
+                return cached::serve(cache, at, request, exchange).await;
+            }
             let adaptive = listener.adaptive.as_ref().map(|a| (a, &*listener.name));
+            let request = request.map(forward::Outgoing::Client);
             forward::forward(request, client, route, backend, adaptive, exchange, tracker).await
         }
         (RouteAction::Forward(_), None) => {

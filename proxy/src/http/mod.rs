@@ -5,6 +5,7 @@
 mod attempt;
 mod authority;
 pub(crate) mod body;
+mod cached;
 pub mod deadline;
 mod detect;
 mod exchange;

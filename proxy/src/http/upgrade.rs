@@ -21,12 +21,19 @@ use crate::route::Route;
 
 /// An HTTP/1.1 request asking to switch protocols (other than to h2c).
 pub(super) fn is_upgrade<B>(request: &Request<B>) -> bool {
-    request.version() == Version::HTTP_11
-        && request
-            .headers()
+    is_upgrade_of(request.version(), request.headers())
+}
+
+pub(super) fn is_upgrade_head(parts: &http::request::Parts) -> bool {
+    is_upgrade_of(parts.version, &parts.headers)
+}
+
+fn is_upgrade_of(version: Version, headers: &http::HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers
             .get(UPGRADE)
             .is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
-        && request.headers().get_all(CONNECTION).iter().any(|value| {
+        && headers.get_all(CONNECTION).iter().any(|value| {
             value
                 .to_str()
                 .unwrap_or_default()

@@ -259,6 +259,8 @@ pub(crate) struct ListenerContext<'a> {
     pub(crate) access_log: Option<&'a Arc<AccessLog>>,
     pub(crate) drain_timeout: Duration,
     pub(crate) proxy_max_connections: Option<usize>,
+    /// Response caches a route with an unchanged `cache:` takes over.
+    pub(crate) caches: &'a crate::route::PreviousCaches<'a>,
 }
 
 impl ListenerState {
@@ -558,6 +560,7 @@ impl ListenerState {
                 &format!("{at}.routes"),
                 cx.clusters,
                 cx.telemetry,
+                cx.caches,
                 errors,
             ),
             no_route: RequestStats::new(cx.telemetry, name, "", ""),

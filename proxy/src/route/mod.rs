@@ -16,6 +16,7 @@ use http::StatusCode;
 use metrics::Counter;
 
 use crate::balance::HashPolicy;
+use crate::cache::ResponseCache;
 use crate::cluster::Cluster;
 use crate::config::{ConfigError, RouteConfig};
 use crate::fault::Fault;
@@ -46,6 +47,9 @@ pub struct Route {
     /// `remora_rate_limited_total{listener,route}`.
     pub(crate) rate_limited: Counter,
     pub(crate) fault: Option<Fault>,
+    /// The route's response cache (kept across reloads while its config
+    /// stays the same).
+    pub(crate) cache: Option<Arc<ResponseCache>>,
 }
 
 #[derive(Debug)]
@@ -61,6 +65,9 @@ pub(crate) struct DirectResponse {
     pub(crate) stats: RequestStats,
 }
 
+/// The caches of the snapshot being replaced, by listener and route name.
+pub(crate) type PreviousCaches<'a> = HashMap<(&'a str, &'a str), &'a Arc<ResponseCache>>;
+
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Box<[Route]>,
@@ -73,6 +80,7 @@ impl RouteTable {
         path: &str,
         clusters: &HashMap<&str, Arc<Cluster>>,
         telemetry: &Telemetry,
+        caches: &PreviousCaches<'_>,
         errors: &mut Vec<ConfigError>,
     ) -> RouteTable {
         let mut names = HashSet::new();
@@ -87,7 +95,8 @@ impl RouteTable {
                     format!("duplicate route name {:?} in this listener", config.name),
                 ));
             }
-            if let Some(route) = Route::compile(config, listener, &at, clusters, telemetry, errors)
+            if let Some(route) =
+                Route::compile(config, listener, &at, clusters, telemetry, caches, errors)
             {
                 routes.push(route);
             }
@@ -117,6 +126,7 @@ impl Route {
         at: &str,
         clusters: &HashMap<&str, Arc<Cluster>>,
         telemetry: &Telemetry,
+        caches: &PreviousCaches<'_>,
         errors: &mut Vec<ConfigError>,
     ) -> Option<Route> {
         let matcher = RouteMatch::compile(&config.matches, &format!("{at}.match"), errors);
@@ -168,6 +178,23 @@ impl Route {
             .fault
             .as_ref()
             .and_then(|f| Fault::compile(f, &format!("{at}.fault"), errors));
+        let cache = config.cache.as_ref().and_then(|c| {
+            ResponseCache::compile(
+                c,
+                listener,
+                &config.name,
+                &format!("{at}.cache"),
+                caches.get(&(listener, config.name.as_str())).copied(),
+                telemetry,
+                errors,
+            )
+        });
+        if cache.is_some() && config.direct_response.is_some() {
+            errors.push(ConfigError::new(
+                format!("{at}.cache"),
+                "a direct_response route has nothing to cache",
+            ));
+        }
         let action = match (&config.direct_response, config.backends.is_empty()) {
             (Some(_), false) => {
                 errors.push(ConfigError::new(
@@ -242,6 +269,7 @@ impl Route {
                 &[("listener", listener), ("route", &config.name)],
             ),
             fault,
+            cache,
         })
     }
 }

@@ -157,7 +157,19 @@ impl Snapshot {
         }
 
         state::check_unique(&config.listeners, &mut errors);
+        let caches: crate::route::PreviousCaches<'_> = previous
+            .into_iter()
+            .flat_map(|p| p.listeners.iter())
+            .filter_map(|l| Some((&*l.name, l.http_routes()?)))
+            .flat_map(|(listener, http)| {
+                http.table
+                    .routes()
+                    .iter()
+                    .filter_map(move |r| Some(((listener, &*r.name), r.cache.as_ref()?)))
+            })
+            .collect();
         let cx = ListenerContext {
+            caches: &caches,
             identity: &identity,
             clusters: &by_name,
             telemetry,

@@ -39,6 +39,13 @@ pub(crate) const GLOBAL_RATE_LIMIT_FAILURES: &str = "remora_rate_limit_redis_fai
 pub(crate) const ADAPTIVE_REJECTED_TOTAL: &str = "remora_adaptive_concurrency_rejected_total";
 pub(crate) const ADAPTIVE_LIMIT: &str = "remora_adaptive_concurrency_limit";
 pub(crate) const ADAPTIVE_MIN_RTT: &str = "remora_adaptive_concurrency_min_rtt_seconds";
+pub(crate) const CACHE_REQUESTS_TOTAL: &str = "remora_cache_requests_total";
+pub(crate) const CACHE_ENTRIES: &str = "remora_cache_entries";
+pub(crate) const CACHE_BYTES: &str = "remora_cache_bytes";
+pub(crate) const CACHE_EVICTIONS_TOTAL: &str = "remora_cache_evictions_total";
+pub(crate) const CACHE_REVALIDATIONS_TOTAL: &str = "remora_cache_revalidations_total";
+pub(crate) const CACHE_STALE_IF_ERROR_TOTAL: &str = "remora_cache_stale_if_error_total";
+pub(crate) const CACHE_COLLAPSED_TOTAL: &str = "remora_cache_collapsed_total";
 pub(crate) const IDENTITY_CERT_EXPIRY: &str = "remora_identity_cert_expiry_timestamp_seconds";
 pub(crate) const IDENTITY_RENEWALS_TOTAL: &str = "remora_identity_renewals_total";
 pub(crate) const CAPTURED_CONNECTIONS_TOTAL: &str = "remora_captured_connections_total";
@@ -129,6 +136,41 @@ impl Telemetry {
             TCP_BYTES_TOTAL,
             None,
             "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.",
+        );
+        describe(
+            CACHE_REQUESTS_TOTAL,
+            None,
+            "Requests on routes with a response cache, by listener, route and result (hit, miss, stale, bypass).",
+        );
+        describe(
+            CACHE_ENTRIES,
+            None,
+            "Entries in a route's response cache (responses and Vary indexes).",
+        );
+        describe(
+            CACHE_BYTES,
+            None,
+            "Bytes held by a route's response cache: bodies, headers, trailers and keys.",
+        );
+        describe(
+            CACHE_EVICTIONS_TOTAL,
+            None,
+            "Entries removed from a route's response cache, by reason (capacity: max_entries or max_bytes; expired).",
+        );
+        describe(
+            CACHE_REVALIDATIONS_TOTAL,
+            None,
+            "Conditional requests for stale entries, by result (not_modified: 304 refreshed the entry; modified: a new response replaced it).",
+        );
+        describe(
+            CACHE_STALE_IF_ERROR_TOTAL,
+            None,
+            "Stale entries served because the upstream failed (stale_if_error).",
+        );
+        describe(
+            CACHE_COLLAPSED_TOTAL,
+            None,
+            "Cache misses that waited for a concurrent miss of the same key instead of going upstream.",
         );
         describe(
             AUTHZ_DENIED_TOTAL,

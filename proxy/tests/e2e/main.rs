@@ -4,6 +4,7 @@
 mod admin_api;
 mod bad_input;
 mod balancing;
+mod cache;
 mod capture;
 mod config_cli;
 mod fuzz;

@@ -251,7 +251,9 @@ fn route(r: &Route, scope: &Scope, index_name: String) -> Result<RouteConfig> {
             Some(limit) => limit,
             None => scope.rate_limit.clone().flatten(),
         };
-    if let Some(global) = super::route_policy::global_rate_limit(r)? {
+    let extras = super::route_policy::route_extras(r)?;
+    out.cache = extras.cache;
+    if let Some(global) = extras.rate_limit_global {
         let Some(limit) = &mut out.rate_limit else {
             return Err(Rejection::new(
                 "metadata.filter_metadata[\"remora\"].extras",

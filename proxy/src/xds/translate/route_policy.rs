@@ -174,12 +174,19 @@ pub(super) fn per_filter_rate_limit(
     Ok(out)
 }
 
-/// `metadata.filter_metadata["remora"].extras` on a route: `{"rate_limit_global":
-/// {redis, timeout, failure, bucket}}`, which makes the route's local rate
-/// limit global (Envoy has no Redis-backed limit; it ignores this).
-pub(super) fn global_rate_limit(
-    r: &remora_xds_proto::route::Route,
-) -> Result<Option<crate::config::GlobalRateLimitConfig>> {
+/// `metadata.filter_metadata["remora"].extras` on a route: settings Envoy
+/// has no field for (Envoy ignores them).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteExtras {
+    /// `{redis, timeout, failure, bucket}`: makes the route's local rate
+    /// limit global (Envoy has no Redis-backed limit).
+    pub(super) rate_limit_global: Option<crate::config::GlobalRateLimitConfig>,
+    /// The route's response cache (docs/cache.md).
+    pub(super) cache: Option<crate::config::CacheConfig>,
+}
+
+pub(super) fn route_extras(r: &remora_xds_proto::route::Route) -> Result<RouteExtras> {
     let Some(text) = r
         .metadata
         .as_ref()
@@ -190,15 +197,8 @@ pub(super) fn global_rate_limit(
             _ => None,
         })
     else {
-        return Ok(None);
+        return Ok(RouteExtras::default());
     };
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Extras {
-        rate_limit_global: Option<crate::config::GlobalRateLimitConfig>,
-    }
-    let extras: Extras = serde_json::from_str(text).map_err(|e| {
-        Rejection::new("metadata.filter_metadata[\"remora\"].extras", e.to_string())
-    })?;
-    Ok(extras.rate_limit_global)
+    serde_json::from_str(text)
+        .map_err(|e| Rejection::new("metadata.filter_metadata[\"remora\"].extras", e.to_string()))
 }
