@@ -16,10 +16,13 @@
 //! - `banner`: times connects to a server's first byte;
 //! - `limits`: adaptive concurrency against a saturated upstream, and a
 //!   global (Redis) rate limit against a local one;
+//! - `cache`: the response cache's hit path vs the proxied path and vs
+//!   nginx's `proxy_cache`;
 //! - `mtls`: two hops configured by the control plane, mTLS vs plaintext,
 //!   Remora vs Envoy: CPU per keep-alive request and per handshake.
 
 mod bench;
+mod cache;
 mod conns;
 mod duration;
 mod limits;
@@ -53,6 +56,8 @@ enum Command {
     Sidecar(sidecar::Options),
     /// Adaptive concurrency and global (Redis) rate limits: what they buy and cost.
     Limits(limits::Options),
+    /// The response cache's hit path vs Remora proxying and vs nginx proxy_cache.
+    Cache(cache::Options),
     /// Remora vs Envoy in a two-hop mesh, mTLS vs plaintext (CPU per request and per handshake).
     Mtls(mtls::Options),
     /// Times connects to a server's first byte (a server-first banner).
@@ -73,6 +78,7 @@ fn main() {
         Command::Banner(options) => sidecar::banner(options),
         Command::Mtls(options) => mtls::run(options),
         Command::Limits(options) => limits::run(options),
+        Command::Cache(options) => cache::run(options),
     };
     if let Err(error) = result {
         eprintln!("remora-perf: {error:#}");

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 use crate::config::{CacheConfig, ConfigError};
 use crate::telemetry::{self, RequestStats, Telemetry};
 
+const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+
 /// What a request is, to the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -382,6 +384,11 @@ impl ResponseCache {
         for name in &self.key_headers {
             key.push(0);
             append_values(&mut key, headers, name);
+        }
+        if class == Class::Grpc {
+            // The server compresses its answer with what the client accepts.
+            key.push(0);
+            append_values(&mut key, headers, &GRPC_ACCEPT_ENCODING);
         }
         if let Some(digest) = digest {
             key.push(0);
