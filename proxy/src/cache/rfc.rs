@@ -106,6 +106,9 @@ pub(crate) fn explicit_lifetime(headers: &HeaderMap, cc: &Directives) -> Option<
 
 /// The response's age when it arrived (§4.2.3, without the request's
 /// round trip): its `Age`, or the time since its `Date`, whichever is more.
+/// `Date` has a resolution of one second, so a response made 0.9 s into
+/// a second seems 0.9 s old at once: the time since `Date` counts one
+/// second less, in whole seconds.
 pub(crate) fn initial_age(headers: &HeaderMap, now: SystemTime) -> Duration {
     let age = headers
         .get(AGE)
@@ -114,7 +117,9 @@ pub(crate) fn initial_age(headers: &HeaderMap, now: SystemTime) -> Duration {
         .map_or(Duration::ZERO, Duration::from_secs);
     let apparent = http_date(headers.get(DATE))
         .and_then(|date| now.duration_since(date).ok())
-        .unwrap_or(Duration::ZERO);
+        .map_or(Duration::ZERO, |d| {
+            Duration::from_secs(d.as_secs().saturating_sub(1))
+        });
     age.max(apparent)
 }
 
@@ -239,7 +244,13 @@ mod tests {
     fn age_is_the_larger_of_age_and_time_since_date() {
         let now = httpdate::parse_http_date("Tue, 01 Dec 2026 10:00:30 GMT").unwrap();
         let h = headers(&[("date", "Tue, 01 Dec 2026 10:00:00 GMT"), ("age", "5")]);
-        assert_eq!(initial_age(&h, now), Duration::from_secs(30));
+        assert_eq!(initial_age(&h, now), Duration::from_secs(29));
+        // Made late in the second of its Date, received early in the next.
+        let h = headers(&[("date", "Tue, 01 Dec 2026 10:00:29 GMT")]);
+        assert_eq!(
+            initial_age(&h, now + Duration::from_millis(300)),
+            Duration::ZERO
+        );
         let h = headers(&[("age", "50")]);
         assert_eq!(initial_age(&h, now), Duration::from_secs(50));
     }

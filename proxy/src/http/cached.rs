@@ -254,7 +254,7 @@ pub(super) async fn serve(
         headers: parts.headers.clone(),
     };
     let mut parts = parts;
-    let validated = stored.filter(|e| e.has_validators());
+    let validated = stored.filter(|e| class == Class::Get && e.has_validators());
     if class == Class::Get {
         // The cache fills with a whole response and answers the client's
         // own conditionals itself.
