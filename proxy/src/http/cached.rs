@@ -273,6 +273,8 @@ pub(super) async fn serve(
     }
     let seed = exchange.seed();
     let stats_at = exchange.stats_at();
+    let mut exchange = exchange;
+    exchange.set_cache(Outcome::Miss.label());
     let response = at.forward(Request::from_parts(parts, body), exchange).await;
     if upstream_failed(&response)
         && let Some(entry) = stored_for_error(cache, &key, &head)
@@ -571,6 +573,7 @@ fn answer(
     mut exchange: Exchange,
 ) -> Response<ResponseBody> {
     let (response, with_body) = answer_head(cache, entry, outcome, request);
+    exchange.set_cache(outcome.label());
     if let StatsAt::Backend { route, .. } | StatsAt::Direct { route } = exchange.stats_at() {
         exchange.set_stats(StatsAt::Cached { route });
     }
@@ -597,6 +600,7 @@ fn answer_with_rest(
     let (response, with_body) = answer_head(cache, entry, outcome, request);
     if let Some(exchange) = rest.as_mut().exchange_mut() {
         exchange.set_status(response.status());
+        exchange.set_cache(outcome.label());
     }
     let body = if with_body {
         ResponseBody::prefixed(entry.body.clone(), None, rest, entry.trailers.clone())
@@ -674,6 +678,8 @@ async fn pass(
     outcome: Outcome,
 ) -> Response<ResponseBody> {
     cache.count(outcome);
+    let mut exchange = exchange;
+    exchange.set_cache(outcome.label());
     let mut response = at.forward(request, exchange).await;
     mark(cache, response.headers_mut(), outcome);
     response
@@ -722,6 +728,7 @@ impl Refresh {
         };
         let mut background = exchange.seed().start(&head.as_request());
         background.set_stats(exchange.stats_at());
+        background.set_cache("refresh");
         let (cache, listener, tracker) = (cache.clone(), at.listener.clone(), at.tracker.clone());
         let (route, backend, client) = (at.route, at.backend, at.client);
         at.tracker.spawn(async move {

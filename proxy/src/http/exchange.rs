@@ -76,6 +76,8 @@ pub(crate) struct Exchange {
     /// The response ended, cleanly or by the proxy's or upstream's doing;
     /// an exchange dropped before is one the client abandoned.
     ended: bool,
+    /// What a route's response cache did (the access log's `cache`).
+    cache: Option<&'static str>,
 }
 
 struct Summary {
@@ -140,6 +142,7 @@ impl Exchange {
             downstream_http2: request.version() == Version::HTTP_2,
             failure: None,
             ended: false,
+            cache: None,
         }
     }
 
@@ -155,6 +158,11 @@ impl Exchange {
 
     pub(crate) fn stats_at(&self) -> StatsAt {
         self.stats_at
+    }
+
+    /// What a route's response cache did with the request.
+    pub(crate) fn set_cache(&mut self, what: &'static str) {
+        self.cache = Some(what);
     }
 
     pub(crate) fn set_stats(&mut self, at: StatsAt) {
@@ -317,6 +325,7 @@ impl Exchange {
             original_dst: self.conn.origin.captured.map(|c| c.original.to_string()),
             peer_identity: self.conn.origin.peer_identity.as_deref(),
             request_id: summary.request_id.as_deref(),
+            cache: self.cache,
         });
     }
 }

@@ -55,6 +55,10 @@ pub(crate) struct AccessRecord<'a> {
     /// The request's `x-request-id` (given, or generated).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) request_id: Option<&'a str>,
+    /// On a route with a response cache: `hit`, `miss`, `stale`, `bypass`,
+    /// or `refresh` (a background refresh for `stale_while_revalidate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cache: Option<&'static str>,
 }
 
 /// What one opaque TCP connection's line says (`"protocol": "tcp"` or

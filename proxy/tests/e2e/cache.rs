@@ -155,8 +155,12 @@ async fn answer(
 }
 
 async fn proxy(origin: SocketAddr, cache: &str) -> TestProxy {
+    proxy_logging(origin, cache, "").await
+}
+
+async fn proxy_logging(origin: SocketAddr, cache: &str, top: &str) -> TestProxy {
     TestProxy::start(&format!(
-        "
+        "{top}
 listeners:
   - name: web
     address: 127.0.0.1:0
@@ -516,7 +520,9 @@ async fn stale_if_error_serves_the_stale_entry_when_the_origin_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
     let origin = Origin::start().await;
-    let proxy = proxy(origin.addr, "{ttl: 1s, stale_while_revalidate: 30s}").await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let top = format!("access_log: {{path: '{}'}}", log.path().display());
+    let proxy = proxy_logging(origin.addr, "{ttl: 1s, stale_while_revalidate: 30s}", &top).await;
     let client = client::http1();
     assert_eq!(get(&client, &proxy, "/w?delay=200", &[]).await.2, "/w #1");
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -536,6 +542,19 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
         (200, "hit".into(), "/w #2".into())
     );
     assert_eq!(origin.hits(), 2);
+    // The access log says what the cache did, the background refresh too.
+    let mut seen = Vec::new();
+    crate::support::eventually("four access log lines", || {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        seen = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cache"].clone())
+            .collect();
+        seen.len() == 4
+    })
+    .await;
+    seen.sort_by_key(|v| v.to_string());
+    assert_eq!(seen, ["hit", "miss", "refresh", "stale"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
