@@ -1,7 +1,12 @@
 //! Compiles Remora's own protos with protox (pure Rust, no `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/remora/ca/v1/ca.proto"];
+    let files = [
+        "proto/remora/ca/v1/ca.proto",
+        // OTLP/trace, as published by OpenTelemetry (Apache-2.0), for the
+        // proxy's span exporter and the tests' receiver.
+        "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

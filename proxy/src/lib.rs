@@ -51,6 +51,7 @@ mod sync;
 mod tcp;
 pub mod telemetry;
 pub mod tls;
+mod trace;
 pub mod worker;
 pub mod xds;
 

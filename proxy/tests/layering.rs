@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "telemetry",
     "identity",
     "tls",
+    "trace",
     // policies that know no upstream: limits, faults, retry rules, bodies
     "ratelimit",
     "authz",

@@ -14,6 +14,7 @@ mod load;
 mod network;
 mod resilience;
 pub mod scalar;
+mod tracing;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -35,6 +36,7 @@ pub use listener::{
     Unmatched, ValueMatchConfig,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
+pub use tracing::{OtlpConfig, OtlpProtocol, Propagation, TracingConfig};
 
 pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepaliveConfig};
 pub use resilience::{
@@ -67,6 +69,10 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// Distributed tracing: W3C / B3 propagation, sampling, OTLP export
+    /// (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
     /// How `dns:` clusters are resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_resolver: Option<DnsResolverConfig>,

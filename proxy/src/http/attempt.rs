@@ -47,6 +47,15 @@ impl UpstreamError {
         }
     }
 
+    /// The span's `error.type`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect_failure",
+            UpstreamError::Send { .. } => "upstream_reset",
+            UpstreamError::PerTryTimeout(_) => "per_try_timeout",
+        }
+    }
+
     /// The first words of the local reply's body.
     pub(crate) fn summary(&self) -> &'static str {
         match self {

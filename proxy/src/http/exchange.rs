@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::{Method, Request, StatusCode, Version};
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method, Request, StatusCode, Version};
 
 use super::handler::ConnContext;
 use super::lifetime::PREMATURE_RESET_LIFETIME;
@@ -19,6 +21,7 @@ use crate::route::RouteAction;
 use crate::telemetry::LabelValue;
 use crate::telemetry::RequestStats;
 use crate::telemetry::access_log::AccessRecord;
+use crate::trace::{self, ClientSpan, Trace, Tracer};
 
 /// Where the request's stats go.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +81,30 @@ pub(crate) struct Exchange {
     ended: bool,
     /// What a route's response cache did (the access log's `cache`).
     cache: Option<&'static str>,
+    /// With `tracing:`: the request's trace and its spans.
+    trace: Option<Box<Traced>>,
+}
+
+/// A traced request: its place in the trace, what its spans will say, and
+/// the last try's span, which ends with the response.
+struct Traced {
+    tracer: Arc<Tracer>,
+    trace: Trace,
+    method: Method,
+    /// Only kept when sampled.
+    path: String,
+    authority: String,
+    open_try: Option<(ClientSpan, SocketAddr, StatusCode)>,
+}
+
+/// How an upstream try ended, for its span.
+pub(crate) enum TryEnd {
+    /// A response, retried.
+    Status(StatusCode),
+    /// The response passed on: its span ends with the exchange.
+    Kept(StatusCode),
+    /// No response.
+    Failed(&'static str),
 }
 
 struct Summary {
@@ -126,7 +153,35 @@ impl Exchange {
                 path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
             })
         });
+        let trace = listener.tracer.as_ref().map(|tracer| {
+            let trace = tracer.start(request.headers());
+            let (path, authority) = if trace.sampled {
+                let uri = request.uri();
+                let authority = uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| {
+                        request
+                            .headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                    })
+                    .unwrap_or_default();
+                (uri.path().to_string(), authority.to_string())
+            } else {
+                (String::new(), String::new())
+            };
+            Box::new(Traced {
+                tracer: tracer.clone(),
+                trace,
+                method: request.method().clone(),
+                path,
+                authority,
+                open_try: None,
+            })
+        });
         Exchange {
+            trace,
             started: Instant::now(),
             listener,
             conn,
@@ -158,6 +213,146 @@ impl Exchange {
 
     pub(crate) fn stats_at(&self) -> StatsAt {
         self.stats_at
+    }
+
+    /// A try begins: its span's context goes upstream in `headers`.
+    pub(crate) fn begin_try(
+        &mut self,
+        attempt: u32,
+        headers: &mut HeaderMap,
+    ) -> Option<ClientSpan> {
+        let traced = self.trace.as_ref()?;
+        let span = traced.trace.client(attempt);
+        traced.tracer.inject(headers, &traced.trace, &span);
+        Some(span)
+    }
+
+    /// A try ended: its span is recorded, or, for the response passed on,
+    /// kept until the response ends.
+    pub(crate) fn end_try(&mut self, span: ClientSpan, endpoint: SocketAddr, end: TryEnd) {
+        let cluster = self.cluster_name();
+        let Some(traced) = self.trace.as_mut().filter(|t| t.trace.sampled) else {
+            return;
+        };
+        let (status, failure) = match end {
+            TryEnd::Kept(status) => {
+                traced.open_try = Some((span, endpoint, status));
+                return;
+            }
+            TryEnd::Status(status) => (Some(status), None),
+            TryEnd::Failed(what) => (None, Some(what)),
+        };
+        let record = client_span(traced, &span, endpoint, status, failure, cluster);
+        traced.tracer.record(record);
+    }
+
+    fn cluster_name(&self) -> Option<Arc<str>> {
+        self.cluster().map(|c| c.name.clone())
+    }
+
+    /// The trace and server span ids, for the access log.
+    pub(crate) fn trace_ids(&self) -> Option<(String, String)> {
+        self.trace
+            .as_ref()
+            .map(|t| (t.trace.trace_id_hex(), t.trace.span_id_hex()))
+    }
+
+    /// Records the spans still open: the last try's, then the server span.
+    fn finish_trace(&mut self) {
+        let Some(mut traced) = self.trace.take().filter(|t| t.trace.sampled) else {
+            return;
+        };
+        let cluster = self.cluster_name();
+        if let Some((span, endpoint, status)) = traced.open_try.take() {
+            let failure = self
+                .failure
+                .filter(|(by, _)| *by == FailedBy::Upstream)
+                .map(|f| f.1);
+            let record = client_span(
+                &traced,
+                &span,
+                endpoint,
+                Some(status),
+                failure,
+                cluster.clone(),
+            );
+            traced.tracer.record(record);
+        }
+        let (route, _) = self.route_and_cluster();
+        let mut attributes = vec![
+            trace::string("http.request.method", traced.method.as_str()),
+            trace::string("url.path", std::mem::take(&mut traced.path)),
+            trace::string("network.peer.address", self.conn.peer.ip().to_string()),
+            trace::int("network.peer.port", i64::from(self.conn.peer.port())),
+            trace::string("remora.listener", &*self.listener.name),
+        ];
+        let authority = std::mem::take(&mut traced.authority);
+        if !authority.is_empty() {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority.as_str(), |(h, p)| {
+                    if p.bytes().all(|b| b.is_ascii_digit()) {
+                        h
+                    } else {
+                        authority.as_str()
+                    }
+                });
+            attributes.push(trace::string("server.address", host));
+        }
+        if let Some(status) = self.status {
+            attributes.push(trace::int(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            ));
+        }
+        if !route.is_empty() {
+            attributes.push(trace::string("remora.route", route));
+        }
+        if let Some(cluster) = &cluster {
+            attributes.push(trace::string("remora.cluster", &**cluster));
+        }
+        if let Some(upstream) = &self.upstream {
+            attributes.push(trace::string(
+                "remora.upstream",
+                upstream.endpoint().address.to_string(),
+            ));
+        }
+        if let Some(identity) = &self.conn.origin.peer_identity {
+            attributes.push(trace::string("remora.peer_identity", &**identity));
+        }
+        if let Some((_, what)) = self.failure {
+            attributes.push(trace::string("error.type", what));
+        }
+        let error = self.status.is_none_or(|s| s.is_server_error()) || self.failure.is_some();
+        let name = if route.is_empty() {
+            traced.method.as_str().to_string()
+        } else {
+            format!("{} {route}", traced.method)
+        };
+        traced
+            .tracer
+            .record(traced.trace.server_span(name, attributes, error));
+    }
+
+    /// The route's and cluster's names (empty when none).
+    fn route_and_cluster(&self) -> (&str, &str) {
+        let Some(http) = self.listener.http_routes() else {
+            return ("", "");
+        };
+        match self.stats_at {
+            StatsAt::NoRoute => ("", ""),
+            StatsAt::Direct { route } | StatsAt::Cached { route } => {
+                (&*http.table.routes()[route].name, "")
+            }
+            StatsAt::Backend { route, backend } => {
+                let route = &http.table.routes()[route];
+                let cluster = match &route.action {
+                    RouteAction::Forward(backends) => &*backends.get(backend).cluster.name,
+                    RouteAction::Respond(_) => "",
+                };
+                (&*route.name, cluster)
+            }
+        }
     }
 
     /// What a route's response cache did with the request.
@@ -285,23 +480,11 @@ impl Exchange {
         let Some(log) = &self.listener.access_log else {
             return;
         };
-        let Some(http) = self.listener.http_routes() else {
+        if self.listener.http_routes().is_none() {
             return;
-        };
-        let (route, cluster) = match self.stats_at {
-            StatsAt::NoRoute => ("", ""),
-            StatsAt::Direct { route } | StatsAt::Cached { route } => {
-                (&*http.table.routes()[route].name, "")
-            }
-            StatsAt::Backend { route, backend } => {
-                let route = &http.table.routes()[route];
-                let cluster = match &route.action {
-                    RouteAction::Forward(backends) => &*backends.get(backend).cluster.name,
-                    RouteAction::Respond(_) => "",
-                };
-                (&*route.name, cluster)
-            }
-        };
+        }
+        let (route, cluster) = self.route_and_cluster();
+        let trace_ids = self.trace_ids();
         log.write(&AccessRecord {
             time: summary.time,
             listener: &self.listener.name,
@@ -326,6 +509,8 @@ impl Exchange {
             peer_identity: self.conn.origin.peer_identity.as_deref(),
             request_id: summary.request_id.as_deref(),
             cache: self.cache,
+            trace_id: trace_ids.as_ref().map(|t| t.0.as_str()),
+            span_id: trace_ids.as_ref().map(|t| t.1.as_str()),
         });
     }
 }
@@ -344,6 +529,7 @@ impl Drop for Exchange {
         if let Some(summary) = self.summary.take() {
             self.write_access_log(&summary);
         }
+        self.finish_trace();
         if self.downstream_http2
             && !self.ended
             && self.upstream.is_some()
@@ -364,4 +550,37 @@ fn version_name(version: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP",
     }
+}
+
+fn client_span(
+    traced: &Traced,
+    span: &ClientSpan,
+    endpoint: SocketAddr,
+    status: Option<StatusCode>,
+    failure: Option<&'static str>,
+    cluster: Option<Arc<str>>,
+) -> trace::Span {
+    let mut attributes = vec![
+        trace::string("http.request.method", traced.method.as_str()),
+        trace::string("server.address", endpoint.ip().to_string()),
+        trace::int("server.port", i64::from(endpoint.port())),
+        trace::string("network.peer.address", endpoint.ip().to_string()),
+        trace::string("remora.upstream", endpoint.to_string()),
+    ];
+    if let Some(cluster) = cluster {
+        attributes.push(trace::string("remora.cluster", &*cluster));
+    }
+    if let Some(status) = status {
+        attributes.push(trace::int(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+    }
+    if let Some(what) = failure {
+        attributes.push(trace::string("error.type", what));
+    }
+    let error = failure.is_some() || status.is_some_and(|s| s.is_server_error());
+    traced
+        .trace
+        .client_span(span, traced.method.as_str().to_string(), attributes, error)
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::attempt::{self, TryError, UpstreamError};
 use super::deadline::{self, Deadline};
-use super::exchange::Exchange;
+use super::exchange::{Exchange, TryEnd};
 use crate::body::RequestBody;
 use crate::breaker::{Held, Limit};
 use crate::cluster::{Cluster, TimeoutKind};
@@ -116,7 +116,9 @@ impl Tries<'_> {
                 (Some(template), None) => template.replay().ok_or_else(|| self.not_replayable())?,
                 (None, None) => unreachable!("a request without retries is tried once"),
             };
-            let request = self.request(body);
+            let mut request = self.request(body);
+            let attempt = tried.len() as u32 + 1;
+            let span = exchange.begin_try(attempt, request.headers_mut());
             let outcome = self.one_try(&endpoint, request, exchange).await;
             let failure = match &outcome {
                 TryOutcome::Stop(_) => None,
@@ -132,6 +134,19 @@ impl Tries<'_> {
             };
             let reason = failure
                 .and_then(|f| self.retry(f, tried.len(), template.as_ref(), &mut retry_slot));
+            if let Some(span) = span {
+                let end = match (&outcome, reason) {
+                    (TryOutcome::Response { response, .. }, None) => {
+                        TryEnd::Kept(response.status())
+                    }
+                    (TryOutcome::Response { response, .. }, Some(_)) => {
+                        TryEnd::Status(response.status())
+                    }
+                    (TryOutcome::Failed { error, .. }, _) => TryEnd::Failed(error.kind()),
+                    (TryOutcome::Stop(_), _) => TryEnd::Failed("stopped"),
+                };
+                exchange.end_try(span, endpoint.address, end);
+            }
             match (reason, outcome) {
                 (_, TryOutcome::Stop(stop)) => return Err(stop),
                 (Some(reason), _) => {

@@ -83,6 +83,8 @@ pub struct ListenerState {
     pub(crate) http2_keepalive: Option<Http2KeepaliveConfig>,
     pub(crate) connections_active: Gauge,
     pub(crate) access_log: Option<Arc<AccessLog>>,
+    /// `tracing:` (HTTP listeners).
+    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
     /// HTTP: a limit over all of the listener's requests.
     pub(crate) rate_limit: Option<RateLimit>,
     /// `remora_rate_limited_total{listener,route=""}`.
@@ -257,6 +259,7 @@ pub(crate) struct ListenerContext<'a> {
     pub(crate) clusters: &'a HashMap<&'a str, Arc<Cluster>>,
     pub(crate) telemetry: &'a Telemetry,
     pub(crate) access_log: Option<&'a Arc<AccessLog>>,
+    pub(crate) tracer: Option<&'a Arc<crate::trace::Tracer>>,
     pub(crate) drain_timeout: Duration,
     pub(crate) proxy_max_connections: Option<usize>,
     /// Response caches a route with an unchanged `cache:` takes over.
@@ -508,6 +511,7 @@ impl ListenerState {
                 &[("listener", name)],
             ),
             access_log: cx.access_log.cloned(),
+            tracer: cx.tracer.cloned(),
             rate_limit,
             rate_limited: cx.telemetry.counter(
                 telemetry::RATE_LIMITED_TOTAL,

@@ -23,6 +23,7 @@ pub struct Snapshot {
     pub listeners: Box<[Arc<ListenerState>]>,
     pub clusters: Box<[Arc<Cluster>]>,
     access_log: Option<Arc<AccessLog>>,
+    tracer: Option<Arc<crate::trace::Tracer>>,
     /// Clusters taken over from the previous snapshot with a new endpoint
     /// list, applied by [`Snapshot::apply_endpoint_updates`] when this
     /// snapshot goes live.
@@ -116,6 +117,29 @@ impl Snapshot {
             }
         };
 
+        let tracer = config.tracing.as_ref().and_then(|tracing| {
+            match previous.and_then(|p| p.tracer.as_ref()) {
+                Some(kept) if kept.config == *tracing && matches!(mode, Mode::Serve(_)) => {
+                    Some(kept.clone())
+                }
+                _ => {
+                    let instance = config
+                        .xds
+                        .as_ref()
+                        .map(|x| x.node_id.clone())
+                        .or_else(|| std::env::var("HOSTNAME").ok())
+                        .unwrap_or_else(|| format!("remora-proxy-{}", std::process::id()));
+                    crate::trace::Tracer::compile(
+                        tracing,
+                        &instance,
+                        matches!(mode, Mode::Serve(_)),
+                        telemetry,
+                        &mut errors,
+                    )
+                }
+            }
+        });
+
         if let Some(resolver) = &config.dns_resolver {
             crate::discovery::check(resolver, &mut errors);
         }
@@ -174,6 +198,7 @@ impl Snapshot {
             clusters: &by_name,
             telemetry,
             access_log: access_log.as_ref(),
+            tracer: tracer.as_ref(),
             drain_timeout: config.drain_timeout,
             proxy_max_connections: config.max_connections.map(|m| m.get()),
         };
@@ -198,6 +223,7 @@ impl Snapshot {
             listeners: listeners.into(),
             clusters: clusters.into(),
             access_log,
+            tracer,
             endpoint_updates,
         })
     }

@@ -59,6 +59,11 @@ pub(crate) struct AccessRecord<'a> {
     /// or `refresh` (a background refresh for `stale_while_revalidate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cache: Option<&'static str>,
+    /// With `tracing:`: the request's trace and its server span (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) span_id: Option<&'a str>,
 }
 
 /// What one opaque TCP connection's line says (`"protocol": "tcp"` or

@@ -46,6 +46,8 @@ pub(crate) const CACHE_EVICTIONS_TOTAL: &str = "remora_cache_evictions_total";
 pub(crate) const CACHE_REVALIDATIONS_TOTAL: &str = "remora_cache_revalidations_total";
 pub(crate) const CACHE_STALE_IF_ERROR_TOTAL: &str = "remora_cache_stale_if_error_total";
 pub(crate) const CACHE_COLLAPSED_TOTAL: &str = "remora_cache_collapsed_total";
+pub(crate) const TRACING_SPANS_EXPORTED_TOTAL: &str = "remora_tracing_spans_exported_total";
+pub(crate) const TRACING_SPANS_DROPPED_TOTAL: &str = "remora_tracing_spans_dropped_total";
 pub(crate) const IDENTITY_CERT_EXPIRY: &str = "remora_identity_cert_expiry_timestamp_seconds";
 pub(crate) const IDENTITY_RENEWALS_TOTAL: &str = "remora_identity_renewals_total";
 pub(crate) const CAPTURED_CONNECTIONS_TOTAL: &str = "remora_captured_connections_total";
@@ -136,6 +138,16 @@ impl Telemetry {
             TCP_BYTES_TOTAL,
             None,
             "Bytes relayed by TCP listeners; direction rx is from the client, tx is to it.",
+        );
+        describe(
+            TRACING_SPANS_EXPORTED_TOTAL,
+            None,
+            "Spans the OTLP collector accepted.",
+        );
+        describe(
+            TRACING_SPANS_DROPPED_TOTAL,
+            None,
+            "Spans dropped, by reason: queue_full (the export queue was full), export_failed (the collector failed or was too slow).",
         );
         describe(
             CACHE_REQUESTS_TOTAL,

@@ -27,4 +27,5 @@ mod shutdown;
 mod support;
 mod tcp_relay;
 mod tls;
+mod tracing;
 mod websocket;

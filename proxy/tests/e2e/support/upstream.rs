@@ -10,7 +10,8 @@
 //! chunk before reading the rest; `/trailers` sends a body and trailers;
 //! a path ending in `/reset` resets the stream (HTTP/2) or connection.
 //! Every response carries `x-upstream`, `x-seen-version`, `x-seen-host`,
-//! `x-seen-path`, and `x-echo-NAME` for each request header `x-NAME`.
+//! `x-seen-path`, and `x-echo-NAME` for each request header `x-NAME` (and
+//! for the trace headers `traceparent`, `tracestate` and `b3`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -257,7 +258,11 @@ async fn handle(
         HeaderValue::from_str(request.uri().path_and_query().map_or("/", |p| p.as_str())).unwrap(),
     );
     for (name, value) in request.headers() {
-        if let Some(rest) = name.as_str().strip_prefix("x-") {
+        let echoed = match name.as_str() {
+            "traceparent" | "tracestate" | "b3" => Some(name.as_str()),
+            other => other.strip_prefix("x-"),
+        };
+        if let Some(rest) = echoed {
             seen.append(
                 HeaderName::from_bytes(format!("x-echo-{rest}").as_bytes()).unwrap(),
                 value.clone(),

@@ -1,0 +1,200 @@
+//! The span exporter: a thread of its own with a current-thread runtime,
+//! off the data path. Spans arrive on a bounded queue; a batch goes out
+//! when it is full or `batch_timeout` after its first span, as one OTLP
+//! `ExportTraceServiceRequest` over gRPC or HTTP/protobuf. A batch that
+//! fails is dropped and counted (no retry: a slow or dead collector must
+//! not grow the proxy's memory). When the tracer is dropped (a reload with
+//! another `tracing:`, or shutdown) the queue closes and the thread sends
+//! what it holds, then ends.
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use metrics::Counter;
+use prost::Message;
+use remora_xds_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
+use remora_xds_proto::opentelemetry::proto::collector::trace::v1::trace_service_client::TraceServiceClient;
+use remora_xds_proto::opentelemetry::proto::common::v1::InstrumentationScope;
+use remora_xds_proto::opentelemetry::proto::resource::v1::Resource;
+use remora_xds_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tokio::sync::mpsc;
+
+use crate::config::{OtlpProtocol, TracingConfig};
+
+pub(super) struct Counters {
+    pub(super) exported: Counter,
+    pub(super) failed: Counter,
+}
+
+/// Starts the exporter thread; spans go into the returned queue.
+pub(super) fn start(
+    config: &TracingConfig,
+    instance: &str,
+    counters: Counters,
+) -> std::io::Result<mpsc::Sender<Span>> {
+    let (queue, spans) = mpsc::channel(config.max_queue_spans);
+    let mut attributes = vec![
+        super::string("service.name", config.service_name.clone()),
+        super::string("service.instance.id", instance),
+        super::string("telemetry.sdk.name", "remora-proxy"),
+        super::string("telemetry.sdk.language", "rust"),
+        super::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ];
+    for (key, value) in &config.resource {
+        attributes.retain(|a| a.key != *key);
+        attributes.push(super::string(key, value.clone()));
+    }
+    let exporter = Exporter {
+        config: config.clone(),
+        resource: Resource {
+            attributes,
+            ..Resource::default()
+        },
+        counters,
+    };
+    std::thread::Builder::new()
+        .name("remora-otlp".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(exporter.run(spans)),
+                Err(error) => tracing::error!(%error, "the span exporter cannot start"),
+            }
+        })?;
+    Ok(queue)
+}
+
+struct Exporter {
+    config: TracingConfig,
+    resource: Resource,
+    counters: Counters,
+}
+
+impl Exporter {
+    async fn run(self, mut spans: mpsc::Receiver<Span>) {
+        let mut grpc = None;
+        let mut batch = Vec::with_capacity(self.config.max_batch_spans);
+        loop {
+            // Wait for a first span, then fill the batch until it is full or
+            // its time is up.
+            let Some(first) = spans.recv().await else {
+                return;
+            };
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.config.batch_timeout;
+            let mut closed = false;
+            while batch.len() < self.config.max_batch_spans {
+                match tokio::time::timeout_at(deadline, spans.recv()).await {
+                    Ok(Some(span)) => batch.push(span),
+                    Ok(None) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let count = batch.len() as u64;
+            let request = self.request(std::mem::take(&mut batch));
+            match self.export(&mut grpc, request).await {
+                Ok(()) => self.counters.exported.increment(count),
+                Err(error) => {
+                    self.counters.failed.increment(count);
+                    tracing::debug!(endpoint = %self.config.otlp.endpoint, %error, spans = count, "span export failed; spans dropped");
+                }
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "remora-proxy".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+
+    async fn export(
+        &self,
+        grpc: &mut Option<TraceServiceClient<tonic::transport::Channel>>,
+        request: ExportTraceServiceRequest,
+    ) -> Result<(), String> {
+        let otlp = &self.config.otlp;
+        match otlp.protocol {
+            OtlpProtocol::Grpc => {
+                let client = match grpc {
+                    Some(client) => client,
+                    None => {
+                        let endpoint =
+                            tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())
+                                .map_err(|e| e.to_string())?
+                                .connect_timeout(otlp.timeout)
+                                .timeout(otlp.timeout);
+                        grpc.insert(TraceServiceClient::new(endpoint.connect_lazy()))
+                    }
+                };
+                client
+                    .export(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| format!("{}: {}", status.code(), status.message()))
+            }
+            OtlpProtocol::HttpProtobuf => {
+                tokio::time::timeout(otlp.timeout, post(&otlp.endpoint, request.encode_to_vec()))
+                    .await
+                    .map_err(|_| format!("no answer within {:?}", otlp.timeout))?
+            }
+        }
+    }
+}
+
+/// One POST of `application/x-protobuf` on a connection of its own (a
+/// batch goes out at most every `batch_timeout`).
+async fn post(endpoint: &str, body: Vec<u8>) -> Result<(), String> {
+    let uri: Uri = endpoint.parse().map_err(|e| format!("{e}"))?;
+    let authority = uri.authority().ok_or("no host")?.clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((authority.host(), port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| *p != "/")
+        .unwrap_or("/v1/traces");
+    let request = Request::post(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the collector answered {status}"))
+    }
+}

@@ -1,0 +1,296 @@
+//! Distributed tracing (docs/observability.md): the caller's trace
+//! context is read (W3C or B3), a sampling decision is made once per
+//! request (the caller's, a forced one, or the head-sampling ratio), a
+//! server span covers the request and a client span each upstream try, and
+//! the context goes upstream in the configured formats. Spans are queued
+//! without blocking and exported over OTLP by a thread of their own
+//! (`export.rs`); a full queue or a failed export drops spans and counts
+//! them, never slowing a request.
+
+pub(crate) mod context;
+mod export;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use metrics::Counter;
+use remora_xds_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
+use remora_xds_proto::opentelemetry::proto::trace::v1::{Status, span, status};
+
+use crate::config::{ConfigError, Propagation, TracingConfig};
+use crate::telemetry::{self, Telemetry};
+
+pub(crate) use remora_xds_proto::opentelemetry::proto::trace::v1::Span;
+
+/// The compiled `tracing:` and its exporter, shared by every listener of
+/// a snapshot and kept across reloads while the config stays the same.
+pub(crate) struct Tracer {
+    pub(crate) config: TracingConfig,
+    propagation: Box<[Propagation]>,
+    force: Option<HeaderName>,
+    /// `None` when only checking a config.
+    queue: Option<tokio::sync::mpsc::Sender<Span>>,
+    dropped_queue_full: Counter,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracer {
+    /// Validates `config`; with `serve`, starts its exporter thread.
+    /// `instance` names this proxy (`service.instance.id`).
+    pub(crate) fn compile(
+        config: &TracingConfig,
+        instance: &str,
+        serve: bool,
+        telemetry: &Telemetry,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Arc<Tracer>> {
+        let problems = config.check("tracing");
+        if !problems.is_empty() {
+            errors.extend(problems);
+            return None;
+        }
+        let dropped = |reason: &str| {
+            telemetry.counter(
+                telemetry::TRACING_SPANS_DROPPED_TOTAL,
+                &[("reason", reason)],
+            )
+        };
+        let queue = if serve {
+            let counters = export::Counters {
+                exported: telemetry.counter(telemetry::TRACING_SPANS_EXPORTED_TOTAL, &[]),
+                failed: dropped("export_failed"),
+            };
+            match export::start(config, instance, counters) {
+                Ok(queue) => Some(queue),
+                Err(error) => {
+                    errors.push(ConfigError::new(
+                        "tracing.otlp",
+                        format!("cannot start the exporter: {error}"),
+                    ));
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        Some(Arc::new(Tracer {
+            config: config.clone(),
+            propagation: config.propagation.clone().into(),
+            force: (!config.force_sample_header.is_empty())
+                .then(|| HeaderName::from_bytes(config.force_sample_header.as_bytes()).ok())
+                .flatten(),
+            queue,
+            dropped_queue_full: dropped("queue_full"),
+        }))
+    }
+
+    /// The trace a request joins or starts, and its server span's id.
+    pub(crate) fn start(&self, headers: &HeaderMap) -> Trace {
+        let incoming = context::extract(headers);
+        let forced = self.force.as_ref().is_some_and(|h| headers.contains_key(h));
+        let sampled = forced
+            || incoming
+                .sampled
+                .unwrap_or_else(|| crate::rand::unit() < self.config.sampling);
+        let (trace_id, parent) = match incoming.ids {
+            Some((trace, span)) => (trace, Some(span)),
+            None => (new_trace_id(), None),
+        };
+        Trace {
+            trace_id,
+            span_id: new_span_id(),
+            parent,
+            sampled,
+            tracestate: incoming.tracestate,
+            start_ns: now_ns(),
+        }
+    }
+
+    /// Writes the context of a client span upstream.
+    pub(crate) fn inject(&self, headers: &mut HeaderMap, trace: &Trace, client: &ClientSpan) {
+        context::inject(
+            headers,
+            &self.propagation,
+            &trace.trace_id,
+            &client.span_id,
+            &trace.span_id,
+            trace.sampled,
+            trace.tracestate.as_ref(),
+        );
+    }
+
+    /// Queues a finished span for export; a full queue drops it.
+    pub(crate) fn record(&self, span: Span) {
+        if let Some(queue) = &self.queue
+            && queue.try_send(span).is_err()
+        {
+            self.dropped_queue_full.increment(1);
+        }
+    }
+}
+
+/// One request's place in a trace.
+#[derive(Debug, Clone)]
+pub(crate) struct Trace {
+    pub(crate) trace_id: [u8; 16],
+    /// The server span: the request as this proxy handled it.
+    pub(crate) span_id: [u8; 8],
+    /// The caller's span.
+    pub(crate) parent: Option<[u8; 8]>,
+    pub(crate) sampled: bool,
+    tracestate: Option<HeaderValue>,
+    start_ns: u64,
+}
+
+/// One upstream try's span.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientSpan {
+    pub(crate) span_id: [u8; 8],
+    pub(crate) attempt: u32,
+    start_ns: u64,
+}
+
+impl Trace {
+    pub(crate) fn client(&self, attempt: u32) -> ClientSpan {
+        ClientSpan {
+            span_id: new_span_id(),
+            attempt,
+            start_ns: now_ns(),
+        }
+    }
+
+    /// The server span, ended now.
+    pub(crate) fn server_span(&self, name: String, attributes: Vec<KeyValue>, error: bool) -> Span {
+        self.span(
+            self.span_id,
+            self.parent,
+            name,
+            span::SpanKind::Server,
+            self.start_ns,
+            attributes,
+            error,
+        )
+    }
+
+    /// A try's client span, ended now.
+    pub(crate) fn client_span(
+        &self,
+        client: &ClientSpan,
+        name: String,
+        mut attributes: Vec<KeyValue>,
+        error: bool,
+    ) -> Span {
+        if client.attempt > 1 {
+            attributes.push(int(
+                "http.request.resend_count",
+                i64::from(client.attempt - 1),
+            ));
+        }
+        self.span(
+            client.span_id,
+            Some(self.span_id),
+            name,
+            span::SpanKind::Client,
+            client.start_ns,
+            attributes,
+            error,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &self,
+        id: [u8; 8],
+        parent: Option<[u8; 8]>,
+        name: String,
+        kind: span::SpanKind,
+        start: u64,
+        attributes: Vec<KeyValue>,
+        error: bool,
+    ) -> Span {
+        Span {
+            trace_id: self.trace_id.to_vec(),
+            span_id: id.to_vec(),
+            trace_state: self
+                .tracestate
+                .as_ref()
+                .and_then(|s| s.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+            flags: u32::from(self.sampled),
+            name,
+            kind: kind as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: now_ns().max(start),
+            attributes,
+            status: error.then(|| Status {
+                code: status::StatusCode::Error as i32,
+                message: String::new(),
+            }),
+            ..Span::default()
+        }
+    }
+
+    pub(crate) fn trace_id_hex(&self) -> String {
+        context::hex_string(&self.trace_id)
+    }
+
+    pub(crate) fn span_id_hex(&self) -> String {
+        context::hex_string(&self.span_id)
+    }
+}
+
+pub(crate) fn string(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+pub(crate) fn int(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+fn new_trace_id() -> [u8; 16] {
+    loop {
+        let mut id = [0; 16];
+        id[..8].copy_from_slice(&crate::rand::next_u64().to_be_bytes());
+        id[8..].copy_from_slice(&crate::rand::next_u64().to_be_bytes());
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    loop {
+        let id = crate::rand::next_u64();
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
