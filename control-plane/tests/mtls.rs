@@ -135,6 +135,14 @@ async fn two_sidecars_talk_mtls_with_their_mesh_identities() {
         async move { log.contains("\"peer_identity\":\"spiffe://example.org/ns/shop/sa/web-sa\"") }
     })
     .await;
+    // The golden metrics per caller identity.
+    assert_eq!(
+        metric(
+            &api,
+            "remora_peer_requests_total{listener=\"inbound\",peer_identity=\"spiffe://example.org/ns/shop/sa/web-sa\",classification=\"success\"}",
+        ),
+        1.0
+    );
 
     // Plaintext straight to the strict listener: refused, counted.
     assert!(get(inbound, "/").await.is_err());

@@ -191,6 +191,8 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         exchange.add_bytes_sent(data.len());
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        exchange.note_grpc_status(trailers);
                     }
                     if let Some(idle) = idle {
                         idle.touch();

@@ -577,7 +577,7 @@ fn answer(
     if let StatsAt::Backend { route, .. } | StatsAt::Direct { route } = exchange.stats_at() {
         exchange.set_stats(StatsAt::Cached { route });
     }
-    exchange.set_status(response.status());
+    exchange.set_response_head(response.status(), response.headers());
     exchange.replied_locally();
     let body = if with_body && !head_only {
         exchange.add_bytes_sent(entry.body.len());
@@ -599,7 +599,7 @@ fn answer_with_rest(
 ) -> Response<ResponseBody> {
     let (response, with_body) = answer_head(cache, entry, outcome, request);
     if let Some(exchange) = rest.as_mut().exchange_mut() {
-        exchange.set_status(response.status());
+        exchange.set_response_head(response.status(), response.headers());
         exchange.set_cache(outcome.label());
     }
     let body = if with_body {

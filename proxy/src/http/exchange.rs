@@ -19,8 +19,8 @@ use crate::listener::ListenerState;
 use crate::pool::{Http1Lease, Http2Lease};
 use crate::route::RouteAction;
 use crate::telemetry::LabelValue;
-use crate::telemetry::RequestStats;
 use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::{Classification, RequestStats};
 use crate::trace::{self, ClientSpan, Trace, Tracer};
 
 /// Where the request's stats go.
@@ -83,6 +83,8 @@ pub(crate) struct Exchange {
     cache: Option<&'static str>,
     /// With `tracing:`: the request's trace and its spans.
     trace: Option<Box<Traced>>,
+    /// The response's `grpc-status`, from its head or trailers.
+    grpc_status: Option<u32>,
 }
 
 /// A traced request: its place in the trace, what its spans will say, and
@@ -198,6 +200,7 @@ impl Exchange {
             failure: None,
             ended: false,
             cache: None,
+            grpc_status: None,
         }
     }
 
@@ -368,6 +371,25 @@ impl Exchange {
         self.status = Some(status);
     }
 
+    /// The response's head: its status, and a gRPC status if the head
+    /// carries one (trailers-only); a later trailers frame may set it.
+    pub(crate) fn set_response_head(&mut self, status: StatusCode, headers: &HeaderMap) {
+        self.status = Some(status);
+        self.note_grpc_status(headers);
+    }
+
+    /// A `grpc-status` in response headers or trailers.
+    pub(crate) fn note_grpc_status(&mut self, headers: &HeaderMap) {
+        const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        if let Some(code) = headers
+            .get(GRPC_STATUS)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.parse().ok())
+        {
+            self.grpc_status = Some(code);
+        }
+    }
+
     pub(crate) fn set_upstream(&mut self, active: ActiveRequest) {
         self.upstream = Some(active);
     }
@@ -520,11 +542,16 @@ impl Drop for Exchange {
         if !self.ended && self.upstream.is_some() && self.failure.is_none() {
             self.failed(FailedBy::Client, "client_cancelled");
         }
+        let classification = Classification::of(self.status, self.grpc_status);
         if let Some(stats) = self.stats() {
             if let Some(status) = self.status {
                 stats.record_status(status);
             }
+            stats.record_outcome(classification);
             stats.record_duration(self.started.elapsed());
+        }
+        if let Some(peer) = &self.conn.peer_stats {
+            peer.increment(classification);
         }
         if let Some(summary) = self.summary.take() {
             self.write_access_log(&summary);

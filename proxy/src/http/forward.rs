@@ -160,7 +160,7 @@ pub(super) async fn forward(
     if let Some(cookie) = set_cookie {
         response.headers_mut().append(SET_COOKIE, cookie);
     }
-    exchange.set_status(response.status());
+    exchange.set_response_head(response.status(), response.headers());
     let (mut parts, body) = response.into_parts();
     parts.version = Version::HTTP_11;
     Response::from_parts(

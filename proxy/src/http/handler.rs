@@ -17,6 +17,7 @@ use super::{authority, cached, forward, local_reply};
 use crate::listener::{ListenerSlot, ListenerState, Origin};
 use crate::ratelimit::Caller;
 use crate::route::{RequestView, RouteAction};
+use crate::telemetry::{Classification, CountersBy};
 
 /// What every request on one downstream connection shares.
 pub(crate) struct ConnContext {
@@ -26,6 +27,8 @@ pub(crate) struct ConnContext {
     pub(crate) activity: Activity,
     /// A capture listener's hand-over, an mTLS peer's identity.
     pub(crate) origin: Origin,
+    /// `remora_peer_requests_total` for the mTLS peer's identity.
+    pub(crate) peer_stats: Option<CountersBy<Classification>>,
 }
 
 /// The request id header, as Envoy names it.

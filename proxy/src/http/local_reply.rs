@@ -32,7 +32,7 @@ pub(crate) fn reply(
     grpc: bool,
 ) -> Response<ResponseBody> {
     let response = local_response(status, message, grpc);
-    exchange.set_status(response.status());
+    exchange.set_response_head(response.status(), response.headers());
     exchange.replied_locally();
     response
 }

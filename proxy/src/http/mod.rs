@@ -83,12 +83,18 @@ pub(crate) async fn serve_connection<S: crate::socket::Stream>(
             return;
         }
     };
+    let peer_stats = state
+        .peer_stats
+        .as_ref()
+        .zip(origin.peer_identity.as_ref())
+        .map(|(stats, identity)| stats.of(identity));
     let conn = Arc::new(ConnContext {
         slot,
         peer,
         tracker,
         activity: Activity::default(),
         origin,
+        peer_stats,
     });
     let service = {
         let conn = conn.clone();

@@ -85,6 +85,8 @@ pub struct ListenerState {
     pub(crate) access_log: Option<Arc<AccessLog>>,
     /// `tracing:` (HTTP listeners).
     pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
+    /// mTLS listeners: requests by the peer's identity.
+    pub(crate) peer_stats: Option<crate::telemetry::PeerStats>,
     /// HTTP: a limit over all of the listener's requests.
     pub(crate) rate_limit: Option<RateLimit>,
     /// `remora_rate_limited_total{listener,route=""}`.
@@ -512,6 +514,10 @@ impl ListenerState {
             ),
             access_log: cx.access_log.cloned(),
             tracer: cx.tracer.cloned(),
+            peer_stats: config
+                .mtls
+                .is_some_and(|m| m != MtlsMode::Disabled)
+                .then(|| crate::telemetry::PeerStats::new(cx.telemetry, name)),
             rate_limit,
             rate_limited: cx.telemetry.counter(
                 telemetry::RATE_LIMITED_TOTAL,

@@ -58,6 +58,18 @@ impl<K: LabelValue> CountersBy<K> {
         labels: &[(&'static str, &str)],
         label_name: &'static str,
     ) -> Self {
+        Self::register_with(&telemetry.recorder, name, labels, label_name)
+    }
+
+    /// [`register`](Self::register) after the snapshot is compiled (a
+    /// label value seen at run time).
+    pub(crate) fn register_with(
+        recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+        label_name: &'static str,
+    ) -> Self {
+        use metrics::Recorder as _;
         let counters = K::ALL
             .iter()
             .enumerate()
@@ -65,7 +77,7 @@ impl<K: LabelValue> CountersBy<K> {
                 debug_assert_eq!(value.index(), i, "LabelValue::ALL is in index order");
                 let mut all = labels.to_vec();
                 all.push((label_name, value.label()));
-                telemetry.counter(name, &all)
+                recorder.register_counter(&super::key(name, &all), &super::METADATA)
             })
             .collect();
         CountersBy {

@@ -19,6 +19,8 @@ use metrics_exporter_prometheus::{
 
 pub(crate) const REQUESTS_TOTAL: &str = "remora_requests_total";
 pub(crate) const REQUEST_DURATION: &str = "remora_request_duration_seconds";
+pub(crate) const RESPONSES_TOTAL: &str = "remora_responses_total";
+pub(crate) const PEER_REQUESTS_TOTAL: &str = "remora_peer_requests_total";
 pub(crate) const DOWNSTREAM_CONNECTIONS_ACTIVE: &str = "remora_downstream_connections_active";
 pub(crate) const DOWNSTREAM_CONNECTIONS_TOTAL: &str = "remora_downstream_connections_total";
 pub(crate) const UPSTREAM_CONNECTIONS_ACTIVE: &str = "remora_upstream_connections_active";
@@ -74,7 +76,7 @@ const DURATION_BUCKETS: &[f64] = &[
 pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct Telemetry {
-    recorder: PrometheusRecorder,
+    recorder: std::sync::Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     reloads_ok: Counter,
     reloads_rejected: Counter,
@@ -108,6 +110,16 @@ impl Telemetry {
             REQUEST_DURATION,
             Some(Unit::Seconds),
             "Time from request headers to the end of the response body.",
+        );
+        describe(
+            RESPONSES_TOTAL,
+            None,
+            "HTTP requests by listener, route, cluster and classification: failure is a 5xx, a gRPC status other than OK, or no response at all.",
+        );
+        describe(
+            PEER_REQUESTS_TOTAL,
+            None,
+            "Requests on mTLS listeners by the caller's SPIFFE ID and classification (at most 256 identities per listener; the rest count as other).",
         );
         describe(
             DOWNSTREAM_CONNECTIONS_ACTIVE,
@@ -258,7 +270,7 @@ impl Telemetry {
         let reloads_ok = counter("ok");
         let reloads_rejected = counter("rejected");
         Telemetry {
-            recorder,
+            recorder: std::sync::Arc::new(recorder),
             handle,
             reloads_ok,
             reloads_rejected,
@@ -317,7 +329,91 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 #[derive(Clone)]
 pub(crate) struct RequestStats {
     by_class: CountersBy<StatusClass>,
+    by_outcome: CountersBy<Classification>,
     duration: Histogram,
+}
+
+/// Whether a request succeeded, as the golden metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Classification {
+    Success,
+    Failure,
+}
+
+label_values!(Classification {
+    Success => "success",
+    Failure => "failure",
+});
+
+impl Classification {
+    /// A failure is no response, a 5xx, or a gRPC status other than OK
+    /// (as Linkerd classifies).
+    pub(crate) fn of(status: Option<StatusCode>, grpc_status: Option<u32>) -> Classification {
+        match (status, grpc_status) {
+            (None, _) => Classification::Failure,
+            (Some(s), _) if s.is_server_error() => Classification::Failure,
+            (_, Some(g)) if g != 0 => Classification::Failure,
+            _ => Classification::Success,
+        }
+    }
+}
+
+/// `remora_peer_requests_total` for the identities a listener's mTLS
+/// peers present, registered on first sight (once per connection, not per
+/// request), at most [`PeerStats::MAX`] of them.
+pub(crate) struct PeerStats {
+    recorder: std::sync::Arc<PrometheusRecorder>,
+    listener: std::sync::Arc<str>,
+    known: std::sync::Mutex<
+        std::collections::HashMap<std::sync::Arc<str>, CountersBy<Classification>>,
+    >,
+    other: CountersBy<Classification>,
+}
+
+impl std::fmt::Debug for PeerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerStats")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerStats {
+    pub(crate) const MAX: usize = 256;
+
+    pub(crate) fn new(telemetry: &Telemetry, listener: &str) -> PeerStats {
+        PeerStats {
+            recorder: telemetry.recorder.clone(),
+            listener: listener.into(),
+            known: std::sync::Mutex::default(),
+            other: CountersBy::register(
+                telemetry,
+                PEER_REQUESTS_TOTAL,
+                &[("listener", listener), ("peer_identity", "other")],
+                "classification",
+            ),
+        }
+    }
+
+    /// The counters for one peer identity (a connection's, looked up when
+    /// it is accepted).
+    pub(crate) fn of(&self, identity: &std::sync::Arc<str>) -> CountersBy<Classification> {
+        let mut known = crate::sync::lock(&self.known);
+        if let Some(counters) = known.get(identity) {
+            return counters.clone();
+        }
+        if known.len() >= Self::MAX {
+            return self.other.clone();
+        }
+        let counters = CountersBy::register_with(
+            &self.recorder,
+            PEER_REQUESTS_TOTAL,
+            &[("listener", &self.listener), ("peer_identity", identity)],
+            "classification",
+        );
+        known.insert(identity.clone(), counters.clone());
+        counters
+    }
 }
 
 /// The `status_class` label: `1xx` … `5xx`.
@@ -367,6 +463,16 @@ impl RequestStats {
             ],
             "status_class",
         );
+        let by_outcome = CountersBy::register(
+            telemetry,
+            RESPONSES_TOTAL,
+            &[
+                ("listener", listener),
+                ("route", route),
+                ("cluster", cluster),
+            ],
+            "classification",
+        );
         let duration = telemetry.histogram(
             REQUEST_DURATION,
             &[
@@ -375,7 +481,15 @@ impl RequestStats {
                 ("cluster", cluster),
             ],
         );
-        RequestStats { by_class, duration }
+        RequestStats {
+            by_class,
+            by_outcome,
+            duration,
+        }
+    }
+
+    pub(crate) fn record_outcome(&self, classification: Classification) {
+        self.by_outcome.increment(classification);
     }
 
     pub(crate) fn record_status(&self, status: StatusCode) {

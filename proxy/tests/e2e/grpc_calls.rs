@@ -45,6 +45,17 @@ async fn unary_calls_keep_messages_statuses_and_trailers() {
             "bad-input",
             "trailer metadata survives"
         );
+        // The golden metrics count a gRPC error as a failure, though its
+        // HTTP status is 200.
+        let series = |classification: &str| {
+            format!(
+                "remora_responses_total{{listener=\"grpc\",route=\"echo\",cluster=\"echo\",classification=\"{classification}\"}}"
+            )
+        };
+        crate::support::eventually("both calls classified", || {
+            proxy.metric(&series("success")) == 1.0 && proxy.metric(&series("failure")) == 1.0
+        })
+        .await;
     }
 }
 
