@@ -56,6 +56,31 @@ enum Command {
     /// for the proxy (what a sidecar's init container runs); see
     /// docs/sidecar.md.
     Init(InitArgs),
+    /// Watch live requests on a running proxy (its admin server's /tap) as
+    /// a table, one row per request as it finishes.
+    Tap(TapArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TapArgs {
+    /// The proxy's admin server.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: String,
+    /// Only this listener's requests.
+    #[arg(long)]
+    listener: Option<String>,
+    /// Only this route's requests.
+    #[arg(long)]
+    route: Option<String>,
+    /// Only requests whose path starts with this.
+    #[arg(long)]
+    path_prefix: Option<String>,
+    /// Stop after this many requests (the proxy's default: 1000).
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Stop after this long, e.g. 30s (the proxy's default: 60s).
+    #[arg(long, value_parser = remora_proxy::config::scalar::parse_duration)]
+    duration: Option<std::time::Duration>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +131,32 @@ struct InitArgs {
 fn main() -> ExitCode {
     remora_proxy::tls::install_default_provider();
     let args = Args::parse();
+    if let Some(Command::Tap(tap)) = &args.command {
+        let request = remora_proxy::admin::tap_cli::TapRequest {
+            admin: tap.admin.clone(),
+            listener: tap.listener.clone(),
+            route: tap.route.clone(),
+            path_prefix: tap.path_prefix.clone(),
+            limit: tap.limit,
+            duration: tap.duration,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let result = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
+            runtime.block_on(remora_proxy::admin::tap_cli::run(
+                &request,
+                &mut std::io::stdout().lock(),
+            ))
+        });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("remora-proxy tap: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Init(init)) = args.command {
         return match run_init(init) {
             Ok(report) => {

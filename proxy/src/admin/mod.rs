@@ -11,11 +11,13 @@
 //! | `GET /xds` | the xDS client: server, connection, versions, ACK/NACK counts, last NACK, warming |
 //! | `GET /logging`, `PUT`/`POST /logging?level=...` | read or change the log filter |
 //! | `POST /drain` | stop accepting, finish in-flight requests, exit |
+//! | `GET /tap?listener=&route=&path_prefix=&limit=&duration=` | live request summaries as JSON lines (streamed) |
 //! | `GET /cache` | every route's response cache: entries, bytes, config |
 //! | `POST /cache/purge?listener=&route=&key_prefix=` | remove cached responses (all, or a route's, or under a path prefix) |
 //! | `GET /app-health/...` | the application's probe configured at that path (`app_probes`) |
 
 mod probes;
+pub mod tap_cli;
 mod views;
 
 use std::convert::Infallible;
@@ -23,7 +25,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -51,9 +53,14 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
                     let read = request.method() == Method::GET || request.method() == Method::HEAD;
                     let path = request.uri().path();
                     if read && path.starts_with("/app-health/") {
-                        return Ok::<_, Infallible>(app_probe(&proxy, path).await);
+                        return Ok::<_, Infallible>(
+                            app_probe(&proxy, path).await.map(BodyExt::boxed),
+                        );
                     }
-                    Ok::<_, Infallible>(handle(&proxy, request))
+                    if read && path == "/tap" {
+                        return Ok(tap(&proxy, request.uri().query()));
+                    }
+                    Ok::<_, Infallible>(handle(&proxy, request).map(BodyExt::boxed))
                 }
             });
             if let Err(error) = http1::Builder::new()
@@ -66,7 +73,7 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
     }
 }
 
-const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\nGET  /cache\nPOST /cache/purge?listener=NAME&route=NAME&key_prefix=/PATH\nGET  /app-health/CONTAINER/PROBE\n";
+const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\nGET  /tap?listener=NAME&route=NAME&path_prefix=/PATH&limit=N&duration=30s\nGET  /cache\nPOST /cache/purge?listener=NAME&route=NAME&key_prefix=/PATH\nGET  /app-health/CONTAINER/PROBE\n";
 
 fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method();
@@ -143,16 +150,91 @@ fn handle(proxy: &Proxy, request: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/" | "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/listeners"
-        | "/xds" | "/identity" | "/logging" | "/drain" | "/cache" | "/cache/purge" => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed here\n\n{INDEX}"),
-        ),
+        | "/xds" | "/identity" | "/logging" | "/drain" | "/cache" | "/cache/purge" | "/tap" => {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here\n\n{INDEX}"),
+            )
+        }
         path => text(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {path}\n\n{INDEX}"),
         ),
     }
 }
+
+/// Query parameter `name`, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .map(percent_decode)
+}
+
+/// `GET /tap`: request summaries as they finish, one JSON line each,
+/// until `limit` lines or `duration`; then a last line with the count of
+/// summaries the tap dropped (over its rate or its queue).
+fn tap(proxy: &Proxy, query: Option<&str>) -> Response<AdminBody> {
+    use crate::telemetry::tap::{DEFAULT_DURATION, DEFAULT_LIMIT, TapFilter};
+    let param = |name| query_param(query, name);
+    let limit = match param("limit").map(|l| l.parse::<u64>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(limit)) if limit > 0 => limit,
+        Some(_) => {
+            return text(StatusCode::BAD_REQUEST, "limit: a whole number above 0\n")
+                .map(BodyExt::boxed);
+        }
+    };
+    let duration = match param("duration").map(|d| crate::config::scalar::parse_duration(&d)) {
+        None => DEFAULT_DURATION,
+        Some(Ok(duration)) if !duration.is_zero() => duration,
+        Some(_) => {
+            return text(StatusCode::BAD_REQUEST, "duration: such as 30s or 2m\n")
+                .map(BodyExt::boxed);
+        }
+    };
+    let filter = TapFilter {
+        listener: param("listener"),
+        route: param("route"),
+        path_prefix: param("path_prefix"),
+    };
+    let stream = proxy.telemetry().taps.open(filter);
+    let deadline = tokio::time::Instant::now() + duration;
+    let lines =
+        futures_util::stream::unfold((Some(stream), 0u64), move |(stream, sent)| async move {
+            let mut stream = stream?;
+            let next = if sent < limit {
+                tokio::time::timeout_at(deadline, stream.lines.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            let frame = match next {
+                Some(line) => (Some(stream), sent + 1, line),
+                None => {
+                    let dropped = stream.dropped.load(std::sync::atomic::Ordering::Relaxed);
+                    let end = format!("{{\"end\":true,\"sent\":{sent},\"dropped\":{dropped}}}\n");
+                    (None, sent, end)
+                }
+            };
+            let (stream, sent, line) = frame;
+            Some((
+                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(line))),
+                (stream, sent),
+            ))
+        });
+    let mut response = Response::new(http_body_util::StreamBody::new(lines).boxed());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// `GET /app-health/...`: the application's probe configured at that path.
 async fn app_probe(proxy: &Proxy, path: &str) -> Response<Full<Bytes>> {

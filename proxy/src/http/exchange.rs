@@ -20,6 +20,7 @@ use crate::pool::{Http1Lease, Http2Lease};
 use crate::route::RouteAction;
 use crate::telemetry::LabelValue;
 use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::tap::TapEvent;
 use crate::telemetry::{Classification, RequestStats};
 use crate::trace::{self, ClientSpan, Trace, Tracer};
 
@@ -130,7 +131,8 @@ impl Exchange {
         request: &Request<B>,
     ) -> Exchange {
         conn.activity.begin();
-        let summary = listener.access_log.as_ref().map(|_| {
+        let summarized = listener.access_log.is_some() || listener.taps.any();
+        let summary = summarized.then(|| {
             let uri = request.uri();
             let authority = uri
                 .authority()
@@ -498,6 +500,32 @@ impl Exchange {
         }
     }
 
+    fn tap(&self, summary: &Summary) {
+        let (route, cluster) = self.route_and_cluster();
+        let trace_ids = self.trace_ids();
+        self.listener.taps.publish(&TapEvent {
+            time: crate::telemetry::access_log::format_rfc3339_millis(summary.time),
+            direction: self.listener.direction.as_str(),
+            listener: &self.listener.name,
+            route,
+            method: summary.method.as_str(),
+            authority: &summary.authority,
+            path: &summary.path,
+            status: self.status.map_or(0, |s| s.as_u16()),
+            grpc_status: self.grpc_status,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            cluster,
+            upstream: self
+                .upstream
+                .as_ref()
+                .map(|u| u.endpoint().address.to_string()),
+            bytes_sent: self.bytes_sent,
+            trace_id: trace_ids.as_ref().map(|t| t.0.as_str()),
+            peer_identity: self.conn.origin.peer_identity.as_deref(),
+            request_id: summary.request_id.as_deref(),
+        });
+    }
+
     fn write_access_log(&self, summary: &Summary) {
         let Some(log) = &self.listener.access_log else {
             return;
@@ -555,6 +583,9 @@ impl Drop for Exchange {
         }
         if let Some(summary) = self.summary.take() {
             self.write_access_log(&summary);
+            if self.listener.taps.any() {
+                self.tap(&summary);
+            }
         }
         self.finish_trace();
         if self.downstream_http2

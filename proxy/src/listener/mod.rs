@@ -85,6 +85,8 @@ pub struct ListenerState {
     pub(crate) access_log: Option<Arc<AccessLog>>,
     /// `tracing:` (HTTP listeners).
     pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
+    /// Live taps, fed as requests finish.
+    pub(crate) taps: Arc<crate::telemetry::tap::Taps>,
     /// mTLS listeners: requests by the peer's identity.
     pub(crate) peer_stats: Option<crate::telemetry::PeerStats>,
     /// HTTP: a limit over all of the listener's requests.
@@ -514,6 +516,7 @@ impl ListenerState {
             ),
             access_log: cx.access_log.cloned(),
             tracer: cx.tracer.cloned(),
+            taps: cx.telemetry.taps.clone(),
             peer_stats: config
                 .mtls
                 .is_some_and(|m| m != MtlsMode::Disabled)

@@ -6,6 +6,7 @@
 pub(crate) mod access_log;
 mod labels;
 pub mod logging;
+pub mod tap;
 
 use std::time::Duration;
 
@@ -76,6 +77,8 @@ const DURATION_BUCKETS: &[f64] = &[
 pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct Telemetry {
+    /// Live taps (`GET /tap`).
+    pub(crate) taps: std::sync::Arc<tap::Taps>,
     recorder: std::sync::Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     reloads_ok: Counter,
@@ -270,6 +273,7 @@ impl Telemetry {
         let reloads_ok = counter("ok");
         let reloads_rejected = counter("rejected");
         Telemetry {
+            taps: std::sync::Arc::default(),
             recorder: std::sync::Arc::new(recorder),
             handle,
             reloads_ok,

@@ -188,3 +188,130 @@ clusters:
     let (status, _) = admin_request(proxy.admin, "GET", "/app-health/other/livez").await;
     assert_eq!(status, 404);
 }
+
+/// Reads `GET /tap` lines from the admin server until it ends the stream.
+async fn tap_lines(
+    admin: std::net::SocketAddr,
+    query: &str,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("/tap?{query}"))
+        .header("host", "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    tokio::spawn(async move {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_streams_matching_requests_and_ends_by_itself() {
+    let (_upstream, proxy) = proxy().await;
+    let client = client::http1();
+    let api = tap_lines(proxy.admin, "path_prefix=/api&limit=2&duration=10s").await;
+    let short = tap_lines(proxy.admin, "route=all&duration=300ms").await;
+    let other = tap_lines(proxy.admin, "listener=nope&duration=300ms").await;
+    for path in ["/api/1", "/other", "/api/2", "/api/3"] {
+        let reply = client::get_with(
+            &client,
+            &proxy.url("web", path),
+            &[("x-request-id", "rid-1")],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let api = crate::support::within("the api tap ends at its limit", api)
+        .await
+        .unwrap();
+    assert_eq!(api.len(), 3, "{api:?}");
+    let first: serde_json::Value = serde_json::from_str(&api[0]).unwrap();
+    assert_eq!(first["path"], "/api/1");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "all");
+    assert_eq!(first["cluster"], "up");
+    assert_eq!(first["direction"], "outbound");
+    assert_eq!(first["request_id"], "rid-1");
+    assert!(first["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(
+        first["upstream"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    let second: serde_json::Value = serde_json::from_str(&api[1]).unwrap();
+    assert_eq!(second["path"], "/api/2");
+    let end: serde_json::Value = serde_json::from_str(&api[2]).unwrap();
+    assert_eq!(
+        (end["end"].as_bool(), end["sent"].as_u64()),
+        (Some(true), Some(2))
+    );
+    // The duration ends a tap too, after everything it matched.
+    let short = crate::support::within("the short tap ends", short)
+        .await
+        .unwrap();
+    assert_eq!(short.len(), 5, "{short:?}");
+    let other = crate::support::within("the other tap ends", other)
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1, "nothing matched: {other:?}");
+    assert_eq!(
+        admin_request(proxy.admin, "GET", "/tap?limit=0").await.0,
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tap_command_prints_a_table() {
+    let (_upstream, proxy) = proxy().await;
+    let mut tap = std::process::Command::new(crate::support::process::binary())
+        .args(["tap", "--admin", &proxy.admin.to_string()])
+        .args([
+            "--limit",
+            "2",
+            "--duration",
+            "10s",
+            "--path-prefix",
+            "/seen",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = client::http1();
+    // The tap opens once the command has connected: keep sending until it ends.
+    let output = crate::support::within("the tap command ends", async {
+        loop {
+            client::get(&client, &proxy.url("web", "/seen/x")).await;
+            if let Ok(Some(_)) = tap.try_wait() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tap.wait_with_output().unwrap()
+    })
+    .await;
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("TIME"), "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[1].contains("/seen/x") && lines[1].contains(" 200 "),
+        "{text}"
+    );
+    assert!(lines[3].starts_with("-- 2 requests shown"), "{text}");
+}
