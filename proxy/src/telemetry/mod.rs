@@ -509,6 +509,71 @@ impl RequestStats {
 mod tests {
     use super::*;
 
+    /// Every metric the proxy defines: the `remora_*` names of this file.
+    fn defined_metrics() -> Vec<String> {
+        let source = include_str!("mod.rs");
+        source
+            .lines()
+            .filter(|l| l.starts_with("pub(crate) const ") && l.contains(": &str = \"remora_"))
+            .filter_map(|l| l.split('"').nth(1))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The Grafana dashboard (dashboards/remora.json) asks only for metrics
+    /// the proxy exports (a histogram's `_bucket`, `_sum`, `_count` too),
+    /// and every panel has a query.
+    #[test]
+    fn every_dashboard_query_names_an_exported_metric() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/remora.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let defined = defined_metrics();
+        assert!(defined.len() > 30, "{defined:?}");
+        let exported = |name: &str| {
+            defined.iter().any(|d| {
+                name == d
+                    || (d == REQUEST_DURATION
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| name == format!("{d}{suffix}")))
+            })
+        };
+        let mut queries = 0;
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(!panels.is_empty());
+        let variables = dashboard["templating"]["list"].as_array().unwrap();
+        let exprs = panels
+            .iter()
+            .flat_map(|p| {
+                let targets = p["targets"].as_array().unwrap();
+                assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+                targets
+                    .iter()
+                    .map(|t| t["expr"].as_str().unwrap().to_string())
+            })
+            .chain(
+                variables
+                    .iter()
+                    .filter_map(|v| v["definition"].as_str().map(str::to_string)),
+            );
+        for expr in exprs {
+            queries += 1;
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("remora_"))
+                .collect();
+            assert!(!names.is_empty(), "a query with no Remora metric: {expr}");
+            for name in names {
+                assert!(
+                    exported(name),
+                    "{name} is not a metric the proxy exports: {expr}"
+                );
+            }
+        }
+        assert!(queries >= 12, "{queries} queries");
+    }
+
     #[test]
     fn request_stats_render_with_their_labels() {
         let telemetry = Telemetry::new();
