@@ -222,3 +222,123 @@ async fn envoy_follows_the_mesh_file_over_state_of_the_world_ads() {
 async fn envoy_follows_the_mesh_file_over_delta_ads() {
     scenario(true).await;
 }
+
+/// What an OTLP/gRPC receiver got: each span with its resource's
+/// `service.name`.
+#[derive(Clone, Default)]
+struct Spans(std::sync::Arc<std::sync::Mutex<Vec<(String, Span)>>>);
+
+use remora_xds_proto::opentelemetry::proto::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use remora_xds_proto::opentelemetry::proto::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use remora_xds_proto::opentelemetry::proto::common::v1::any_value;
+use remora_xds_proto::opentelemetry::proto::trace::v1::Span;
+
+#[tonic::async_trait]
+impl TraceService for Spans {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// One request through Envoy (the caller's sidecar) and remora-proxy (the
+/// callee's), both given the mesh's OpenTelemetry tracer by the control
+/// plane: one trace, remora-proxy's server span the child of Envoy's span,
+/// its client span the child of its server span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_remora_spans_join_one_trace() {
+    let app = Upstream::start("app").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    let spans = Spans::default();
+    let service = TraceServiceServer::new(spans.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let back = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let file = MeshFile::new(&format!(
+        "
+tracing: {{collector: '{collector}', sampling: 1.0}}
+services:
+  - {{name: api, port: 8080, endpoints: ['{back}']}}
+proxies:
+  - node_id: client-*
+    outbound: [{{service: api, listen: '{front}'}}]
+  - node_id: remora-*
+    inbound: [{{service: api, listen: '{back}', target: '{}'}}]
+",
+        app.addr
+    ));
+    let cp = control_plane(&file).await;
+    let envoy = Envoy::start("client-traced", cp.xds_address, false);
+    let _remora = Remora::start("remora-api", cp.xds_address, false);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while upstream_of(front, "/").await != "app" {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no traffic through Envoy and remora-proxy\n{}",
+                envoy.log_text()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(upstream_of(front, "/traced").await, "app");
+    let find = || {
+        let spans = spans.0.lock().unwrap().clone();
+        let server = spans.iter().find(|(service, span)| {
+            service == "api.default" && span.kind == 2 && !span.parent_span_id.is_empty()
+        })?;
+        let parent = spans.iter().find(|(_, span)| {
+            span.span_id == server.1.parent_span_id && span.trace_id == server.1.trace_id
+        })?;
+        let client = spans.iter().find(|(service, span)| {
+            service == "api.default" && span.kind == 3 && span.parent_span_id == server.1.span_id
+        })?;
+        Some((server.clone(), parent.clone(), client.clone()))
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (server, envoy_span, client) = loop {
+        if let Some(found) = find() {
+            break found;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no joined trace; spans: {:?}\n{}",
+                spans.0.lock().unwrap(),
+                envoy.log_text()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // Envoy's span is its own (its resource names the caller's side).
+    assert_eq!(envoy_span.0, "client-of-api.default", "{envoy_span:?}");
+    assert_eq!(server.1.trace_id, client.1.trace_id);
+    assert_eq!(server.1.trace_id.len(), 16);
+}

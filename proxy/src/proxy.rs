@@ -146,12 +146,14 @@ impl Proxy {
         &self,
         listeners: Vec<ListenerConfig>,
         clusters: Vec<ClusterConfig>,
+        tracing: Option<crate::config::TracingConfig>,
     ) -> Result<u64, ConfigErrors> {
         let mut bound = lock(&self.inner.listeners);
         let mut sources = lock(&self.inner.sources);
         let dynamic = Dynamic {
             listeners,
             clusters,
+            tracing,
         };
         if dynamic == sources.xds && self.inner.xds_synced.load(Ordering::Acquire) {
             return Ok(self.inner.snapshot.load().version);
@@ -322,8 +324,9 @@ impl crate::xds::Target for Proxy {
         &self,
         listeners: Vec<ListenerConfig>,
         clusters: Vec<ClusterConfig>,
+        tracing: Option<crate::config::TracingConfig>,
     ) -> Result<u64, ConfigErrors> {
-        self.apply_xds(listeners, clusters)
+        self.apply_xds(listeners, clusters, tracing)
     }
 }
 
@@ -371,6 +374,9 @@ struct Sources {
 struct Dynamic {
     listeners: Vec<ListenerConfig>,
     clusters: Vec<ClusterConfig>,
+    /// An HTTP connection manager's OpenTelemetry tracer; the file's
+    /// `tracing:` wins over it.
+    tracing: Option<crate::config::TracingConfig>,
 }
 
 impl Dynamic {
@@ -379,6 +385,9 @@ impl Dynamic {
         let mut config = file.clone();
         config.listeners.extend(self.listeners.iter().cloned());
         config.clusters.extend(self.clusters.iter().cloned());
+        if config.tracing.is_none() {
+            config.tracing = self.tracing.clone();
+        }
         config
     }
 

@@ -44,6 +44,10 @@ pub use pb::extensions::transport_sockets::tls::v3 as tls;
 /// RBAC policies (the `rbac` HTTP and network filters' rules).
 pub use pb::config::rbac::v3 as rbac;
 
+/// `envoy.config.trace.v3`: tracers (the OpenTelemetry one) for the HTTP
+/// connection manager's `tracing`.
+pub use pb::config::trace::v3 as trace_config;
+
 /// `HttpProtocolOptions` for upstream clusters (HTTP/2, idle timeouts).
 pub use pb::extensions::upstreams::http::v3 as upstream_http;
 

@@ -42,7 +42,31 @@ pub struct Mesh {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub proxies: Vec<ProxyEntry>,
+    /// Distributed tracing for every proxy of the mesh, Envoy and
+    /// remora-proxy alike: the HTTP connection managers' OpenTelemetry
+    /// tracer, exporting to one OTLP/gRPC collector (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<MeshTracing>,
 }
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshTracing {
+    /// `IP:PORT` of the OTLP/gRPC collector (usually port 4317).
+    #[serde(with = "scalar::socket_addr")]
+    pub collector: std::net::SocketAddr,
+    /// The share of new traces sampled (0.0 to 1.0); a request that carries
+    /// a sampling decision keeps it.
+    #[serde(default = "default_sampling")]
+    pub sampling: f64,
+}
+
+fn default_sampling() -> f64 {
+    0.01
+}
+
+/// The collector's cluster in every proxy's resources.
+pub const COLLECTOR_CLUSTER: &str = "remora-otlp-collector";
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +118,7 @@ impl Default for Mesh {
             services: Vec::new(),
             routes: Vec::new(),
             proxies: Vec::new(),
+            tracing: None,
         }
     }
 }

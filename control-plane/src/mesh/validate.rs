@@ -13,6 +13,14 @@ use super::{
 pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
+    if let Some(tracing) = &mesh.tracing
+        && !(0.0..=1.0).contains(&tracing.sampling)
+    {
+        err(
+            "tracing.sampling".into(),
+            format!("{} is not a share between 0.0 and 1.0", tracing.sampling),
+        );
+    }
 
     let mut services = HashSet::new();
     for (i, service) in mesh.services.iter().enumerate() {

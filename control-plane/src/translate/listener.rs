@@ -19,7 +19,7 @@ use remora_xds_proto::{cluster, core, endpoint, protobuf, type_url, types};
 
 use super::wire::{address, ads, duration, u32v};
 use super::{Resource, cluster_name};
-use crate::mesh::{CAPTURE_INBOUND_PORT, CAPTURE_OUTBOUND_PORT, Inbound, Service};
+use crate::mesh::{CAPTURE_INBOUND_PORT, CAPTURE_OUTBOUND_PORT, Inbound, MeshTracing, Service};
 
 /// The HTTP filter name Envoy registers the local rate limit under.
 pub const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
@@ -30,7 +30,12 @@ pub fn outbound_name(listen: SocketAddr) -> String {
 
 /// The workload's listener for a service at `listen`; a sidecar's binds no
 /// socket and is reached through the outbound capture listener.
-pub fn outbound(service: &Service, listen: SocketAddr, sidecar: bool) -> Listener {
+pub fn outbound(
+    service: &Service,
+    listen: SocketAddr,
+    sidecar: bool,
+    tracing: Option<&MeshTracing>,
+) -> Listener {
     let name = outbound_name(listen);
     let filter = if service.protocol.is_http() {
         http_filter(&name, &super::route::route_name(service), false)
@@ -42,7 +47,58 @@ pub fn outbound(service: &Service, listen: SocketAddr, sidecar: bool) -> Listene
         out.bind_to_port = Some(protobuf::BoolValue { value: false });
         out.traffic_direction = core::TrafficDirection::Outbound as i32;
     }
+    if let Some(tracing) = tracing {
+        traced(&mut out, tracing, &format!("client-of-{}", service.key()));
+    }
     out
+}
+
+const OPENTELEMETRY_TRACER: &str = "envoy.tracers.opentelemetry";
+
+/// Puts the mesh's OpenTelemetry tracer on every HTTP connection manager
+/// of `listener`: spans to the collector's cluster over gRPC, new traces
+/// sampled at the mesh's share.
+fn traced(listener: &mut Listener, tracing: &MeshTracing, service_name: &str) {
+    use remora_xds_proto::trace_config::{OpenTelemetryConfig, tracing::Http};
+    let provider = Http {
+        name: OPENTELEMETRY_TRACER.into(),
+        config_type: Some(
+            remora_xds_proto::trace_config::tracing::http::ConfigType::TypedConfig(
+                remora_xds_proto::pack(&OpenTelemetryConfig {
+                    grpc_service: Some(core::GrpcService {
+                        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                            core::grpc_service::EnvoyGrpc {
+                                cluster_name: crate::mesh::COLLECTOR_CLUSTER.into(),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }),
+                    service_name: service_name.into(),
+                    ..Default::default()
+                }),
+            ),
+        ),
+    };
+    for chain in &mut listener.filter_chains {
+        for filter in &mut chain.filters {
+            let Some(remora_xds_proto::listener::filter::ConfigType::TypedConfig(any)) =
+                &mut filter.config_type
+            else {
+                continue;
+            };
+            let Ok(mut manager) = remora_xds_proto::unpack::<hcm::HttpConnectionManager>(any)
+            else {
+                continue;
+            };
+            manager.tracing = Some(hcm::http_connection_manager::Tracing {
+                random_sampling: Some(super::wire::percent(tracing.sampling * 100.0)),
+                provider: Some(provider.clone()),
+                ..Default::default()
+            });
+            *any = remora_xds_proto::pack(&manager);
+        }
+    }
 }
 
 /// The original-destination cluster a sidecar's capture listeners pass
@@ -101,6 +157,7 @@ pub fn inbound(
     inbound: &Inbound,
     sidecar: bool,
     mtls: remora_proxy::config::MtlsMode,
+    tracing: Option<&MeshTracing>,
 ) -> Vec<(&'static str, Arc<Resource>)> {
     let name = format!("inbound|{}", inbound.listen);
     let mut out = Vec::new();
@@ -118,6 +175,9 @@ pub fn inbound(
             filters
         };
         let mut listener = listener_of(name.clone(), inbound.listen, filters);
+        if let Some(tracing) = tracing {
+            traced(&mut listener, tracing, &service.key());
+        }
         secure(&mut listener, mtls);
         if sidecar {
             listener.bind_to_port = Some(protobuf::BoolValue { value: false });

@@ -137,12 +137,17 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         })
         .collect();
 
+    let collector = mesh.tracing.as_ref().map(collector_resources);
     let proxies = mesh
         .proxies
         .iter()
         .enumerate()
         .map(|(p, entry)| {
             let mut out = ProxyResources::default();
+            if let Some((cluster, assignment)) = &collector {
+                out.insert(type_url::CLUSTER, cluster);
+                out.insert(type_url::ENDPOINT, assignment);
+            }
             if entry.capture {
                 for (type_url, resource) in listener::capture() {
                     out.insert(type_url, &resource);
@@ -152,7 +157,8 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                 let service = mesh
                     .service(&inbound.service, "default")
                     .expect("validated: inbound services exist");
-                for (type_url, resource) in listener::inbound(service, inbound, entry.capture, mtls)
+                for (type_url, resource) in
+                    listener::inbound(service, inbound, entry.capture, mtls, mesh.tracing.as_ref())
                 {
                     out.insert(type_url, &resource);
                 }
@@ -168,7 +174,12 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                         type_url::LISTENER,
                         &Resource::new(
                             listener::outbound_name(listen),
-                            &listener::outbound(service, listen, entry.capture),
+                            &listener::outbound(
+                                service,
+                                listen,
+                                entry.capture,
+                                mesh.tracing.as_ref(),
+                            ),
                         ),
                     );
                 }
@@ -192,6 +203,27 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         proxies,
         unknown: Arc::new(ProxyResources::default()),
     }
+}
+
+/// The OTLP collector's cluster (HTTP/2, for gRPC) and its endpoint, which
+/// every proxy's tracer exports to.
+fn collector_resources(tracing: &crate::mesh::MeshTracing) -> (Arc<Resource>, Arc<Resource>) {
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "name": "otlp-collector",
+        "namespace": "remora-system",
+        "port": tracing.collector.port(),
+        "protocol": "grpc",
+        "endpoints": [tracing.collector.to_string()],
+    }))
+    .expect("a valid service");
+    let mut built = cluster::cluster(&service);
+    built.name = crate::mesh::COLLECTOR_CLUSTER.into();
+    let mut assignment = cluster::load_assignment(&service);
+    assignment.cluster_name = crate::mesh::COLLECTOR_CLUSTER.into();
+    (
+        Resource::new(crate::mesh::COLLECTOR_CLUSTER.into(), &built),
+        Resource::new(crate::mesh::COLLECTOR_CLUSTER.into(), &assignment),
+    )
 }
 
 /// `outbound|PORT||NAME.NAMESPACE`, as Istio names a service's cluster.

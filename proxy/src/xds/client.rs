@@ -345,7 +345,8 @@ impl<T: Target, P: Protocol> Client<T, P> {
 
     fn apply(&mut self, cache: &Cache) -> Result<(), String> {
         let (listeners, clusters) = cache.compose();
-        match self.target.apply(listeners, clusters) {
+        let tracing = cache.tracing(&clusters);
+        match self.target.apply(listeners, clusters, tracing) {
             Ok(version) => {
                 if !self.applied_once {
                     tracing::info!(version, "first xDS config applied; ready");

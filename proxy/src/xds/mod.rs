@@ -39,6 +39,7 @@ pub(crate) trait Target: Send + Sync + 'static {
         &self,
         listeners: Vec<ListenerConfig>,
         clusters: Vec<ClusterConfig>,
+        tracing: Option<crate::config::TracingConfig>,
     ) -> Result<u64, ConfigErrors>;
 }
 

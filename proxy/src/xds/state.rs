@@ -187,6 +187,51 @@ impl Cache {
         (listeners, clusters)
     }
 
+    /// The first HTTP listener's OpenTelemetry tracer (by name), as the
+    /// proxy's `tracing:`; a collector named by cluster is that cluster's
+    /// first endpoint. remora-proxy has one tracer, so other listeners'
+    /// tracers are not used (docs/observability.md).
+    pub(super) fn tracing(
+        &self,
+        clusters: &[ClusterConfig],
+    ) -> Option<crate::config::TracingConfig> {
+        use super::translate::Collector;
+        let tracing = self.types[LISTENER].values().find_map(|h| match &h.part {
+            Part::Listener(part) => part.tracing.clone(),
+            _ => None,
+        })?;
+        let endpoint = match &tracing.collector {
+            Collector::Http(uri) => uri.clone(),
+            Collector::Grpc(target) => format!("http://{}", target.trim_start_matches("dns:///")),
+            Collector::Cluster(name) => {
+                let cluster = clusters.iter().find(|c| c.name == *name);
+                let address = cluster.and_then(|c| c.endpoints.first()).map(|e| e.address);
+                match address {
+                    Some(address) => format!("http://{address}"),
+                    None => {
+                        tracing::warn!(cluster = %name, "the tracer's collector cluster has no endpoint yet; spans are not exported");
+                        return None;
+                    }
+                }
+            }
+        };
+        let protocol = match tracing.collector {
+            Collector::Http(_) => crate::config::OtlpProtocol::HttpProtobuf,
+            _ => crate::config::OtlpProtocol::Grpc,
+        };
+        let mut config = crate::config::parse_yaml_as::<crate::config::TracingConfig>(
+            "{otlp: {endpoint: 'http://127.0.0.1:4317'}}",
+        )
+        .expect("the defaults parse");
+        config.otlp.endpoint = endpoint;
+        config.otlp.protocol = protocol;
+        config.sampling = tracing.sampling;
+        if !tracing.service_name.is_empty() {
+            config.service_name = tracing.service_name;
+        }
+        Some(config)
+    }
+
     fn cluster(&self, part: &ClusterPart) -> ClusterConfig {
         let mut config = part.config.clone();
         if let Some(name) = &part.eds

@@ -106,6 +106,7 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
                 routes: Routes::None,
                 defaults: RouteDefaults::default(),
                 unmatched_cluster: None,
+                tracing: None,
             });
         }
         ([], None) => {
@@ -182,6 +183,7 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
     config.direction = direction;
     config.mtls = mtls;
     let any = typed_config(terminal, &filter_at)?;
+    let mut tracing = None;
     let (routes, defaults) = match any.type_url.as_str() {
         HCM if capture => {
             return Err(Rejection::unsupported(
@@ -192,6 +194,12 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
         HCM => {
             let manager: hcm::HttpConnectionManager =
                 unpack_typed(any, &format!("{filter_at}.typed_config"))?;
+            tracing = manager
+                .tracing
+                .as_ref()
+                .map(tracing_of)
+                .transpose()
+                .map_err(|e| e.at(&format!("{filter_at}.typed_config.tracing")))?;
             http(&manager, &mut config, &mut allow_seen)
                 .map_err(|e| e.at(&format!("{filter_at}.typed_config")))?
         }
@@ -222,6 +230,73 @@ pub(crate) fn listener(l: &Listener) -> Result<ListenerPart> {
         routes,
         defaults,
         unmatched_cluster,
+        tracing,
+    })
+}
+
+const OPENTELEMETRY: &str = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
+
+/// `HttpConnectionManager.tracing`: only the OpenTelemetry tracer (a
+/// tracer remora-proxy cannot honour is refused, not ignored).
+fn tracing_of(t: &hcm::http_connection_manager::Tracing) -> Result<super::XdsTracing> {
+    use remora_xds_proto::core::grpc_service::TargetSpecifier;
+    use remora_xds_proto::trace_config::OpenTelemetryConfig;
+    let provider = t
+        .provider
+        .as_ref()
+        .ok_or_else(|| Rejection::unsupported("provider", "tracing without a provider"))?;
+    let any = match &provider.config_type {
+        Some(remora_xds_proto::trace_config::tracing::http::ConfigType::TypedConfig(any))
+            if any.type_url == OPENTELEMETRY =>
+        {
+            any
+        }
+        _ => {
+            return Err(Rejection::unsupported(
+                "provider",
+                &format!(
+                    "the tracer {:?} (only envoy.tracers.opentelemetry)",
+                    provider.name
+                ),
+            ));
+        }
+    };
+    let otel: OpenTelemetryConfig = unpack_typed(any, "provider.typed_config")?;
+    let collector = match (&otel.grpc_service, &otel.http_service) {
+        (Some(grpc), _) => match &grpc.target_specifier {
+            Some(TargetSpecifier::EnvoyGrpc(envoy)) => {
+                super::Collector::Cluster(envoy.cluster_name.clone())
+            }
+            Some(TargetSpecifier::GoogleGrpc(google)) => {
+                super::Collector::Grpc(google.target_uri.clone())
+            }
+            None => {
+                return Err(Rejection::new(
+                    "provider.typed_config.grpc_service",
+                    "no target",
+                ));
+            }
+        },
+        (None, Some(http)) => {
+            super::Collector::Http(http.http_uri.as_ref().map(|u| u.uri.clone()).ok_or_else(
+                || Rejection::new("provider.typed_config.http_service.http_uri", "required"),
+            )?)
+        }
+        (None, None) => {
+            return Err(Rejection::new(
+                "provider.typed_config",
+                "neither grpc_service nor http_service",
+            ));
+        }
+    };
+    let sampling = t
+        .random_sampling
+        .as_ref()
+        .map_or(1.0, |p| (p.value / 100.0).clamp(0.0, 1.0));
+    Ok(super::XdsTracing {
+        collector,
+        sampling,
+        service_name: otel.service_name,
     })
 }
 

@@ -56,6 +56,29 @@ pub struct ListenerPart {
     /// cluster means `unmatched: passthrough`; none, or a cluster without
     /// endpoints (Istio's `BlackHoleCluster`), `unmatched: reject`.
     pub unmatched_cluster: Option<String>,
+    /// The HTTP connection manager's OpenTelemetry tracer.
+    pub tracing: Option<XdsTracing>,
+}
+
+/// `HttpConnectionManager.tracing` with the `envoy.tracers.opentelemetry`
+/// provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XdsTracing {
+    pub collector: Collector,
+    /// `random_sampling` as a share (Envoy's default: 100 %).
+    pub sampling: f64,
+    pub service_name: String,
+}
+
+/// Where an OpenTelemetry tracer sends its spans.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Collector {
+    /// `grpc_service.envoy_grpc.cluster_name`: a cluster's first endpoint.
+    Cluster(String),
+    /// `grpc_service.google_grpc.target_uri` (`HOST:PORT`).
+    Grpc(String),
+    /// `http_service.http_uri.uri`.
+    Http(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
