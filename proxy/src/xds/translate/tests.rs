@@ -691,3 +691,72 @@ fn the_adaptive_concurrency_filter_becomes_the_listeners_limiter() {
     );
     assert!(e.contains("concurrency_limit_params: required"), "{e}");
 }
+
+/// `HttpConnectionManager.tracing`: the OpenTelemetry tracer becomes the
+/// listener's tracing (collector, sampling share, service name); another
+/// tracer is refused by name, not ignored.
+#[test]
+fn the_opentelemetry_tracer_is_read_and_others_refused() {
+    use remora_xds_proto::trace_config::{
+        OpenTelemetryConfig, ZipkinConfig, tracing::Http, tracing::http::ConfigType,
+    };
+    let traced = |provider: Http, sampling: Option<f64>| {
+        let mut listener = http_listener(vec![router_filter()]);
+        let Some(filter::ConfigType::TypedConfig(any)) =
+            &mut listener.filter_chains[0].filters[0].config_type
+        else {
+            unreachable!()
+        };
+        let mut manager: hcm::HttpConnectionManager = remora_xds_proto::unpack(any).unwrap();
+        manager.tracing = Some(hcm::http_connection_manager::Tracing {
+            random_sampling: sampling.map(|value| remora_xds_proto::types::Percent { value }),
+            provider: Some(provider),
+            ..Default::default()
+        });
+        *any = pack(&manager);
+        pack(&listener)
+    };
+    let otel = Http {
+        name: "envoy.tracers.opentelemetry".into(),
+        config_type: Some(ConfigType::TypedConfig(pack(&OpenTelemetryConfig {
+            grpc_service: Some(core::GrpcService {
+                target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                    core::grpc_service::EnvoyGrpc {
+                        cluster_name: "collector".into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            service_name: "web".into(),
+            ..Default::default()
+        }))),
+    };
+    let (_, part) = translate(type_url::LISTENER, &traced(otel.clone(), Some(25.0))).unwrap();
+    let Part::Listener(part) = part else {
+        panic!("a listener")
+    };
+    assert_eq!(
+        part.tracing,
+        Some(super::XdsTracing {
+            collector: super::Collector::Cluster("collector".into()),
+            sampling: 0.25,
+            service_name: "web".into(),
+        })
+    );
+    // Envoy's default sampling is 100 %.
+    let (_, part) = translate(type_url::LISTENER, &traced(otel, None)).unwrap();
+    let Part::Listener(part) = part else {
+        panic!("a listener")
+    };
+    assert_eq!(part.tracing.unwrap().sampling, 1.0);
+    let zipkin = Http {
+        name: "envoy.tracers.zipkin".into(),
+        config_type: Some(ConfigType::TypedConfig(pack(&ZipkinConfig::default()))),
+    };
+    let refused = rejection(type_url::LISTENER, &traced(zipkin, None));
+    assert!(
+        refused.contains("tracing.provider") && refused.contains("envoy.tracers.zipkin"),
+        "{refused}"
+    );
+}
