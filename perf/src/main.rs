@@ -18,6 +18,8 @@
 //!   global (Redis) rate limit against a local one;
 //! - `cache`: the response cache's hit path vs the proxied path and vs
 //!   nginx's `proxy_cache`;
+//! - `tracing`: CPU per request with tracing off, at 1 % and 100 %
+//!   sampling, and with a tap open;
 //! - `mtls`: two hops configured by the control plane, mTLS vs plaintext,
 //!   Remora vs Envoy: CPU per keep-alive request and per handshake.
 
@@ -30,6 +32,7 @@ mod load;
 mod mtls;
 mod procfs;
 mod sidecar;
+mod tracing;
 mod upstream;
 mod xds_clients;
 
@@ -58,6 +61,8 @@ enum Command {
     Limits(limits::Options),
     /// The response cache's hit path vs Remora proxying and vs nginx proxy_cache.
     Cache(cache::Options),
+    /// What tracing (1 % and 100 % sampled) and a live tap cost per request.
+    Tracing(tracing::Options),
     /// Remora vs Envoy in a two-hop mesh, mTLS vs plaintext (CPU per request and per handshake).
     Mtls(mtls::Options),
     /// Times connects to a server's first byte (a server-first banner).
@@ -79,6 +84,7 @@ fn main() {
         Command::Mtls(options) => mtls::run(options),
         Command::Limits(options) => limits::run(options),
         Command::Cache(options) => cache::run(options),
+        Command::Tracing(options) => tracing::run(options),
     };
     if let Err(error) = result {
         eprintln!("remora-perf: {error:#}");

@@ -502,28 +502,29 @@ impl Exchange {
 
     fn tap(&self, summary: &Summary) {
         let (route, cluster) = self.route_and_cluster();
-        let trace_ids = self.trace_ids();
-        self.listener.taps.publish(&TapEvent {
-            time: crate::telemetry::access_log::format_rfc3339_millis(summary.time),
-            direction: self.listener.direction.as_str(),
-            listener: &self.listener.name,
-            route,
-            method: summary.method.as_str(),
-            authority: &summary.authority,
-            path: &summary.path,
-            status: self.status.map_or(0, |s| s.as_u16()),
-            grpc_status: self.grpc_status,
-            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-            cluster,
-            upstream: self
-                .upstream
-                .as_ref()
-                .map(|u| u.endpoint().address.to_string()),
-            bytes_sent: self.bytes_sent,
-            trace_id: trace_ids.as_ref().map(|t| t.0.as_str()),
-            peer_identity: self.conn.origin.peer_identity.as_deref(),
-            request_id: summary.request_id.as_deref(),
-        });
+        self.listener
+            .taps
+            .publish(&self.listener.name, route, &summary.path, || TapEvent {
+                time: crate::telemetry::access_log::format_rfc3339_millis(summary.time),
+                direction: self.listener.direction.as_str(),
+                listener: &self.listener.name,
+                route,
+                method: summary.method.as_str(),
+                authority: &summary.authority,
+                path: &summary.path,
+                status: self.status.map_or(0, |s| s.as_u16()),
+                grpc_status: self.grpc_status,
+                latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+                cluster,
+                upstream: self
+                    .upstream
+                    .as_ref()
+                    .map(|u| u.endpoint().address.to_string()),
+                bytes_sent: self.bytes_sent,
+                trace_id: self.trace.as_ref().map(|t| t.trace.trace_id_hex()),
+                peer_identity: self.conn.origin.peer_identity.as_deref(),
+                request_id: summary.request_id.as_deref(),
+            });
     }
 
     fn write_access_log(&self, summary: &Summary) {

@@ -70,7 +70,7 @@ pub(crate) struct TapEvent<'a> {
     pub(crate) upstream: Option<String>,
     pub(crate) bytes_sent: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) trace_id: Option<&'a str>,
+    pub(crate) trace_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) peer_identity: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,17 +123,24 @@ impl Taps {
         }
     }
 
-    /// Offers a finished request to every open tap whose filter it matches.
-    pub(crate) fn publish(&self, event: &TapEvent<'_>) {
-        let subscribers = crate::sync::lock(&self.subscribers).clone();
+    /// Offers a finished request to every open tap whose filter it matches
+    /// (`listener`, `route`, `path`); its line is made only when a tap
+    /// takes it.
+    pub(crate) fn publish<'a>(
+        &self,
+        listener: &str,
+        route: &str,
+        path: &str,
+        event: impl FnOnce() -> TapEvent<'a>,
+    ) {
+        let subscribers = crate::sync::lock(&self.subscribers);
+        let mut event = Some(event);
         let mut line: Option<String> = None;
-        for subscriber in subscribers {
+        for subscriber in subscribers.iter() {
             let f = &subscriber.filter;
-            let matches = f.listener.as_deref().is_none_or(|l| l == event.listener)
-                && f.route.as_deref().is_none_or(|r| r == event.route)
-                && f.path_prefix
-                    .as_deref()
-                    .is_none_or(|p| event.path.starts_with(p));
+            let matches = f.listener.as_deref().is_none_or(|l| l == listener)
+                && f.route.as_deref().is_none_or(|r| r == route)
+                && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p));
             if !matches {
                 continue;
             }
@@ -141,12 +148,16 @@ impl Taps {
                 subscriber.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let text = line.get_or_insert_with(|| {
-                let mut text = serde_json::to_string(event).unwrap_or_default();
+            if line.is_none() {
+                let Some(make) = event.take() else {
+                    continue;
+                };
+                let mut text = serde_json::to_string(&make()).unwrap_or_default();
                 text.push('\n');
-                text
-            });
-            if subscriber.queue.try_send(text.clone()).is_err() {
+                line = Some(text);
+            }
+            let text = line.clone().unwrap_or_default();
+            if subscriber.queue.try_send(text).is_err() {
                 subscriber.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -206,9 +217,9 @@ mod tests {
         });
         let mut all = taps.open(TapFilter::default());
         assert!(taps.any());
-        taps.publish(&event("web", "/api/x"));
-        taps.publish(&event("web", "/other"));
-        taps.publish(&event("admin", "/api/y"));
+        for (listener, path) in [("web", "/api/x"), ("web", "/other"), ("admin", "/api/y")] {
+            taps.publish(listener, "r", path, || event(listener, path));
+        }
         assert!(api.lines.try_recv().unwrap().contains("\"/api/x\""));
         assert!(api.lines.try_recv().is_err());
         for _ in 0..3 {
@@ -224,7 +235,7 @@ mod tests {
         let taps = Arc::new(Taps::default());
         let tap = taps.open(TapFilter::default());
         for _ in 0..(MAX_PER_SECOND + 10) {
-            taps.publish(&event("web", "/"));
+            taps.publish("web", "r", "/", || event("web", "/"));
         }
         assert_eq!(tap.dropped.load(Ordering::Relaxed), 10);
     }

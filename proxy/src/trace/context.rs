@@ -160,8 +160,9 @@ pub(crate) fn hex_string(bytes: &[u8]) -> String {
     String::from_utf8(out).expect("hex digits")
 }
 
+/// The header value, in the vector's own allocation.
 fn value(bytes: Vec<u8>) -> HeaderValue {
-    HeaderValue::from_bytes(&bytes).expect("hex digits and dashes")
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).expect("hex digits and dashes")
 }
 
 /// Writes the context of `span` (a child of `parent`) in each format,

@@ -1,6 +1,7 @@
 //! The span exporter: a thread of its own with a current-thread runtime,
-//! off the data path. Spans arrive on a bounded queue; a batch goes out
-//! when it is full or `batch_timeout` after its first span, as one OTLP
+//! off the data path. Spans arrive on a bounded queue, which the exporter
+//! drains every 25 ms (a span never wakes it); a batch goes out when it is
+//! full or `batch_timeout` after its first span, as one OTLP
 //! `ExportTraceServiceRequest` over gRPC or HTTP/protobuf. A batch that
 //! fails is dropped and counted (no retry: a slow or dead collector must
 //! not grow the proxy's memory). When the tracer is dropped (a reload with
@@ -20,6 +21,10 @@ use remora_xds_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpan
 use tokio::sync::mpsc;
 
 use crate::config::{OtlpProtocol, TracingConfig};
+
+/// How often the exporter looks at its queue (or `batch_timeout`, when
+/// shorter).
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
 pub(super) struct Counters {
     pub(super) exported: Counter,
@@ -73,39 +78,59 @@ struct Exporter {
 }
 
 impl Exporter {
+    /// Drains the queue on a tick instead of waiting on it: a sender never
+    /// wakes this thread (no cross-thread wake-up per span), and a batch
+    /// leaves when it is full or `batch_timeout` after its first span.
     async fn run(self, mut spans: mpsc::Receiver<Span>) {
         let mut grpc = None;
-        let mut batch = Vec::with_capacity(self.config.max_batch_spans);
+        let mut batch: Vec<Span> = Vec::with_capacity(self.config.max_batch_spans);
+        let mut first_at = None;
+        let tick = self.config.batch_timeout.min(DRAIN_EVERY);
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Wait for a first span, then fill the batch until it is full or
-            // its time is up.
-            let Some(first) = spans.recv().await else {
-                return;
-            };
-            batch.push(first);
-            let deadline = tokio::time::Instant::now() + self.config.batch_timeout;
+            ticks.tick().await;
             let mut closed = false;
-            while batch.len() < self.config.max_batch_spans {
-                match tokio::time::timeout_at(deadline, spans.recv()).await {
-                    Ok(Some(span)) => batch.push(span),
-                    Ok(None) => {
+            loop {
+                match spans.try_recv() {
+                    Ok(span) => {
+                        first_at.get_or_insert_with(tokio::time::Instant::now);
+                        batch.push(span);
+                        if batch.len() >= self.config.max_batch_spans {
+                            self.send(&mut grpc, &mut batch).await;
+                            first_at = None;
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
                         closed = true;
                         break;
                     }
-                    Err(_) => break,
                 }
             }
-            let count = batch.len() as u64;
-            let request = self.request(std::mem::take(&mut batch));
-            match self.export(&mut grpc, request).await {
-                Ok(()) => self.counters.exported.increment(count),
-                Err(error) => {
-                    self.counters.failed.increment(count);
-                    tracing::debug!(endpoint = %self.config.otlp.endpoint, %error, spans = count, "span export failed; spans dropped");
-                }
+            let due = first_at.is_some_and(|at| at.elapsed() >= self.config.batch_timeout);
+            if !batch.is_empty() && (due || closed) {
+                self.send(&mut grpc, &mut batch).await;
+                first_at = None;
             }
             if closed {
                 return;
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        grpc: &mut Option<TraceServiceClient<tonic::transport::Channel>>,
+        batch: &mut Vec<Span>,
+    ) {
+        let count = batch.len() as u64;
+        let request = self.request(std::mem::take(batch));
+        match self.export(grpc, request).await {
+            Ok(()) => self.counters.exported.increment(count),
+            Err(error) => {
+                self.counters.failed.increment(count);
+                tracing::debug!(endpoint = %self.config.otlp.endpoint, %error, spans = count, "span export failed; spans dropped");
             }
         }
     }
