@@ -248,7 +248,7 @@ impl Exchange {
             TryEnd::Failed(what) => (None, Some(what)),
         };
         let record = client_span(traced, &span, endpoint, status, failure, cluster);
-        traced.tracer.record(record);
+        traced.tracer.export(record);
     }
 
     fn cluster_name(&self) -> Option<Arc<str>> {
@@ -281,62 +281,39 @@ impl Exchange {
                 failure,
                 cluster.clone(),
             );
-            traced.tracer.record(record);
+            traced.tracer.export(record);
         }
-        let (route, _) = self.route_and_cluster();
-        let mut attributes = vec![
-            trace::string("http.request.method", traced.method.as_str()),
-            trace::string("url.path", std::mem::take(&mut traced.path)),
-            trace::string("network.peer.address", self.conn.peer.ip().to_string()),
-            trace::int("network.peer.port", i64::from(self.conn.peer.port())),
-            trace::string("remora.listener", &*self.listener.name),
-        ];
         let authority = std::mem::take(&mut traced.authority);
-        if !authority.is_empty() {
-            let host = authority
-                .rsplit_once(':')
-                .map_or(authority.as_str(), |(h, p)| {
-                    if p.bytes().all(|b| b.is_ascii_digit()) {
-                        h
-                    } else {
-                        authority.as_str()
-                    }
-                });
-            attributes.push(trace::string("server.address", host));
-        }
-        if let Some(status) = self.status {
-            attributes.push(trace::int(
-                "http.response.status_code",
-                i64::from(status.as_u16()),
-            ));
-        }
-        if !route.is_empty() {
-            attributes.push(trace::string("remora.route", route));
-        }
-        if let Some(cluster) = &cluster {
-            attributes.push(trace::string("remora.cluster", &**cluster));
-        }
-        if let Some(upstream) = &self.upstream {
-            attributes.push(trace::string(
-                "remora.upstream",
-                upstream.endpoint().address.to_string(),
-            ));
-        }
-        if let Some(identity) = &self.conn.origin.peer_identity {
-            attributes.push(trace::string("remora.peer_identity", &**identity));
-        }
-        if let Some((_, what)) = self.failure {
-            attributes.push(trace::string("error.type", what));
-        }
-        let error = self.status.is_none_or(|s| s.is_server_error()) || self.failure.is_some();
-        let name = if route.is_empty() {
-            traced.method.as_str().to_string()
-        } else {
-            format!("{} {route}", traced.method)
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+            _ => authority,
         };
-        traced
-            .tracer
-            .record(traced.trace.server_span(name, attributes, error));
+        let route = self.route_name();
+        let attributes = trace::SpanAttributes {
+            method: traced.method.clone(),
+            path: Some(std::mem::take(&mut traced.path)),
+            host: (!host.is_empty()).then_some(host),
+            peer: Some(self.conn.peer),
+            status: self.status.map(|s| s.as_u16()),
+            listener: Some(self.listener.name.clone()),
+            route,
+            cluster,
+            upstream: self.upstream.as_ref().map(|u| u.endpoint().address),
+            peer_identity: self.conn.origin.peer_identity.clone(),
+            error_type: self.failure.map(|(_, what)| what),
+            error: self.status.is_none_or(|s| s.is_server_error()) || self.failure.is_some(),
+        };
+        traced.tracer.export(traced.trace.record(None, attributes));
+    }
+
+    fn route_name(&self) -> Option<Arc<str>> {
+        let http = self.listener.http_routes()?;
+        match self.stats_at {
+            StatsAt::NoRoute => None,
+            StatsAt::Direct { route }
+            | StatsAt::Cached { route }
+            | StatsAt::Backend { route, .. } => Some(http.table.routes()[route].name.clone()),
+        }
     }
 
     /// The route's and cluster's names (empty when none).
@@ -618,28 +595,16 @@ fn client_span(
     status: Option<StatusCode>,
     failure: Option<&'static str>,
     cluster: Option<Arc<str>>,
-) -> trace::Span {
-    let mut attributes = vec![
-        trace::string("http.request.method", traced.method.as_str()),
-        trace::string("server.address", endpoint.ip().to_string()),
-        trace::int("server.port", i64::from(endpoint.port())),
-        trace::string("network.peer.address", endpoint.ip().to_string()),
-        trace::string("remora.upstream", endpoint.to_string()),
-    ];
-    if let Some(cluster) = cluster {
-        attributes.push(trace::string("remora.cluster", &*cluster));
-    }
-    if let Some(status) = status {
-        attributes.push(trace::int(
-            "http.response.status_code",
-            i64::from(status.as_u16()),
-        ));
-    }
-    if let Some(what) = failure {
-        attributes.push(trace::string("error.type", what));
-    }
-    let error = failure.is_some() || status.is_some_and(|s| s.is_server_error());
-    traced
-        .trace
-        .client_span(span, traced.method.as_str().to_string(), attributes, error)
+) -> trace::SpanRecord {
+    let attributes = trace::SpanAttributes {
+        method: traced.method.clone(),
+        peer: Some(endpoint),
+        status: status.map(|s| s.as_u16()),
+        cluster,
+        upstream: Some(endpoint),
+        error_type: failure,
+        error: failure.is_some() || status.is_some_and(|s| s.is_server_error()),
+        ..trace::SpanAttributes::default()
+    };
+    traced.trace.record(Some(span), attributes)
 }

@@ -17,7 +17,9 @@ use remora_xds_proto::opentelemetry::proto::collector::trace::v1::ExportTraceSer
 use remora_xds_proto::opentelemetry::proto::collector::trace::v1::trace_service_client::TraceServiceClient;
 use remora_xds_proto::opentelemetry::proto::common::v1::InstrumentationScope;
 use remora_xds_proto::opentelemetry::proto::resource::v1::Resource;
-use remora_xds_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use remora_xds_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpans};
+
+use super::SpanRecord;
 use tokio::sync::mpsc;
 
 use crate::config::{OtlpProtocol, TracingConfig};
@@ -36,7 +38,7 @@ pub(super) fn start(
     config: &TracingConfig,
     instance: &str,
     counters: Counters,
-) -> std::io::Result<mpsc::Sender<Span>> {
+) -> std::io::Result<mpsc::Sender<SpanRecord>> {
     let (queue, spans) = mpsc::channel(config.max_queue_spans);
     let mut attributes = vec![
         super::string("service.name", config.service_name.clone()),
@@ -81,9 +83,9 @@ impl Exporter {
     /// Drains the queue on a tick instead of waiting on it: a sender never
     /// wakes this thread (no cross-thread wake-up per span), and a batch
     /// leaves when it is full or `batch_timeout` after its first span.
-    async fn run(self, mut spans: mpsc::Receiver<Span>) {
+    async fn run(self, mut spans: mpsc::Receiver<SpanRecord>) {
         let mut grpc = None;
-        let mut batch: Vec<Span> = Vec::with_capacity(self.config.max_batch_spans);
+        let mut batch: Vec<SpanRecord> = Vec::with_capacity(self.config.max_batch_spans);
         let mut first_at = None;
         let tick = self.config.batch_timeout.min(DRAIN_EVERY);
         let mut ticks = tokio::time::interval(tick);
@@ -122,7 +124,7 @@ impl Exporter {
     async fn send(
         &self,
         grpc: &mut Option<TraceServiceClient<tonic::transport::Channel>>,
-        batch: &mut Vec<Span>,
+        batch: &mut Vec<SpanRecord>,
     ) {
         let count = batch.len() as u64;
         let request = self.request(std::mem::take(batch));
@@ -135,7 +137,7 @@ impl Exporter {
         }
     }
 
-    fn request(&self, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    fn request(&self, spans: Vec<SpanRecord>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(self.resource.clone()),
@@ -145,7 +147,7 @@ impl Exporter {
                         version: env!("CARGO_PKG_VERSION").into(),
                         ..InstrumentationScope::default()
                     }),
-                    spans,
+                    spans: spans.into_iter().map(SpanRecord::into_otlp).collect(),
                     schema_url: String::new(),
                 }],
                 schema_url: String::new(),

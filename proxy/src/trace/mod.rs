@@ -21,7 +21,7 @@ use remora_xds_proto::opentelemetry::proto::trace::v1::{Status, span, status};
 use crate::config::{ConfigError, Propagation, TracingConfig};
 use crate::telemetry::{self, Telemetry};
 
-pub(crate) use remora_xds_proto::opentelemetry::proto::trace::v1::Span;
+use remora_xds_proto::opentelemetry::proto::trace::v1::Span;
 
 /// The compiled `tracing:` and its exporter, shared by every listener of
 /// a snapshot and kept across reloads while the config stays the same.
@@ -30,7 +30,7 @@ pub(crate) struct Tracer {
     propagation: Box<[Propagation]>,
     force: Option<HeaderName>,
     /// `None` when only checking a config.
-    queue: Option<tokio::sync::mpsc::Sender<Span>>,
+    queue: Option<tokio::sync::mpsc::Sender<SpanRecord>>,
     dropped_queue_full: Counter,
 }
 
@@ -128,7 +128,7 @@ impl Tracer {
     }
 
     /// Queues a finished span for export; a full queue drops it.
-    pub(crate) fn record(&self, span: Span) {
+    pub(crate) fn export(&self, span: SpanRecord) {
         if let Some(queue) = &self.queue
             && queue.try_send(span).is_err()
         {
@@ -167,76 +167,38 @@ impl Trace {
         }
     }
 
-    /// The server span, ended now.
-    pub(crate) fn server_span(&self, name: String, attributes: Vec<KeyValue>, error: bool) -> Span {
-        self.span(
-            self.span_id,
-            self.parent,
-            name,
-            span::SpanKind::Server,
-            self.start_ns,
-            attributes,
-            error,
-        )
-    }
-
-    /// A try's client span, ended now.
-    pub(crate) fn client_span(
+    /// A span of this trace, ended now: the server span, or (with
+    /// `client`) a try's client span, its child.
+    pub(crate) fn record(
         &self,
-        client: &ClientSpan,
-        name: String,
-        mut attributes: Vec<KeyValue>,
-        error: bool,
-    ) -> Span {
-        if client.attempt > 1 {
-            attributes.push(int(
-                "http.request.resend_count",
-                i64::from(client.attempt - 1),
-            ));
-        }
-        self.span(
-            client.span_id,
-            Some(self.span_id),
-            name,
-            span::SpanKind::Client,
-            client.start_ns,
+        client: Option<&ClientSpan>,
+        attributes: SpanAttributes,
+    ) -> SpanRecord {
+        let (span_id, parent, kind, start) = match client {
+            Some(c) => (
+                c.span_id,
+                Some(self.span_id),
+                span::SpanKind::Client,
+                c.start_ns,
+            ),
+            None => (
+                self.span_id,
+                self.parent,
+                span::SpanKind::Server,
+                self.start_ns,
+            ),
+        };
+        SpanRecord {
+            trace_id: self.trace_id,
+            span_id,
+            parent,
+            sampled: self.sampled,
+            tracestate: self.tracestate.clone(),
+            kind,
+            start_ns: start,
+            end_ns: now_ns().max(start),
+            resend_count: client.map_or(0, |c| c.attempt.saturating_sub(1)),
             attributes,
-            error,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn span(
-        &self,
-        id: [u8; 8],
-        parent: Option<[u8; 8]>,
-        name: String,
-        kind: span::SpanKind,
-        start: u64,
-        attributes: Vec<KeyValue>,
-        error: bool,
-    ) -> Span {
-        Span {
-            trace_id: self.trace_id.to_vec(),
-            span_id: id.to_vec(),
-            trace_state: self
-                .tracestate
-                .as_ref()
-                .and_then(|s| s.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
-            flags: u32::from(self.sampled),
-            name,
-            kind: kind as i32,
-            start_time_unix_nano: start,
-            end_time_unix_nano: now_ns().max(start),
-            attributes,
-            status: error.then(|| Status {
-                code: status::StatusCode::Error as i32,
-                message: String::new(),
-            }),
-            ..Span::default()
         }
     }
 
@@ -246,6 +208,121 @@ impl Trace {
 
     pub(crate) fn span_id_hex(&self) -> String {
         context::hex_string(&self.span_id)
+    }
+}
+
+/// What a span says, gathered on the data path without formatting
+/// anything: the exporter thread turns it into OTLP attributes.
+#[derive(Debug, Default)]
+pub(crate) struct SpanAttributes {
+    pub(crate) method: http::Method,
+    /// Server spans: the path and the request's host.
+    pub(crate) path: Option<String>,
+    pub(crate) host: Option<String>,
+    /// Server: the client; client: the endpoint.
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) status: Option<u16>,
+    pub(crate) listener: Option<Arc<str>>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) cluster: Option<Arc<str>>,
+    pub(crate) upstream: Option<std::net::SocketAddr>,
+    pub(crate) peer_identity: Option<Arc<str>>,
+    pub(crate) error_type: Option<&'static str>,
+    pub(crate) error: bool,
+}
+
+/// A finished span on its way to the exporter.
+#[derive(Debug)]
+pub(crate) struct SpanRecord {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    sampled: bool,
+    tracestate: Option<HeaderValue>,
+    kind: span::SpanKind,
+    start_ns: u64,
+    end_ns: u64,
+    resend_count: u32,
+    attributes: SpanAttributes,
+}
+
+impl SpanRecord {
+    /// The OTLP span (on the exporter thread).
+    pub(crate) fn into_otlp(self) -> Span {
+        let a = self.attributes;
+        let server = self.kind == span::SpanKind::Server;
+        let mut attributes = Vec::with_capacity(12);
+        attributes.push(string("http.request.method", a.method.as_str()));
+        if let Some(path) = a.path {
+            attributes.push(string("url.path", path));
+        }
+        if server {
+            if let Some(host) = a.host {
+                attributes.push(string("server.address", host));
+            }
+        } else if let Some(upstream) = a.upstream {
+            attributes.push(string("server.address", upstream.ip().to_string()));
+            attributes.push(int("server.port", i64::from(upstream.port())));
+        }
+        if let Some(peer) = a.peer {
+            attributes.push(string("network.peer.address", peer.ip().to_string()));
+            if server {
+                attributes.push(int("network.peer.port", i64::from(peer.port())));
+            }
+        }
+        if let Some(status) = a.status {
+            attributes.push(int("http.response.status_code", i64::from(status)));
+        }
+        if self.resend_count > 0 {
+            attributes.push(int(
+                "http.request.resend_count",
+                i64::from(self.resend_count),
+            ));
+        }
+        if let Some(error) = a.error_type {
+            attributes.push(string("error.type", error));
+        }
+        if let Some(listener) = &a.listener {
+            attributes.push(string("remora.listener", &**listener));
+        }
+        if let Some(route) = &a.route {
+            attributes.push(string("remora.route", &**route));
+        }
+        if let Some(cluster) = &a.cluster {
+            attributes.push(string("remora.cluster", &**cluster));
+        }
+        if let Some(upstream) = a.upstream {
+            attributes.push(string("remora.upstream", upstream.to_string()));
+        }
+        if let Some(identity) = &a.peer_identity {
+            attributes.push(string("remora.peer_identity", &**identity));
+        }
+        let name = match (&a.route, server) {
+            (Some(route), true) => format!("{} {route}", a.method),
+            _ => a.method.as_str().to_string(),
+        };
+        Span {
+            trace_id: self.trace_id.to_vec(),
+            span_id: self.span_id.to_vec(),
+            trace_state: self
+                .tracestate
+                .as_ref()
+                .and_then(|s| s.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            parent_span_id: self.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            flags: u32::from(self.sampled),
+            name,
+            kind: self.kind as i32,
+            start_time_unix_nano: self.start_ns,
+            end_time_unix_nano: self.end_ns,
+            attributes,
+            status: a.error.then(|| Status {
+                code: status::StatusCode::Error as i32,
+                message: String::new(),
+            }),
+            ..Span::default()
+        }
     }
 }
 
