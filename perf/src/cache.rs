@@ -17,12 +17,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::child::{Killed, pinned};
 use crate::load;
 use crate::mtls::{free_port, wait_listening};
 use crate::procfs;
@@ -94,27 +94,6 @@ pub struct Results {
     pub measurements: Vec<Measurement>,
 }
 
-/// A child killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn pinned(cpus: &str, program: &Path, log: &Path) -> anyhow::Result<Command> {
-    let mut command = Command::new("taskset");
-    command
-        .args(["-c", cpus])
-        .arg(program)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log)?));
-    Ok(command)
-}
-
 pub fn run(options: Options) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let remora = options
@@ -150,20 +129,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     );
     wait_listening(upstream)?;
     let load = |target: SocketAddr, duration: Duration| {
-        let output = Command::new("taskset")
-            .args(["-c", &options.load_cpus])
-            .arg(&me)
-            .arg("load")
-            .arg(format!("http://{target}/item"))
-            .args(["--connections", &options.connections.to_string()])
-            .args(["--duration", &format!("{}ms", duration.as_millis())])
-            .arg("--json")
-            .stdin(Stdio::null())
-            .output()?;
-        if !output.status.success() {
-            bail!("load: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        serde_json::from_slice::<load::Report>(&output.stdout).context("load: unreadable output")
+        crate::child::closed_loop(
+            &options.load_cpus,
+            &format!("http://{target}/item"),
+            options.connections,
+            duration,
+        )
     };
 
     for round in 0..options.rounds {
@@ -223,14 +194,14 @@ clusters:
                 bail!("{}: no request succeeded in the warm-up", target.label());
             }
             let pid = child.0.id();
-            let before = procfs::cpu_ticks(pid);
-            let report = load(listen, options.duration)?;
-            let after = procfs::cpu_ticks(pid);
-            let cpu_us_per_request = before.zip(after).map(|(b, a)| {
-                (a - b) as f64 * 1e6
-                    / procfs::ticks_per_second() as f64
-                    / (report.requests + report.errors).max(1) as f64
-            });
+            let (report, cpu_us_per_request) = crate::child::cpu_per_request(
+                pid,
+                &options.load_cpus,
+                listen,
+                "/item",
+                options.connections,
+                options.duration,
+            )?;
             results.measurements.push(Measurement {
                 round,
                 target,

@@ -16,12 +16,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::child::{Killed, pinned};
 use crate::load;
 use crate::mtls::{free_port, wait_listening};
 use crate::procfs;
@@ -74,27 +75,6 @@ pub struct Results {
     pub duration_s: f64,
     pub overload: Vec<Overload>,
     pub rate_limited: Vec<RateLimited>,
-}
-
-/// A child killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn pinned(cpus: &str, program: &Path, log: &Path) -> anyhow::Result<Command> {
-    let mut command = Command::new("taskset");
-    command
-        .args(["-c", cpus])
-        .arg(program)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log)?));
-    Ok(command)
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@
 
 mod bench;
 mod cache;
+mod child;
 mod conns;
 mod duration;
 mod limits;

@@ -1,0 +1,83 @@
+//! What the scenarios that drive a proxy share: child processes pinned to
+//! CPUs and killed on drop, a closed-loop load run, and the proxy's CPU
+//! per request over it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::{load, procfs};
+
+/// A child killed on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `program` under `taskset -c cpus`, its stderr to `log`.
+pub fn pinned(cpus: &str, program: &Path, log: &Path) -> anyhow::Result<Command> {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", cpus])
+        .arg(program)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log)?));
+    Ok(command)
+}
+
+/// A closed-loop `remora-perf load` of `url` from `cpus`.
+pub fn closed_loop(
+    cpus: &str,
+    url: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<load::Report> {
+    let output = Command::new("taskset")
+        .args(["-c", cpus])
+        .arg(std::env::current_exe()?)
+        .arg("load")
+        .arg(url)
+        .args(["--connections", &connections.to_string()])
+        .args(["--duration", &format!("{}ms", duration.as_millis())])
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        bail!("load: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice::<load::Report>(&output.stdout).context("load: unreadable output")
+}
+
+/// A closed loop against `target`'s `path`, and the CPU process `pid`
+/// spent per request meanwhile (µs).
+pub fn cpu_per_request(
+    pid: u32,
+    cpus: &str,
+    target: SocketAddr,
+    path: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(load::Report, Option<f64>)> {
+    let before = procfs::cpu_ticks(pid);
+    let report = closed_loop(
+        cpus,
+        &format!("http://{target}{path}"),
+        connections,
+        duration,
+    )?;
+    let after = procfs::cpu_ticks(pid);
+    let cpu = before.zip(after).map(|(b, a)| {
+        (a - b) as f64 * 1e6
+            / procfs::ticks_per_second() as f64
+            / (report.requests + report.errors).max(1) as f64
+    });
+    Ok((report, cpu))
+}
