@@ -7,9 +7,36 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::{Context as _, bail};
 
 use crate::{load, procfs};
+
+/// The options of a scenario that measures one proxy in a closed loop.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClosedLoopOptions {
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Time per measurement.
+    #[arg(long, value_parser = crate::duration::parse, default_value = "5s")]
+    pub duration: Duration,
+    /// Closed-loop connections.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// CPUs for the proxy under test (taskset list).
+    #[arg(long, default_value = "0")]
+    pub proxy_cpus: String,
+    /// CPUs for the upstream and the load generator.
+    #[arg(long, default_value = "1")]
+    pub load_cpus: String,
+    /// remora-proxy to measure (default: next to this program).
+    #[arg(long)]
+    pub remora: Option<PathBuf>,
+    /// Where the results folder is written.
+    #[arg(long, default_value = "perf/results")]
+    pub out: PathBuf,
+}
 
 /// A child killed on drop.
 pub struct Killed(pub Child);

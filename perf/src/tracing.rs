@@ -13,7 +13,7 @@
 //! sink), the load generator and the tap reader share `--load-cpus`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -24,29 +24,7 @@ use crate::load;
 use crate::mtls::{free_port, wait_listening};
 use crate::procfs;
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct Options {
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Time per measurement.
-    #[arg(long, value_parser = crate::duration::parse, default_value = "5s")]
-    pub duration: Duration,
-    /// Closed-loop connections.
-    #[arg(long, default_value_t = 16)]
-    pub connections: usize,
-    /// CPUs for the proxy under test (taskset list).
-    #[arg(long, default_value = "0")]
-    pub proxy_cpus: String,
-    /// CPUs for the upstream and the load generator.
-    #[arg(long, default_value = "1")]
-    pub load_cpus: String,
-    /// remora-proxy to measure (default: next to this program).
-    #[arg(long)]
-    pub remora: Option<PathBuf>,
-    /// Where the results folder is written.
-    #[arg(long, default_value = "perf/results")]
-    pub out: PathBuf,
-}
+pub type Options = crate::child::ClosedLoopOptions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

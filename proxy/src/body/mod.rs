@@ -203,18 +203,20 @@ impl Body for RequestBody {
             Source::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Source::Prefixed { prefix, rest } => {
-                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + extra);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + extra);
-                }
-                hint
-            }
+            Source::Prefixed { prefix, rest } => plus(rest.size_hint(), prefix.as_ref()),
         }
     }
+}
+
+/// `inner`'s size hint with `prefix`'s bytes in front.
+pub(crate) fn plus(inner: SizeHint, prefix: Option<&Bytes>) -> SizeHint {
+    let extra = prefix.map_or(0, |p| p.len() as u64);
+    let mut hint = SizeHint::new();
+    hint.set_lower(inner.lower() + extra);
+    if let Some(upper) = inner.upper() {
+        hint.set_upper(upper + extra);
+    }
+    hint
 }
 
 /// When a stream last moved data either way, for `stream_idle_timeout`.

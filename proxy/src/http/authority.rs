@@ -15,6 +15,15 @@
 use http::header::{HOST, HeaderValue};
 use http::{Request, Version};
 
+/// The request's authority: the target's, else `Host` (empty when neither;
+/// [`normalize`] has made them agree).
+pub(super) fn of<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> &'a str {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or_default()
+}
+
 /// Makes the request's `Host` agree with its target, or says why it cannot.
 pub(super) fn normalize<B>(request: &mut Request<B>) -> Result<(), &'static str> {
     let mut hosts = request.headers().get_all(HOST).iter();

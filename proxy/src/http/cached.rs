@@ -161,17 +161,7 @@ pub(super) async fn serve(
             }
         }
     };
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or_default();
+    let authority = super::authority::of(&parts.uri, &parts.headers);
     let key = cache.key(
         class,
         &parts.uri,
@@ -626,17 +616,7 @@ async fn bypass(
 ) -> Response<ResponseBody> {
     let unsafe_method = !request.method().is_safe();
     let key = unsafe_method.then(|| {
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or_default();
+        let authority = super::authority::of(request.uri(), request.headers());
         cache.key(
             Class::Get,
             request.uri(),

@@ -134,16 +134,7 @@ impl Exchange {
         let summarized = listener.access_log.is_some() || listener.taps.any();
         let summary = summarized.then(|| {
             let uri = request.uri();
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| {
-                    request
-                        .headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
-                .unwrap_or_default();
+            let authority = super::authority::of(uri, request.headers());
             Box::new(Summary {
                 time: SystemTime::now(),
                 request_id: request
@@ -161,16 +152,7 @@ impl Exchange {
             let trace = tracer.start(request.headers());
             let (path, authority) = if trace.sampled {
                 let uri = request.uri();
-                let authority = uri
-                    .authority()
-                    .map(|a| a.as_str())
-                    .or_else(|| {
-                        request
-                            .headers()
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                    })
-                    .unwrap_or_default();
+                let authority = super::authority::of(uri, request.headers());
                 (uri.path().to_string(), authority.to_string())
             } else {
                 (String::new(), String::new())
