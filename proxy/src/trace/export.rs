@@ -47,6 +47,22 @@ pub(super) fn start(
         super::string("telemetry.sdk.language", "rust"),
         super::string("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
     ];
+    // In a pod, the Downward API's variables (as the sidecar injector sets
+    // them) name the pod, its namespace and its node.
+    for (variable, keys) in [
+        ("POD_NAME", &["k8s.pod.name"][..]),
+        (
+            "POD_NAMESPACE",
+            &["k8s.namespace.name", "service.namespace"][..],
+        ),
+        ("NODE_NAME", &["k8s.node.name"][..]),
+    ] {
+        if let Some(value) = std::env::var(variable).ok().filter(|v| !v.is_empty()) {
+            for key in keys {
+                attributes.push(super::string(key, value.clone()));
+            }
+        }
+    }
     for (key, value) in &config.resource {
         attributes.retain(|a| a.key != *key);
         attributes.push(super::string(key, value.clone()));
