@@ -38,6 +38,45 @@ pub struct ClosedLoopOptions {
     pub out: PathBuf,
 }
 
+/// The `remora-proxy` to measure (`--remora`, else the one next to this
+/// program), or why there is none.
+pub fn remora_binary(chosen: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    let remora = match chosen {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("remora-proxy"),
+    };
+    if !remora.is_file() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p remora-proxy) or pass --remora",
+            remora.display()
+        );
+    }
+    Ok(remora)
+}
+
+/// A new results folder `OUT/TIMESTAMP-SCENARIO` (absolute), and the
+/// timestamp.
+pub fn results_dir(out: &std::path::Path, scenario: &str) -> anyhow::Result<(PathBuf, String)> {
+    let started = crate::bench::timestamp();
+    let dir = std::path::absolute(out.join(format!("{started}-{scenario}")))?;
+    std::fs::create_dir_all(&dir)?;
+    Ok((dir, started))
+}
+
+/// The test upstream (`remora-perf upstream`) on a free port, pinned to
+/// `cpus`, answering 1 KiB bodies; listening when this returns.
+pub fn upstream_1k(cpus: &str, dir: &std::path::Path) -> anyhow::Result<(SocketAddr, Killed)> {
+    let at = SocketAddr::from(([127, 0, 0, 1], crate::mtls::free_port()?));
+    let child = Killed(
+        pinned(cpus, &std::env::current_exe()?, &dir.join("upstream.log"))?
+            .args(["upstream", "--listen", &at.to_string()])
+            .args(["--body-size", "1024"])
+            .spawn()?,
+    );
+    crate::mtls::wait_listening(at)?;
+    Ok((at, child))
+}
+
 /// A child killed on drop.
 pub struct Killed(pub Child);
 

@@ -79,16 +79,7 @@ pub struct Results {
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
-    let remora = options
-        .remora
-        .clone()
-        .unwrap_or_else(|| me.with_file_name("remora-proxy"));
-    if !remora.is_file() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p remora-proxy) or pass --remora",
-            remora.display()
-        );
-    }
+    let remora = crate::child::remora_binary(options.remora.as_deref())?;
     if crate::sidecar::which("redis-server").is_none() {
         bail!("redis-server not found: apt-get install redis-server");
     }

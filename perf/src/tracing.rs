@@ -84,20 +84,8 @@ pub struct Results {
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
-    let me = std::env::current_exe()?;
-    let remora = options
-        .remora
-        .clone()
-        .unwrap_or_else(|| me.with_file_name("remora-proxy"));
-    if !remora.is_file() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p remora-proxy) or pass --remora",
-            remora.display()
-        );
-    }
-    let started = crate::bench::timestamp();
-    let dir = std::path::absolute(options.out.join(format!("{started}-tracing")))?;
-    std::fs::create_dir_all(&dir)?;
+    let remora = crate::child::remora_binary(options.remora.as_deref())?;
+    let (dir, started) = crate::child::results_dir(&options.out, "tracing")?;
     let mut results = Results {
         started,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -106,14 +94,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         connections: options.connections,
         measurements: Vec::new(),
     };
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let _upstream = Killed(
-        pinned(&options.load_cpus, &me, &dir.join("upstream.log"))?
-            .args(["upstream", "--listen", &upstream.to_string()])
-            .args(["--body-size", "1024"])
-            .spawn()?,
-    );
-    wait_listening(upstream)?;
+    let (upstream, _upstream) = crate::child::upstream_1k(&options.load_cpus, &dir)?;
     let load = |target: SocketAddr, duration: Duration| {
         crate::child::closed_loop(
             &options.load_cpus,
