@@ -13,11 +13,8 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use metrics::Counter;
 use prost::Message;
-use remora_xds_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest;
-use remora_xds_proto::opentelemetry::proto::collector::trace::v1::trace_service_client::TraceServiceClient;
-use remora_xds_proto::opentelemetry::proto::common::v1::InstrumentationScope;
+use remora_xds_proto::opentelemetry::proto::collector::trace::v1::ExportTraceServiceResponse;
 use remora_xds_proto::opentelemetry::proto::resource::v1::Resource;
-use remora_xds_proto::opentelemetry::proto::trace::v1::{ResourceSpans, ScopeSpans};
 
 use super::SpanRecord;
 use tokio::sync::mpsc;
@@ -72,7 +69,8 @@ pub(super) fn start(
         resource: Resource {
             attributes,
             ..Resource::default()
-        },
+        }
+        .encode_to_vec(),
         counters,
     };
     std::thread::Builder::new()
@@ -91,9 +89,15 @@ pub(super) fn start(
 
 struct Exporter {
     config: TracingConfig,
-    resource: Resource,
+    /// The `Resource` message, encoded once.
+    resource: Vec<u8>,
     counters: Counters,
 }
+
+/// The collector's gRPC method.
+const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+type GrpcClient = tonic::client::Grpc<tonic::transport::Channel>;
 
 impl Exporter {
     /// Drains the queue on a tick instead of waiting on it: a sender never
@@ -137,13 +141,10 @@ impl Exporter {
         }
     }
 
-    async fn send(
-        &self,
-        grpc: &mut Option<TraceServiceClient<tonic::transport::Channel>>,
-        batch: &mut Vec<SpanRecord>,
-    ) {
+    async fn send(&self, grpc: &mut Option<GrpcClient>, batch: &mut Vec<SpanRecord>) {
         let count = batch.len() as u64;
-        let request = self.request(std::mem::take(batch));
+        let request = super::wire::request(&self.resource, batch);
+        batch.clear();
         match self.export(grpc, request).await {
             Ok(()) => self.counters.exported.increment(count),
             Err(error) => {
@@ -153,29 +154,7 @@ impl Exporter {
         }
     }
 
-    fn request(&self, spans: Vec<SpanRecord>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "remora-proxy".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..InstrumentationScope::default()
-                    }),
-                    spans: spans.into_iter().map(SpanRecord::into_otlp).collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-    }
-
-    async fn export(
-        &self,
-        grpc: &mut Option<TraceServiceClient<tonic::transport::Channel>>,
-        request: ExportTraceServiceRequest,
-    ) -> Result<(), String> {
+    async fn export(&self, grpc: &mut Option<GrpcClient>, request: Vec<u8>) -> Result<(), String> {
         let otlp = &self.config.otlp;
         match otlp.protocol {
             OtlpProtocol::Grpc => {
@@ -187,17 +166,26 @@ impl Exporter {
                                 .map_err(|e| e.to_string())?
                                 .connect_timeout(otlp.timeout)
                                 .timeout(otlp.timeout);
-                        grpc.insert(TraceServiceClient::new(endpoint.connect_lazy()))
+                        grpc.insert(tonic::client::Grpc::new(endpoint.connect_lazy()))
                     }
                 };
+                client.ready().await.map_err(|e| e.to_string())?;
+                let codec = tonic_prost::ProstCodec::<
+                    super::wire::Encoded,
+                    ExportTraceServiceResponse,
+                >::default();
                 client
-                    .export(request)
+                    .unary(
+                        tonic::Request::new(super::wire::Encoded(request)),
+                        http::uri::PathAndQuery::from_static(EXPORT),
+                        codec,
+                    )
                     .await
-                    .map(|_| ())
+                    .map(|_: tonic::Response<ExportTraceServiceResponse>| ())
                     .map_err(|status| format!("{}: {}", status.code(), status.message()))
             }
             OtlpProtocol::HttpProtobuf => {
-                tokio::time::timeout(otlp.timeout, post(&otlp.endpoint, request.encode_to_vec()))
+                tokio::time::timeout(otlp.timeout, post(&otlp.endpoint, request))
                     .await
                     .map_err(|_| format!("no answer within {:?}", otlp.timeout))?
             }

@@ -9,6 +9,7 @@
 
 pub(crate) mod context;
 mod export;
+mod wire;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,12 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use metrics::Counter;
 use remora_xds_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
-use remora_xds_proto::opentelemetry::proto::trace::v1::{Status, span, status};
+use remora_xds_proto::opentelemetry::proto::trace::v1::span;
 
 use crate::config::{ConfigError, Propagation, TracingConfig};
 use crate::telemetry::{self, Telemetry};
-
-use remora_xds_proto::opentelemetry::proto::trace::v1::Span;
 
 /// The compiled `tracing:` and its exporter, shared by every listener of
 /// a snapshot and kept across reloads while the config stays the same.
@@ -246,101 +245,11 @@ pub(crate) struct SpanRecord {
     attributes: SpanAttributes,
 }
 
-impl SpanRecord {
-    /// The OTLP span (on the exporter thread).
-    pub(crate) fn into_otlp(self) -> Span {
-        let a = self.attributes;
-        let server = self.kind == span::SpanKind::Server;
-        let mut attributes = Vec::with_capacity(12);
-        attributes.push(string("http.request.method", a.method.as_str()));
-        if let Some(path) = a.path {
-            attributes.push(string("url.path", path));
-        }
-        if server {
-            if let Some(host) = a.host {
-                attributes.push(string("server.address", host));
-            }
-        } else if let Some(upstream) = a.upstream {
-            attributes.push(string("server.address", upstream.ip().to_string()));
-            attributes.push(int("server.port", i64::from(upstream.port())));
-        }
-        if let Some(peer) = a.peer {
-            attributes.push(string("network.peer.address", peer.ip().to_string()));
-            if server {
-                attributes.push(int("network.peer.port", i64::from(peer.port())));
-            }
-        }
-        if let Some(status) = a.status {
-            attributes.push(int("http.response.status_code", i64::from(status)));
-        }
-        if self.resend_count > 0 {
-            attributes.push(int(
-                "http.request.resend_count",
-                i64::from(self.resend_count),
-            ));
-        }
-        if let Some(error) = a.error_type {
-            attributes.push(string("error.type", error));
-        }
-        if let Some(listener) = &a.listener {
-            attributes.push(string("remora.listener", &**listener));
-        }
-        if let Some(route) = &a.route {
-            attributes.push(string("remora.route", &**route));
-        }
-        if let Some(cluster) = &a.cluster {
-            attributes.push(string("remora.cluster", &**cluster));
-        }
-        if let Some(upstream) = a.upstream {
-            attributes.push(string("remora.upstream", upstream.to_string()));
-        }
-        if let Some(identity) = &a.peer_identity {
-            attributes.push(string("remora.peer_identity", &**identity));
-        }
-        let name = match (&a.route, server) {
-            (Some(route), true) => format!("{} {route}", a.method),
-            _ => a.method.as_str().to_string(),
-        };
-        Span {
-            trace_id: self.trace_id.to_vec(),
-            span_id: self.span_id.to_vec(),
-            trace_state: self
-                .tracestate
-                .as_ref()
-                .and_then(|s| s.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-            parent_span_id: self.parent.map(|p| p.to_vec()).unwrap_or_default(),
-            flags: u32::from(self.sampled),
-            name,
-            kind: self.kind as i32,
-            start_time_unix_nano: self.start_ns,
-            end_time_unix_nano: self.end_ns,
-            attributes,
-            status: a.error.then(|| Status {
-                code: status::StatusCode::Error as i32,
-                message: String::new(),
-            }),
-            ..Span::default()
-        }
-    }
-}
-
 pub(crate) fn string(key: &str, value: impl Into<String>) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..KeyValue::default()
-    }
-}
-
-pub(crate) fn int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
         }),
         ..KeyValue::default()
     }
