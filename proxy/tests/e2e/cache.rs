@@ -492,7 +492,10 @@ async fn stale_if_error_serves_the_stale_entry_when_the_origin_is_gone() {
         let proxy = proxy(origin.addr, cache).await;
         assert_eq!(get(&client, &proxy, "/s", &[]).await.2, "/s #1");
         tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Aborting the origin's tasks takes effect at their next poll:
+        // give its open connections the time to close.
         drop(origin);
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let (status, result, body) = get(&client, &proxy, "/s", &[]).await;
         assert_eq!((status, result.as_str()), expect, "{cache}");
         if status == 200 {
