@@ -17,15 +17,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::child::{Killed, pinned};
 use crate::load;
 use crate::mtls::{free_port, wait_listening};
-use crate::procfs;
 
 pub type Options = crate::child::ClosedLoopOptions;
 
@@ -87,14 +85,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         measurements: Vec::new(),
     };
     let (upstream, _upstream) = crate::child::upstream_1k(&options.load_cpus, &dir)?;
-    let load = |target: SocketAddr, duration: Duration| {
-        crate::child::closed_loop(
-            &options.load_cpus,
-            &format!("http://{target}/item"),
-            options.connections,
-            duration,
-        )
-    };
 
     for round in 0..options.rounds {
         for target in Target::ALL {
@@ -147,26 +137,14 @@ clusters:
                 }
             };
             wait_listening(listen)?;
-            // Warm-up: the first request fills the cache; connections open.
-            let warm = load(listen, Duration::from_secs(1))?;
-            if warm.requests == 0 {
-                bail!("{}: no request succeeded in the warm-up", target.label());
-            }
-            let pid = child.0.id();
-            let (report, cpu_us_per_request) = crate::child::cpu_per_request(
-                pid,
-                &options.load_cpus,
-                listen,
-                "/item",
-                options.connections,
-                options.duration,
-            )?;
+            let measured =
+                crate::child::warm_and_measure(child.0.id(), listen, &options, target.label())?;
             results.measurements.push(Measurement {
                 round,
                 target,
-                report,
-                cpu_us_per_request,
-                rss_bytes: procfs::rss_bytes(pid),
+                report: measured.report,
+                cpu_us_per_request: measured.cpu_us_per_request,
+                rss_bytes: measured.rss_bytes,
             });
             drop(child);
         }
@@ -175,11 +153,7 @@ clusters:
             serde_json::to_vec_pretty(&results)?,
         )?;
     }
-    let summary = summary(&results);
-    std::fs::write(dir.join("summary.md"), &summary)?;
-    println!("{summary}");
-    eprintln!("cache: results in {}", dir.display());
-    Ok(())
+    crate::child::finish(&dir, "cache", &summary(&results))
 }
 
 /// nginx as a caching reverse proxy: one process (no master), no access

@@ -147,3 +147,51 @@ pub fn cpu_per_request(
     });
     Ok((report, cpu))
 }
+
+/// What one closed-loop measurement of a proxy gave.
+pub struct Measured {
+    pub report: load::Report,
+    pub cpu_us_per_request: Option<f64>,
+    pub rss_bytes: Option<u64>,
+}
+
+/// A 1 s warm-up (which must get answers), then `options.duration` of
+/// closed loop on `listen`'s `/item`, with process `pid`'s CPU and memory.
+pub fn warm_and_measure(
+    pid: u32,
+    listen: SocketAddr,
+    options: &ClosedLoopOptions,
+    what: &str,
+) -> anyhow::Result<Measured> {
+    let url = format!("http://{listen}/item");
+    let warm = closed_loop(
+        &options.load_cpus,
+        &url,
+        options.connections,
+        Duration::from_secs(1),
+    )?;
+    if warm.requests == 0 {
+        bail!("{what}: no request succeeded in the warm-up");
+    }
+    let (report, cpu_us_per_request) = cpu_per_request(
+        pid,
+        &options.load_cpus,
+        listen,
+        "/item",
+        options.connections,
+        options.duration,
+    )?;
+    Ok(Measured {
+        report,
+        cpu_us_per_request,
+        rss_bytes: procfs::rss_bytes(pid),
+    })
+}
+
+/// Writes a scenario's summary next to its results and prints it.
+pub fn finish(dir: &std::path::Path, scenario: &str, summary: &str) -> anyhow::Result<()> {
+    std::fs::write(dir.join("summary.md"), summary)?;
+    println!("{summary}");
+    eprintln!("{scenario}: results in {}", dir.display());
+    Ok(())
+}

@@ -212,11 +212,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             serde_json::to_vec_pretty(&results)?,
         )?;
     }
-    let summary = summary(&results);
-    std::fs::write(dir.join("summary.md"), &summary)?;
-    println!("{summary}");
-    eprintln!("limits: results in {}", dir.display());
-    Ok(())
+    crate::child::finish(&dir, "limits", &summary(&results))
 }
 
 /// remora-proxy in front of `upstream`, with `route` and `cluster` extras.

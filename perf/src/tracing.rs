@@ -14,15 +14,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::child::{Killed, pinned};
 use crate::load;
 use crate::mtls::{free_port, wait_listening};
-use crate::procfs;
 
 pub type Options = crate::child::ClosedLoopOptions;
 
@@ -95,14 +92,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         measurements: Vec::new(),
     };
     let (upstream, _upstream) = crate::child::upstream_1k(&options.load_cpus, &dir)?;
-    let load = |target: SocketAddr, duration: Duration| {
-        crate::child::closed_loop(
-            &options.load_cpus,
-            &format!("http://{target}/item"),
-            options.connections,
-            duration,
-        )
-    };
 
     for round in 0..options.rounds {
         for target in Target::ALL {
@@ -149,26 +138,14 @@ clusters:
             } else {
                 None
             };
-            // Warm-up: connections open, the tap is subscribed.
-            let warm = load(listen, Duration::from_secs(1))?;
-            if warm.requests == 0 {
-                bail!("{}: no request succeeded in the warm-up", target.label());
-            }
-            let pid = child.0.id();
-            let (report, cpu_us_per_request) = crate::child::cpu_per_request(
-                pid,
-                &options.load_cpus,
-                listen,
-                "/item",
-                options.connections,
-                options.duration,
-            )?;
+            let measured =
+                crate::child::warm_and_measure(child.0.id(), listen, &options, target.label())?;
             results.measurements.push(Measurement {
                 round,
                 target,
-                report,
-                cpu_us_per_request,
-                rss_bytes: procfs::rss_bytes(pid),
+                report: measured.report,
+                cpu_us_per_request: measured.cpu_us_per_request,
+                rss_bytes: measured.rss_bytes,
             });
             drop(child);
         }
@@ -177,11 +154,7 @@ clusters:
             serde_json::to_vec_pretty(&results)?,
         )?;
     }
-    let summary = summary(&results);
-    std::fs::write(dir.join("summary.md"), &summary)?;
-    println!("{summary}");
-    eprintln!("tracing: results in {}", dir.display());
-    Ok(())
+    crate::child::finish(&dir, "tracing", &summary(&results))
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

@@ -217,8 +217,11 @@ impl Exchange {
     /// A try ended: its span is recorded, or, for the response passed on,
     /// kept until the response ends.
     pub(crate) fn end_try(&mut self, span: ClientSpan, endpoint: SocketAddr, end: TryEnd) {
+        if !self.trace.as_ref().is_some_and(|t| t.trace.sampled) {
+            return;
+        }
         let cluster = self.cluster_name();
-        let Some(traced) = self.trace.as_mut().filter(|t| t.trace.sampled) else {
+        let Some(traced) = self.trace.as_mut() else {
             return;
         };
         let (status, failure) = match end {
