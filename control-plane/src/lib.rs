@@ -3,6 +3,7 @@
 //! state of the world and delta, to Remora proxies and to Envoy alike.
 //!
 //! Where things live: `mesh/` (the file's shape, validation, watching),
+//! `k8s/` (Kubernetes objects from manifests → the same mesh),
 //! `translate/` (mesh → Listener, RouteConfiguration, Cluster,
 //! ClusterLoadAssignment), `xds/` (the ADS streams and the registry of
 //! connected proxies), `ca/` (the certificate authority and bootstrap
@@ -14,10 +15,11 @@
 
 pub mod admin;
 pub mod ca;
+pub mod k8s;
 pub mod mesh;
 pub mod metrics;
 pub mod server;
 pub mod translate;
 pub mod xds;
 
-pub use server::{ControlPlane, Options};
+pub use server::{ControlPlane, Options, Source};

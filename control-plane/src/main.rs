@@ -1,17 +1,18 @@
-//! `remora-control-plane serve --mesh mesh.yaml`: the standalone control plane.
+//! `remora-control-plane serve --mesh mesh.yaml` (or `--manifests DIR`):
+//! the control plane; `check` validates a source, `crds` prints the CRDs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use remora_proxy::config::MtlsMode;
+use remora_api::MtlsMode;
 
 #[derive(Parser)]
 #[command(
     name = "remora-control-plane",
     version,
-    about = "Remora's control plane: a mesh file served to proxies over xDS (ADS)"
+    about = "Remora's control plane: a mesh file or Kubernetes manifests served to proxies over xDS (ADS)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,11 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the mesh file over ADS, re-reading it when it changes.
+    /// Serve the mesh over ADS, re-reading its source when it changes.
     Serve {
-        /// The mesh file (services, routes, policies, proxies).
-        #[arg(long, env = "REMORA_MESH")]
-        mesh: PathBuf,
+        #[command(flatten)]
+        source: SourceFlags,
         #[arg(long, env = "REMORA_XDS_ADDRESS", default_value = "127.0.0.1:18000")]
         xds_address: SocketAddr,
         #[arg(long, env = "REMORA_ADMIN_ADDRESS", default_value = "127.0.0.1:18001")]
@@ -55,15 +55,44 @@ enum Command {
         #[arg(long, default_value = "8760h", value_parser = parse_duration)]
         valid_for: Duration,
     },
-    /// Validate a mesh file and print what each proxy would be served.
+    /// Print the CustomResourceDefinitions (TrafficPolicy,
+    /// AuthorizationPolicy) as YAML, for `kubectl apply -f -`.
+    Crds,
+    /// Validate a mesh file or Kubernetes manifests and print what each
+    /// proxy would be served. Exits with 1 when anything is invalid.
     Check {
-        #[arg(long)]
-        mesh: PathBuf,
+        #[command(flatten)]
+        source: SourceFlags,
         /// Check as a control plane that runs a CA does (a mesh without
         /// `mtls` is then `strict`).
         #[arg(long)]
         with_ca: bool,
     },
+}
+
+/// Where the mesh comes from: exactly one of --mesh and --manifests.
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+struct SourceFlags {
+    /// The mesh file (services, routes, policies, proxies).
+    #[arg(long, env = "REMORA_MESH")]
+    mesh: Option<PathBuf>,
+    /// Kubernetes manifests: a YAML file, or a directory of them
+    /// (Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes,
+    /// TrafficPolicies, AuthorizationPolicies).
+    #[arg(long, env = "REMORA_MANIFESTS")]
+    manifests: Option<PathBuf>,
+}
+
+impl SourceFlags {
+    fn source(self) -> remora_control_plane::Source {
+        use remora_control_plane::Source;
+        match (self.mesh, self.manifests) {
+            (Some(mesh), _) => Source::MeshFile(mesh),
+            (None, Some(manifests)) => Source::Manifests(manifests),
+            (None, None) => unreachable!("clap requires one of --mesh and --manifests"),
+        }
+    }
 }
 
 /// Where the certificate authority's key is.
@@ -97,22 +126,52 @@ impl CaFlags {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    remora_proxy::config::scalar::parse_duration(text)
+    remora_api::scalar::parse_duration(text)
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { mesh, with_ca } => {
+        Command::Crds => {
+            print!("{}", remora_api::crd::crds_yaml());
+            Ok(())
+        }
+        Command::Check { source, with_ca } => {
             let default_mtls = if with_ca {
                 MtlsMode::Strict
             } else {
                 MtlsMode::Disabled
             };
-            let mesh =
-                remora_control_plane::mesh::load_file(&mesh, default_mtls).map_err(|errors| {
-                    anyhow::anyhow!("invalid mesh file {}:\n{errors}", mesh.display())
-                })?;
+            let source = source.source();
+            let path = source.path().display().to_string();
+            let (mesh, rejected) = match &source {
+                remora_control_plane::Source::MeshFile(file) => {
+                    let mesh = remora_control_plane::mesh::load_file(file, default_mtls)
+                        .map_err(|errors| anyhow::anyhow!("invalid mesh file {path}:\n{errors}"))?;
+                    (mesh, 0)
+                }
+                remora_control_plane::Source::Manifests(dir) => {
+                    let settings = remora_control_plane::k8s::Settings {
+                        mtls: default_mtls,
+                        ..Default::default()
+                    };
+                    let (mesh, report) = remora_control_plane::k8s::manifests::load(dir, &settings)
+                        .map_err(|errors| anyhow::anyhow!("invalid manifests {path}:\n{errors}"))?;
+                    let mut rejected = 0;
+                    for (object, verdict) in &report.objects {
+                        match verdict {
+                            remora_control_plane::k8s::Verdict::Accepted => {
+                                println!("accepted  {object}");
+                            }
+                            remora_control_plane::k8s::Verdict::Rejected { reason, message } => {
+                                rejected += 1;
+                                println!("REJECTED  {object} ({reason}): {message}");
+                            }
+                        }
+                    }
+                    (mesh, rejected)
+                }
+            };
             let translation = remora_control_plane::translate::translate(&mesh, None);
             for (entry, resources) in mesh.proxies.iter().zip(&translation.proxies) {
                 println!("{}:", entry.node_id);
@@ -128,6 +187,9 @@ fn main() -> anyhow::Result<()> {
                         );
                     }
                 }
+            }
+            if rejected > 0 {
+                anyhow::bail!("{rejected} object(s) in {path} rejected (above)");
             }
             Ok(())
         }
@@ -160,7 +222,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve {
-            mesh,
+            source,
             xds_address,
             admin_address,
             debounce,
@@ -177,22 +239,21 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let source = source.source();
             let ca = match ca.source() {
-                Some(source) => {
-                    let trust_domain =
-                        remora_control_plane::mesh::load_file(&mesh, MtlsMode::Strict)
-                            .map(|m| m.trust_domain)
-                            .unwrap_or_else(|_| {
-                                remora_proxy::identity::DEFAULT_TRUST_DOMAIN.into()
-                            });
-                    Some(std::sync::Arc::new(source.open(&trust_domain)?))
+                Some(ca_source) => {
+                    let trust_domain = source
+                        .load(MtlsMode::Strict)
+                        .map(|m| m.trust_domain)
+                        .unwrap_or_else(|_| remora_api::identity::DEFAULT_TRUST_DOMAIN.into());
+                    Some(std::sync::Arc::new(ca_source.open(&trust_domain)?))
                 }
                 None => None,
             };
             runtime.block_on(async move {
                 let _control_plane =
                     remora_control_plane::ControlPlane::start(remora_control_plane::Options {
-                        mesh,
+                        source,
                         xds_address,
                         admin_address,
                         debounce,

@@ -16,11 +16,12 @@ use crate::metrics::Metrics;
 use crate::translate;
 use crate::xds::registry::Registry;
 use crate::xds::{AdsServer, MeshState, Shared};
-use remora_proxy::config::MtlsMode;
+use remora_api::MtlsMode;
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub mesh: PathBuf,
+    /// Where the mesh comes from.
+    pub source: Source,
     pub xds_address: SocketAddr,
     pub admin_address: SocketAddr,
     /// Quiet time after a mesh file change before it is read and pushed.
@@ -30,6 +31,59 @@ pub struct Options {
     pub ca: Option<Arc<crate::ca::Ca>>,
     /// The lifetime of the leaves it signs (a proxy may ask for less).
     pub cert_lifetime: Duration,
+}
+
+/// Where the mesh comes from: a mesh file, or Kubernetes manifests (a
+/// file or a directory of them).
+#[derive(Debug, Clone)]
+pub enum Source {
+    MeshFile(PathBuf),
+    Manifests(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Source::MeshFile(path) | Source::Manifests(path) => path,
+        }
+    }
+
+    /// Reads and validates the mesh. From manifests, objects that are
+    /// invalid are logged with their field paths and left out.
+    pub fn load(&self, default_mtls: MtlsMode) -> Result<mesh::Mesh, remora_api::ConfigErrors> {
+        match self {
+            Source::MeshFile(path) => mesh::load_file(path, default_mtls),
+            Source::Manifests(path) => {
+                let settings = crate::k8s::Settings {
+                    mtls: default_mtls,
+                    ..Default::default()
+                };
+                let (mesh, report) = crate::k8s::manifests::load(path, &settings)?;
+                for (object, reason, message) in report.rejected() {
+                    tracing::warn!(%object, reason, "left out: {message}");
+                }
+                Ok(mesh)
+            }
+        }
+    }
+
+    /// The bytes of every file the source reads, to tell a change from a
+    /// touch.
+    pub fn fingerprint(&self) -> Option<Vec<u8>> {
+        match self {
+            Source::MeshFile(path) => std::fs::read(path).ok(),
+            Source::Manifests(path) => {
+                let mut bytes = Vec::new();
+                for file in crate::k8s::manifests::files(path).ok()? {
+                    bytes.extend_from_slice(file.as_os_str().as_encoded_bytes());
+                    bytes.push(0);
+                    bytes.extend(std::fs::read(&file).ok()?);
+                    bytes.push(0);
+                }
+                Some(bytes)
+            }
+        }
+    }
 }
 
 /// Publishes mesh versions to every stream (through a `watch` channel).
@@ -96,8 +150,11 @@ impl ControlPlane {
         } else {
             MtlsMode::Disabled
         };
-        let mesh = mesh::load_file(&options.mesh, default_mtls).map_err(|errors| {
-            anyhow::anyhow!("invalid mesh file {}:\n{errors}", options.mesh.display())
+        let mesh = options.source.load(default_mtls).map_err(|errors| {
+            anyhow::anyhow!(
+                "invalid mesh {}:\n{errors}",
+                options.source.path().display()
+            )
         })?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::default());
@@ -154,9 +211,11 @@ impl ControlPlane {
             registry.clone(),
             metrics.clone(),
         ));
-        let watcher = mesh::watch::watch(options.mesh.clone(), options.debounce, publisher)
-            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", options.mesh.display()))?;
-        tracing::info!(%xds_address, %admin_address, mesh = %options.mesh.display(), "control plane serving");
+        let watcher = mesh::watch::watch(options.source.clone(), options.debounce, publisher)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot watch {}: {e}", options.source.path().display())
+            })?;
+        tracing::info!(%xds_address, %admin_address, source = %options.source.path().display(), "control plane serving");
         Ok(ControlPlane {
             xds_address,
             admin_address,

@@ -19,7 +19,7 @@ mod accept;
 mod adaptive;
 pub mod admin;
 mod authz;
-pub use authz::check_authorization;
+pub use remora_api::check_authorization;
 mod balance;
 mod body;
 mod breaker;

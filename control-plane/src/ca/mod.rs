@@ -19,7 +19,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
     SanType, SerialNumber,
 };
-use remora_proxy::identity::SpiffeId;
+use remora_api::identity::SpiffeId;
 use time::OffsetDateTime;
 
 /// A leaf's lifetime when the proxy asks for none.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use remora_proxy::identity::SpiffeId;
+use remora_api::identity::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 use super::Ca;

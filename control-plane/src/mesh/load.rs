@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::Mesh;
-use remora_proxy::config::{ConfigErrors, MtlsMode};
+use remora_api::{ConfigErrors, MtlsMode};
 
 /// Parses and validates a mesh file's text. An error names the field path,
 /// e.g. `routes[0].rules[1].backendRefs[0].name: no service "reviews.default"`.
@@ -15,7 +15,7 @@ pub fn parse_yaml(text: &str) -> Result<Mesh, ConfigErrors> {
 /// [`parse_yaml`], with `default_mtls` where the file sets no `mtls`
 /// (`strict` on a control plane that runs a CA).
 pub fn parse_yaml_with(text: &str, default_mtls: MtlsMode) -> Result<Mesh, ConfigErrors> {
-    let mut mesh: Mesh = remora_proxy::config::parse_yaml_as(text)?;
+    let mut mesh: Mesh = remora_api::parse_yaml_as(text)?;
     mesh.mtls.get_or_insert(default_mtls);
     let errors = super::validate::check(&mesh);
     if errors.is_empty() {

@@ -8,20 +8,22 @@
 //! the same in a proxy file, a mesh file and, later, a CRD spec.
 
 mod load;
-mod validate;
+pub(crate) mod validate;
 pub mod watch;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use remora_proxy::config::{
-    CacheConfig, CircuitBreakersConfig, EndpointConfig, HealthCheckConfig, KeepaliveConfig,
-    LoadBalancerConfig, OutlierDetectionConfig, PoolConfig, RateLimitConfig, scalar,
+pub use remora_api::TrafficPolicySpec as TrafficPolicy;
+pub use remora_api::route::{
+    BackendRef, FilterType, GrpcMethod, HeaderModifier, HeaderValue, MethodMatch, ParentRef,
+    PathMatch, PathMatchType, Retry, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch,
+    ValueMatchType,
 };
+use remora_api::scalar;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load_file, parse_yaml, parse_yaml_with};
-use remora_proxy::identity::SpiffeId;
+use remora_api::identity::SpiffeId;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +37,7 @@ pub struct Mesh {
     /// `strict` when the control plane runs a CA, else `disabled`. Proxies
     /// need `identity:` (docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtls: Option<remora_proxy::config::MtlsMode>,
+    pub mtls: Option<remora_api::MtlsMode>,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -95,7 +97,7 @@ pub struct Service {
     /// policy denies; with any `allow` policy, only what one allows
     /// passes), enforced on every inbound listener of the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub authorization: Vec<remora_proxy::config::AuthorizationPolicyConfig>,
+    pub authorization: Vec<remora_api::AuthorizationPolicyConfig>,
 }
 
 pub fn default_namespace() -> String {
@@ -107,7 +109,7 @@ fn default_service_account() -> String {
 }
 
 fn default_trust_domain() -> String {
-    remora_proxy::identity::DEFAULT_TRUST_DOMAIN.to_string()
+    remora_api::identity::DEFAULT_TRUST_DOMAIN.to_string()
 }
 
 impl Default for Mesh {
@@ -165,14 +167,10 @@ pub struct MeshEndpoint {
 struct EndpointFields {
     #[serde(with = "scalar::socket_addr")]
     address: SocketAddr,
-    #[serde(default = "default_weight")]
+    #[serde(default = "remora_api::route::default_weight")]
     weight: u32,
     #[serde(default)]
     zone: Option<String>,
-}
-
-fn default_weight() -> u32 {
-    1
 }
 
 impl<'de> Deserialize<'de> for MeshEndpoint {
@@ -196,64 +194,6 @@ impl<'de> Deserialize<'de> for MeshEndpoint {
     }
 }
 
-impl From<&MeshEndpoint> for EndpointConfig {
-    fn from(e: &MeshEndpoint) -> Self {
-        EndpointConfig {
-            address: e.address,
-            weight: std::num::NonZeroU32::new(e.weight).unwrap_or(std::num::NonZeroU32::MIN),
-        }
-    }
-}
-
-/// How clients of a service reach it (applied by every proxy that calls
-/// it), plus `rate_limit`, applied by the service's own proxies to what
-/// they let in.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrafficPolicy {
-    #[serde(default = "default_connect_timeout", with = "scalar::duration")]
-    pub connect_timeout: Duration,
-    #[serde(default)]
-    pub load_balancer: LoadBalancerConfig,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetectionConfig>,
-    #[serde(default)]
-    pub circuit_breakers: CircuitBreakersConfig,
-    #[serde(default)]
-    pub pool: PoolConfig,
-    #[serde(default)]
-    pub keepalive: KeepaliveConfig,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheckConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimitConfig>,
-    /// A response cache in every calling proxy, on each route to the
-    /// service (the RPC framework's client request cache; docs/cache.md).
-    /// remora-proxy only: Envoy ignores it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<CacheConfig>,
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Default for TrafficPolicy {
-    fn default() -> Self {
-        TrafficPolicy {
-            connect_timeout: default_connect_timeout(),
-            load_balancer: LoadBalancerConfig::default(),
-            outlier_detection: None,
-            circuit_breakers: CircuitBreakersConfig::default(),
-            pool: PoolConfig::default(),
-            keepalive: KeepaliveConfig::default(),
-            health_check: None,
-            rate_limit: None,
-            cache: None,
-        }
-    }
-}
-
 /// An HTTPRoute or GRPCRoute whose parent is a Service (GAMMA).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -273,225 +213,6 @@ pub enum RouteKind {
     Http,
     #[serde(rename = "GRPCRoute")]
     Grpc,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ParentRef {
-    /// The Service whose traffic the route takes over.
-    pub name: String,
-    /// Default: the route's namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Only `Service` (GAMMA) is supported.
-    #[serde(default = "default_parent_kind")]
-    pub kind: String,
-    /// Must be the service's port when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-}
-
-fn default_parent_kind() -> String {
-    "Service".to_string()
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteRule {
-    /// Any one matching selects the rule; none matches every request.
-    #[serde(default)]
-    pub matches: Vec<RouteMatch>,
-    #[serde(default)]
-    pub filters: Vec<RouteFilter>,
-    /// Where matching requests go; none means the parent service itself.
-    #[serde(default)]
-    pub backend_refs: Vec<BackendRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<Timeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<Retry>,
-}
-
-/// HTTPRoute: `path`, `headers`, `queryParams`, `method`. GRPCRoute:
-/// `method: {service, method}` and `headers`. Every condition given must hold.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathMatch>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<ValueMatch>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub query_params: Vec<ValueMatch>,
-    /// HTTPRoute: an HTTP method (`GET`); GRPCRoute: `{service, method}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<MethodMatch>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PathMatch {
-    #[serde(rename = "type", default = "default_path_type")]
-    pub kind: PathMatchType,
-    #[serde(default = "default_path")]
-    pub value: String,
-}
-
-fn default_path_type() -> PathMatchType {
-    PathMatchType::PathPrefix
-}
-
-fn default_path() -> String {
-    "/".to_string()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum PathMatchType {
-    Exact,
-    /// Element-wise: `/api` matches `/api` and `/api/x`, not `/apis`.
-    PathPrefix,
-    /// Matches the whole path (RE2 syntax, anchored).
-    RegularExpression,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ValueMatch {
-    #[serde(rename = "type", default = "default_value_type")]
-    pub kind: ValueMatchType,
-    pub name: String,
-    pub value: String,
-}
-
-fn default_value_type() -> ValueMatchType {
-    ValueMatchType::Exact
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum ValueMatchType {
-    Exact,
-    RegularExpression,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum MethodMatch {
-    Http(String),
-    Grpc(GrpcMethod),
-}
-
-impl<'de> Deserialize<'de> for MethodMatch {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        scalar::string_or_map(
-            d,
-            "an HTTP method such as GET, or (GRPCRoute) {service, method}",
-            |text| Ok(MethodMatch::Http(text.to_string())),
-            MethodMatch::Grpc,
-        )
-    }
-}
-
-/// GRPCRoute method match: `service` alone takes all its methods.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GrpcMethod {
-    #[serde(rename = "type", default = "default_value_type")]
-    pub kind: ValueMatchType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-}
-
-/// `RequestHeaderModifier` and `ResponseHeaderModifier`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteFilter {
-    #[serde(rename = "type")]
-    pub kind: FilterType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_header_modifier: Option<HeaderModifier>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_header_modifier: Option<HeaderModifier>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum FilterType {
-    RequestHeaderModifier,
-    ResponseHeaderModifier,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderModifier {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub set: Vec<HeaderValue>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub add: Vec<HeaderValue>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderValue {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BackendRef {
-    /// A service in the mesh file.
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Must be the service's port when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-}
-
-/// `request`: the whole exchange; `backendRequest`: each try.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Timeouts {
-    #[serde(
-        default,
-        with = "scalar::duration::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub request: Option<Duration>,
-    #[serde(
-        default,
-        with = "scalar::duration::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub backend_request: Option<Duration>,
-}
-
-/// The Gateway API's HTTPRoute retry (GEP-1731): `attempts` retries on
-/// `codes` (and on connection failures and resets), `backoff` between them.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Retry {
-    #[serde(default = "default_attempts")]
-    pub attempts: u32,
-    /// HTTP statuses (HTTPRoute); for GRPCRoute, retries follow gRPC
-    /// `unavailable`, `cancelled`, `resource-exhausted` and connection failures.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub codes: Vec<u16>,
-    #[serde(
-        default,
-        with = "scalar::duration::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub backoff: Option<Duration>,
-}
-
-fn default_attempts() -> u32 {
-    2
 }
 
 /// One proxy, or a family of proxies sharing a configuration (`node_id`
@@ -587,9 +308,8 @@ impl Mesh {
     }
 
     /// The mesh's mTLS mode (`disabled` if never resolved).
-    pub fn mtls_mode(&self) -> remora_proxy::config::MtlsMode {
-        self.mtls
-            .unwrap_or(remora_proxy::config::MtlsMode::Disabled)
+    pub fn mtls_mode(&self) -> remora_api::MtlsMode {
+        self.mtls.unwrap_or(remora_api::MtlsMode::Disabled)
     }
 
     /// A service's workload identity.
@@ -743,7 +463,7 @@ proxies:
 
     #[test]
     fn mesh_mtls_modes_are_checked() {
-        use remora_proxy::config::MtlsMode;
+        use remora_api::MtlsMode;
         assert!(parse_yaml("mtls: permissive").is_ok());
         let e = errors_of("mtls: sometimes");
         assert!(e.contains("mtls"), "{e}");

@@ -3,14 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use remora_proxy::config::{ConfigError, LbPolicy};
+use remora_api::{ConfigError, LbPolicy};
 
 use super::{
     FilterType, Mesh, MethodMatch, PathMatchType, RouteKind, Service, ServiceProtocol,
     ValueMatchType,
 };
 
-pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
+pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
     if let Some(tracing) = &mesh.tracing
@@ -71,6 +71,18 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
                     format!("{:?}: only Service parents are supported", parent.kind),
                 );
                 continue;
+            }
+            if parent.group.as_deref().is_some_and(|g| !g.is_empty()) {
+                err(
+                    format!("{p}.group"),
+                    "a Service is in the core group: \"\" or none".into(),
+                );
+            }
+            if parent.section_name.is_some() {
+                err(
+                    format!("{p}.sectionName"),
+                    "a Service parent is chosen by port".into(),
+                );
             }
             let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
             match find(mesh, &parent.name, ns) {
@@ -219,6 +231,15 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
             let mut total = 0u64;
             for (k, backend) in rule.backend_refs.iter().enumerate() {
                 let bp = format!("{r}.backendRefs[{k}]");
+                if backend.kind != "Service"
+                    || backend.group.as_deref().is_some_and(|g| !g.is_empty())
+                {
+                    err(
+                        format!("{bp}.kind"),
+                        format!("{:?}: only Service backends (group \"\")", backend.kind),
+                    );
+                    continue;
+                }
                 let ns = backend.namespace.as_deref().unwrap_or(&route.namespace);
                 match find(mesh, &backend.name, ns) {
                     None => err(
@@ -255,46 +276,20 @@ pub(super) fn check(mesh: &Mesh) -> Vec<ConfigError> {
                 );
             }
             if let Some(retry) = &rule.retry {
-                for (k, code) in retry.codes.iter().enumerate() {
-                    if !(400..=599).contains(code) {
-                        err(
-                            format!("{r}.retry.codes[{k}]"),
-                            format!("{code} is outside 400..=599"),
-                        );
-                    }
-                }
-                if route.kind == RouteKind::Grpc && !retry.codes.is_empty() {
-                    err(
-                        format!("{r}.retry.codes"),
-                        "a GRPCRoute retries on gRPC statuses, not HTTP codes".into(),
-                    );
-                }
-                if retry.backoff.is_some_and(|b| b.is_zero()) {
-                    err(
-                        format!("{r}.retry.backoff"),
-                        "must be greater than 0".into(),
-                    );
-                }
+                check_retry(retry, route.kind, &format!("{r}.retry"), &mut err);
             }
-            if let Some(timeouts) = &rule.timeouts
-                && let (Some(request), Some(backend)) = (timeouts.request, timeouts.backend_request)
-                && backend > request
-            {
-                err(
-                    format!("{r}.timeouts.backendRequest"),
-                    "must not be longer than timeouts.request".into(),
-                );
+            if let Some(timeouts) = &rule.timeouts {
+                check_timeouts(timeouts, &format!("{r}.timeouts"), &mut err);
             }
         }
     }
 
-    if let Err(e) = remora_proxy::identity::SpiffeId::new(&mesh.trust_domain, "default", "default")
-    {
+    if let Err(e) = remora_api::identity::SpiffeId::new(&mesh.trust_domain, "default", "default") {
         err("trust_domain".into(), e);
     }
-    let mtls = mesh.mtls_mode() != remora_proxy::config::MtlsMode::Disabled;
+    let mtls = mesh.mtls_mode() != remora_api::MtlsMode::Disabled;
     for (i, service) in mesh.services.iter().enumerate() {
-        for e in remora_proxy::check_authorization(
+        for e in remora_api::check_authorization(
             &service.authorization,
             service.protocol.is_http(),
             &format!("services[{i}].authorization"),
@@ -483,8 +478,73 @@ fn check_header_name(name: &str, path: &str, err: &mut impl FnMut(String, String
     }
 }
 
+fn check_retry(
+    retry: &super::Retry,
+    kind: RouteKind,
+    at: &str,
+    err: &mut impl FnMut(String, String),
+) {
+    for (k, code) in retry.codes.iter().enumerate() {
+        if !(400..=599).contains(code) {
+            err(
+                format!("{at}.codes[{k}]"),
+                format!("{code} is outside 400..=599"),
+            );
+        }
+    }
+    if kind == RouteKind::Grpc && !retry.codes.is_empty() {
+        err(
+            format!("{at}.codes"),
+            "gRPC calls retry on gRPC statuses, not HTTP codes".into(),
+        );
+    }
+    if retry.backoff.is_some_and(|b| b.is_zero()) {
+        err(format!("{at}.backoff"), "must be greater than 0".into());
+    }
+}
+
+fn check_timeouts(timeouts: &super::Timeouts, at: &str, err: &mut impl FnMut(String, String)) {
+    if let (Some(request), Some(backend)) = (timeouts.request, timeouts.backend_request)
+        && backend > request
+    {
+        err(
+            format!("{at}.backendRequest"),
+            "must not be longer than timeouts.request".into(),
+        );
+    }
+}
+
 fn check_policy(service: &Service, at: &str, err: &mut impl FnMut(String, String)) {
     let policy = &service.policy;
+    if !policy.target_refs.is_empty() {
+        err(
+            format!("{at}.targetRefs"),
+            "only a TrafficPolicy object has targetRefs; a service's policy is its own".into(),
+        );
+    }
+    if let Some(retry) = &policy.retry {
+        let kind = if service.protocol == ServiceProtocol::Grpc {
+            RouteKind::Grpc
+        } else {
+            RouteKind::Http
+        };
+        check_retry(retry, kind, &format!("{at}.retry"), err);
+        if !service.protocol.is_http() {
+            err(
+                format!("{at}.retry"),
+                "applies to HTTP and gRPC services only".into(),
+            );
+        }
+    }
+    if let Some(timeouts) = &policy.timeouts {
+        check_timeouts(timeouts, &format!("{at}.timeouts"), err);
+        if !service.protocol.is_http() {
+            err(
+                format!("{at}.timeouts"),
+                "applies to HTTP and gRPC services only".into(),
+            );
+        }
+    }
     let lb = &policy.load_balancer;
     if lb.hash_on.is_some() && !lb.policy.is_hash_based() {
         err(

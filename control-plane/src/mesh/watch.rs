@@ -1,7 +1,8 @@
-//! Following the mesh file: changes are debounced (a burst of writes is one
-//! change), a file whose bytes did not change is not re-read, and a file
-//! that fails validation is logged with its field paths and counted while
-//! the last good mesh keeps being served.
+//! Following the mesh's source (a mesh file, or a directory of Kubernetes
+//! manifests): changes are debounced (a burst of writes is one change),
+//! files whose bytes did not change are not re-read, and a source that
+//! fails validation is logged with its field paths and counted while the
+//! last good mesh keeps being served.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -10,42 +11,59 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::server::Publisher;
+use crate::server::{Publisher, Source};
 
-/// Watches `path` until the returned watcher is dropped.
+/// Watches the source until the returned watcher is dropped.
 pub fn watch(
-    path: PathBuf,
+    source: Source,
     debounce: Duration,
     publisher: Publisher,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
     let (tx, rx) = mpsc::channel(1);
-    let name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let (directory, name): (PathBuf, Option<std::ffi::OsString>) = match &source {
+        Source::MeshFile(path) => (
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            Some(
+                path.file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default(),
+            ),
+        ),
+        Source::Manifests(path) if path.is_dir() => (path.clone(), None),
+        Source::Manifests(path) => (
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            path.file_name().map(|n| n.to_os_string()),
+        ),
+    };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && remora_proxy::reload::concerns_config(&event, &name)
-        {
+        let Ok(event) = event else { return };
+        let concerns = match &name {
+            Some(name) => remora_api::watch::concerns_config(&event, name),
+            // A directory of manifests: any file in it but a mere read.
+            None => !matches!(event.kind, notify::EventKind::Access(_)),
+        };
+        if concerns {
             let _ = tx.try_send(());
         }
     })?;
-    let directory = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    watcher.watch(directory, RecursiveMode::NonRecursive)?;
-    tokio::spawn(follow(path, debounce, publisher, rx));
+    watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+    tokio::spawn(follow(source, debounce, publisher, rx));
     Ok(watcher)
 }
 
 async fn follow(
-    path: PathBuf,
+    source: Source,
     debounce: Duration,
     mut publisher: Publisher,
     mut rx: mpsc::Receiver<()>,
 ) {
-    let mut last = std::fs::read(&path).ok();
+    let mut last = source.fingerprint();
     while rx.recv().await.is_some() {
         // Quiet for `debounce` after the last event: editors write in steps.
         loop {
@@ -55,12 +73,13 @@ async fn follow(
                 Err(_) => break,
             }
         }
-        let current = std::fs::read(&path).ok();
+        let current = source.fingerprint();
         if current == last {
             continue;
         }
         last = current;
-        match super::load_file(&path, publisher.default_mtls) {
+        let path = source.path();
+        match source.load(publisher.default_mtls) {
             Ok(mesh) => {
                 let version = publisher.publish(mesh);
                 tracing::info!(version, file = %path.display(), "mesh reloaded");
@@ -72,7 +91,7 @@ async fn follow(
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     file = %path.display(),
-                    "mesh file rejected; the last good mesh stays:\n{errors}"
+                    "mesh source rejected; the last good mesh stays:\n{errors}"
                 );
             }
         }

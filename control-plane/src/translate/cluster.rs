@@ -5,7 +5,7 @@
 //! `weighted_round_robin` policy names, per-endpoint pool sizes) travel in
 //! the cluster's `metadata.filter_metadata["remora"]`, which Envoy ignores.
 
-use remora_proxy::config::{LbPolicy, StatusRange};
+use remora_api::{LbPolicy, StatusRange};
 use remora_xds_proto::cluster::{self, CircuitBreakers, Cluster, OutlierDetection};
 use remora_xds_proto::endpoint::{self, ClusterLoadAssignment};
 use remora_xds_proto::{core, protobuf, upstream_http};
@@ -148,7 +148,7 @@ fn remora_extras(service: &Service) -> Option<String> {
         extras.insert("load_balancer".into(), fields.into());
     }
     let pool = &policy.pool;
-    let defaults = remora_proxy::config::PoolConfig::default();
+    let defaults = remora_api::PoolConfig::default();
     let mut fields = serde_json::Map::new();
     if let Some(max) = pool.max_connections {
         fields.insert("max_connections".into(), max.into());
@@ -172,7 +172,7 @@ fn remora_extras(service: &Service) -> Option<String> {
 }
 
 fn format_duration(d: std::time::Duration) -> String {
-    remora_proxy::config::scalar::format_duration(d)
+    remora_api::scalar::format_duration(d)
 }
 
 fn http_options(service: &Service) -> protobuf::Any {
@@ -230,7 +230,7 @@ fn circuit_breakers(service: &Service) -> CircuitBreakers {
     }
 }
 
-fn outlier_detection(config: &remora_proxy::config::OutlierDetectionConfig) -> OutlierDetection {
+fn outlier_detection(config: &remora_api::OutlierDetectionConfig) -> OutlierDetection {
     let on = Some(u32v(100));
     let off = Some(u32v(0));
     OutlierDetection {
@@ -288,7 +288,7 @@ fn outlier_detection(config: &remora_proxy::config::OutlierDetectionConfig) -> O
     }
 }
 
-fn health_check(config: &remora_proxy::config::HealthCheckConfig) -> core::HealthCheck {
+fn health_check(config: &remora_api::HealthCheckConfig) -> core::HealthCheck {
     use core::health_check::{GrpcHealthCheck, HealthChecker, HttpHealthCheck, TcpHealthCheck};
     let checker = if let Some(http) = &config.http {
         HealthChecker::HttpHealthCheck(HttpHealthCheck {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use remora_proxy::config::MtlsMode;
+use remora_api::MtlsMode;
 use remora_xds_proto::filters::{
     http_connection_manager as hcm, local_ratelimit, router, tcp_proxy,
 };
@@ -156,12 +156,12 @@ pub fn inbound(
     service: &Service,
     inbound: &Inbound,
     sidecar: bool,
-    mtls: remora_proxy::config::MtlsMode,
+    mtls: remora_api::MtlsMode,
     tracing: Option<&MeshTracing>,
 ) -> Vec<(&'static str, Arc<Resource>)> {
     let name = format!("inbound|{}", inbound.listen);
     let mut out = Vec::new();
-    let build = |authorization: &[remora_proxy::config::AuthorizationPolicyConfig]| {
+    let build = |authorization: &[remora_api::AuthorizationPolicyConfig]| {
         let rate_limited = service.policy.rate_limit.is_some();
         let filters = if service.protocol.is_http() {
             let mut manager = http_manager(&name, &name, rate_limited);
@@ -379,9 +379,7 @@ fn inbound_routes(name: &str, service: &Service) -> RouteConfiguration {
 
 /// `requests_per_second` as a token bucket: whole rates refill once a
 /// second, slower rates one token per `1 / rate` seconds.
-pub fn token_bucket(
-    limit: &remora_proxy::config::RateLimitConfig,
-) -> local_ratelimit::LocalRateLimit {
+pub fn token_bucket(limit: &remora_api::RateLimitConfig) -> local_ratelimit::LocalRateLimit {
     let rate = limit.requests_per_second;
     let (tokens, interval) = if rate >= 1.0 {
         (

@@ -95,7 +95,7 @@ struct ServiceResources {
 
 pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
     let mtls = mesh.mtls_mode();
-    let mesh_tls = mtls != remora_proxy::config::MtlsMode::Disabled;
+    let mesh_tls = mtls != remora_api::MtlsMode::Disabled;
     let index: HashMap<(&str, &str), usize> = mesh
         .services
         .iter()

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use remora_proxy::config::{AuthorizationAction, AuthorizationPolicyConfig, ValueMatchConfig};
+use remora_api::{AuthorizationAction, AuthorizationPolicyConfig, ValueMatchConfig};
 use remora_xds_proto::filters::{http_connection_manager as hcm, http_rbac, network_rbac};
 use remora_xds_proto::listener::{Filter, filter};
 use remora_xds_proto::matcher::{

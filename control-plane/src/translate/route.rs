@@ -339,10 +339,17 @@ fn action(
     } else {
         RouteKind::Http
     };
-    let timeouts = rule.timeouts.clone().unwrap_or_default();
-    let retry_policy = match (&rule.retry, timeouts.backend_request) {
+    // A rule's own retry and timeouts, else the parent service's policy's.
+    let timeouts = rule
+        .timeouts
+        .as_ref()
+        .or(parent.policy.timeouts.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let retry = rule.retry.as_ref().or(parent.policy.retry.as_ref());
+    let retry_policy = match (retry, timeouts.backend_request) {
         (None, None) => None,
-        (retry, per_try) => Some(retry_policy(kind, retry.as_ref(), per_try)),
+        (retry, per_try) => Some(retry_policy(kind, retry, per_try)),
     };
     let hash_on = backends
         .first()
@@ -391,7 +398,7 @@ fn retry_policy(
     }
 }
 
-fn hash_policy(on: &remora_proxy::config::HashOnConfig) -> route::route_action::HashPolicy {
+fn hash_policy(on: &remora_api::HashOnConfig) -> route::route_action::HashPolicy {
     use route::route_action::hash_policy::{self, PolicySpecifier};
     let specifier = if let Some(name) = &on.header {
         PolicySpecifier::Header(hash_policy::Header {

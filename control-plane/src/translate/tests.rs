@@ -545,10 +545,7 @@ proxies:
     let remora_proxy::xds::translate::Part::Listener(part) = part else {
         panic!()
     };
-    assert_eq!(
-        part.config.mtls,
-        Some(remora_proxy::config::MtlsMode::Strict)
-    );
+    assert_eq!(part.config.mtls, Some(remora_api::MtlsMode::Strict));
 }
 
 /// `mtls: permissive`: the inbound listener has Istio's two chains (TLS
@@ -599,10 +596,7 @@ proxies:
     let remora_proxy::xds::translate::Part::Listener(part) = part else {
         panic!()
     };
-    assert_eq!(
-        part.config.mtls,
-        Some(remora_proxy::config::MtlsMode::Permissive)
-    );
+    assert_eq!(part.config.mtls, Some(remora_api::MtlsMode::Permissive));
     // Chains with different filters are not permissive mTLS: refused.
     let mut odd = inbound.clone();
     odd.filter_chains[1].filters.clear();
@@ -671,7 +665,7 @@ proxies:
         let mut expected = service.authorization.clone();
         expected.sort_by_key(|p| {
             (
-                p.action != remora_proxy::config::AuthorizationAction::Deny,
+                p.action != remora_api::AuthorizationAction::Deny,
                 p.name.clone(),
             )
         });
@@ -751,7 +745,7 @@ proxies:
     let global = limit.global.unwrap();
     assert_eq!(global.redis, "redis://10.0.0.9:6379/0");
     assert_eq!(global.bucket.as_deref(), Some("api.shop"));
-    assert_eq!(global.failure, remora_proxy::config::GlobalFailure::Closed);
+    assert_eq!(global.failure, remora_api::GlobalFailure::Closed);
     assert_eq!(global.timeout, std::time::Duration::from_millis(5));
     let e = parse_yaml(
         "services: [{name: api, port: 80, policy: {rate_limit: {requests_per_second: 1, global: {redis: 'http://x'}}}}]",
@@ -811,6 +805,77 @@ proxies:
             .to_string();
     assert!(
         e.contains("services[0].policy.cache: applies to HTTP"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_services_retry_and_timeouts_are_the_default_of_every_route_to_it() {
+    let mesh = parse_yaml(
+        "
+services:
+  - name: api
+    port: 80
+    endpoints: ['10.0.0.1:8080']
+    policy: {retry: {attempts: 4, codes: [502]}, timeouts: {request: 7s, backendRequest: 2s}}
+routes:
+  - kind: HTTPRoute
+    name: own
+    parentRefs: [{name: api}]
+    rules:
+      - matches: [{path: {value: /own}}]
+        retry: {attempts: 1}
+        timeouts: {request: 1s}
+      - matches: [{path: {value: /inherits}}]
+proxies:
+  - {node_id: web-1, outbound: [{service: api, listen: '127.0.0.1:8080'}]}
+",
+    )
+    .unwrap();
+    let t = translate(&mesh, None);
+    let routes: route::RouteConfiguration = get(&t.proxies[0], type_url::ROUTE, "api.default:80");
+    let actions: Vec<(u32, i64)> = routes.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| {
+            let Some(route::route::Action::Route(action)) = &r.action else {
+                panic!("a route action")
+            };
+            (
+                action
+                    .retry_policy
+                    .as_ref()
+                    .unwrap()
+                    .num_retries
+                    .unwrap()
+                    .value,
+                action.timeout.unwrap().seconds,
+            )
+        })
+        .collect();
+    // /inherits (the longer prefix first: two Envoy routes, exact and
+    // prefix), /own (two), then the service's default route: only /own
+    // keeps its own.
+    assert_eq!(actions, [(4, 7), (4, 7), (1, 1), (1, 1), (4, 7)]);
+    let e = parse_yaml(
+        "services: [{name: db, port: 5432, protocol: tcp, policy: {retry: {attempts: 1}, timeouts: {request: 1s, backendRequest: 2s}}}]",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "services[0].policy.retry: applies to HTTP and gRPC services only",
+        "services[0].policy.timeouts.backendRequest: must not be longer than timeouts.request",
+        "services[0].policy.timeouts: applies to HTTP and gRPC services only",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in {e}");
+    }
+    let e = parse_yaml(
+        "services: [{name: a, port: 80, policy: {targetRefs: [{kind: Service, name: a}]}}]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("services[0].policy.targetRefs: only a TrafficPolicy object has targetRefs"),
         "{e}"
     );
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use remora_proxy::identity::SpiffeId;
+use remora_api::identity::SpiffeId;
 use remora_xds_proto::core::{self, DataSource, data_source::Specifier};
 use remora_xds_proto::tls::{self, CertificateValidationContext, Secret, TlsCertificate};
 
@@ -62,7 +62,7 @@ pub struct NodeSecrets {
 
 /// A fresh key and certificate for `identity`, and the roots.
 pub fn issue(ca: &Ca, identity: &SpiffeId, lifetime: Duration) -> Result<NodeSecrets, String> {
-    let (key, csr) = remora_proxy::identity::key_and_csr(identity)?;
+    let (key, csr) = remora_api::identity::key_and_csr(identity)?;
     let signed = ca
         .sign(&csr, identity, lifetime)
         .map_err(|e| e.to_string())?;

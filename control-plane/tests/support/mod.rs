@@ -147,7 +147,7 @@ pub async fn control_plane_with_ca(
     ca: Option<Arc<remora_control_plane::ca::Ca>>,
 ) -> remora_control_plane::ControlPlane {
     remora_control_plane::ControlPlane::start(remora_control_plane::Options {
-        mesh: mesh.path.clone(),
+        source: remora_control_plane::Source::MeshFile(mesh.path.clone()),
         xds_address: "127.0.0.1:0".parse().unwrap(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
         debounce: Duration::from_millis(50),

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::network::{Http2Config, KeepaliveConfig};
-use super::resilience::{CircuitBreakersConfig, HealthCheckConfig, OutlierDetectionConfig};
-use super::{LoadBalancerConfig, scalar};
+use super::scalar::{default_true, is_default};
+use super::{
+    CircuitBreakersConfig, HealthCheckConfig, Http2Config, KeepaliveConfig, LoadBalancerConfig,
+    OutlierDetectionConfig, PoolConfig, scalar,
+};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -57,14 +59,6 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-pub(super) fn default_true() -> bool {
-    true
-}
-
-pub(super) fn is_default<T: Default + PartialEq>(value: &T) -> bool {
-    *value == T::default()
-}
-
 /// Which HTTP version the proxy speaks to the cluster's endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,55 +95,6 @@ pub struct UpstreamTlsConfig {
 
 fn is_true(value: &bool) -> bool {
     *value
-}
-
-/// Connections per endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
-    /// Connections (busy or idle) per endpoint; requests beyond wait for one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<u32>,
-    /// Idle HTTP/1.1 connections kept per endpoint.
-    #[serde(default = "default_max_idle")]
-    pub max_idle_per_endpoint: u32,
-    /// An idle connection is closed after this long (`0s`: never).
-    #[serde(default = "default_idle_timeout", with = "scalar::duration")]
-    pub idle_timeout: Duration,
-    /// A connection is retired after this many requests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests_per_connection: Option<u32>,
-    /// A connection is retired after this long, once its requests finish.
-    #[serde(
-        default,
-        with = "scalar::duration::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_connection_age: Option<Duration>,
-    /// Connections opened ahead of traffic when an endpoint appears.
-    #[serde(default)]
-    pub min_idle: u32,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        PoolConfig {
-            max_connections: None,
-            max_idle_per_endpoint: default_max_idle(),
-            idle_timeout: default_idle_timeout(),
-            max_requests_per_connection: None,
-            max_connection_age: None,
-            min_idle: 0,
-        }
-    }
-}
-
-fn default_max_idle() -> u32 {
-    1024
-}
-
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(3600)
 }
 
 /// `api.internal:8080`, or `{address: api.internal:8080, min_refresh: 1s, max_refresh: 5m}`.

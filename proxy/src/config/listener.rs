@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::cluster::{default_true, is_default};
-use super::network::{Http2Config, KeepaliveConfig};
-use super::resilience::{ConnectionRateLimitConfig, FaultConfig, RateLimitConfig, RetryConfig};
-use super::{HashOnConfig, scalar};
+use super::scalar::{default_true, is_default};
+use super::{
+    AuthorizationPolicyConfig, ConnectionRateLimitConfig, FaultConfig, HashOnConfig, Http2Config,
+    KeepaliveConfig, MtlsMode, RateLimitConfig, RetryConfig, ValueMatchConfig, scalar,
+};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -116,51 +117,6 @@ pub struct ListenerConfig {
     /// [`DEFAULT_OPAQUE_PORTS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opaque_ports: Option<Vec<u16>>,
-}
-
-/// One authorization policy. Every condition given must hold (any entry of
-/// a list); a policy with none matches every request.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthorizationPolicyConfig {
-    pub name: String,
-    pub action: AuthorizationAction,
-    /// Peer identities: a SPIFFE ID, `spiffe://DOMAIN/ns/NAMESPACE/*` for a
-    /// whole namespace, or `*` for any authenticated peer. A peer without
-    /// an identity (plaintext) matches none.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub from: Vec<String>,
-    /// Destination ports (the original destination's for captured traffic).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<u16>,
-    /// HTTP: exact paths, or prefixes ending in `*` (`/api/*`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub paths: Vec<String>,
-    /// HTTP methods.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// HTTP headers, each of which must match.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<ValueMatchConfig>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthorizationAction {
-    Allow,
-    Deny,
-}
-
-/// What a listener takes from peers in the mesh.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MtlsMode {
-    /// Only mutual TLS with a certificate of the mesh's trust bundle.
-    Strict,
-    /// Mutual TLS when the client starts a handshake, plaintext otherwise.
-    Permissive,
-    #[default]
-    Disabled,
 }
 
 /// A listener's TLS: its certificate and key, read at start and on every
@@ -340,20 +296,6 @@ pub struct MatchConfig {
     pub headers: Vec<ValueMatchConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<ValueMatchConfig>,
-}
-
-/// A header or query parameter condition: exactly one of `exact`, `regex`, `present`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ValueMatchConfig {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-    /// `true`: must be present (any value); `false`: must be absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub present: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

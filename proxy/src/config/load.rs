@@ -5,33 +5,12 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 
-use serde::Deserialize;
-
-use super::{Config, ConfigErrors, scalar};
+use super::{Config, ConfigErrors, parse_yaml_as, scalar};
 
 /// Parses YAML into a [`Config`]. An error names the field path and the
 /// line and column, e.g. `listeners[0].routes[0].bogus: unknown field ...`.
 pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
     parse_yaml_as(text)
-}
-
-/// Parses YAML into any `T` with the same field-path errors (the control
-/// plane's mesh file uses it too). Empty text is an empty map.
-pub fn parse_yaml_as<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ConfigErrors> {
-    let text = if text.trim().is_empty() { "{}" } else { text };
-    let mut path = String::new();
-    serde_saphyr::with_deserializer_from_str(text, |de| {
-        let mut track = serde_path_to_error::Track::new();
-        let result = T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
-        if result.is_err() {
-            path = track.path().to_string();
-        }
-        result
-    })
-    .map_err(|error| {
-        let path = if path == "." { String::new() } else { path };
-        ConfigErrors::one(path, error.without_snippet().to_string())
-    })
 }
 
 /// Reads and parses a config file.

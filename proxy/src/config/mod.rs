@@ -5,15 +5,9 @@
 //! [`Snapshot`](crate::snapshot::Snapshot), which is also where every error gets
 //! its field path. The data path never reads these types.
 
-mod balancer;
-mod cache;
 mod cluster;
-mod error;
 mod listener;
 mod load;
-mod network;
-mod resilience;
-pub mod scalar;
 mod tracing;
 
 use std::net::SocketAddr;
@@ -22,29 +16,28 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use balancer::{HashCookieConfig, HashOnConfig, LbPolicy, LoadBalancerConfig, SlowStartConfig};
-pub use cache::{CacheConfig, CacheKeyConfig};
 pub use cluster::{
-    ClusterConfig, ClusterMtlsConfig, DnsConfig, EndpointConfig, PoolConfig, UpstreamProtocol,
+    ClusterConfig, ClusterMtlsConfig, DnsConfig, EndpointConfig, UpstreamProtocol,
     UpstreamTlsConfig,
 };
-pub use error::{ConfigError, ConfigErrors};
 pub use listener::{
-    AuthorizationAction, AuthorizationPolicyConfig, BackendRef, DEFAULT_DETECT_TIMEOUT,
-    DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction, HeaderEditsConfig, HeaderValueConfig,
-    ListenerConfig, ListenerProtocol, ListenerTlsConfig, MatchConfig, MtlsMode, RouteConfig,
-    Unmatched, ValueMatchConfig,
+    BackendRef, DEFAULT_DETECT_TIMEOUT, DEFAULT_OPAQUE_PORTS, DirectResponseConfig, Direction,
+    HeaderEditsConfig, HeaderValueConfig, ListenerConfig, ListenerProtocol, ListenerTlsConfig,
+    MatchConfig, RouteConfig, Unmatched,
 };
-pub use load::{EnvOverrides, load_file, parse_yaml, parse_yaml_as};
+pub use load::{EnvOverrides, load_file, parse_yaml};
 pub use tracing::{OtlpConfig, OtlpProtocol, Propagation, TracingConfig};
-
-pub use network::{Http2Config, Http2KeepaliveConfig, KeepaliveConfig, TcpKeepaliveConfig};
-pub use resilience::{
-    AdaptiveConcurrencyConfig, BackoffConfig, BudgetConfig, CircuitBreakersConfig,
+// The policy types every config source shares (docs/configuration.md).
+pub use remora_api::{
+    AdaptiveConcurrencyConfig, AuthorizationAction, AuthorizationPolicyConfig, BackoffConfig,
+    BudgetConfig, CacheConfig, CacheKeyConfig, CircuitBreakersConfig, ConfigError, ConfigErrors,
     ConnectionRateLimitConfig, FailurePercentageConfig, FaultAbortConfig, FaultConfig,
     FaultDelayConfig, GlobalFailure, GlobalRateLimitConfig, GrpcHealthCheckConfig,
-    HealthCheckConfig, HttpHealthCheckConfig, OutlierDetectionConfig, RateLimitConfig, RetryConfig,
-    RetryOn, StatusRange, SuccessRateConfig, TcpHealthCheckConfig,
+    HashCookieConfig, HashOnConfig, HealthCheckConfig, Http2Config, Http2KeepaliveConfig,
+    HttpHealthCheckConfig, KeepaliveConfig, LbPolicy, LoadBalancerConfig, MtlsMode,
+    OutlierDetectionConfig, PoolConfig, RateLimitConfig, RetryConfig, RetryOn, SlowStartConfig,
+    StatusRange, SuccessRateConfig, TcpHealthCheckConfig, TcpKeepaliveConfig, ValueMatchConfig,
+    parse_yaml_as, scalar,
 };
 
 /// The whole file.

@@ -2,10 +2,9 @@
 //! configured) the certificate the mesh's CA signs for it.
 
 mod renew;
-mod spiffe;
 
+pub use remora_api::identity::{DEFAULT_TRUST_DOMAIN, SpiffeId};
 pub use renew::{Credentials, IdentityState, IdentityView, check, key_and_csr, spawn};
-pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

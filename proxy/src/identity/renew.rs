@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use metrics::{Counter, Gauge};
-use rcgen::{CertificateParams, KeyPair, SanType};
+use rcgen::KeyPair;
 use remora_xds_proto::ca::SignRequest;
 use remora_xds_proto::ca::certificate_service_client::CertificateServiceClient;
 use serde::Serialize;
@@ -22,6 +22,7 @@ use x509_parser::prelude::{GeneralName, parse_x509_certificate};
 use super::{SpiffeId, token_identity};
 use crate::config::{ConfigError, IdentityConfig};
 use crate::telemetry::{self, Telemetry};
+pub use remora_api::identity::key_and_csr;
 
 /// The first retry after a failure; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -206,21 +207,6 @@ fn jitter() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     0.5 + 0.3 * (f64::from(nanos % 1_000_000) / 1_000_000.0)
-}
-
-/// A new P-256 key and a CSR (PEM) for `id` alone (a URI SAN).
-pub fn key_and_csr(id: &SpiffeId) -> Result<(KeyPair, String), String> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| format!("cannot generate a key: {e}"))?;
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(
-        id.uri().try_into().map_err(|e| format!("{e}"))?,
-    )];
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(|e| format!("cannot make the CSR: {e}"))?;
-    Ok((key, csr))
 }
 
 /// One round: a new key, a CSR, the CA's answer, checked.

@@ -56,6 +56,7 @@ pub(super) fn rules(
         // An ALLOW filter without policies allows nothing.
         out.push(AuthorizationPolicyConfig {
             name: "rbac-allows-nothing".into(),
+            target_refs: Vec::new(),
             action: AuthorizationAction::Deny,
             from: Vec::new(),
             ports: Vec::new(),
@@ -85,6 +86,7 @@ pub(super) fn rules(
         }
         for (i, p) in policy.permissions.iter().enumerate() {
             let mut config = AuthorizationPolicyConfig {
+                target_refs: Vec::new(),
                 name: if i == 0 {
                     name.clone()
                 } else {

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, scalar};
+use crate::{ConfigError, scalar};
 
 /// `keepalive: {tcp: {...}, http2: {...}}`; each part is off unless given.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepaliveConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -18,13 +19,15 @@ pub struct KeepaliveConfig {
 }
 
 /// TCP keepalive probes (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpKeepaliveConfig {
     /// Idle time before the first probe.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_tcp_time", with = "scalar::duration")]
     pub time: Duration,
     /// Time between probes.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_tcp_interval", with = "scalar::duration")]
     pub interval: Duration,
     /// Unanswered probes before the connection is dropped.
@@ -45,11 +48,13 @@ fn default_tcp_probes() -> u32 {
 }
 
 /// HTTP/2 PING: sent every `interval`; no answer within `timeout` closes the connection.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http2KeepaliveConfig {
+    #[schemars(with = "scalar::DurationText")]
     #[serde(with = "scalar::duration")]
     pub interval: Duration,
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_ping_timeout", with = "scalar::duration")]
     pub timeout: Duration,
 }
@@ -59,7 +64,7 @@ fn default_ping_timeout() -> Duration {
 }
 
 /// HTTP/2 settings this side advertises and obeys.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http2Config {
     /// Streams at once on one connection.

@@ -99,6 +99,22 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
 }
 
+#[cfg(feature = "csr")]
+/// A new P-256 key and a CSR (PEM) for `id` alone (a URI SAN).
+pub fn key_and_csr(id: &SpiffeId) -> Result<(rcgen::KeyPair, String), String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate a key: {e}"))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        id.uri().try_into().map_err(|e| format!("{e}"))?,
+    )];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| format!("cannot make the CSR: {e}"))?;
+    Ok((key, csr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

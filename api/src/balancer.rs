@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::scalar;
+use crate::scalar;
 
 /// `load_balancer:` on a cluster. Parameters that do not belong to the
 /// chosen policy are rejected when the config is compiled.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancerConfig {
     #[serde(default)]
@@ -18,6 +19,7 @@ pub struct LoadBalancerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choice_count: Option<u32>,
     /// `peak_ewma`: how fast old latency observations fade.
+    #[schemars(with = "Option<scalar::DurationText>")]
     #[serde(
         default,
         with = "scalar::duration::option",
@@ -25,6 +27,7 @@ pub struct LoadBalancerConfig {
     )]
     pub decay: Option<Duration>,
     /// `peak_ewma`: the latency assumed for an endpoint not yet observed.
+    #[schemars(with = "Option<scalar::DurationText>")]
     #[serde(
         default,
         with = "scalar::duration::option",
@@ -72,7 +75,7 @@ fn default_panic_threshold() -> u32 {
     50
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     /// Each endpoint in turn; an endpoint of weight w gets w turns per cycle, interleaved.
@@ -112,7 +115,7 @@ impl LbPolicy {
 
 /// Exactly one of: `{header: NAME}`, `{cookie: {name, ttl, path}}`,
 /// `{source_ip: true}`, `{query: NAME}`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HashOnConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,11 +129,12 @@ pub struct HashOnConfig {
 }
 
 /// Hash on a cookie; with `ttl`, a client without the cookie gets one, so it sticks.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HashCookieConfig {
     pub name: String,
     /// Set the cookie when absent, with this `Max-Age` (`0s`: a session cookie).
+    #[schemars(with = "Option<scalar::DurationText>")]
     #[serde(
         default,
         with = "scalar::duration::option",
@@ -143,9 +147,10 @@ pub struct HashCookieConfig {
 
 /// A new endpoint's share grows from `min_weight_percent` to full over
 /// `window`, as (elapsed / window)^(1 / aggression).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlowStartConfig {
+    #[schemars(with = "scalar::DurationText")]
     #[serde(with = "scalar::duration")]
     pub window: Duration,
     #[serde(default = "default_aggression")]

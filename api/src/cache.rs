@@ -3,18 +3,19 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
-use super::cluster::{default_true, is_default};
-use super::scalar;
+use crate::ConfigError;
+use crate::scalar::{self, default_true, is_default};
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// The longest an entry is fresh; a response's own `max-age`,
     /// `s-maxage` or `Expires` may make it shorter, never longer. A response
     /// without any is fresh for `ttl`.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_ttl", with = "scalar::duration")]
     pub ttl: Duration,
     /// Entries kept at most (least recently used evicted first).
@@ -49,14 +50,17 @@ pub struct CacheConfig {
     pub honor_cache_control: bool,
     /// How long past its freshness an entry may still answer when the
     /// upstream fails (5xx, no endpoint, timeout); `0s`: never.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default, with = "scalar::duration", skip_serializing_if = "is_zero")]
     pub stale_if_error: Duration,
     /// How long past its freshness an entry may still answer at once while
     /// one background request refreshes it; `0s`: never.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default, with = "scalar::duration", skip_serializing_if = "is_zero")]
     pub stale_while_revalidate: Duration,
     /// Concurrent misses for one key wait this long for the first one's
     /// response, then go upstream themselves.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_collapse_timeout", with = "scalar::duration")]
     pub collapse_timeout: Duration,
     /// The response header that says `hit`, `miss`, `stale` or `bypass`;
@@ -66,7 +70,7 @@ pub struct CacheConfig {
 }
 
 /// What, beyond the method class, authority and path, tells entries apart.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheKeyConfig {
     /// Request headers (or gRPC metadata) whose values are part of the key.

@@ -54,6 +54,42 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{millis}ms")
 }
 
+/// The schema of a duration field (`#[schemars(with = "scalar::DurationText")]`):
+/// a string that [`parse_duration`] reads, with a pattern the Kubernetes
+/// API server checks before the control plane sees the object.
+pub struct DurationText;
+
+/// What [`DurationText`] matches: `0`, or a whole number and a unit.
+pub const DURATION_PATTERN: &str = "^(0|[0-9]+(ms|s|m|h))$";
+
+impl schemars::JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": "A whole number and a unit (ms, s, m or h), such as 250ms, 2s or 1m.",
+        })
+    }
+}
+
+/// `#[serde(default = "scalar::default_true")]`
+pub fn default_true() -> bool {
+    true
+}
+
+/// `#[serde(skip_serializing_if = "scalar::is_default")]`
+pub fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// Parses `IP:PORT` (IPv6 in brackets). Host names are refused with a hint.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::scalar;
+use crate::scalar;
 
 /// `retry:` on a route.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Retries after the first try (as in Istio and the Gateway API).
@@ -20,6 +21,7 @@ pub struct RetryConfig {
     #[serde(default = "default_retriable_status_codes")]
     pub retriable_status_codes: Vec<u16>,
     /// Bounds each try until its response headers.
+    #[schemars(with = "Option<scalar::DurationText>")]
     #[serde(
         default,
         with = "scalar::duration::option",
@@ -61,7 +63,7 @@ fn default_buffer_limit() -> u64 {
 }
 
 /// The conditions a try is retried on (Envoy's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryOn {
     /// Any 5xx, and no response at all (connect failure, reset, per-try timeout).
@@ -89,11 +91,13 @@ pub enum RetryOn {
     Unavailable,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_backoff_base", with = "scalar::duration")]
     pub base: Duration,
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_backoff_max", with = "scalar::duration")]
     pub max: Duration,
 }
@@ -117,7 +121,7 @@ fn default_backoff_max() -> Duration {
 
 /// Retries may add at most `percent` of the requests of the last 10 s, plus
 /// `min_per_second` (as Linkerd's and Finagle's retry budgets).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     #[serde(default = "default_budget_percent")]
@@ -146,10 +150,11 @@ fn default_budget_min() -> u32 {
 /// `adaptive_concurrency:` on a cluster: a concurrency limit that follows
 /// the upstream's latency (Envoy's gradient controller; docs/resilience.md).
 /// `{}` takes every default.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveConcurrencyConfig {
     /// How often the limit is recomputed from the latencies of the window.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_sample_interval", with = "scalar::duration")]
     pub sample_interval: Duration,
     /// Which percentile of a window's (and a minRTT measurement's)
@@ -157,6 +162,7 @@ pub struct AdaptiveConcurrencyConfig {
     #[serde(default = "default_percentile")]
     pub percentile: f64,
     /// How often the ideal latency (minRTT) is measured again.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_min_rtt_interval", with = "scalar::duration")]
     pub min_rtt_interval: Duration,
     /// Requests a minRTT measurement takes.
@@ -176,6 +182,7 @@ pub struct AdaptiveConcurrencyConfig {
     pub buffer: f64,
     /// A fixed minRTT instead of measuring it (the limit never drops to
     /// `min_concurrency` to measure).
+    #[schemars(with = "Option<scalar::DurationText>")]
     #[serde(
         default,
         with = "scalar::duration::option",
@@ -211,12 +218,9 @@ fn default_buffer() -> f64 {
 
 impl AdaptiveConcurrencyConfig {
     /// Errors by field under `at`.
-    pub fn check(&self, at: &str, errors: &mut Vec<crate::config::ConfigError>) {
+    pub fn check(&self, at: &str, errors: &mut Vec<crate::ConfigError>) {
         let mut err = |field: &str, message: String| {
-            errors.push(crate::config::ConfigError::new(
-                format!("{at}.{field}"),
-                message,
-            ))
+            errors.push(crate::ConfigError::new(format!("{at}.{field}"), message))
         };
         if self.sample_interval < Duration::from_millis(1) {
             err("sample_interval", "must be at least 1ms".into());
@@ -262,7 +266,7 @@ impl AdaptiveConcurrencyConfig {
 
 /// `outlier_detection:` on a cluster. Detectors left out are off, except
 /// `consecutive_5xx`, which defaults to 5 (`0` turns it off).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionConfig {
     #[serde(default = "default_consecutive_5xx")]
@@ -275,10 +279,13 @@ pub struct OutlierDetectionConfig {
     pub success_rate: Option<SuccessRateConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_percentage: Option<FailurePercentageConfig>,
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_outlier_interval", with = "scalar::duration")]
     pub interval: Duration,
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_base_ejection", with = "scalar::duration")]
     pub base_ejection_time: Duration,
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_max_ejection", with = "scalar::duration")]
     pub max_ejection_time: Duration,
     #[serde(default = "default_max_ejection_percent")]
@@ -307,7 +314,7 @@ fn default_max_ejection_percent() -> u32 {
 
 /// Ejects endpoints whose success rate in an interval is more than
 /// `stdev_factor` standard deviations below the cluster's mean.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuccessRateConfig {
     #[serde(default = "default_sr_hosts")]
@@ -331,7 +338,7 @@ fn default_stdev_factor() -> f64 {
 }
 
 /// Ejects endpoints whose failure percentage in an interval reaches `threshold`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailurePercentageConfig {
     #[serde(default = "default_fp_threshold")]
@@ -352,7 +359,7 @@ fn default_fp_volume() -> u32 {
 
 /// `circuit_breakers:` on a cluster; each limit is off unless set. Over a
 /// limit, a request gets 503 at once with `x-remora-overloaded: true`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakersConfig {
     /// Connections to all the cluster's endpoints together.
@@ -370,7 +377,7 @@ pub struct CircuitBreakersConfig {
 }
 
 /// `health_check:` on a cluster: exactly one of `http`, `grpc`, `tcp`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -379,12 +386,15 @@ pub struct HealthCheckConfig {
     pub grpc: Option<GrpcHealthCheckConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpHealthCheckConfig>,
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_hc_interval", with = "scalar::duration")]
     pub interval: Duration,
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_hc_timeout", with = "scalar::duration")]
     pub timeout: Duration,
     /// Up to this much is added to each interval at random, so checks from
     /// many proxies do not arrive together.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_hc_jitter", with = "scalar::duration")]
     pub jitter: Duration,
     #[serde(default = "default_unhealthy_threshold")]
@@ -413,7 +423,7 @@ fn default_healthy_threshold() -> u32 {
     2
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpHealthCheckConfig {
     pub path: String,
@@ -431,6 +441,23 @@ pub struct HttpHealthCheckConfig {
 pub enum StatusRange {
     Code(u16),
     Range(String),
+}
+
+/// An integer or a string, as Kubernetes' `IntOrString`.
+impl JsonSchema for StatusRange {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StatusRange".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for StatusRange {
@@ -457,7 +484,7 @@ impl<'de> Deserialize<'de> for StatusRange {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcHealthCheckConfig {
     /// The service name sent in `grpc.health.v1.HealthCheckRequest` ("" = the whole server).
@@ -465,12 +492,12 @@ pub struct GrpcHealthCheckConfig {
     pub service: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpHealthCheckConfig {}
 
 /// `rate_limit:` on a route or an HTTP listener: a token bucket per key.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub requests_per_second: f64,
@@ -488,12 +515,13 @@ pub struct RateLimitConfig {
 
 /// `rate_limit.global:` the limit's buckets in Redis, shared by every proxy
 /// with the same listener (and route) names.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRateLimitConfig {
     /// `redis://HOST:PORT/DB` (`rediss://` for TLS is not built).
     pub redis: String,
     /// How long a request may wait for Redis before the `failure` verdict.
+    #[schemars(with = "scalar::DurationText")]
     #[serde(default = "default_global_timeout", with = "scalar::duration")]
     pub timeout: Duration,
     /// When Redis cannot be asked: `open` admits (the local limit still
@@ -506,7 +534,7 @@ pub struct GlobalRateLimitConfig {
     pub bucket: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GlobalFailure {
     #[default]
@@ -523,7 +551,7 @@ fn default_rate_key() -> String {
 }
 
 /// `connection_rate_limit:` on a listener: new connections per second.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionRateLimitConfig {
     pub connections_per_second: f64,
@@ -532,7 +560,7 @@ pub struct ConnectionRateLimitConfig {
 }
 
 /// `fault:` on a route, for chaos testing.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -541,9 +569,10 @@ pub struct FaultConfig {
     pub abort: Option<FaultAbortConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelayConfig {
+    #[schemars(with = "scalar::DurationText")]
     #[serde(with = "scalar::duration")]
     pub duration: Duration,
     #[serde(default = "default_fault_percent")]
@@ -551,7 +580,7 @@ pub struct FaultDelayConfig {
 }
 
 /// Exactly one of `status` (HTTP) and `grpc_status`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbortConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
