@@ -82,15 +82,20 @@ struct SourceFlags {
     /// TrafficPolicies, AuthorizationPolicies).
     #[arg(long, env = "REMORA_MANIFESTS")]
     manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API server (in-cluster service account, else
+    /// KUBECONFIG): serve only.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 impl SourceFlags {
-    fn source(self) -> remora_control_plane::Source {
+    /// The file source; `None` for `--kubernetes`.
+    fn file_source(&self) -> Option<remora_control_plane::Source> {
         use remora_control_plane::Source;
-        match (self.mesh, self.manifests) {
-            (Some(mesh), _) => Source::MeshFile(mesh),
-            (None, Some(manifests)) => Source::Manifests(manifests),
-            (None, None) => unreachable!("clap requires one of --mesh and --manifests"),
+        match (&self.mesh, &self.manifests) {
+            (Some(mesh), _) => Some(Source::MeshFile(mesh.clone())),
+            (None, Some(manifests)) => Some(Source::Manifests(manifests.clone())),
+            (None, None) => None,
         }
     }
 }
@@ -130,6 +135,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The one crypto provider (tonic, kube and the CA all use rustls).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => {
@@ -137,12 +144,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { source, with_ca } => {
+            let Some(source) = source.file_source() else {
+                anyhow::bail!(
+                    "check reads files: --mesh FILE or --manifests DIR (export the cluster's objects with kubectl get -o yaml)"
+                );
+            };
             let default_mtls = if with_ca {
                 MtlsMode::Strict
             } else {
                 MtlsMode::Disabled
             };
-            let source = source.source();
             let path = source.path().display().to_string();
             let (mesh, rejected) = match &source {
                 remora_control_plane::Source::MeshFile(file) => {
@@ -171,6 +182,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     (mesh, rejected)
                 }
+                remora_control_plane::Source::Kubernetes(_) => unreachable!("a file source"),
             };
             let translation = remora_control_plane::translate::translate(&mesh, None);
             for (entry, resources) in mesh.proxies.iter().zip(&translation.proxies) {
@@ -239,18 +251,29 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let source = source.source();
+            let file_source = source.file_source();
             let ca = match ca.source() {
                 Some(ca_source) => {
-                    let trust_domain = source
-                        .load(MtlsMode::Strict)
+                    let trust_domain = file_source
+                        .as_ref()
+                        .and_then(|source| source.load(MtlsMode::Strict).ok())
                         .map(|m| m.trust_domain)
-                        .unwrap_or_else(|_| remora_api::identity::DEFAULT_TRUST_DOMAIN.into());
+                        .unwrap_or_else(|| remora_api::identity::DEFAULT_TRUST_DOMAIN.into());
                     Some(std::sync::Arc::new(ca_source.open(&trust_domain)?))
                 }
                 None => None,
             };
             runtime.block_on(async move {
+                let source = match file_source {
+                    Some(source) => source,
+                    None => remora_control_plane::Source::Kubernetes(
+                        kube::Client::try_default().await.map_err(|e| {
+                            anyhow::anyhow!(
+                                "--kubernetes: no Kubernetes API server to talk to (in-cluster service account or KUBECONFIG): {e}"
+                            )
+                        })?,
+                    ),
+                };
                 let _control_plane =
                     remora_control_plane::ControlPlane::start(remora_control_plane::Options {
                         source,

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub mesh_version: AtomicU64,
+    /// The source (a Kubernetes API server) is not answering, or not yet
+    /// listed: the last mesh is served, and `/ready` says 503.
+    pub source_out_of_sync: std::sync::atomic::AtomicBool,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -114,6 +117,16 @@ impl Metrics {
             out,
             "remora_cp_mesh_reloads_total{{result=\"rejected\"}} {}",
             get(&self.reloads_failed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP remora_cp_source_in_sync 1 when the mesh's source answers and is fully read (a Kubernetes API server: every kind listed and watched)."
+        );
+        let _ = writeln!(out, "# TYPE remora_cp_source_in_sync gauge");
+        let _ = writeln!(
+            out,
+            "remora_cp_source_in_sync {}",
+            u8::from(!self.source_out_of_sync.load(Ordering::Relaxed))
         );
         let _ = writeln!(
             out,

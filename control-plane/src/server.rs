@@ -35,16 +35,35 @@ pub struct Options {
 
 /// Where the mesh comes from: a mesh file, or Kubernetes manifests (a
 /// file or a directory of them).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Source {
     MeshFile(PathBuf),
     Manifests(PathBuf),
+    /// A Kubernetes API server, watched (docs/kubernetes.md).
+    Kubernetes(kube::Client),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl Source {
+    /// `mesh file F`, `manifests F`, `the Kubernetes API server`.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::MeshFile(path) => format!("mesh file {}", path.display()),
+            Source::Manifests(path) => format!("manifests {}", path.display()),
+            Source::Kubernetes(_) => "the Kubernetes API server".to_string(),
+        }
+    }
+
+    /// The file or directory a file source reads.
     pub fn path(&self) -> &std::path::Path {
         match self {
             Source::MeshFile(path) | Source::Manifests(path) => path,
+            Source::Kubernetes(_) => std::path::Path::new(""),
         }
     }
 
@@ -52,6 +71,10 @@ impl Source {
     /// invalid are logged with their field paths and left out.
     pub fn load(&self, default_mtls: MtlsMode) -> Result<mesh::Mesh, remora_api::ConfigErrors> {
         match self {
+            Source::Kubernetes(_) => Err(remora_api::ConfigErrors::one(
+                "",
+                "the Kubernetes source is watched, not loaded",
+            )),
             Source::MeshFile(path) => mesh::load_file(path, default_mtls),
             Source::Manifests(path) => {
                 let settings = crate::k8s::Settings {
@@ -71,6 +94,7 @@ impl Source {
     /// touch.
     pub fn fingerprint(&self) -> Option<Vec<u8>> {
         match self {
+            Source::Kubernetes(_) => None,
             Source::MeshFile(path) => std::fs::read(path).ok(),
             Source::Manifests(path) => {
                 let mut bytes = Vec::new();
@@ -135,7 +159,11 @@ pub struct ControlPlane {
     pub admin_address: SocketAddr,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Option<notify::RecommendedWatcher>,
+    /// The Kubernetes watchers, with the source `Kubernetes`.
+    pub kubernetes: Option<crate::k8s::watch::KubeWatch>,
+    /// The mesh served now.
+    pub state: watch::Receiver<Arc<MeshState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -150,17 +178,20 @@ impl ControlPlane {
         } else {
             MtlsMode::Disabled
         };
-        let mesh = options.source.load(default_mtls).map_err(|errors| {
-            anyhow::anyhow!(
-                "invalid mesh {}:\n{errors}",
-                options.source.path().display()
-            )
-        })?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::default());
         let (mut publisher, state) = Publisher::new(metrics.clone());
+        let current = state.clone();
         publisher.default_mtls = default_mtls;
-        publisher.publish(mesh);
+        if let Source::Kubernetes(_) = &options.source {
+            // Not ready, and nothing served, until every kind is listed.
+            metrics.source_out_of_sync.store(true, Ordering::Release);
+        } else {
+            let mesh = options.source.load(default_mtls).map_err(|errors| {
+                anyhow::anyhow!("invalid {}:\n{errors}", options.source.describe())
+            })?;
+            publisher.publish(mesh);
+        }
 
         let xds = TcpListener::bind(options.xds_address).await.map_err(|e| {
             anyhow::anyhow!(
@@ -211,17 +242,34 @@ impl ControlPlane {
             registry.clone(),
             metrics.clone(),
         ));
-        let watcher = mesh::watch::watch(options.source.clone(), options.debounce, publisher)
-            .map_err(|e| {
-                anyhow::anyhow!("cannot watch {}: {e}", options.source.path().display())
-            })?;
-        tracing::info!(%xds_address, %admin_address, source = %options.source.path().display(), "control plane serving");
+        let (watcher, kubernetes) = match &options.source {
+            Source::Kubernetes(client) => {
+                let settings = crate::k8s::Settings {
+                    mtls: default_mtls,
+                    ..Default::default()
+                };
+                let kube_watch =
+                    crate::k8s::watch::start(client.clone(), settings, options.debounce, publisher);
+                (None, Some(kube_watch))
+            }
+            _ => {
+                let watcher =
+                    mesh::watch::watch(options.source.clone(), options.debounce, publisher)
+                        .map_err(|e| {
+                            anyhow::anyhow!("cannot watch {}: {e}", options.source.describe())
+                        })?;
+                (Some(watcher), None)
+            }
+        };
+        tracing::info!(%xds_address, %admin_address, source = %options.source.describe(), "control plane serving");
         Ok(ControlPlane {
             xds_address,
             admin_address,
             registry,
             metrics,
             _watcher: watcher,
+            kubernetes,
+            state: current,
             tasks: vec![grpc, admin_task],
         })
     }

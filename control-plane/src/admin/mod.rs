@@ -64,7 +64,16 @@ fn respond(
     match request.uri().path() {
         "/ready" => {
             let version = state.borrow().version;
-            if version > 0 {
+            if metrics
+                .source_out_of_sync
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("the mesh's source is not in sync; serving mesh version {version}\n"),
+                )
+            } else if version > 0 {
                 reply(
                     StatusCode::OK,
                     "text/plain",

@@ -10,6 +10,7 @@
 
 pub mod manifests;
 mod objects;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

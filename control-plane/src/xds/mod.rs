@@ -315,6 +315,14 @@ async fn drive<S: AdsStream>(
             .await;
         return;
     };
+    // Nothing is answered before the first mesh: an empty answer would
+    // wipe a proxy's last configuration (a control plane that restarted
+    // and has not read the cluster yet).
+    while shared.state.borrow().version == 0 {
+        if shared.state.changed().await.is_err() {
+            return;
+        }
+    }
     let state = shared.state.borrow_and_update().clone();
     let (resources, entry) = state.resources_for(&node_id);
     if entry.is_none() {

@@ -1,0 +1,233 @@
+//! `serve --kubernetes` against a fake API server that speaks list and
+//! watch with resource versions, bookmarks and 410 Gone: the initial sync,
+//! objects added, modified and deleted, a watch restarted after 410, and a
+//! 30 s outage during which the last mesh keeps being served and the
+//! control plane says it is not ready.
+
+mod support;
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiserver::*;
+use remora_control_plane::ControlPlane;
+use remora_control_plane::mesh::Mesh;
+use serde_json::{Value, json};
+use support::{admin, eventually};
+
+fn service(name: &str, ip: &str, port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"clusterIP": ip, "selector": {"app": name},
+                    "ports": [{"name": "http", "port": port, "targetPort": port}]}})
+}
+
+fn slice(service: &str, addresses: &[&str], port: u16) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{service}-1"), "namespace": "shop",
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": port}],
+           "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>()})
+}
+
+fn pod(name: &str, app: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+           "spec": {"serviceAccountName": app,
+                    "initContainers": [{"name": "remora-proxy", "image": "proxy:1", "restartPolicy": "Always"}],
+                    "containers": [{"name": app, "image": "app:1"}]},
+           "status": {"phase": "Running", "podIP": ip}})
+}
+
+/// Every collection but the Gateway API's (as a cluster without its CRDs).
+async fn api_server() -> FakeApiServer {
+    let api = FakeApiServer::start(&[
+        SERVICES,
+        PODS,
+        ENDPOINT_SLICES,
+        TRAFFIC_POLICIES,
+        AUTHORIZATION_POLICIES,
+    ])
+    .await;
+    api.apply(SERVICES, service("web", "10.96.0.10", 80));
+    api.apply(SERVICES, service("reviews", "10.96.0.20", 9080));
+    api.apply(ENDPOINT_SLICES, slice("web", &["10.1.0.10"], 80));
+    api.apply(ENDPOINT_SLICES, slice("reviews", &["10.1.0.11"], 9080));
+    api.apply(PODS, pod("web-0", "web", "10.1.0.10"));
+    api
+}
+
+async fn control_plane(api: &FakeApiServer) -> ControlPlane {
+    ControlPlane::start(remora_control_plane::Options {
+        source: remora_control_plane::Source::Kubernetes(api.client()),
+        xds_address: "127.0.0.1:0".parse().unwrap(),
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        debounce: Duration::from_millis(50),
+        ca: None,
+        cert_lifetime: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap()
+}
+
+fn mesh(cp: &ControlPlane) -> Arc<Mesh> {
+    cp.state.borrow().mesh.clone()
+}
+
+fn services(cp: &ControlPlane) -> Vec<String> {
+    mesh(cp).services.iter().map(|s| s.key()).collect()
+}
+
+fn endpoints(cp: &ControlPlane, name: &str) -> Vec<String> {
+    mesh(cp)
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.endpoints.iter().map(|e| e.address.to_string()).collect())
+        .unwrap_or_default()
+}
+
+async fn ready(cp: &ControlPlane) -> bool {
+    admin(cp.admin_address, "/ready").await.0 == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_then_objects_added_modified_and_deleted() {
+    let api = api_server().await;
+    let cp = control_plane(&api).await;
+    eventually("the initial sync", 20, || async { ready(&cp).await }).await;
+    assert_eq!(services(&cp), ["reviews.shop", "web.shop"]);
+    assert_eq!(mesh(&cp).proxies[0].node_id, "web-0.shop");
+    // The Gateway API is not installed: its kinds count as empty.
+    let states = cp.kubernetes.as_ref().unwrap().states();
+    assert!(
+        states.iter().any(|(kind, state)| kind == "HTTPRoute"
+            && *state == remora_control_plane::k8s::watch::KindState::Absent),
+        "{states:?}"
+    );
+
+    // Added.
+    api.apply(SERVICES, service("ratings", "10.96.0.30", 9080));
+    eventually("a new Service", 10, || async {
+        services(&cp).contains(&"ratings.shop".to_string())
+    })
+    .await;
+    // Modified.
+    api.apply(
+        ENDPOINT_SLICES,
+        slice("reviews", &["10.1.0.11", "10.1.0.12"], 9080),
+    );
+    eventually("a new endpoint", 10, || async {
+        endpoints(&cp, "reviews") == ["10.1.0.11:9080", "10.1.0.12:9080"]
+    })
+    .await;
+    // A policy: applied; a malformed one: reported, the rest untouched.
+    api.apply(
+        TRAFFIC_POLICIES,
+        json!({"apiVersion": "remora.dev/v1alpha1", "kind": "TrafficPolicy",
+               "metadata": {"name": "reviews", "namespace": "shop"},
+               "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                        "load_balancer": {"policy": "least_request"}}}),
+    );
+    api.apply(
+        TRAFFIC_POLICIES,
+        json!({"apiVersion": "remora.dev/v1alpha1", "kind": "TrafficPolicy",
+               "metadata": {"name": "broken", "namespace": "shop"},
+               "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                        "load_balancer": {"policy": "fastest"}}}),
+    );
+    eventually("the policy applied", 10, || async {
+        mesh(&cp)
+            .services
+            .iter()
+            .any(|s| s.name == "reviews" && s.policy.load_balancer.policy.name() == "least_request")
+    })
+    .await;
+    let mut reports = cp.kubernetes.as_ref().unwrap().reports.clone();
+    eventually("the broken policy reported", 10, || {
+        let report = reports.borrow_and_update().clone();
+        async move {
+            report.rejected().any(|(object, reason, message)| {
+                object.name == "broken"
+                    && reason == "Invalid"
+                    && message.starts_with("spec.load_balancer.policy: unknown variant `fastest`")
+            })
+        }
+    })
+    .await;
+    // Deleted.
+    api.delete(SERVICES, "shop", "ratings");
+    eventually("the Service gone", 10, || async {
+        !services(&cp).contains(&"ratings.shop".to_string())
+    })
+    .await;
+    assert!(ready(&cp).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_too_old_for_the_server_relists() {
+    let api = api_server().await;
+    let cp = control_plane(&api).await;
+    eventually("the initial sync", 20, || async { ready(&cp).await }).await;
+    let (lists_before, _, _) = api.counts();
+
+    // History is compacted while a Service is deleted and another added:
+    // the watchers' versions are gone, so they must list again, and the
+    // deletion is seen by the list alone.
+    api.delete(SERVICES, "shop", "web");
+    api.apply(SERVICES, service("ratings", "10.96.0.30", 9080));
+    api.compact();
+    eventually("a re-list after 410 Gone", 30, || async {
+        let services = services(&cp);
+        services == ["ratings.shop", "reviews.shop"]
+    })
+    .await;
+    let (lists, _, gone) = api.counts();
+    assert!(gone >= 1, "no watch was answered 410");
+    assert!(lists > lists_before, "no re-list");
+    // And the watch goes on from the new list.
+    api.apply(SERVICES, service("details", "10.96.0.40", 9080));
+    eventually("a change after the re-list", 10, || async {
+        services(&cp).contains(&"details.shop".to_string())
+    })
+    .await;
+    assert!(ready(&cp).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_the_last_mesh_served_and_the_control_plane_unready() {
+    let api = api_server().await;
+    let cp = control_plane(&api).await;
+    eventually("the initial sync", 20, || async { ready(&cp).await }).await;
+    let version = cp.state.borrow().version;
+    let served = services(&cp);
+
+    api.set_down(true);
+    eventually("not ready during the outage", 20, || async {
+        !ready(&cp).await
+    })
+    .await;
+    let (_, metrics) = admin(cp.admin_address, "/metrics").await;
+    assert!(metrics.contains("remora_cp_source_in_sync 0"), "{metrics}");
+    // 30 s without the API server: the mesh stays as it was.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(cp.state.borrow().version, version, "the mesh changed");
+        assert_eq!(services(&cp), served);
+    }
+    assert!(!ready(&cp).await);
+
+    // Back, with a change made meanwhile (as if by another client).
+    api.set_down(false);
+    api.apply(SERVICES, service("ratings", "10.96.0.30", 9080));
+    eventually("ready again, with the change", 60, || async {
+        ready(&cp).await && services(&cp).contains(&"ratings.shop".to_string())
+    })
+    .await;
+    let (_, metrics) = admin(cp.admin_address, "/metrics").await;
+    assert!(metrics.contains("remora_cp_source_in_sync 1"), "{metrics}");
+}
