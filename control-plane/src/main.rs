@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     (mesh, rejected)
                 }
-                remora_control_plane::Source::Kubernetes(_) => unreachable!("a file source"),
+                remora_control_plane::Source::Kubernetes(..) => unreachable!("a file source"),
             };
             let translation = remora_control_plane::translate::translate(&mesh, None);
             for (entry, resources) in mesh.proxies.iter().zip(&translation.proxies) {
@@ -272,6 +272,7 @@ fn main() -> anyhow::Result<()> {
                                 "--kubernetes: no Kubernetes API server to talk to (in-cluster service account or KUBECONFIG): {e}"
                             )
                         })?,
+                        remora_control_plane::k8s::leader::LeaseConfig::from_env(),
                     ),
                 };
                 let _control_plane =

@@ -26,6 +26,11 @@ pub struct Metrics {
     /// The source (a Kubernetes API server) is not answering, or not yet
     /// listed: the last mesh is served, and `/ready` says 503.
     pub source_out_of_sync: std::sync::atomic::AtomicBool,
+    /// This replica holds the leader lease (a Kubernetes source).
+    pub leader: std::sync::atomic::AtomicBool,
+    /// Status subresource writes, and the ones that failed.
+    pub status_writes: AtomicU64,
+    pub status_write_errors: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -127,6 +132,31 @@ impl Metrics {
             out,
             "remora_cp_source_in_sync {}",
             u8::from(!self.source_out_of_sync.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP remora_cp_leader 1 on the replica that holds the leader lease and writes status."
+        );
+        let _ = writeln!(out, "# TYPE remora_cp_leader gauge");
+        let _ = writeln!(
+            out,
+            "remora_cp_leader {}",
+            u8::from(self.leader.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP remora_cp_status_writes_total Status subresource writes to Kubernetes objects, by result."
+        );
+        let _ = writeln!(out, "# TYPE remora_cp_status_writes_total counter");
+        let _ = writeln!(
+            out,
+            "remora_cp_status_writes_total{{result=\"ok\"}} {}",
+            get(&self.status_writes)
+        );
+        let _ = writeln!(
+            out,
+            "remora_cp_status_writes_total{{result=\"error\"}} {}",
+            get(&self.status_write_errors)
         );
         let _ = writeln!(
             out,

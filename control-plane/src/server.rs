@@ -39,8 +39,9 @@ pub struct Options {
 pub enum Source {
     MeshFile(PathBuf),
     Manifests(PathBuf),
-    /// A Kubernetes API server, watched (docs/kubernetes.md).
-    Kubernetes(kube::Client),
+    /// A Kubernetes API server, watched (docs/kubernetes.md), and the
+    /// lease its replicas elect a leader with.
+    Kubernetes(kube::Client, crate::k8s::leader::LeaseConfig),
 }
 
 impl std::fmt::Debug for Source {
@@ -55,7 +56,7 @@ impl Source {
         match self {
             Source::MeshFile(path) => format!("mesh file {}", path.display()),
             Source::Manifests(path) => format!("manifests {}", path.display()),
-            Source::Kubernetes(_) => "the Kubernetes API server".to_string(),
+            Source::Kubernetes(..) => "the Kubernetes API server".to_string(),
         }
     }
 
@@ -63,7 +64,7 @@ impl Source {
     pub fn path(&self) -> &std::path::Path {
         match self {
             Source::MeshFile(path) | Source::Manifests(path) => path,
-            Source::Kubernetes(_) => std::path::Path::new(""),
+            Source::Kubernetes(..) => std::path::Path::new(""),
         }
     }
 
@@ -71,7 +72,7 @@ impl Source {
     /// invalid are logged with their field paths and left out.
     pub fn load(&self, default_mtls: MtlsMode) -> Result<mesh::Mesh, remora_api::ConfigErrors> {
         match self {
-            Source::Kubernetes(_) => Err(remora_api::ConfigErrors::one(
+            Source::Kubernetes(..) => Err(remora_api::ConfigErrors::one(
                 "",
                 "the Kubernetes source is watched, not loaded",
             )),
@@ -94,7 +95,7 @@ impl Source {
     /// touch.
     pub fn fingerprint(&self) -> Option<Vec<u8>> {
         match self {
-            Source::Kubernetes(_) => None,
+            Source::Kubernetes(..) => None,
             Source::MeshFile(path) => std::fs::read(path).ok(),
             Source::Manifests(path) => {
                 let mut bytes = Vec::new();
@@ -183,7 +184,7 @@ impl ControlPlane {
         let (mut publisher, state) = Publisher::new(metrics.clone());
         let current = state.clone();
         publisher.default_mtls = default_mtls;
-        if let Source::Kubernetes(_) = &options.source {
+        if let Source::Kubernetes(..) = &options.source {
             // Not ready, and nothing served, until every kind is listed.
             metrics.source_out_of_sync.store(true, Ordering::Release);
         } else {
@@ -243,13 +244,18 @@ impl ControlPlane {
             metrics.clone(),
         ));
         let (watcher, kubernetes) = match &options.source {
-            Source::Kubernetes(client) => {
+            Source::Kubernetes(client, lease) => {
                 let settings = crate::k8s::Settings {
                     mtls: default_mtls,
                     ..Default::default()
                 };
-                let kube_watch =
-                    crate::k8s::watch::start(client.clone(), settings, options.debounce, publisher);
+                let kube_watch = crate::k8s::watch::start(
+                    client.clone(),
+                    settings,
+                    options.debounce,
+                    publisher,
+                    lease.clone(),
+                );
                 (None, Some(kube_watch))
             }
             _ => {

@@ -1,8 +1,10 @@
 //! `serve --kubernetes` against a fake API server that speaks list and
 //! watch with resource versions, bookmarks and 410 Gone: the initial sync,
-//! objects added, modified and deleted, a watch restarted after 410, and a
+//! objects added, modified and deleted, a watch restarted after 410, a
 //! 30 s outage during which the last mesh keeps being served and the
-//! control plane says it is not ready.
+//! control plane says it is not ready, status written with the right
+//! conditions by the leader alone, and the lease handed over between two
+//! replicas.
 
 mod support;
 
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use apiserver::*;
 use remora_control_plane::ControlPlane;
+use remora_control_plane::k8s::leader::LeaseConfig;
 use remora_control_plane::mesh::Mesh;
 use serde_json::{Value, json};
 use support::{admin, eventually};
@@ -51,6 +54,7 @@ async fn api_server() -> FakeApiServer {
         ENDPOINT_SLICES,
         TRAFFIC_POLICIES,
         AUTHORIZATION_POLICIES,
+        LEASES,
     ])
     .await;
     api.apply(SERVICES, service("web", "10.96.0.10", 80));
@@ -61,9 +65,23 @@ async fn api_server() -> FakeApiServer {
     api
 }
 
+fn lease(identity: &str) -> LeaseConfig {
+    LeaseConfig {
+        namespace: "remora-system".into(),
+        name: "remora-control-plane".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(3),
+        retry: Duration::from_millis(300),
+    }
+}
+
 async fn control_plane(api: &FakeApiServer) -> ControlPlane {
+    replica(api, "cp-0").await
+}
+
+async fn replica(api: &FakeApiServer, identity: &str) -> ControlPlane {
     ControlPlane::start(remora_control_plane::Options {
-        source: remora_control_plane::Source::Kubernetes(api.client()),
+        source: remora_control_plane::Source::Kubernetes(api.client(), lease(identity)),
         xds_address: "127.0.0.1:0".parse().unwrap(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
         debounce: Duration::from_millis(50),
@@ -230,4 +248,136 @@ async fn an_outage_keeps_the_last_mesh_served_and_the_control_plane_unready() {
     .await;
     let (_, metrics) = admin(cp.admin_address, "/metrics").await;
     assert!(metrics.contains("remora_cp_source_in_sync 1"), "{metrics}");
+}
+
+fn route(name: &str, backend: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": name, "namespace": "shop", "generation": 2},
+           "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 9080}],
+                    "rules": [{"backendRefs": [{"name": backend, "port": 9080}]}]}})
+}
+
+fn policy(name: &str, lb: &str) -> Value {
+    json!({"apiVersion": "remora.dev/v1alpha1", "kind": "TrafficPolicy",
+           "metadata": {"name": name, "namespace": "shop", "generation": 1},
+           "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                    "load_balancer": {"policy": lb}}})
+}
+
+/// The `type` condition of `conditions`: (status, reason, message).
+fn condition(conditions: &Value, kind: &str) -> Option<(String, String, String)> {
+    conditions
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+async fn leaders(replicas: &[&ControlPlane]) -> Vec<bool> {
+    replicas
+        .iter()
+        .map(|cp| *cp.kubernetes.as_ref().unwrap().leader.borrow())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_writes_status_and_hands_over_when_it_goes() {
+    let api = FakeApiServer::start(&[
+        SERVICES,
+        PODS,
+        ENDPOINT_SLICES,
+        HTTP_ROUTES,
+        GRPC_ROUTES,
+        TRAFFIC_POLICIES,
+        AUTHORIZATION_POLICIES,
+        LEASES,
+    ])
+    .await;
+    api.apply(SERVICES, service("reviews", "10.96.0.20", 9080));
+    api.apply(SERVICES, service("reviews-v2", "10.96.0.22", 9080));
+    api.apply(HTTP_ROUTES, route("good", "reviews-v2"));
+    api.apply(HTTP_ROUTES, route("dangling", "ratings"));
+    api.apply(TRAFFIC_POLICIES, policy("valid", "least_request"));
+    let first = replica(&api, "cp-0").await;
+    let second = replica(&api, "cp-1").await;
+    eventually("one leader", 10, || async {
+        leaders(&[&first, &second])
+            .await
+            .iter()
+            .filter(|l| **l)
+            .count()
+            == 1
+    })
+    .await;
+
+    // The status the leader writes.
+    eventually("route and policy status", 10, || async {
+        let good = api.get(HTTP_ROUTES, "shop", "good").unwrap();
+        let dangling = api.get(HTTP_ROUTES, "shop", "dangling").unwrap();
+        let valid = api.get(TRAFFIC_POLICIES, "shop", "valid").unwrap();
+        let parent = |route: &Value| route["status"]["parents"][0].clone();
+        parent(&good)["controllerName"] == "remora.dev/mesh"
+            && condition(&parent(&good)["conditions"], "Accepted").is_some_and(|c| c.0 == "True")
+            && condition(&parent(&good)["conditions"], "ResolvedRefs")
+                .is_some_and(|c| c.0 == "True")
+            && condition(&parent(&dangling)["conditions"], "ResolvedRefs").is_some_and(|c| {
+                c.0 == "False"
+                    && c.1 == "BackendNotFound"
+                    && c.2 == "spec.rules[0].backendRefs[0].name: no Service shop/ratings"
+            })
+            && condition(&valid["status"]["conditions"], "Accepted").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let good = api.get(HTTP_ROUTES, "shop", "good").unwrap();
+    assert_eq!(good["status"]["parents"][0]["parentRef"]["name"], "reviews");
+    assert_eq!(
+        good["status"]["parents"][0]["conditions"][0]["observedGeneration"],
+        2
+    );
+    // Written once: a status that would not change is not written again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let version =
+        api.get(HTTP_ROUTES, "shop", "good").unwrap()["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        api.get(HTTP_ROUTES, "shop", "good").unwrap()["metadata"]["resourceVersion"],
+        version,
+        "the status is rewritten in a loop"
+    );
+
+    // The leader goes; the other replica takes the lease over once it
+    // expires, and writes the status of what changes next.
+    let (leader, follower) = if leaders(&[&first, &second]).await[0] {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    drop(leader);
+    eventually("the follower leads", 15, || async {
+        *follower.kubernetes.as_ref().unwrap().leader.borrow()
+    })
+    .await;
+    let lease = api
+        .get(LEASES, "remora-system", "remora-control-plane")
+        .unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+    api.apply(TRAFFIC_POLICIES, policy("invalid", "fastest"));
+    eventually("the new leader writes status", 10, || async {
+        api.get(TRAFFIC_POLICIES, "shop", "invalid")
+            .is_some_and(|p| {
+                condition(&p["status"]["conditions"], "Accepted").is_some_and(|c| {
+                    c.0 == "False"
+                        && c.1 == "Invalid"
+                        && c.2
+                            .starts_with("spec.load_balancer.policy: unknown variant `fastest`")
+                })
+            })
+    })
+    .await;
 }

@@ -8,8 +8,10 @@
 //! is reported with the field path of what is wrong (`spec.rules[0]...`)
 //! and left out, never blocking the rest.
 
+pub mod leader;
 pub mod manifests;
 mod objects;
+pub mod status;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -320,6 +322,36 @@ fn assemble(
             ),
             entries,
         );
+    }
+
+    // A policy none of whose Services exists applies to nothing (GEP-713's
+    // TargetNotFound).
+    let targets = objects
+        .traffic
+        .iter()
+        .map(|p| (&p.object, &p.spec.target_refs))
+        .chain(
+            objects
+                .authorization
+                .iter()
+                .map(|a| (&a.object, &a.spec.target_refs)),
+        );
+    for (object, refs) in targets.filter(|(o, _)| live(o)) {
+        let found = refs
+            .iter()
+            .any(|t| ports_of.contains_key(&(object.namespace.as_str(), t.name.as_str())));
+        if !found && !report.objects.contains_key(object) {
+            let names: Vec<&str> = refs.iter().map(|t| t.name.as_str()).collect();
+            report.reject(
+                object.clone(),
+                "TargetNotFound",
+                format!(
+                    "spec.targetRefs: no Service {} in {}",
+                    names.join(", "),
+                    object.namespace
+                ),
+            );
+        }
     }
 
     for route in objects.routes.iter().filter(|r| live(&r.object)) {

@@ -387,3 +387,47 @@ fn the_committed_crds_are_what_the_types_generate() {
         path.display()
     );
 }
+
+#[test]
+fn a_policy_whose_services_do_not_exist_is_reported() {
+    let yaml = format!(
+        "{APP}
+---
+apiVersion: remora.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: orphan, namespace: prod}}
+spec:
+  targetRefs: [{{kind: Service, name: gone}}]
+  action: deny
+"
+    );
+    let (mesh, report) = build(&objects(&yaml), &strict()).unwrap();
+    let (reason, message) = rejected(&report, "AuthorizationPolicy", "orphan");
+    assert_eq!(reason, "TargetNotFound");
+    assert_eq!(message, "spec.targetRefs: no Service gone in prod");
+    assert!(mesh.services.iter().all(|s| s.authorization.is_empty()));
+}
+
+/// Every Remora or Gateway API object shown in docs/kubernetes.md parses.
+#[test]
+fn every_object_in_the_kubernetes_docs_parses() {
+    let text = std::fs::read_to_string(root().join("docs/kubernetes.md")).unwrap();
+    let mut checked = 0;
+    for rest in text.split("```yaml\n").skip(1) {
+        let block = rest.split("```").next().unwrap();
+        let ours = block.contains("apiVersion: remora.dev/")
+            || block.contains("apiVersion: gateway.networking.k8s.io/");
+        if !ours {
+            continue;
+        }
+        let objects = objects(block);
+        assert!(
+            objects.report.objects.is_empty(),
+            "{:#?}\n{block}",
+            objects.report
+        );
+        assert_eq!(objects.ignored, 0, "{block}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} objects found in the docs");
+}

@@ -16,11 +16,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
 
+use super::leader::LeaseConfig;
 use super::{Objects, Report, Settings};
 use crate::server::Publisher;
 
@@ -105,6 +108,8 @@ pub struct KubeWatch {
     kinds: Arc<Vec<Kind>>,
     /// The verdict on every object of the last build (for status writes).
     pub reports: watch::Receiver<Arc<Report>>,
+    /// Whether this replica leads (holds the lease, writes status).
+    pub leader: watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -133,6 +138,7 @@ pub fn start(
     settings: Settings,
     debounce: Duration,
     publisher: Publisher,
+    lease: LeaseConfig,
 ) -> KubeWatch {
     let changed = Arc::new(Notify::new());
     let mut tasks = Vec::new();
@@ -159,12 +165,26 @@ pub fn start(
         )));
     }
     tasks.push(tokio::spawn(probe(
-        client,
+        client.clone(),
         kinds.clone(),
         changed.clone(),
         publisher.clone(),
     )));
+    let (leader_tx, leader) = watch::channel(false);
+    tasks.push(tokio::spawn(super::leader::run(
+        client.clone(),
+        lease,
+        leader_tx,
+        publisher.metrics().clone(),
+    )));
     let (reports_tx, reports) = watch::channel(Arc::new(Report::default()));
+    tasks.push(tokio::spawn(write_status(
+        client,
+        kinds.clone(),
+        reports.clone(),
+        leader.clone(),
+        publisher.metrics().clone(),
+    )));
     tasks.push(tokio::spawn(rebuild(
         kinds.clone(),
         settings,
@@ -176,6 +196,7 @@ pub fn start(
     KubeWatch {
         kinds,
         reports,
+        leader,
         tasks,
     }
 }
@@ -335,6 +356,64 @@ async fn rebuild(
                     "the Kubernetes objects give no valid mesh; the last one stays: {}",
                     remora_api::ConfigErrors(errors)
                 );
+            }
+        }
+    }
+}
+
+/// The leader writes each object's status when its verdict changes it
+/// (and all of them when it becomes the leader).
+async fn write_status(
+    client: kube::Client,
+    kinds: Arc<Vec<Kind>>,
+    mut reports: watch::Receiver<Arc<Report>>,
+    mut leader: watch::Receiver<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    loop {
+        tokio::select! {
+            changed = reports.changed() => if changed.is_err() { return },
+            changed = leader.changed() => if changed.is_err() { return },
+        }
+        if !*leader.borrow_and_update() {
+            continue;
+        }
+        let report = reports.borrow_and_update().clone();
+        for (object, verdict) in &report.objects {
+            let Some(kind) = kinds.iter().find(|k| k.resource.kind == object.kind) else {
+                continue;
+            };
+            let key = reflector::ObjectRef::<DynamicObject>::new_with(
+                &object.name,
+                kind.resource.clone(),
+            )
+            .within(&object.namespace);
+            let Some(current) = kind.store.get(&key) else {
+                continue;
+            };
+            let Ok(current) = serde_json::to_value(&*current) else {
+                continue;
+            };
+            let Some(status) = super::status::desired(object, verdict, &current) else {
+                continue;
+            };
+            let api = Api::<DynamicObject>::namespaced_with(
+                client.clone(),
+                &object.namespace,
+                &kind.resource,
+            );
+            let patch = Patch::Merge(serde_json::json!({ "status": status }));
+            match api
+                .patch_status(&object.name, &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => {
+                    metrics.status_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    metrics.status_write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%object, %error, "status not written");
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ pub fn watch(
             ),
         ),
         Source::Manifests(path) if path.is_dir() => (path.clone(), None),
-        Source::Kubernetes(_) => unreachable!("the Kubernetes source has its own watchers"),
+        Source::Kubernetes(..) => unreachable!("the Kubernetes source has its own watchers"),
         Source::Manifests(path) => (
             path.parent()
                 .filter(|p| !p.as_os_str().is_empty())

@@ -31,6 +31,7 @@ pub const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 pub const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 pub const TRAFFIC_POLICIES: &str = "/apis/remora.dev/v1alpha1/trafficpolicies";
 pub const AUTHORIZATION_POLICIES: &str = "/apis/remora.dev/v1alpha1/authorizationpolicies";
+pub const LEASES: &str = "/apis/coordination.k8s.io/v1/leases";
 
 #[derive(Default)]
 struct Collection {
@@ -99,12 +100,14 @@ impl FakeApiServer {
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
                             // Down: the connection is cut without an answer.
-                            let response = if state.lock().unwrap().down {
-                                Err("the fake API server is down")
-                            } else {
-                                Ok(respond(request, state.clone(), wake.clone()))
-                            };
-                            async move { response }
+                            let state = state.clone();
+                            let wake = wake.clone();
+                            async move {
+                                if state.lock().unwrap().down {
+                                    return Err("the fake API server is down");
+                                }
+                                Ok(respond(request, state, wake).await)
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(socket), service)
@@ -196,6 +199,15 @@ impl FakeApiServer {
         let _ = self.wake.send(());
     }
 
+    /// An object as stored (with the status written to it).
+    pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state.collections[collection]
+            .objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
     /// (lists, watches, 410s answered).
     pub fn counts(&self) -> (u64, u64, u64) {
         let state = self.state.lock().unwrap();
@@ -228,12 +240,157 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
-fn respond(
+/// `/api/v1/namespaces/NS/PLURAL/NAME/status` → (`/api/v1/PLURAL`, NS,
+/// NAME, status). A cluster-wide collection path is returned as it is.
+fn locate(path: &str) -> (String, Option<String>, Option<String>, bool) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let prefix = if parts.first() == Some(&"api") { 2 } else { 3 };
+    if parts.get(prefix) != Some(&"namespaces") || parts.len() < prefix + 3 {
+        return (path.to_string(), None, None, false);
+    }
+    let collection = format!("/{}/{}", parts[..prefix].join("/"), parts[prefix + 2]);
+    let namespace = Some(parts[prefix + 1].to_string());
+    let name = parts.get(prefix + 3).map(|n| n.to_string());
+    let status = parts.get(prefix + 4) == Some(&"status");
+    (collection, namespace, name, status)
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// Create, read, replace and patch one object (leases, status).
+fn object_request(
+    method: &http::Method,
+    body: Option<Value>,
+    (collection, namespace, name, status_only): (String, String, Option<String>, bool),
+    state: &mut State,
+) -> (u16, Value, bool) {
+    state.version += 1;
+    let version = state.version;
+    let Some(objects) = state.collections.get_mut(&collection) else {
+        return (404, status(404, "NotFound", "no such collection"), false);
+    };
+    let changed = |objects: &mut Collection, kind: &'static str, object: &Value| {
+        objects.events.push((version, kind, object.clone()));
+    };
+    match (method.as_str(), name) {
+        ("GET", Some(name)) => match objects.objects.get(&(namespace, name.clone())) {
+            Some(object) => (200, object.clone(), false),
+            None => (
+                404,
+                status(404, "NotFound", &format!("{name} not found")),
+                false,
+            ),
+        },
+        ("POST", None) => {
+            let mut object = body.unwrap_or_default();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let key = (namespace.clone(), name.clone());
+            if objects.objects.contains_key(&key) {
+                return (
+                    409,
+                    status(409, "AlreadyExists", &format!("{name} exists")),
+                    false,
+                );
+            }
+            object["metadata"]["namespace"] = namespace.into();
+            object["metadata"]["resourceVersion"] = version.to_string().into();
+            objects.objects.insert(key, object.clone());
+            changed(objects, "ADDED", &object);
+            (201, object, true)
+        }
+        ("PUT", Some(name)) => {
+            let mut object = body.unwrap_or_default();
+            let key = (namespace.clone(), name.clone());
+            let Some(stored) = objects.objects.get(&key) else {
+                return (
+                    404,
+                    status(404, "NotFound", &format!("{name} not found")),
+                    false,
+                );
+            };
+            if object["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
+                return (
+                    409,
+                    status(409, "Conflict", "the object has been modified"),
+                    false,
+                );
+            }
+            object["metadata"]["namespace"] = namespace.into();
+            object["metadata"]["resourceVersion"] = version.to_string().into();
+            objects.objects.insert(key, object.clone());
+            changed(objects, "MODIFIED", &object);
+            (200, object, true)
+        }
+        ("PATCH", Some(name)) => {
+            let patch = body.unwrap_or_default();
+            let key = (namespace, name.clone());
+            let Some(stored) = objects.objects.get_mut(&key) else {
+                return (
+                    404,
+                    status(404, "NotFound", &format!("{name} not found")),
+                    false,
+                );
+            };
+            if status_only {
+                merge(&mut stored["status"], &patch["status"]);
+            } else {
+                merge(stored, &patch);
+            }
+            stored["metadata"]["resourceVersion"] = version.to_string().into();
+            let object = stored.clone();
+            changed(objects, "MODIFIED", &object);
+            (200, object, true)
+        }
+        _ => (405, status(405, "MethodNotAllowed", "not here"), false),
+    }
+}
+
+async fn respond(
     request: http::Request<Incoming>,
     state: Arc<Mutex<State>>,
     wake: broadcast::Sender<()>,
 ) -> http::Response<Body> {
-    let path = request.uri().path().to_string();
+    let (located, namespace, name, status_only) = locate(request.uri().path());
+    if let Some(namespace) = namespace
+        && (name.is_some() || request.method() != http::Method::GET)
+    {
+        let method = request.method().clone();
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).ok();
+        let (code, value, changed) = object_request(
+            &method,
+            body,
+            (located, namespace, name, status_only),
+            &mut state.lock().unwrap(),
+        );
+        if changed {
+            let _ = wake.send(());
+        }
+        return full(code, value);
+    }
+    let path = located;
     let query: HashMap<String, String> = request
         .uri()
         .query()
