@@ -187,11 +187,8 @@ fn main() -> anyhow::Result<()> {
             let translation = remora_control_plane::translate::translate(&mesh, None);
             for (entry, resources) in mesh.proxies.iter().zip(&translation.proxies) {
                 println!("{}:", entry.node_id);
-                for (t, by_name) in remora_xds_proto::type_url::ALL
-                    .iter()
-                    .zip(&resources.by_type)
-                {
-                    for (name, resource) in by_name {
+                for (i, t) in remora_xds_proto::type_url::ALL.iter().enumerate() {
+                    for (name, resource) in resources.of(i).iter() {
                         println!(
                             "  {:<9} {name} ({})",
                             remora_xds_proto::type_url::short(t),

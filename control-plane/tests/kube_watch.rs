@@ -8,14 +8,11 @@
 
 mod support;
 
-#[path = "support/apiserver.rs"]
-mod apiserver;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiserver::*;
 use remora_control_plane::ControlPlane;
+use remora_control_plane::k8s::fake::*;
 use remora_control_plane::k8s::leader::LeaseConfig;
 use remora_control_plane::mesh::Mesh;
 use serde_json::{Value, json};

@@ -36,6 +36,7 @@ mod sidecar;
 mod tracing;
 mod upstream;
 mod xds_clients;
+mod xds_kubernetes;
 
 use clap::{Parser, Subcommand};
 

@@ -26,10 +26,10 @@ use tokio_stream::wrappers::ReceiverStream;
 pub struct Options {
     /// Simulated proxies.
     #[arg(long, default_value_t = 1000)]
-    count: usize,
+    pub(crate) count: usize,
     /// Services in the generated mesh (every proxy calls all of them).
     #[arg(long, default_value_t = 20)]
-    services: usize,
+    pub(crate) services: usize,
     /// Endpoint changes measured.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -38,13 +38,24 @@ pub struct Options {
     delta: bool,
     /// The control plane's debounce (its default is 100ms).
     #[arg(long, default_value = "0ms")]
-    debounce: String,
+    pub(crate) debounce: String,
     /// The `remora-control-plane` binary; default: next to this one.
     #[arg(long)]
-    control_plane: Option<PathBuf>,
+    pub(crate) control_plane: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// A Kubernetes-shaped source: the control plane watches an (in-process,
+    /// fake) API server holding `--services` Services and `--count` pods,
+    /// and pods restart at `--churn` per second (delta ADS).
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: pod restarts per second.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) churn: usize,
+    /// With --kubernetes: seconds of churn.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) seconds: usize,
 }
 
 fn mesh(services: usize, round: usize) -> String {
@@ -73,7 +84,7 @@ fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn control_plane_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn control_plane_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let path = match given {
         Some(path) => path,
         None => std::env::current_exe()?
@@ -108,6 +119,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             options.count
         );
     }
+    if options.kubernetes {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::xds_kubernetes::run(options));
+    }
     let binary = control_plane_binary(options.control_plane.clone())?;
     let dir = tempfile_dir()?;
     let mesh_path = dir.join("mesh.yaml");
@@ -141,7 +158,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 

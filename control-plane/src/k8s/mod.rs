@@ -8,6 +8,7 @@
 //! is reported with the field path of what is wrong (`spec.rules[0]...`)
 //! and left out, never blocking the rest.
 
+pub mod fake;
 pub mod leader;
 pub mod manifests;
 mod objects;
@@ -21,9 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use remora_api::{ConfigError, MtlsMode};
 
-use crate::mesh::{
-    self, Inbound, Mesh, MeshEndpoint, Outbound, ProxyEntry, Route, ServiceProtocol,
-};
+use crate::mesh::{self, Inbound, Mesh, MeshEndpoint, ProxyEntry, Route, ServiceProtocol};
 pub use objects::{Objects, RouteObject};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -245,17 +244,21 @@ fn assemble(
         }
     }
 
+    let index = Index::new(objects, excluded);
     let mut ports_of: HashMap<(&str, &str), Vec<PortEntry>> = HashMap::new();
-    for service in objects.services.iter().filter(|s| live(&s.object)) {
+    for (s, service) in objects.services.iter().enumerate() {
+        if !live(&service.object) {
+            continue;
+        }
         let spec = &service.spec;
         let addresses: Vec<IpAddr> = spec
             .cluster_ips
             .iter()
             .filter_map(|ip| ip.parse().ok())
             .collect();
-        let identity = pods_selected_by(objects, service, excluded)
-            .next()
-            .map(|pod| service_account(pod).to_string())
+        let identity = index.pods_of_service[s]
+            .first()
+            .map(|&p| service_account(&objects.pods[p]).to_string())
             .unwrap_or_else(|| "default".to_string());
         let policy = traffic
             .get(&(
@@ -296,7 +299,7 @@ fn assemble(
                 port: port.port,
                 addresses: addresses.clone(),
                 protocol: port.protocol,
-                endpoints: endpoints(objects, service, port, excluded),
+                endpoints: endpoints(&index, service, port),
                 policy: policy_spec,
                 identity: identity.clone(),
                 authorization: authorization
@@ -365,8 +368,11 @@ fn assemble(
         }
     }
 
-    for pod in objects.pods.iter().filter(|p| live(&p.object)) {
-        if let Some(entry) = proxy_entry(objects, pod, &ports_of, &mesh, excluded) {
+    for (p, pod) in objects.pods.iter().enumerate() {
+        if !live(&pod.object) {
+            continue;
+        }
+        if let Some(entry) = proxy_entry(objects, p, &index, &ports_of, &mesh) {
             mesh.proxies.push(entry);
             owners.proxies.push(pod.object.clone());
         }
@@ -378,41 +384,101 @@ fn service_account(pod: &objects::PodObject) -> &str {
     pod.service_account.as_deref().unwrap_or("default")
 }
 
-/// The pods a Service's selector picks in its namespace (none without a
-/// selector), by name.
-fn pods_selected_by<'a>(
-    objects: &'a Objects,
-    service: &'a objects::ServiceObject,
-    excluded: &'a HashSet<ObjectRef>,
-) -> impl Iterator<Item = &'a objects::PodObject> {
-    objects.pods.iter().filter(move |pod| {
-        !excluded.contains(&pod.object)
-            && pod.object.namespace == service.object.namespace
-            && service.spec.selector.as_ref().is_some_and(|selector| {
-                !selector.is_empty()
-                    && selector
+/// Who selects whom, and which slices belong to which Service, computed
+/// once per build: the build stays linear in the objects (a cluster of
+/// thousands of Services and pods rebuilds in milliseconds).
+struct Index<'a> {
+    /// By Service (its index in `objects.services`): the pods its selector
+    /// picks in its namespace, by name (none without a selector).
+    pods_of_service: Vec<Vec<usize>>,
+    /// By pod: the Services that select it.
+    services_of_pod: Vec<Vec<usize>>,
+    /// By (namespace, Service name): its slices.
+    slices: HashMap<(&'a str, &'a str), Vec<&'a objects::SliceObject>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(objects: &'a Objects, excluded: &HashSet<ObjectRef>) -> Index<'a> {
+        // Pods by one label: (namespace, key, value) → pods.
+        let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+        for (p, pod) in objects.pods.iter().enumerate() {
+            if excluded.contains(&pod.object) {
+                continue;
+            }
+            for (k, v) in &pod.labels {
+                by_label
+                    .entry((pod.object.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(p);
+            }
+        }
+        let mut pods_of_service = vec![Vec::new(); objects.services.len()];
+        let mut services_of_pod = vec![Vec::new(); objects.pods.len()];
+        for (s, service) in objects.services.iter().enumerate() {
+            let Some(selector) = service.spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let ns = service.object.namespace.as_str();
+            // The smallest candidate set among the selector's labels.
+            let candidates = selector
+                .iter()
+                .map(|(k, v)| {
+                    by_label
+                        .get(&(ns, k.as_str(), v.as_str()))
+                        .map_or(&[][..], Vec::as_slice)
+                })
+                .min_by_key(|c| c.len())
+                .unwrap_or(&[]);
+            let mut selected: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&p| {
+                    let labels = &objects.pods[p].labels;
+                    selector
                         .iter()
-                        .all(|(k, v)| pod.labels.get(k).is_some_and(|l| l == v))
-            })
-    })
+                        .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+                })
+                .collect();
+            selected.sort_by(|a, b| objects.pods[*a].object.cmp(&objects.pods[*b].object));
+            for &p in &selected {
+                services_of_pod[p].push(s);
+            }
+            pods_of_service[s] = selected;
+        }
+        let mut slices: HashMap<(&str, &str), Vec<&objects::SliceObject>> = HashMap::new();
+        for slice in objects
+            .slices
+            .iter()
+            .filter(|s| !excluded.contains(&s.object))
+        {
+            slices
+                .entry((slice.object.namespace.as_str(), slice.service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+        Index {
+            pods_of_service,
+            services_of_pod,
+            slices,
+        }
+    }
 }
 
 /// Ready endpoints of the Service's slices on this port; when none is
 /// ready, the serving ones (terminating but still serving, as kube-proxy
 /// falls back to them).
 fn endpoints(
-    objects: &Objects,
+    index: &Index<'_>,
     service: &objects::ServiceObject,
     port: &objects::ServicePort,
-    excluded: &HashSet<ObjectRef>,
 ) -> Vec<MeshEndpoint> {
     let mut ready = Vec::new();
     let mut serving = Vec::new();
-    for slice in objects.slices.iter().filter(|s| {
-        !excluded.contains(&s.object)
-            && s.object.namespace == service.object.namespace
-            && s.service == service.object.name
-    }) {
+    let key = (
+        service.object.namespace.as_str(),
+        service.object.name.as_str(),
+    );
+    for slice in index.slices.get(&key).into_iter().flatten() {
         let Some(slice_port) = slice
             .ports
             .iter()
@@ -553,27 +619,22 @@ fn gamma_route(
 
 /// A running pod with the sidecar: node id `POD.NAMESPACE`, its traffic
 /// captured; inbound, each port of each Service that selects it; outbound,
-/// every Service with a cluster IP.
+/// every Service with a cluster IP (`outbound_all`: built once, shared).
 fn proxy_entry(
     objects: &Objects,
-    pod: &objects::PodObject,
+    p: usize,
+    index: &Index<'_>,
     ports_of: &HashMap<(&str, &str), Vec<PortEntry>>,
     mesh: &Mesh,
-    excluded: &HashSet<ObjectRef>,
 ) -> Option<ProxyEntry> {
+    let pod = &objects.pods[p];
     if !pod.sidecar {
         return None;
     }
     let ip = pod.ip?;
     let mut inbound: Vec<Inbound> = Vec::new();
-    for service in objects
-        .services
-        .iter()
-        .filter(|s| !excluded.contains(&s.object))
-    {
-        if !pods_selected_by(objects, service, excluded).any(|p| p.object == pod.object) {
-            continue;
-        }
+    for &s in &index.services_of_pod[p] {
+        let service = &objects.services[s];
         let key = (
             service.object.namespace.as_str(),
             service.object.name.as_str(),
@@ -602,21 +663,13 @@ fn proxy_entry(
             });
         }
     }
-    let outbound = mesh
-        .services
-        .iter()
-        .filter(|s| !s.addresses.is_empty())
-        .map(|s| Outbound {
-            service: s.key(),
-            listen: None,
-        })
-        .collect();
     Some(ProxyEntry {
         node_id: format!("{}.{}", pod.object.name, pod.object.namespace),
         capture: true,
         identity: Some(format!("{}.{}", service_account(pod), pod.object.namespace)),
         inbound,
-        outbound,
+        outbound: Vec::new(),
+        outbound_all: true,
     })
 }
 

@@ -106,10 +106,9 @@ fn the_example_manifests_serve_what_the_equivalent_mesh_file_serves() {
             .iter()
             .map(|p| p.node_id.clone())
             .zip(translation.proxies.iter().map(|r| {
-                r.by_type
-                    .iter()
-                    .map(|by_name| {
-                        by_name
+                (0..4)
+                    .map(|t| {
+                        r.of(t)
                             .iter()
                             .map(|(name, r)| (name.clone(), r.any.clone()))
                             .collect::<Vec<_>>()
@@ -182,7 +181,7 @@ fn services_endpoints_and_pods_become_services_and_sidecars() {
             ),
         ]
     );
-    assert_eq!(proxy.outbound.len(), 2);
+    assert!(proxy.outbound_all && proxy.outbound.is_empty());
 }
 
 #[test]

@@ -132,7 +132,7 @@ impl Drop for KubeWatch {
 }
 
 /// Starts watching every kind, and rebuilding and publishing the mesh
-/// `debounce` after the last change once every kind is in sync.
+/// `debounce` after a change once every kind has been listed.
 pub fn start(
     client: kube::Client,
     settings: Settings,
@@ -283,7 +283,7 @@ async fn probe(
     }
 }
 
-/// Builds and publishes the mesh after each quiet spell of `debounce`.
+/// Builds and publishes the mesh `debounce` after a change.
 async fn rebuild(
     kinds: Arc<Vec<Kind>>,
     settings: Settings,
@@ -295,11 +295,10 @@ async fn rebuild(
     let mut published: Option<crate::mesh::Mesh> = None;
     loop {
         changed.notified().await;
-        // Quiet for `debounce`: a burst of changes is one rebuild.
-        while tokio::time::timeout(debounce, changed.notified())
-            .await
-            .is_ok()
-        {}
+        // The changes of the next `debounce` join this one: one rebuild
+        // for a burst, and under steady churn (pods restarting all the
+        // time) one every `debounce`, never postponed by the next change.
+        tokio::time::sleep(debounce).await;
         let in_sync = kinds.iter().all(|k| k.state().in_sync());
         publisher
             .metrics()

@@ -238,6 +238,11 @@ pub struct ProxyEntry {
     /// Services the workload may call, each at a local listener.
     #[serde(default)]
     pub outbound: Vec<Outbound>,
+    /// Sidecar mode: the workload may call every service that has
+    /// addresses, at them (Istio's default without a Sidecar resource).
+    /// Their resources are built once and shared by every such proxy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outbound_all: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -509,6 +514,7 @@ proxies:
   - {node_id: side, capture: true, outbound: [{service: a}, {service: b}]}
   - {node_id: clash, capture: true, outbound: [{service: a}, {service: b, listen: 10.96.0.2:15001}]}
   - {node_id: dup, capture: true, outbound: [{service: a}, {service: a, listen: 10.96.0.1:80}]}
+  - {node_id: everything, outbound_all: true}
 ";
         let e = errors_of(yaml);
         for expected in [
@@ -516,6 +522,7 @@ proxies:
             "proxies[1].outbound[1].listen: required: service \"b.default\" has no addresses to capture",
             "proxies[2].outbound[1].listen: port 15001 is the sidecar's outbound capture port",
             "proxies[3].outbound[1].listen: 10.96.0.1:80 is also proxies[3].outbound[0].listen",
+            "proxies[4].outbound_all: only a sidecar (capture: true) reaches services at their addresses",
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }

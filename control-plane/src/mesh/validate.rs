@@ -331,6 +331,12 @@ pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
     let mut node_ids = HashSet::new();
     for (i, proxy) in mesh.proxies.iter().enumerate() {
         let at = format!("proxies[{i}]");
+        if proxy.outbound_all && !proxy.capture {
+            err(
+                format!("{at}.outbound_all"),
+                "only a sidecar (capture: true) reaches services at their addresses".into(),
+            );
+        }
         if proxy.identity.is_some()
             && let Err(e) = mesh.proxy_identity(proxy)
             && !e.starts_with("trust domain")

@@ -21,6 +21,7 @@ mod route;
 pub(crate) mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use remora_xds_proto::protobuf::Any;
@@ -57,20 +58,121 @@ impl Resource {
     }
 }
 
-/// The index of a type URL in [`type_url::ALL`].
-/// Everything one proxy is served, by type (in [`type_url::ALL`] order).
-#[derive(Debug, Default, PartialEq)]
+/// Everything one proxy is served, by type (in [`type_url::ALL`] order):
+/// its own resources, and those it shares with other proxies.
+#[derive(Debug, Default)]
 pub struct ProxyResources {
+    /// This proxy's own resources.
     pub by_type: [BTreeMap<String, Arc<Resource>>; 4],
+    /// Resources every proxy of a kind is served alike (a sidecar that may
+    /// call every service: `outbound_all`), built and held once however
+    /// many proxies share them. No name is in both.
+    pub shared: Option<Arc<ProxyResources>>,
+}
+
+impl PartialEq for ProxyResources {
+    fn eq(&self, other: &ProxyResources) -> bool {
+        self.by_type == other.by_type
+            && match (&self.shared, &other.shared) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            }
+    }
+}
+
+/// One type's resources of a proxy: its own and the shared ones, as one
+/// map by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Resources<'a> {
+    own: &'a BTreeMap<String, Arc<Resource>>,
+    shared: Option<&'a BTreeMap<String, Arc<Resource>>>,
+}
+
+impl<'a> Resources<'a> {
+    pub fn new(own: &'a BTreeMap<String, Arc<Resource>>) -> Resources<'a> {
+        Resources { own, shared: None }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a Arc<Resource>> {
+        self.own
+            .get(name)
+            .or_else(|| self.shared.and_then(|s| s.get(name)))
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.own.len() + self.shared.map_or(0, BTreeMap::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// By name, both maps merged.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a String, &'a Arc<Resource>)> + 'a {
+        let mut own = self.own.iter().peekable();
+        let mut shared = self.shared.into_iter().flatten().peekable();
+        std::iter::from_fn(move || match (own.peek(), shared.peek()) {
+            (Some((a, _)), Some((b, _))) if a <= b => own.next(),
+            (Some(_), Some(_)) => shared.next(),
+            (Some(_), None) => own.next(),
+            (None, _) => shared.next(),
+        })
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &'a Arc<Resource>> + 'a {
+        self.iter().map(|(_, r)| r)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &'a String> + 'a {
+        self.iter().map(|(n, _)| n)
+    }
+}
+
+impl std::ops::Index<&str> for Resources<'_> {
+    type Output = Arc<Resource>;
+
+    fn index(&self, name: &str) -> &Arc<Resource> {
+        self.get(name)
+            .unwrap_or_else(|| panic!("no resource {name:?}"))
+    }
+}
+
+impl std::ops::Index<&String> for Resources<'_> {
+    type Output = Arc<Resource>;
+
+    fn index(&self, name: &String) -> &Arc<Resource> {
+        &self[name.as_str()]
+    }
 }
 
 impl ProxyResources {
-    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
-        type_url::index(type_url).map(|i| &self.by_type[i])
+    /// Type `t`'s resources (in [`type_url::ALL`] order).
+    pub fn of(&self, t: usize) -> Resources<'_> {
+        Resources {
+            own: &self.by_type[t],
+            shared: self.shared.as_ref().map(|s| &s.by_type[t]),
+        }
+    }
+
+    pub fn of_type(&self, type_url: &str) -> Option<Resources<'_>> {
+        type_url::index(type_url).map(|i| self.of(i))
     }
 
     fn insert(&mut self, type_url: &str, resource: &Arc<Resource>) {
         let i = type_url::index(type_url).expect("a served type");
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.by_type[i].contains_key(&resource.name))
+        {
+            // Built the same way for every proxy: the shared one is it.
+            return;
+        }
         self.by_type[i].insert(resource.name.clone(), resource.clone());
     }
 }
@@ -138,12 +240,56 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         .collect();
 
     let collector = mesh.tracing.as_ref().map(collector_resources);
+    // A service reached from a proxy: its listeners at `listens`, its
+    // routes, and the clusters and endpoints its routes send to.
+    let add_outbound =
+        |out: &mut ProxyResources, service: &Service, listens: &[SocketAddr], capture: bool| {
+            let i = index[&(service.name.as_str(), service.namespace.as_str())];
+            let built = &services[i];
+            for &listen in listens {
+                out.insert(
+                    type_url::LISTENER,
+                    &Resource::new(
+                        listener::outbound_name(listen),
+                        &listener::outbound(service, listen, capture, mesh.tracing.as_ref()),
+                    ),
+                );
+            }
+            if let Some(routes) = &built.routes {
+                out.insert(type_url::ROUTE, routes);
+            }
+            for &reached in &built.reaches {
+                out.insert(type_url::CLUSTER, &services[reached].cluster);
+                out.insert(type_url::ENDPOINT, &services[reached].assignment);
+            }
+        };
+    // What every sidecar with `outbound_all` shares: each service with
+    // addresses, at them; built once, kept from the previous translation
+    // when it did not change.
+    let everything = mesh.proxies.iter().any(|p| p.outbound_all).then(|| {
+        let mut shared = ProxyResources::default();
+        for service in mesh.services.iter().filter(|s| !s.addresses.is_empty()) {
+            let listens: Vec<SocketAddr> = service
+                .addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, service.port))
+                .collect();
+            add_outbound(&mut shared, service, &listens, true);
+        }
+        let previous = previous
+            .and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()))
+            .filter(|prev| **prev == shared);
+        previous.unwrap_or_else(|| Arc::new(shared))
+    });
     let proxies = mesh
         .proxies
         .iter()
         .enumerate()
         .map(|(p, entry)| {
-            let mut out = ProxyResources::default();
+            let mut out = ProxyResources {
+                shared: everything.clone().filter(|_| entry.outbound_all),
+                ..ProxyResources::default()
+            };
             if let Some((cluster, assignment)) = &collector {
                 out.insert(type_url::CLUSTER, cluster);
                 out.insert(type_url::ENDPOINT, assignment);
@@ -167,29 +313,7 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                 let service = mesh
                     .service(&outbound.service, "default")
                     .expect("validated: outbound services exist");
-                let i = index[&(service.name.as_str(), service.namespace.as_str())];
-                let built = &services[i];
-                for listen in outbound.listens(service) {
-                    out.insert(
-                        type_url::LISTENER,
-                        &Resource::new(
-                            listener::outbound_name(listen),
-                            &listener::outbound(
-                                service,
-                                listen,
-                                entry.capture,
-                                mesh.tracing.as_ref(),
-                            ),
-                        ),
-                    );
-                }
-                if let Some(routes) = &built.routes {
-                    out.insert(type_url::ROUTE, routes);
-                }
-                for &reached in &built.reaches {
-                    out.insert(type_url::CLUSTER, &services[reached].cluster);
-                    out.insert(type_url::ENDPOINT, &services[reached].assignment);
-                }
+                add_outbound(&mut out, service, &outbound.listens(service), entry.capture);
             }
             // Keep the previous Arc when nothing changed, so an unchanged
             // proxy shares one allocation across translations.

@@ -123,7 +123,7 @@ impl AdsStream for Stream {
         let ts = &self.types[t];
         let wanted = |name: &str| ts.wildcard || ts.names.contains(name);
         let mut updated = Vec::new();
-        for (name, resource) in all {
+        for (name, resource) in all.iter() {
             if wanted(name) && ts.known.get(name) != Some(&resource.version) {
                 updated.push(resource.clone());
             }
@@ -131,7 +131,7 @@ impl AdsStream for Stream {
         let mut removed: Vec<String> = ts
             .known
             .keys()
-            .filter(|name| !wanted(name) || !all.contains_key(*name))
+            .filter(|name| !wanted(name) || !all.contains_key(name))
             .cloned()
             .collect();
         removed.sort();

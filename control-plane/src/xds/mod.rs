@@ -190,11 +190,13 @@ impl<R> StreamCore<R> {
     }
 
     /// The resources of type `t` this node is served.
-    fn of_type(&self, t: usize) -> &BTreeMap<String, Arc<Resource>> {
+    fn of_type(&self, t: usize) -> crate::translate::Resources<'_> {
         static NONE: BTreeMap<String, Arc<Resource>> = BTreeMap::new();
         match t {
-            secrets::SECRET_INDEX => self.secrets.as_ref().map_or(&NONE, |s| &s.resources),
-            t => &self.resources.by_type[t],
+            secrets::SECRET_INDEX => crate::translate::Resources::new(
+                self.secrets.as_ref().map_or(&NONE, |s| &s.resources),
+            ),
+            t => self.resources.of(t),
         }
     }
 

@@ -1,4 +1,6 @@
-//! A fake Kubernetes API server, in process, that speaks what kube-rs's
+//! A fake Kubernetes API server, in process, for the tests and
+//! `remora-perf xds-clients --kubernetes` (no API server can run where they
+//! do). It speaks what kube-rs's
 //! watcher needs: list (with the collection's resource version), watch from
 //! a resource version (the events since, then live ones as JSON lines, with
 //! bookmarks), `410 Gone` for a version older than the last compaction, and
@@ -6,7 +8,6 @@
 //! meanwhile.
 //! Collections that were not registered answer 404, as an API whose CRD is
 //! not installed does.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -122,6 +123,15 @@ impl FakeApiServer {
             wake,
             task,
         }
+    }
+
+    /// A kubeconfig for it (plain HTTP, no credentials), for a control
+    /// plane in another process (`KUBECONFIG=...`).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            self.addr
+        )
     }
 
     /// A kube client for it (plain HTTP).
@@ -278,15 +288,15 @@ fn object_request(
     (collection, namespace, name, status_only): (String, String, Option<String>, bool),
     state: &mut State,
 ) -> (u16, Value, bool) {
-    state.version += 1;
-    let version = state.version;
+    // The version a write gets (reads leave it).
+    let version = state.version + 1;
     let Some(objects) = state.collections.get_mut(&collection) else {
         return (404, status(404, "NotFound", "no such collection"), false);
     };
     let changed = |objects: &mut Collection, kind: &'static str, object: &Value| {
         objects.events.push((version, kind, object.clone()));
     };
-    match (method.as_str(), name) {
+    let answer = match (method.as_str(), name) {
         ("GET", Some(name)) => match objects.objects.get(&(namespace, name.clone())) {
             Some(object) => (200, object.clone(), false),
             None => (
@@ -359,7 +369,11 @@ fn object_request(
             (200, object, true)
         }
         _ => (405, status(405, "MethodNotAllowed", "not here"), false),
+    };
+    if answer.2 {
+        state.version = version;
     }
+    answer
 }
 
 async fn respond(
