@@ -1,9 +1,10 @@
 //! The control plane serving Kubernetes manifests (`serve --manifests`): a
 //! real Envoy bootstrapped with a pod's node id (`POD.NAMESPACE`) receives
 //! and ACKs that pod's listeners, routes, clusters and endpoints from
-//! `examples/kubernetes`; a change to an EndpointSlice reaches it; a
-//! malformed object added later is left out while the rest keeps being
-//! served.
+//! `examples/kubernetes`, over state-of-the-world and delta ADS; a change
+//! to an EndpointSlice reaches it (over delta, as a push of what changed
+//! alone); a malformed object added later is left out while the rest keeps
+//! being served.
 
 mod support;
 
@@ -43,8 +44,15 @@ async fn envoy_config_dump(envoy: &Envoy) -> String {
     body
 }
 
+/// State of the world, then delta (one after the other: both Envoys would
+/// bind the capture ports).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_acks_a_pods_resources_from_the_example_manifests() {
+    scenario(false).await;
+    scenario(true).await;
+}
+
+async fn scenario(delta: bool) {
     let dir = tempfile::tempdir().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes");
     for file in ["app.yaml", "policy.yaml"] {
@@ -61,7 +69,7 @@ async fn envoy_acks_a_pods_resources_from_the_example_manifests() {
     .await
     .unwrap();
 
-    let envoy = Envoy::start("web-0.shop", cp.xds_address, false);
+    let envoy = Envoy::start("web-0.shop", cp.xds_address, delta);
     eventually("Envoy ACKs every type for web-0.shop", 30, || async {
         all_acked(&node(&cp, "web-0.shop").await)
     })

@@ -71,13 +71,49 @@ pub struct ProxyResources {
 }
 
 impl PartialEq for ProxyResources {
+    /// Shared resources compare by identity: a translation reuses the
+    /// previous shared set when it is unchanged, so a new `Arc` is a change
+    /// (and a thousand proxies never compare thousands of resources each).
     fn eq(&self, other: &ProxyResources) -> bool {
         self.by_type == other.by_type
             && match (&self.shared, &other.shared) {
                 (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
             }
+    }
+}
+
+/// How many versions of the shared resources a delta stream may be behind
+/// and still be sent only what changed.
+const SHARED_DIFFS_KEPT: usize = 16;
+
+/// The names whose resource changed (added, replaced or removed) between
+/// two versions of the shared resources, by type.
+#[derive(Debug)]
+pub struct SharedDiff {
+    pub from: Arc<ProxyResources>,
+    pub to: Arc<ProxyResources>,
+    pub changed: [Vec<String>; 4],
+}
+
+impl SharedDiff {
+    fn between(from: &Arc<ProxyResources>, to: &Arc<ProxyResources>) -> SharedDiff {
+        let changed = std::array::from_fn(|t| {
+            let (a, b) = (&from.by_type[t], &to.by_type[t]);
+            let mut names: Vec<String> = a
+                .iter()
+                .filter(|(name, r)| b.get(*name).is_none_or(|n| n.version != r.version))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.extend(b.keys().filter(|name| !a.contains_key(*name)).cloned());
+            names
+        });
+        SharedDiff {
+            from: from.clone(),
+            to: to.clone(),
+            changed,
+        }
     }
 }
 
@@ -182,6 +218,10 @@ impl ProxyResources {
 #[derive(Debug, Default)]
 pub struct Translation {
     pub proxies: Vec<Arc<ProxyResources>>,
+    /// How the shared resources differ from those of the last few
+    /// translations, oldest first: a delta stream that held one of those
+    /// looks at the names changed since alone.
+    pub shared_diffs: Vec<Arc<SharedDiff>>,
     /// For a node that no entry matches.
     pub unknown: Arc<ProxyResources>,
 }
@@ -278,9 +318,28 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         }
         let previous = previous
             .and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()))
-            .filter(|prev| **prev == shared);
+            .filter(|prev| prev.by_type == shared.by_type);
         previous.unwrap_or_else(|| Arc::new(shared))
     });
+    // A stream that skipped versions (a slow proxy) follows the chain.
+    let mut shared_diffs: Vec<Arc<SharedDiff>> = previous
+        .map(|prev| prev.shared_diffs.clone())
+        .unwrap_or_default();
+    if let Some((from, to)) = previous
+        .and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()))
+        .zip(everything.clone())
+        .filter(|(from, to)| !Arc::ptr_eq(from, to))
+    {
+        shared_diffs.push(Arc::new(SharedDiff::between(&from, &to)));
+        let excess = shared_diffs.len().saturating_sub(SHARED_DIFFS_KEPT);
+        shared_diffs.drain(..excess);
+    }
+    // The capture listeners and clusters: the same for every sidecar.
+    let capture = if mesh.proxies.iter().any(|p| p.capture) {
+        listener::capture()
+    } else {
+        Vec::new()
+    };
     let proxies = mesh
         .proxies
         .iter()
@@ -295,8 +354,8 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                 out.insert(type_url::ENDPOINT, assignment);
             }
             if entry.capture {
-                for (type_url, resource) in listener::capture() {
-                    out.insert(type_url, &resource);
+                for (type_url, resource) in &capture {
+                    out.insert(type_url, resource);
                 }
             }
             for inbound in &entry.inbound {
@@ -325,6 +384,7 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         .collect();
     Translation {
         proxies,
+        shared_diffs,
         unknown: Arc::new(ProxyResources::default()),
     }
 }

@@ -27,11 +27,55 @@ struct TypeState {
     /// Nonces of responses not yet answered, with the version each carried.
     pending: Vec<(String, String)>,
     responded: bool,
+    /// The resources `known` was last brought up to date with.
+    basis: Option<std::sync::Arc<crate::translate::ProxyResources>>,
 }
 
 pub(super) struct Stream {
     core: StreamCore<DeltaDiscoveryResponse>,
     types: [TypeState; 5],
+}
+
+impl Stream {
+    /// The names of type `t` that may differ from what the proxy was last
+    /// brought up to date with: the shared resources' changes since then
+    /// and the proxy's own (few) resources, before and now. `None`: look
+    /// at everything.
+    fn changed_names(&self, t: usize) -> Option<BTreeSet<String>> {
+        if t >= 4 {
+            return None;
+        }
+        let basis = self.types[t].basis.as_ref()?;
+        let current = &self.core.resources;
+        let mut names: BTreeSet<String> = basis.by_type[t]
+            .keys()
+            .chain(current.by_type[t].keys())
+            .cloned()
+            .collect();
+        match (&basis.shared, &current.shared) {
+            (None, None) => {}
+            (Some(from), Some(to)) if std::sync::Arc::ptr_eq(from, to) => {}
+            (Some(from), Some(to)) => {
+                // Walk back from the current set to the one the proxy was
+                // brought up to date with, collecting what changed.
+                let diffs = &self.core.state.translation.shared_diffs;
+                let mut at = to;
+                for diff in diffs.iter().rev() {
+                    if !std::sync::Arc::ptr_eq(&diff.to, at) {
+                        return None;
+                    }
+                    names.extend(diff.changed[t].iter().cloned());
+                    at = &diff.from;
+                    if std::sync::Arc::ptr_eq(at, from) {
+                        return Some(names);
+                    }
+                }
+                return None;
+            }
+            _ => return None,
+        }
+        Some(names)
+    }
 }
 
 impl AdsStream for Stream {
@@ -91,6 +135,14 @@ impl AdsStream for Stream {
             }
         }
         let ts = &mut self.types[t];
+        // A bare ACK or NACK asks for nothing: the proxy is as up to date
+        // as the last response made it, and new versions are pushed.
+        let asks = !ts.subscribed
+            || !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty();
+        if !asks {
+            return Ok(());
+        }
         if !ts.subscribed {
             ts.subscribed = true;
             ts.known = request.initial_resource_versions.clone();
@@ -119,22 +171,46 @@ impl AdsStream for Stream {
     /// names it holds that are gone; nothing if it is up to date (except the
     /// first response of a subscription, which is always sent).
     async fn respond(&mut self, t: usize, published: Option<Instant>) -> Result<(), Closed> {
+        // A push after a new mesh version looks at what changed alone,
+        // when this stream was up to date with the version before.
+        let candidates = published.and_then(|_| self.changed_names(t));
         let all = self.core.of_type(t);
         let ts = &self.types[t];
         let wanted = |name: &str| ts.wildcard || ts.names.contains(name);
         let mut updated = Vec::new();
-        for (name, resource) in all.iter() {
-            if wanted(name) && ts.known.get(name) != Some(&resource.version) {
-                updated.push(resource.clone());
+        let mut removed: Vec<String> = Vec::new();
+        match &candidates {
+            Some(names) => {
+                for name in names {
+                    match all.get(name) {
+                        Some(resource) if wanted(name) => {
+                            if ts.known.get(name.as_str()) != Some(&resource.version) {
+                                updated.push(resource.clone());
+                            }
+                        }
+                        _ if ts.known.contains_key(name.as_str()) => removed.push(name.clone()),
+                        _ => {}
+                    }
+                }
+            }
+            None => {
+                for (name, resource) in all.iter() {
+                    if wanted(name) && ts.known.get(name) != Some(&resource.version) {
+                        updated.push(resource.clone());
+                    }
+                }
+                removed = ts
+                    .known
+                    .keys()
+                    .filter(|name| !wanted(name) || !all.contains_key(name))
+                    .cloned()
+                    .collect();
             }
         }
-        let mut removed: Vec<String> = ts
-            .known
-            .keys()
-            .filter(|name| !wanted(name) || !all.contains_key(name))
-            .cloned()
-            .collect();
         removed.sort();
+        let basis = (t < 4).then(|| self.core.resources.clone());
+        self.types[t].basis = basis;
+        let ts = &self.types[t];
         if updated.is_empty() && removed.is_empty() && ts.responded {
             return Ok(());
         }
