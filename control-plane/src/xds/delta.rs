@@ -182,14 +182,13 @@ impl AdsStream for Stream {
         match &candidates {
             Some(names) => {
                 for name in names {
-                    match all.get(name) {
-                        Some(resource) if wanted(name) => {
-                            if ts.known.get(name.as_str()) != Some(&resource.version) {
-                                updated.push(resource.clone());
-                            }
+                    let current = all.get(name).filter(|_| wanted(name));
+                    match (current, ts.known.get(name.as_str())) {
+                        (Some(resource), held) if held != Some(&resource.version) => {
+                            updated.push(resource.clone());
                         }
-                        _ if ts.known.contains_key(name.as_str()) => removed.push(name.clone()),
-                        _ => {}
+                        (Some(_), _) | (None, None) => {}
+                        (None, Some(_)) => removed.push(name.clone()),
                     }
                 }
             }
