@@ -77,16 +77,11 @@ async fn control_plane(api: &FakeApiServer) -> ControlPlane {
 }
 
 async fn replica(api: &FakeApiServer, identity: &str) -> ControlPlane {
-    ControlPlane::start(remora_control_plane::Options {
-        source: remora_control_plane::Source::Kubernetes(api.client(), lease(identity)),
-        xds_address: "127.0.0.1:0".parse().unwrap(),
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        debounce: Duration::from_millis(50),
-        ca: None,
-        cert_lifetime: Duration::from_secs(3600),
-    })
+    support::control_plane_of(
+        remora_control_plane::Source::Kubernetes(api.client(), lease(identity)),
+        None,
+    )
     .await
-    .unwrap()
 }
 
 fn mesh(cp: &ControlPlane) -> Arc<Mesh> {

@@ -58,16 +58,11 @@ async fn scenario(delta: bool) {
     for file in ["app.yaml", "policy.yaml"] {
         std::fs::copy(example.join(file), dir.path().join(file)).unwrap();
     }
-    let cp = remora_control_plane::ControlPlane::start(remora_control_plane::Options {
-        source: remora_control_plane::Source::Manifests(dir.path().to_path_buf()),
-        xds_address: "127.0.0.1:0".parse().unwrap(),
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        debounce: Duration::from_millis(50),
-        ca: None,
-        cert_lifetime: Duration::from_secs(3600),
-    })
-    .await
-    .unwrap();
+    let cp = control_plane_of(
+        remora_control_plane::Source::Manifests(dir.path().to_path_buf()),
+        None,
+    )
+    .await;
 
     let envoy = Envoy::start("web-0.shop", cp.xds_address, delta);
     eventually("Envoy ACKs every type for web-0.shop", 30, || async {

@@ -306,6 +306,50 @@ async fn measure(
     Ok(())
 }
 
+/// One delta ADS session as a sidecar runs it: clusters and listeners by
+/// wildcard, the endpoints of `clusters` and their routes by name; every
+/// response ACKed, then handed to `seen`.
+pub(crate) async fn delta_session(
+    ads: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    node: Option<Node>,
+    clusters: &[String],
+    mut seen: impl FnMut(&remora_xds_proto::discovery::DeltaDiscoveryResponse),
+) -> anyhow::Result<()> {
+    let routes: Vec<String> = clusters
+        .iter()
+        .map(|n| n.replace("outbound|8080||", "") + ":8080")
+        .collect();
+    let (tx, rx) = mpsc::channel(8);
+    for (t, subscribe) in [
+        (type_url::CLUSTER, vec![]),
+        (type_url::ENDPOINT, clusters.to_vec()),
+        (type_url::LISTENER, vec![]),
+        (type_url::ROUTE, routes),
+    ] {
+        tx.send(DeltaDiscoveryRequest {
+            node: node.clone(),
+            type_url: t.into(),
+            resource_names_subscribe: subscribe,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut responses = ads
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(response) = responses.message().await? {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await?;
+        seen(&response);
+    }
+    Ok(())
+}
+
 async fn client(
     i: usize,
     xds: SocketAddr,
@@ -332,42 +376,12 @@ async fn client(
         }
     };
     if delta {
-        let (tx, rx) = mpsc::channel(8);
-        for (t, subscribe) in [
-            (type_url::CLUSTER, vec![]),
-            (type_url::ENDPOINT, names.to_vec()),
-            (type_url::LISTENER, vec![]),
-            (
-                type_url::ROUTE,
-                names
-                    .iter()
-                    .map(|n| n.replace("outbound|8080||", "") + ":8080")
-                    .collect(),
-            ),
-        ] {
-            tx.send(DeltaDiscoveryRequest {
-                node: node.clone(),
-                type_url: t.into(),
-                resource_names_subscribe: subscribe,
-                ..Default::default()
-            })
-            .await?;
-        }
-        let mut responses = ads
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        while let Some(response) = responses.message().await? {
-            tx.send(DeltaDiscoveryRequest {
-                type_url: response.type_url.clone(),
-                response_nonce: response.nonce.clone(),
-                ..Default::default()
-            })
-            .await?;
+        delta_session(&mut ads, node, &names, |response| {
             if !response.resources.is_empty() {
                 record(&response.type_url);
             }
-        }
+        })
+        .await?;
     } else {
         let routes: Vec<String> = names
             .iter()

@@ -17,12 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use remora_control_plane::k8s::fake::{self, FakeApiServer};
 use remora_xds_proto::core::Node;
-use remora_xds_proto::discovery::DeltaDiscoveryRequest;
 use remora_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use remora_xds_proto::type_url;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::xds_clients::Options;
 
@@ -354,40 +351,10 @@ async fn client(
         id: format!("pod-{i}.default"),
         ..Default::default()
     });
-    let (tx, rx) = mpsc::channel(8);
-    for (t, subscribe) in [
-        (type_url::CLUSTER, vec![]),
-        (type_url::ENDPOINT, names.to_vec()),
-        (type_url::LISTENER, vec![]),
-        (
-            type_url::ROUTE,
-            (0..names.len())
-                .map(|s| format!("svc-{s}.default:8080"))
-                .collect(),
-        ),
-    ] {
-        tx.send(DeltaDiscoveryRequest {
-            node: node.clone(),
-            type_url: t.into(),
-            resource_names_subscribe: subscribe,
-            ..Default::default()
-        })
-        .await?;
-    }
-    let mut responses = ads
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
     let mut holding = 0;
-    while let Some(response) = responses.message().await? {
-        tx.send(DeltaDiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
-            ..Default::default()
-        })
-        .await?;
+    crate::xds_clients::delta_session(&mut ads, node, &names, |response| {
         if response.type_url != type_url::ENDPOINT {
-            continue;
+            return;
         }
         let now = clients.start.elapsed().as_nanos() as u64;
         for resource in &response.resources {
@@ -407,6 +374,6 @@ async fn client(
                 }
             }
         }
-    }
-    Ok(())
+    })
+    .await
 }

@@ -146,8 +146,20 @@ pub async fn control_plane_with_ca(
     mesh: &MeshFile,
     ca: Option<Arc<remora_control_plane::ca::Ca>>,
 ) -> remora_control_plane::ControlPlane {
+    control_plane_of(
+        remora_control_plane::Source::MeshFile(mesh.path.clone()),
+        ca,
+    )
+    .await
+}
+
+/// The control plane of any source, on loopback ports, debounce 50 ms.
+pub async fn control_plane_of(
+    source: remora_control_plane::Source,
+    ca: Option<Arc<remora_control_plane::ca::Ca>>,
+) -> remora_control_plane::ControlPlane {
     remora_control_plane::ControlPlane::start(remora_control_plane::Options {
-        source: remora_control_plane::Source::MeshFile(mesh.path.clone()),
+        source,
         xds_address: "127.0.0.1:0".parse().unwrap(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
         debounce: Duration::from_millis(50),
