@@ -29,7 +29,9 @@ enum Command {
         xds_address: SocketAddr,
         #[arg(long, env = "REMORA_ADMIN_ADDRESS", default_value = "127.0.0.1:18001")]
         admin_address: SocketAddr,
-        /// Quiet time after a mesh file change before it is pushed (e.g. 100ms).
+        /// How long changes gather before the mesh is rebuilt and pushed:
+        /// quiet time after a file's last write; with --kubernetes, the
+        /// window after an object's change (e.g. 100ms).
         #[arg(long, default_value = "100ms", value_parser = parse_duration)]
         debounce: Duration,
         /// A `tracing` filter such as `info` or `debug`.
