@@ -164,7 +164,8 @@ impl Objects {
     /// Reads one object (a `List` is read item by item). Kinds Remora does
     /// not use are counted in `ignored`.
     pub fn add(&mut self, value: serde_json::Value) {
-        let envelope: Envelope = match serde_json::from_value(value.clone()) {
+        // Read from a reference: the object is parsed once more by kind.
+        let envelope = match Envelope::deserialize(&value) {
             Ok(envelope) => envelope,
             Err(_) => {
                 self.ignored += 1;
@@ -177,8 +178,10 @@ impl Objects {
             .map_or("", |(group, _)| group);
         let kind: &'static str = match (group, envelope.kind.as_str()) {
             (_, "List") => {
-                if let Some(items) = value.get("items").and_then(|i| i.as_array()) {
-                    for item in items.clone() {
+                if let serde_json::Value::Object(mut fields) = value
+                    && let Some(serde_json::Value::Array(items)) = fields.remove("items")
+                {
+                    for item in items {
                         self.add(item);
                     }
                 }
