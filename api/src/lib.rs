@@ -19,6 +19,7 @@ pub mod identity;
 mod network;
 mod policy;
 mod pool;
+pub mod probe;
 mod resilience;
 pub mod route;
 pub mod scalar;

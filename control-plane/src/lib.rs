@@ -7,7 +7,7 @@
 //! `translate/` (mesh → Listener, RouteConfiguration, Cluster,
 //! ClusterLoadAssignment), `xds/` (the ADS streams and the registry of
 //! connected proxies), `ca/` (the certificate authority and bootstrap
-//! tokens), `admin/` (`/ready`, `/metrics`, `/debug/proxies`),
+//! tokens), `inject/` (the sidecar injector webhook), `admin/` (`/ready`, `/metrics`, `/debug/proxies`),
 //! `server` (starting it all).
 
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod inject;
 pub mod k8s;
 pub mod mesh;
 pub mod metrics;

@@ -42,6 +42,8 @@ enum Command {
         /// Lifetime of the certificates the CA signs.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         cert_lifetime: Duration,
+        #[command(flatten)]
+        webhook: Box<WebhookFlags>,
     },
     /// Issue a bootstrap token: it lets the node get certificates for the
     /// identity the mesh file gives it, from this CA.
@@ -99,6 +101,91 @@ impl SourceFlags {
             (None, Some(manifests)) => Some(Source::Manifests(manifests.clone())),
             (None, None) => None,
         }
+    }
+}
+
+/// The sidecar injector (docs/kubernetes.md, "Sidecar injection").
+#[derive(clap::Args, Debug, Clone)]
+struct WebhookFlags {
+    /// Serve the sidecar injector (HTTPS) here, e.g. 0.0.0.0:15017.
+    #[arg(long, env = "REMORA_WEBHOOK_ADDRESS", requires = "inject_config")]
+    webhook_address: Option<SocketAddr>,
+    /// How pods are injected (image, xDS and CA addresses, resources).
+    #[arg(long, env = "REMORA_INJECT_CONFIG")]
+    inject_config: Option<PathBuf>,
+    /// The serving certificate, PEM (e.g. a cert-manager Secret, re-read
+    /// when it changes); without it one is generated.
+    #[arg(long, env = "REMORA_WEBHOOK_CERT", requires = "webhook_key")]
+    webhook_cert: Option<PathBuf>,
+    /// The key of --webhook-cert, PEM.
+    #[arg(long, env = "REMORA_WEBHOOK_KEY", requires = "webhook_cert")]
+    webhook_key: Option<PathBuf>,
+    /// The names a generated certificate is for (comma-separated), e.g.
+    /// remora-webhook.remora-system.svc.
+    #[arg(
+        long,
+        env = "REMORA_WEBHOOK_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost"
+    )]
+    webhook_dns_names: Vec<String>,
+    /// With --kubernetes: the Secret (in POD_NAMESPACE) that replicas
+    /// share a generated certificate through.
+    #[arg(
+        long,
+        env = "REMORA_WEBHOOK_SECRET",
+        default_value = "remora-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// With --kubernetes: the MutatingWebhookConfiguration whose caBundle
+    /// gets the generated certificate's CA.
+    #[arg(
+        long,
+        env = "REMORA_WEBHOOK_CONFIGURATION",
+        default_value = "remora-sidecar-injector"
+    )]
+    webhook_configuration: String,
+}
+
+impl WebhookFlags {
+    fn options(
+        &self,
+        client: Option<&kube::Client>,
+    ) -> anyhow::Result<Option<remora_control_plane::inject::server::WebhookOptions>> {
+        use remora_control_plane::inject::tls::{CertSource, KubernetesCerts};
+        let Some(address) = self.webhook_address else {
+            return Ok(None);
+        };
+        let path = self.inject_config.as_ref().expect("clap requires it");
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--inject-config {}: {e}", path.display()))?;
+        let config =
+            remora_control_plane::inject::InjectConfig::parse(&text).map_err(|errors| {
+                anyhow::anyhow!("invalid --inject-config {}:\n{errors}", path.display())
+            })?;
+        let certs = match (&self.webhook_cert, &self.webhook_key) {
+            (Some(cert), Some(key)) => CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => CertSource::Generated {
+                dns_names: self.webhook_dns_names.clone(),
+                kubernetes: client.map(|client| KubernetesCerts {
+                    client: client.clone(),
+                    namespace: std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or_else(|| "default".into()),
+                    secret: self.webhook_secret.clone(),
+                    webhook_configuration: self.webhook_configuration.clone(),
+                }),
+            },
+        };
+        Ok(Some(remora_control_plane::inject::server::WebhookOptions {
+            address,
+            config: std::sync::Arc::new(config),
+            certs,
+        }))
     }
 }
 
@@ -240,6 +327,7 @@ fn main() -> anyhow::Result<()> {
             log_level,
             ca,
             cert_lifetime,
+            webhook,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -274,6 +362,11 @@ fn main() -> anyhow::Result<()> {
                         remora_control_plane::k8s::leader::LeaseConfig::from_env(),
                     ),
                 };
+                let client = match &source {
+                    remora_control_plane::Source::Kubernetes(client, _) => Some(client),
+                    _ => None,
+                };
+                let webhook = webhook.options(client)?;
                 let _control_plane =
                     remora_control_plane::ControlPlane::start(remora_control_plane::Options {
                         source,
@@ -282,6 +375,7 @@ fn main() -> anyhow::Result<()> {
                         debounce,
                         ca,
                         cert_lifetime,
+                        webhook,
                     })
                     .await?;
                 shutdown_signal().await;

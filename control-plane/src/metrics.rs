@@ -36,6 +36,8 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     /// The certificate authority's outcomes.
     pub signing: std::sync::Arc<crate::ca::service::SignCounts>,
+    /// The sidecar injector's answers.
+    pub injections: std::sync::Arc<crate::inject::server::InjectCounts>,
 }
 
 impl Metrics {
@@ -158,6 +160,22 @@ impl Metrics {
             "remora_cp_status_writes_total{{result=\"error\"}} {}",
             get(&self.status_write_errors)
         );
+        let _ = writeln!(
+            out,
+            "# HELP remora_cp_injections_total Admission reviews the sidecar injector answered, by result."
+        );
+        let _ = writeln!(out, "# TYPE remora_cp_injections_total counter");
+        for (result, count) in [
+            ("injected", &self.injections.injected),
+            ("skipped", &self.injections.skipped),
+            ("denied", &self.injections.denied),
+        ] {
+            let _ = writeln!(
+                out,
+                "remora_cp_injections_total{{result=\"{result}\"}} {}",
+                get(count)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP remora_cp_certificates_total CSRs the CA answered, by result."

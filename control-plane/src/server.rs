@@ -31,6 +31,8 @@ pub struct Options {
     pub ca: Option<Arc<crate::ca::Ca>>,
     /// The lifetime of the leaves it signs (a proxy may ask for less).
     pub cert_lifetime: Duration,
+    /// The sidecar injector (HTTPS); none: not served.
+    pub webhook: Option<crate::inject::server::WebhookOptions>,
 }
 
 /// Where the mesh comes from: a mesh file, or Kubernetes manifests (a
@@ -165,6 +167,8 @@ pub struct ControlPlane {
     pub kubernetes: Option<crate::k8s::watch::KubeWatch>,
     /// The mesh served now.
     pub state: watch::Receiver<Arc<MeshState>>,
+    /// The sidecar injector, when `Options::webhook` asked for it.
+    pub webhook: Option<crate::inject::server::Webhook>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -237,6 +241,12 @@ impl ControlPlane {
                 tracing::error!(%error, "the xDS server stopped");
             }
         });
+        let webhook = match options.webhook.clone() {
+            Some(webhook) => Some(
+                crate::inject::server::Webhook::start(webhook, metrics.injections.clone()).await?,
+            ),
+            None => None,
+        };
         let admin_task = tokio::spawn(crate::admin::serve(
             admin,
             state,
@@ -276,6 +286,7 @@ impl ControlPlane {
             _watcher: watcher,
             kubernetes,
             state: current,
+            webhook,
             tasks: vec![grpc, admin_task],
         })
     }

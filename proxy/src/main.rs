@@ -44,6 +44,15 @@ struct Args {
     /// Validate the config (with REMORA_* overrides) and exit: 0 if valid.
     #[arg(long)]
     check: bool,
+    /// Get this proxy's certificate from the mesh's CA at `HOST:PORT`
+    /// (`identity.ca`); needs --token-file.
+    #[arg(long, value_name = "HOST:PORT", requires = "token_file")]
+    ca: Option<String>,
+    /// The token that proves the identity to the CA (`identity.token_file`):
+    /// a bootstrap token, or a projected service-account token in
+    /// Kubernetes.
+    #[arg(long, value_name = "PATH", requires = "ca")]
+    token_file: Option<PathBuf>,
     /// Write the admin server's bound address to this file once it listens
     /// (useful with admin address port 0).
     #[arg(long)]
@@ -188,6 +197,16 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     env.apply(&mut config);
     apply_xds_flags(&args, &mut config)?;
+    if let (Some(ca), Some(token_file)) = (&args.ca, &args.token_file) {
+        let lifetime = config.identity.as_ref().map(|i| i.lifetime);
+        let mut identity: remora_proxy::config::IdentityConfig =
+            serde_json::from_value(serde_json::json!({"ca": ca, "token_file": token_file}))
+                .context("--ca, --token-file")?;
+        if let Some(lifetime) = lifetime {
+            identity.lifetime = lifetime;
+        }
+        config.identity = Some(identity);
+    }
     if args.check {
         let snapshot = Snapshot::compile(config, None, &Telemetry::new(), 0, Mode::Check)
             .with_context(|| format!("invalid config {}", source_name(&args)))?;

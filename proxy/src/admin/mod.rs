@@ -15,6 +15,11 @@
 //! | `GET /cache` | every route's response cache: entries, bytes, config |
 //! | `POST /cache/purge?listener=&route=&key_prefix=` | remove cached responses (all, or a route's, or under a path prefix) |
 //! | `GET /app-health/...` | the application's probe configured at that path (`app_probes`) |
+//!
+//! A peer that is not on loopback (the kubelet, Prometheus, when the admin
+//! address is the pod's) gets only `/ready`, `/live`, `/metrics` and
+//! `/app-health/...`; everything else answers 403 to it, as Linkerd's
+//! admin server keeps `/shutdown` to loopback.
 
 mod probes;
 pub mod tap_cli;
@@ -52,6 +57,13 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
                 async move {
                     let read = request.method() == Method::GET || request.method() == Method::HEAD;
                     let path = request.uri().path();
+                    if !peer.ip().to_canonical().is_loopback() && !open_to_network(path) {
+                        return Ok(text(
+                            StatusCode::FORBIDDEN,
+                            format!("{path} answers loopback peers only (the network gets /ready, /live, /metrics and /app-health/...)\n"),
+                        )
+                        .map(BodyExt::boxed));
+                    }
                     if read && path.starts_with("/app-health/") {
                         return Ok::<_, Infallible>(
                             app_probe(&proxy, path).await.map(BodyExt::boxed),
@@ -71,6 +83,12 @@ pub async fn serve(listener: TcpListener, proxy: Proxy) {
             }
         });
     }
+}
+
+/// What a peer off loopback may ask for: health, probes and metrics, never
+/// config, tap, drain or log changes.
+fn open_to_network(path: &str) -> bool {
+    matches!(path, "/ready" | "/live" | "/metrics") || path.starts_with("/app-health/")
 }
 
 const INDEX: &str = "remora-proxy admin\n\nGET  /ready\nGET  /live\nGET  /metrics\nGET  /config_dump\nGET  /clusters\nGET  /listeners\nGET  /xds\nGET  /identity\nGET  /logging\nPUT  /logging?level=LEVEL\nPOST /drain\nGET  /tap?listener=NAME&route=NAME&path_prefix=/PATH&limit=N&duration=30s\nGET  /cache\nPOST /cache/purge?listener=NAME&route=NAME&key_prefix=/PATH\nGET  /app-health/CONTAINER/PROBE\n";

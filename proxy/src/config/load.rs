@@ -24,14 +24,17 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     parse_yaml(&text)
 }
 
-/// `REMORA_ADMIN_ADDRESS`, `REMORA_LOG_LEVEL`, `REMORA_WORKERS` and
-/// `REMORA_APP_PROBES`, read once at start and applied over every version
+/// `REMORA_ADMIN_ADDRESS`, `REMORA_LOG_LEVEL`, `REMORA_WORKERS`,
+/// `REMORA_DRAIN_TIMEOUT` and `REMORA_APP_PROBES`, read once at start and applied over every version
 /// of the file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EnvOverrides {
     pub admin_address: Option<SocketAddr>,
     pub log_level: Option<String>,
     pub workers: Option<NonZeroUsize>,
+    /// `REMORA_DRAIN_TIMEOUT`, e.g. `5s` (the injector fits it into the
+    /// pod's termination grace period).
+    pub drain_timeout: Option<std::time::Duration>,
     /// `REMORA_APP_PROBES`: the application's probes, as JSON (what the
     /// sidecar injector writes).
     pub app_probes: Option<std::collections::BTreeMap<String, super::AppProbeConfig>>,
@@ -84,6 +87,14 @@ impl EnvOverrides {
                 )),
             }
         }
+        if let Some(value) = get("REMORA_DRAIN_TIMEOUT") {
+            match scalar::parse_duration(value.trim()) {
+                Ok(timeout) => overrides.drain_timeout = Some(timeout),
+                Err(message) => {
+                    errors.push(super::ConfigError::new("REMORA_DRAIN_TIMEOUT", message))
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(overrides)
         } else {
@@ -103,6 +114,9 @@ impl EnvOverrides {
         }
         if let Some(workers) = self.workers {
             config.workers = Some(workers);
+        }
+        if let Some(timeout) = self.drain_timeout {
+            config.drain_timeout = timeout;
         }
     }
 }
@@ -207,17 +221,20 @@ mod tests {
             ("REMORA_ADMIN_ADDRESS", "127.0.0.1:9901"),
             ("REMORA_LOG_LEVEL", "debug"),
             ("REMORA_WORKERS", "3"),
+            ("REMORA_DRAIN_TIMEOUT", "5s"),
         ]))
         .unwrap();
         let mut config = parse_yaml("workers: 1\n").unwrap();
         overrides.apply(&mut config);
         assert_eq!(config.admin.address.port(), 9901);
+        assert_eq!(config.drain_timeout, std::time::Duration::from_secs(5));
         assert_eq!(config.log.level, "debug");
         assert_eq!(config.workers.unwrap().get(), 3);
 
         let err = EnvOverrides::from_lookup(env(&[
             ("REMORA_WORKERS", "0"),
             ("REMORA_ADMIN_ADDRESS", "nope"),
+            ("REMORA_DRAIN_TIMEOUT", "soon"),
         ]))
         .unwrap_err()
         .to_string();
@@ -229,6 +246,7 @@ mod tests {
             err.contains("REMORA_ADMIN_ADDRESS: invalid address \"nope\""),
             "{err}"
         );
+        assert!(err.contains("REMORA_DRAIN_TIMEOUT: "), "{err}");
         let err = EnvOverrides::from_lookup(env(&[("REMORA_LOG_LEVEL", "info,[")]))
             .unwrap_err()
             .to_string();

@@ -26,6 +26,7 @@ pub use listener::{
     MatchConfig, RouteConfig, Unmatched,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml};
+pub use remora_api::probe::{AppProbeConfig, HttpGetProbeConfig, ProbeHeader};
 pub use tracing::{OtlpConfig, OtlpProtocol, Propagation, TracingConfig};
 // The policy types every config source shares (docs/configuration.md).
 pub use remora_api::{
@@ -86,51 +87,6 @@ pub struct Config {
     /// `REMORA_APP_PROBES` (the same as JSON) replaces it. docs/operations.md.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub app_probes: std::collections::BTreeMap<String, AppProbeConfig>,
-}
-
-/// One application probe, as a Kubernetes container's `httpGet` probe.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AppProbeConfig {
-    pub http_get: HttpGetProbeConfig,
-    /// Kubernetes' default, 1 s.
-    #[serde(default = "default_probe_timeout")]
-    pub timeout_seconds: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpGetProbeConfig {
-    #[serde(default = "default_probe_path")]
-    pub path: String,
-    pub port: u16,
-    /// Default `127.0.0.1`: the application in the proxy's pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    /// `HTTP` or `HTTPS` (the certificate is not verified, as the kubelet does not).
-    #[serde(default = "default_probe_scheme")]
-    pub scheme: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub http_headers: Vec<ProbeHeader>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProbeHeader {
-    pub name: String,
-    pub value: String,
-}
-
-fn default_probe_timeout() -> u32 {
-    1
-}
-
-fn default_probe_path() -> String {
-    "/".to_string()
-}
-
-fn default_probe_scheme() -> String {
-    "HTTP".to_string()
 }
 
 /// `identity:` — where the proxy gets the certificate for its SPIFFE ID.

@@ -315,3 +315,52 @@ async fn the_tap_command_prints_a_table() {
     );
     assert!(lines[3].starts_with("-- 2 requests shown"), "{text}");
 }
+
+/// An admin port open beyond loopback (an injected sidecar's, for the
+/// kubelet and Prometheus) gives a peer off loopback only health, probes
+/// and metrics; drain, config, tap and log changes answer 403 to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_off_loopback_get_health_and_metrics_only() {
+    // This host's address on its default route: not loopback.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let local = match probe
+        .connect("192.0.2.200:9")
+        .and_then(|()| probe.local_addr())
+    {
+        Ok(addr) if !addr.ip().is_loopback() && !addr.ip().is_unspecified() => addr.ip(),
+        _ => {
+            eprintln!("SKIPPED: this host has no address but loopback");
+            return;
+        }
+    };
+    let (_upstream, proxy) = proxy().await;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(remora_proxy::admin::serve(listener, proxy.proxy.clone()));
+    let outside = std::net::SocketAddr::new(local, port);
+    let inside = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for path in ["/ready", "/live", "/metrics"] {
+        assert_eq!(admin_request(outside, "GET", path).await.0, 200, "{path}");
+    }
+    // No probe configured: the path is open, and answers 404.
+    assert_eq!(
+        admin_request(outside, "GET", "/app-health/web/livez")
+            .await
+            .0,
+        404
+    );
+    for (method, path) in [
+        ("GET", "/config_dump"),
+        ("GET", "/tap"),
+        ("POST", "/drain"),
+        ("PUT", "/logging?level=debug"),
+        ("POST", "/cache/purge"),
+        ("GET", "/"),
+    ] {
+        let (status, body) = admin_request(outside, method, path).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert!(body.contains("loopback peers only"), "{body}");
+    }
+    assert!(proxy.proxy.is_ready(), "the refused drain did not drain");
+    assert_eq!(admin_request(inside, "GET", "/config_dump").await.0, 200);
+}
