@@ -31,6 +31,9 @@ pub struct Options {
     pub ca: Option<Arc<crate::ca::Ca>>,
     /// The lifetime of the leaves it signs (a proxy may ask for less).
     pub cert_lifetime: Duration,
+    /// Proxies' service-account tokens checked with TokenReview (a
+    /// Kubernetes source); none: bootstrap tokens only.
+    pub token_reviewer: Option<crate::ca::kubernetes::TokenReviewer>,
     /// The sidecar injector (HTTPS); none: not served.
     pub webhook: Option<crate::inject::server::WebhookOptions>,
 }
@@ -225,7 +228,12 @@ impl ControlPlane {
         };
         let service = AdsServer::new(shared).into_service();
         let signer = options.ca.clone().map(|ca| {
-            crate::ca::service::Signer::new(ca, options.cert_lifetime, metrics.signing.clone())
+            crate::ca::service::Signer::new(
+                ca,
+                options.cert_lifetime,
+                metrics.signing.clone(),
+                options.token_reviewer.clone(),
+            )
         });
         let grpc = tokio::spawn(async move {
             let incoming = TcpListenerStream::new(xds);

@@ -373,3 +373,108 @@ async fn the_leader_writes_status_and_hands_over_when_it_goes() {
     })
     .await;
 }
+
+/// The CA of `--ca-secret`: replicas share one root through a Secret, and
+/// a sidecar's projected service-account token (checked with a
+/// TokenReview) gets it a certificate for its service account's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
+    use remora_control_plane::ca::kubernetes::{TokenReviewer, shared_root};
+    use remora_xds_proto::ca::SignRequest;
+    use remora_xds_proto::ca::certificate_service_client::CertificateServiceClient;
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let api = FakeApiServer::start(&[
+        SERVICES,
+        PODS,
+        ENDPOINT_SLICES,
+        TRAFFIC_POLICIES,
+        AUTHORIZATION_POLICIES,
+        LEASES,
+        SECRETS,
+    ])
+    .await;
+    api.apply(PODS, pod("web-0", "web", "10.1.0.10"));
+    let client = api.client();
+    let first = shared_root(&client, "remora-system", "remora-ca", "cluster.local")
+        .await
+        .unwrap();
+    let second = shared_root(&client, "remora-system", "remora-ca", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(
+        first.bundle(),
+        second.bundle(),
+        "one root for every replica"
+    );
+    assert!(api.get(SECRETS, "remora-system", "remora-ca").is_some());
+
+    let cp = ControlPlane::start(remora_control_plane::Options {
+        source: remora_control_plane::Source::Kubernetes(client.clone(), lease("cp-0")),
+        xds_address: "127.0.0.1:0".parse().unwrap(),
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        debounce: Duration::from_millis(50),
+        ca: Some(Arc::new(first)),
+        cert_lifetime: Duration::from_secs(3600),
+        token_reviewer: Some(TokenReviewer {
+            client,
+            audience: "remora-ca".into(),
+            trust_domain: "cluster.local".into(),
+        }),
+        webhook: None,
+    })
+    .await
+    .unwrap();
+    api.grant_token("sa-token-web-0", "shop", "web", "web-0", "remora-ca");
+    api.grant_token(
+        "sa-token-for-the-api",
+        "shop",
+        "web",
+        "web-0",
+        "https://kubernetes.default.svc",
+    );
+    let web = remora_api::identity::SpiffeId::new("cluster.local", "shop", "web").unwrap();
+    let sign = |token: &'static str, id: remora_api::identity::SpiffeId| {
+        let address = format!("http://{}", cp.xds_address);
+        async move {
+            let (_, csr) = remora_api::identity::key_and_csr(&id).unwrap();
+            let mut client = CertificateServiceClient::connect(address).await.unwrap();
+            let mut request = tonic::Request::new(SignRequest {
+                csr_pem: csr,
+                validity_seconds: 0,
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            client.sign(request).await.map(|r| r.into_inner())
+        }
+    };
+    let signed = sign("sa-token-web-0", web.clone()).await.unwrap();
+    let leaf = &signed.cert_chain_pem[0];
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(
+        san.contains("spiffe://cluster.local/ns/shop/sa/web"),
+        "{san}"
+    );
+
+    let refused = sign("sa-token-for-the-api", web.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused.message().contains("service-account token refused"),
+        "{}",
+        refused.message()
+    );
+    let refused = sign("not-a-token", web).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let other = remora_api::identity::SpiffeId::new("cluster.local", "shop", "admin").unwrap();
+    let refused = sign("sa-token-web-0", other).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}

@@ -8,6 +8,7 @@
 //! and `--ca-key`). Certificates are built and parsed with rcgen and
 //! x509-parser; nothing here writes ASN.1 by hand.
 
+pub mod kubernetes;
 pub mod service;
 pub mod token;
 
@@ -87,25 +88,9 @@ impl Ca {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("--ca-dir {}: {e}", dir.display()))?;
-        let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, trust_domain);
-        name.push(DnType::CommonName, "Remora mesh root CA");
-        params.distinguished_name = name;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
-        params.serial_number = Some(serial()?);
-        let root = params.self_signed(&key_pair)?;
-        write_private(&key, key_pair.serialize_pem().as_bytes())?;
-        std::fs::write(&cert, root.pem())?;
+        let (root, root_key) = generate_root(trust_domain)?;
+        write_private(&key, root_key.as_bytes())?;
+        std::fs::write(&cert, root)?;
         tracing::info!(dir = %dir.display(), "generated the mesh's root CA");
         Ca::from_files(&cert, &key)
     }
@@ -119,21 +104,31 @@ impl Ca {
         };
         let cert_text = read(cert, "--ca-cert")?;
         let key_text = read(key, "--ca-key")?;
-        let key_pair = KeyPair::from_pem(&key_text)
-            .map_err(|e| anyhow::anyhow!("--ca-key {}: not a private key: {e}", key.display()))?;
-        let chain: Vec<String> = pem_blocks(&cert_text, "CERTIFICATE");
+        Ca::from_pem(
+            &cert_text,
+            &key_text,
+            &format!("--ca-cert {}", cert.display()),
+            &format!("--ca-key {}", key.display()),
+        )
+    }
+
+    /// A signing certificate (its chain up to the root after it) and key,
+    /// PEM; `cert` and `key` name where they came from in messages.
+    pub fn from_pem(cert_text: &str, key_text: &str, cert: &str, key: &str) -> anyhow::Result<Ca> {
+        let key_pair = KeyPair::from_pem(key_text)
+            .map_err(|e| anyhow::anyhow!("{key}: not a private key: {e}"))?;
+        let chain: Vec<String> = pem_blocks(cert_text, "CERTIFICATE");
         let Some(signer) = chain.first() else {
-            anyhow::bail!("--ca-cert {}: no certificate in the file", cert.display());
+            anyhow::bail!("{cert}: no certificate in the file");
         };
         let mut parsed = Vec::new();
         for block in &chain {
-            let der =
-                pem_der(block).map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", cert.display()))?;
+            let der = pem_der(block).map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
             parsed.push(der);
         }
         let info = |der: &[u8]| -> anyhow::Result<(bool, bool, Vec<u8>)> {
             let (_, c) = x509_parser::parse_x509_certificate(der)
-                .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", cert.display()))?;
+                .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
             let is_ca = c
                 .basic_constraints()
                 .ok()
@@ -144,24 +139,16 @@ impl Ca {
         };
         let (is_ca, _, public) = info(&parsed[0])?;
         if !is_ca {
-            anyhow::bail!(
-                "--ca-cert {}: the first certificate is not a CA (basicConstraints CA:TRUE)",
-                cert.display()
-            );
+            anyhow::bail!("{cert}: the first certificate is not a CA (basicConstraints CA:TRUE)");
         }
         let key_public = key_pair.subject_public_key_info();
         if public != key_public {
-            anyhow::bail!(
-                "--ca-key {} does not belong to the first certificate of --ca-cert {}",
-                key.display(),
-                cert.display()
-            );
+            anyhow::bail!("{key} does not belong to the first certificate of {cert}");
         }
         let (_, root_self_signed, _) = info(parsed.last().expect("one at least"))?;
         if !root_self_signed {
             anyhow::bail!(
-                "--ca-cert {}: the last certificate must be the root (self-signed); put the chain up to it after an intermediate",
-                cert.display()
+                "{cert}: the last certificate must be the root (self-signed); put the chain up to it after an intermediate"
             );
         }
         let bundle = chain.last().expect("one at least").clone();
@@ -172,13 +159,13 @@ impl Ca {
         };
         let token_key = token::key_from(&key_pair.serialize_der());
         let issuer = Issuer::from_ca_cert_pem(signer, key_pair)
-            .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", cert.display()))?;
+            .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
         Ok(Ca {
             issuer,
             intermediates,
             bundle,
             token_key,
-            source: cert.display().to_string(),
+            source: cert.to_string(),
         })
     }
 
@@ -273,6 +260,29 @@ impl CaSource {
             CaSource::Files { cert, key } => Ca::from_files(cert, key),
         }
     }
+}
+
+/// A new root for `trust_domain` (ECDSA P-256, ten years): its
+/// certificate and key, PEM.
+pub fn generate_root(trust_domain: &str) -> anyhow::Result<(String, String)> {
+    let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, trust_domain);
+    name.push(DnType::CommonName, "Remora mesh root CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
+    params.serial_number = Some(serial()?);
+    let root = params.self_signed(&key_pair)?;
+    Ok((root.pem(), key_pair.serialize_pem()))
 }
 
 /// 16 random bytes, first bit clear (a positive serial number).

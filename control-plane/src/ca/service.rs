@@ -1,6 +1,7 @@
 //! `remora.ca.v1.CertificateService/Sign`, served beside ADS: a proxy sends
-//! its CSR with its bootstrap token (`authorization: Bearer TOKEN`) and gets
-//! a leaf for the token's identity, or a status that says what is wrong.
+//! its CSR with its bootstrap token, or in Kubernetes its projected
+//! service-account token (`authorization: Bearer TOKEN`), and gets a leaf
+//! for the token's identity, or a status that says what is wrong.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,9 @@ pub struct Signer {
     ca: Arc<Ca>,
     default_lifetime: Duration,
     counts: Arc<SignCounts>,
+    /// Service-account tokens (a Kubernetes source): checked with a
+    /// TokenReview. Bootstrap tokens are taken as well.
+    reviewer: Option<super::kubernetes::TokenReviewer>,
 }
 
 impl Signer {
@@ -37,11 +41,13 @@ impl Signer {
         ca: Arc<Ca>,
         default_lifetime: Duration,
         counts: Arc<SignCounts>,
+        reviewer: Option<super::kubernetes::TokenReviewer>,
     ) -> CertificateServiceServer<Signer> {
         CertificateServiceServer::new(Signer {
             ca,
             default_lifetime,
             counts,
+            reviewer,
         })
     }
 }
@@ -61,9 +67,20 @@ impl CertificateService for Signer {
                 "no bootstrap token: send `authorization: Bearer TOKEN` (remora-control-plane token --node-id ID)",
             ));
         };
-        let (claims, identity) = self.ca.verify_token(&token).map_err(|e| {
+        let verified = match &self.reviewer {
+            Some(reviewer) if !token.starts_with(super::token::PREFIX) => reviewer
+                .review(token.trim())
+                .await
+                .map_err(|e| format!("service-account token refused: {e}")),
+            _ => self
+                .ca
+                .verify_token(&token)
+                .map(|(claims, identity)| (claims.node, identity))
+                .map_err(|e| format!("bootstrap token refused: {e}")),
+        };
+        let (node, identity) = verified.map_err(|message| {
             self.counts.unauthenticated.fetch_add(1, Ordering::Relaxed);
-            Status::unauthenticated(format!("bootstrap token refused: {e}"))
+            Status::unauthenticated(message)
         })?;
         let request = request.into_inner();
         let lifetime = match request.validity_seconds {
@@ -73,7 +90,7 @@ impl CertificateService for Signer {
         match self.ca.sign(&request.csr_pem, &identity, lifetime) {
             Ok(signed) => {
                 self.counts.signed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(node = %claims.node, %identity, "signed a certificate");
+                tracing::info!(%node, %identity, "signed a certificate");
                 Ok(Response::new(SignResponse {
                     cert_chain_pem: signed.chain,
                     trust_bundle_pem: signed.bundle,
@@ -81,7 +98,7 @@ impl CertificateService for Signer {
             }
             Err(error @ (SignError::WrongIdentity { .. } | SignError::Names(_))) => {
                 self.counts.denied.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %claims.node, %error, "CSR refused");
+                tracing::warn!(%node, %error, "CSR refused");
                 Err(Status::permission_denied(error.to_string()))
             }
             Err(error @ SignError::Internal(_)) => Err(Status::internal(error.to_string())),

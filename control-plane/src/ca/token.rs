@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Ca;
 
-const PREFIX: &str = "rmt1";
+pub(crate) const PREFIX: &str = "rmt1";
 
 /// What a token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ pub const TRAFFIC_POLICIES: &str = "/apis/remora.dev/v1alpha1/trafficpolicies";
 pub const AUTHORIZATION_POLICIES: &str = "/apis/remora.dev/v1alpha1/authorizationpolicies";
 pub const LEASES: &str = "/apis/coordination.k8s.io/v1/leases";
 pub const SECRETS: &str = "/api/v1/secrets";
+pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 pub const MUTATING_WEBHOOKS: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
 
@@ -55,6 +56,9 @@ struct State {
     lists: u64,
     watches: u64,
     gone: u64,
+    /// Service-account tokens a TokenReview accepts: token → (username,
+    /// pod name, audiences).
+    tokens: HashMap<String, (String, String, Vec<String>)>,
 }
 
 pub struct FakeApiServer {
@@ -213,6 +217,26 @@ impl FakeApiServer {
     }
 
     /// An object as stored (with the status written to it).
+    /// Makes `token` a projected service-account token of `namespace/
+    /// account`, bound to pod `pod`, for `audience` (POST TokenReview).
+    pub fn grant_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        account: &str,
+        pod: &str,
+        audience: &str,
+    ) {
+        self.state.lock().unwrap().tokens.insert(
+            token.into(),
+            (
+                format!("system:serviceaccount:{namespace}:{account}"),
+                pod.into(),
+                vec![audience.into()],
+            ),
+        );
+    }
+
     pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
         let state = self.state.lock().unwrap();
         state.collections[collection]
@@ -395,6 +419,35 @@ async fn respond(
     state: Arc<Mutex<State>>,
     wake: broadcast::Sender<()>,
 ) -> http::Response<Body> {
+    if request.uri().path() == TOKEN_REVIEWS && request.method() == http::Method::POST {
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let review: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let wanted: Vec<String> =
+            serde_json::from_value(review["spec"]["audiences"].clone()).unwrap_or_default();
+        let known = state.lock().unwrap().tokens.get(token).cloned();
+        let status = match known {
+            Some((username, pod, audiences)) if wanted.iter().all(|a| audiences.contains(a)) => {
+                json!({
+                    "authenticated": true, "audiences": wanted,
+                    "user": {"username": username, "extra": {"authentication.kubernetes.io/pod-name": [pod]}},
+                })
+            }
+            Some(_) => {
+                json!({"authenticated": false, "error": "token audiences are invalid for the target audiences"})
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        return full(
+            201,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": review["spec"], "status": status}),
+        );
+    }
     let (located, namespace, name, status_only) = locate(request.uri().path());
     if let Some(namespace) = namespace
         && (name.is_some() || request.method() != http::Method::GET)

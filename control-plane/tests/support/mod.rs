@@ -165,6 +165,7 @@ pub async fn control_plane_of(
         debounce: Duration::from_millis(50),
         ca,
         cert_lifetime: Duration::from_secs(24 * 3600),
+        token_reviewer: None,
         webhook: None,
     })
     .await
