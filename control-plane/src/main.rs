@@ -59,6 +59,17 @@ enum Command {
         #[arg(long, default_value = "8760h", value_parser = parse_duration)]
         valid_for: Duration,
     },
+    /// Print a pod as the sidecar injector would admit it (JSON), e.g.
+    /// `remora-control-plane inject --inject-config inject.yaml -f pod.yaml
+    /// | kubectl apply -f -`. Exits with 1 when the injector would refuse it.
+    Inject {
+        /// How pods are injected (the chart's ConfigMap `inject.yaml`).
+        #[arg(long, env = "REMORA_INJECT_CONFIG")]
+        inject_config: PathBuf,
+        /// The Pod, YAML or JSON; `-`: standard input.
+        #[arg(long, short)]
+        file: PathBuf,
+    },
     /// Print the CustomResourceDefinitions (TrafficPolicy,
     /// AuthorizationPolicy) as YAML, for `kubectl apply -f -`.
     Crds,
@@ -236,6 +247,33 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
+        Command::Inject {
+            inject_config,
+            file,
+        } => {
+            use remora_control_plane::inject;
+            let text = std::fs::read_to_string(&inject_config)
+                .map_err(|e| anyhow::anyhow!("--inject-config {}: {e}", inject_config.display()))?;
+            let config = inject::InjectConfig::parse(&text).map_err(|errors| {
+                anyhow::anyhow!("invalid --inject-config {}:\n{errors}", inject_config.display())
+            })?;
+            let pod_text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            };
+            let pod: serde_json::Value = serde_saphyr::from_str(&pod_text)
+                .map_err(|e| anyhow::anyhow!("{}: not YAML or JSON: {e}", file.display()))?;
+            let (pod, outcome) = inject::inject_pod(&pod, &config);
+            match outcome {
+                inject::Outcome::Denied(message) => anyhow::bail!("refused: {message}"),
+                inject::Outcome::Skipped(why) => eprintln!("not injected: {why}"),
+                inject::Outcome::Injected(_) => {}
+            }
+            println!("{}", serde_json::to_string_pretty(&pod)?);
+            Ok(())
+        }
         Command::Crds => {
             print!("{}", remora_api::crd::crds_yaml());
             Ok(())

@@ -392,3 +392,40 @@ async fn replicas_share_one_certificate_and_publish_its_ca_bundle() {
     .await;
     assert!(refused.is_err_and(|e| e.starts_with("TLS")));
 }
+
+/// `remora-control-plane inject`: a pod as the webhook would admit it.
+#[test]
+fn the_inject_command_prints_the_injected_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("inject.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let review: Value = serde_json::from_slice(&fixture("probes-pod.json")).unwrap();
+    let pod = dir.path().join("pod.json");
+    std::fs::write(&pod, serde_json::to_vec(&review["request"]["object"]).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_remora-control-plane"))
+        .args(["inject", "--inject-config"])
+        .arg(&config)
+        .arg("-f")
+        .arg(&pod)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let injected: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(containers(&injected, "initContainers"), ["remora-init", "remora-proxy"]);
+    assert_eq!(injected["metadata"]["annotations"]["remora.dev/status"], "injected");
+
+    // A bad annotation is refused with its name; exit 1.
+    let mut bad = review["request"]["object"].clone();
+    bad["metadata"]["annotations"] = json!({"remora.dev/exclude-outbound-ports": "http"});
+    std::fs::write(&pod, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_remora-control-plane"))
+        .args(["inject", "--inject-config"])
+        .arg(&config)
+        .arg("-f")
+        .arg(&pod)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("metadata.annotations[remora.dev/exclude-outbound-ports]: \"http\" is not a port"), "{stderr}");
+}

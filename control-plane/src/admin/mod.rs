@@ -1,4 +1,4 @@
-//! The admin server: `/ready`, `/metrics` (Prometheus) and `/debug/proxies`
+//! The admin server: `/ready`, `/live`, `/metrics` (Prometheus) and `/debug/proxies`
 //! (each connected node: versions sent and ACKed per type, the last NACK).
 
 use std::convert::Infallible;
@@ -87,6 +87,7 @@ fn respond(
                 )
             }
         }
+        "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -99,7 +100,7 @@ fn respond(
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /ready, /metrics or /debug/proxies\n".into(),
+            "not found; try /ready, /live, /metrics or /debug/proxies\n".into(),
         ),
     }
 }

@@ -341,6 +341,29 @@ pub fn review(body: &[u8], config: &InjectConfig, selection: Selection) -> (Vec<
     (answer(&api_version, &uid, &outcome), outcome)
 }
 
+/// `pod` as the webhook would admit it (in a namespace with injection
+/// enabled), and what it decided: the CLI's `inject`.
+pub fn inject_pod(pod: &Value, config: &InjectConfig) -> (Value, Outcome) {
+    let request = json!({
+        "uid": "remora-control-plane-inject",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "namespace": pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+        "operation": "CREATE",
+        "object": pod,
+    });
+    let outcome = match check_pod_shape(pod) {
+        Err(message) => Outcome::Denied(message),
+        Ok(()) => decide(&request, config, Selection::Namespace),
+    };
+    let mut injected = pod.clone();
+    if let Outcome::Injected(ops) = &outcome
+        && let Err(message) = patch::apply(&mut injected, ops)
+    {
+        return (pod.clone(), Outcome::Denied(message));
+    }
+    (injected, outcome)
+}
+
 /// A refusal of a request that could not be read at all.
 pub fn refusal(message: String) -> (Vec<u8>, Outcome) {
     let outcome = Outcome::Denied(message);

@@ -520,12 +520,12 @@ mod tests {
             .collect()
     }
 
-    /// The Grafana dashboard (dashboards/remora.json) asks only for metrics
+    /// The Grafana dashboard (charts/remora/dashboards/remora.json) asks only for metrics
     /// the proxy exports (a histogram's `_bucket`, `_sum`, `_count` too),
     /// and every panel has a query.
     #[test]
     fn every_dashboard_query_names_an_exported_metric() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards/remora.json");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/remora/dashboards/remora.json");
         let text = std::fs::read_to_string(path).unwrap();
         let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
         let defined = defined_metrics();
