@@ -255,7 +255,10 @@ fn main() -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&inject_config)
                 .map_err(|e| anyhow::anyhow!("--inject-config {}: {e}", inject_config.display()))?;
             let config = inject::InjectConfig::parse(&text).map_err(|errors| {
-                anyhow::anyhow!("invalid --inject-config {}:\n{errors}", inject_config.display())
+                anyhow::anyhow!(
+                    "invalid --inject-config {}:\n{errors}",
+                    inject_config.display()
+                )
             })?;
             let pod_text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?

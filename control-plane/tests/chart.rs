@@ -36,7 +36,13 @@ fn helm(args: &[&str], values: &str) -> std::process::Output {
 /// `helm template` with `values`: every object.
 fn render(values: &str) -> Vec<Value> {
     let output = helm(
-        &["template", "mesh", "--namespace", "remora-system", "--include-crds"],
+        &[
+            "template",
+            "mesh",
+            "--namespace",
+            "remora-system",
+            "--include-crds",
+        ],
         values,
     );
     assert!(
@@ -99,8 +105,7 @@ fn the_chart_lints_and_renders_valid_objects_with_the_defaults() {
         .iter()
         .filter(|o| o["kind"] == "CustomResourceDefinition")
         .collect();
-    let generated: Vec<Value> =
-        serde_saphyr::from_multiple(&remora_api::crd::crds_yaml()).unwrap();
+    let generated: Vec<Value> = serde_saphyr::from_multiple(&remora_api::crd::crds_yaml()).unwrap();
     assert_eq!(crds.len(), generated.len());
     for crd in generated {
         assert!(crds.contains(&&crd), "{} differs", crd["metadata"]["name"]);
@@ -137,7 +142,10 @@ fn the_chart_lints_and_renders_valid_objects_with_the_defaults() {
     .unwrap_or_else(|e| panic!("the chart's inject.yaml is invalid:\n{e}"));
     assert_eq!(config.xds_address, "mesh-remora.remora-system.svc:15010");
     assert_eq!(config.image, "ghcr.io/remora-mesh/remora-proxy:0.1.0");
-    assert_eq!(config.init_image.as_deref(), Some("ghcr.io/remora-mesh/remora-init:0.1.0"));
+    assert_eq!(
+        config.init_image.as_deref(),
+        Some("ghcr.io/remora-mesh/remora-init:0.1.0")
+    );
     let service = find(&objects, "Service", "mesh-remora").unwrap();
     let ports: Vec<i64> = service["spec"]["ports"]
         .as_array()
@@ -165,7 +173,10 @@ fn the_chart_lints_and_renders_valid_objects_with_the_defaults() {
     assert_eq!(paths, ["/inject", "/inject/opt-in"]);
     for webhook in &webhooks {
         assert_eq!(webhook["sideEffects"], "None");
-        assert_eq!(webhook["clientConfig"]["service"]["name"], "mesh-remora-webhook");
+        assert_eq!(
+            webhook["clientConfig"]["service"]["name"],
+            "mesh-remora-webhook"
+        );
         assert!(webhook["timeoutSeconds"].as_i64().unwrap() <= 10);
         let selector = webhook["namespaceSelector"].to_string();
         assert!(selector.contains("kube-system"), "{selector}");
@@ -197,13 +208,20 @@ fn value_sets_render_valid_objects() {
     validate(&objects);
     assert!(find(&objects, "PodDisruptionBudget", "mesh-remora").is_none());
     let deployment = find(&objects, "Deployment", "mesh-remora").unwrap();
-    assert!(!args(deployment).iter().any(|a| a.starts_with("--ca-secret")));
+    assert!(
+        !args(deployment)
+            .iter()
+            .any(|a| a.starts_with("--ca-secret"))
+    );
     let config = find(&objects, "ConfigMap", "mesh-remora-injector").unwrap();
     let config = remora_control_plane::inject::InjectConfig::parse(
         config["data"]["inject.yaml"].as_str().unwrap(),
     )
     .unwrap();
-    assert_eq!(config.ca_address, None, "no CA: the sidecars get no identity");
+    assert_eq!(
+        config.ca_address, None,
+        "no CA: the sidecars get no identity"
+    );
 
     // cert-manager's certificate, monitoring, the dashboard, opt-in by
     // label, the sidecar's settings.
@@ -228,21 +246,45 @@ controlPlane:
     let args = args(deployment);
     assert!(args.contains(&"--webhook-cert=/etc/remora/webhook-tls/tls.crt".to_string()));
     assert!(!args.iter().any(|a| a.starts_with("--webhook-secret")));
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
     assert_eq!(image, "registry.local:5000/mesh/remora-control-plane:dev-1");
-    let hooks = find(&objects, "MutatingWebhookConfiguration", "mesh-remora-sidecar-injector").unwrap();
+    let hooks = find(
+        &objects,
+        "MutatingWebhookConfiguration",
+        "mesh-remora-sidecar-injector",
+    )
+    .unwrap();
     assert_eq!(
         hooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
         "remora-system/remora-webhook"
     );
-    assert!(hooks["webhooks"][1]["objectSelector"].to_string().contains("\"In\""));
-    let monitor = objects.iter().find(|o| o["kind"] == "PodMonitor").expect("a PodMonitor");
-    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "remora-admin");
-    let service_monitor = objects.iter().find(|o| o["kind"] == "ServiceMonitor").unwrap();
-    assert_eq!(service_monitor["metadata"]["labels"]["release"], "prometheus");
+    assert!(
+        hooks["webhooks"][1]["objectSelector"]
+            .to_string()
+            .contains("\"In\"")
+    );
+    let monitor = objects
+        .iter()
+        .find(|o| o["kind"] == "PodMonitor")
+        .expect("a PodMonitor");
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        "remora-admin"
+    );
+    let service_monitor = objects
+        .iter()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .unwrap();
+    assert_eq!(
+        service_monitor["metadata"]["labels"]["release"],
+        "prometheus"
+    );
     // The dashboard ConfigMap carries the dashboard the proxy's test checks.
     let dashboard = find(&objects, "ConfigMap", "mesh-remora-dashboard").unwrap();
-    let json: Value = serde_json::from_str(dashboard["data"]["remora.json"].as_str().unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["remora.json"].as_str().unwrap()).unwrap();
     assert_eq!(json["uid"], "remora-golden");
     let config = find(&objects, "ConfigMap", "mesh-remora-injector").unwrap();
     let config = remora_control_plane::inject::InjectConfig::parse(
@@ -255,8 +297,16 @@ controlPlane:
     // No injector at all: no webhook, no ConfigMap, no webhook RBAC.
     let objects = render("injector: {enabled: false}\n");
     validate(&objects);
-    assert!(!objects.iter().any(|o| o["kind"] == "MutatingWebhookConfiguration"));
-    assert!(!serde_json::to_string(&objects).unwrap().contains("mutatingwebhookconfigurations"));
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "MutatingWebhookConfiguration")
+    );
+    assert!(
+        !serde_json::to_string(&objects)
+            .unwrap()
+            .contains("mutatingwebhookconfigurations")
+    );
 }
 
 #[test]
@@ -264,19 +314,34 @@ fn bad_values_are_rejected_with_their_path() {
     for (values, says) in [
         ("controlPlane: {replicas: two}\n", "/controlPlane/replicas"),
         ("controlPlane: {replicas: 0}\n", "/controlPlane/replicas"),
-        ("injector: {failurePolicy: Maybe}\n", "/injector/failurePolicy"),
+        (
+            "injector: {failurePolicy: Maybe}\n",
+            "/injector/failurePolicy",
+        ),
         ("proxy: {drainTimeout: soon}\n", "/proxy/drainTimeout"),
         ("proxy: {adminPort: 70000}\n", "/proxy/adminPort"),
-        ("proxy: {resources: {requests: {cpu: lots}}}\n", "/proxy/resources/requests/cpu"),
-        ("proxy: {excludeOutboundCIDRs: [10.0.0.0]}\n", "/proxy/excludeOutboundCIDRs"),
+        (
+            "proxy: {resources: {requests: {cpu: lots}}}\n",
+            "/proxy/resources/requests/cpu",
+        ),
+        (
+            "proxy: {excludeOutboundCIDRs: [10.0.0.0]}\n",
+            "/proxy/excludeOutboundCIDRs",
+        ),
         ("image: {pullPolicy: Sometimes}\n", "/image/pullPolicy"),
-        ("injector: {timeoutSeconds: 60}\n", "/injector/timeoutSeconds"),
+        (
+            "injector: {timeoutSeconds: 60}\n",
+            "/injector/timeoutSeconds",
+        ),
         ("controlPlan: {replicas: 2}\n", "controlPlan"),
     ] {
         let output = helm(&["template", "mesh"], values);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{values} must be rejected");
-        assert!(stderr.contains("values don't meet the specifications of the schema"), "{values}: {stderr}");
+        assert!(
+            stderr.contains("values don't meet the specifications of the schema"),
+            "{values}: {stderr}"
+        );
         // helm names the value by its JSON pointer (`/controlPlane/replicas`).
         assert!(stderr.contains(says), "{values}: {says} in {stderr}");
     }

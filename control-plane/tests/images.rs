@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use netns::Netns;
 use serde_json::{Value, json};
 
@@ -48,15 +47,42 @@ struct Mounted {
 }
 
 impl Mounted {
+    /// The image's root, with what a container runtime adds: `/dev`'s
+    /// character devices and `/proc`.
     fn of(image: &str) -> Mounted {
         let container = buildah(&["from", "--pull-never", image]).unwrap();
         let root = PathBuf::from(buildah(&["mount", &container]).unwrap());
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        for (name, minor) in [
+            ("null", "3"),
+            ("zero", "5"),
+            ("random", "8"),
+            ("urandom", "9"),
+        ] {
+            let path = root.join("dev").join(name);
+            let made = Command::new("mknod")
+                .arg(&path)
+                .args(["-m", "666", "c", "1", minor])
+                .status();
+            assert!(made.is_ok_and(|s| s.success()), "mknod {}", path.display());
+        }
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        let proc = Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(root.join("proc"))
+            .status();
+        assert!(
+            proc.is_ok_and(|s| s.success()),
+            "mount proc in {}",
+            root.display()
+        );
         Mounted { container, root }
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.root.join("proc")).status();
         let _ = buildah(&["umount", &self.container]);
         let _ = buildah(&["rm", &self.container]);
     }
@@ -64,7 +90,10 @@ impl Drop for Mounted {
 
 /// The images' tag, or why the test cannot run here.
 fn images() -> Option<String> {
-    let Some(tag) = std::env::var("REMORA_TEST_IMAGES").ok().filter(|t| !t.is_empty()) else {
+    let Some(tag) = std::env::var("REMORA_TEST_IMAGES")
+        .ok()
+        .filter(|t| !t.is_empty())
+    else {
         eprintln!(
             "\n**** SKIPPED: no images to test: REMORA_TEST_IMAGES is unset (scripts/test builds them with scripts/build-images) ****\n"
         );
@@ -104,20 +133,30 @@ fn the_images_run_the_sidecar_the_control_plane_and_the_capture_init() {
         format!("remora-control-plane:{tag}"),
     );
     // Size goal: the sidecar image under 15 MB.
-    let size: u64 = buildah(&["inspect", "--type", "image", "--format", "{{.Size}}", &proxy_image])
+    let inspected: Value =
+        serde_json::from_str(&buildah(&["inspect", "--type", "image", &proxy_image]).unwrap())
+            .unwrap();
+    let manifest: Value = serde_json::from_str(inspected["Manifest"].as_str().unwrap()).unwrap();
+    let size: u64 = manifest["layers"]
+        .as_array()
         .unwrap()
-        .parse()
-        .unwrap();
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
     assert!(size < 15_000_000, "{proxy_image} is {size} bytes");
-    // Nothing but what the Containerfile puts there, and a non-root user.
-    let config: Value = serde_json::from_str(
-        &buildah(&["inspect", "--type", "image", &proxy_image]).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(config["OCIv1"]["config"]["User"], "1337:1337");
+    assert_eq!(
+        inspected["OCIv1"]["config"]["User"], "1337:1337",
+        "a non-root user"
+    );
 
-    let Some(pod) = Netns::create("image-pod") else { return };
-    let (proxy, cp, init) = (Mounted::of(&proxy_image), Mounted::of(&cp_image), Mounted::of(&init_image));
+    let Some(pod) = Netns::create("image-pod") else {
+        return;
+    };
+    let (proxy, cp, init) = (
+        Mounted::of(&proxy_image),
+        Mounted::of(&cp_image),
+        Mounted::of(&init_image),
+    );
     pod.run(&["ip", "link", "set", "lo", "up"]);
 
     // The control plane, from its image, as its user, serving a mesh.
@@ -145,7 +184,11 @@ fn the_images_run_the_sidecar_the_control_plane_and_the_capture_init() {
     );
     // The sidecar, from its image, as user 1337, with the injector's
     // arguments; the kubelet gives every pod an /etc/hosts.
-    std::fs::write(proxy.root.join("etc/hosts"), "127.0.0.1 localhost remora-control-plane.remora-system.svc\n").unwrap();
+    std::fs::write(
+        proxy.root.join("etc/hosts"),
+        "127.0.0.1 localhost remora-control-plane.remora-system.svc\n",
+    )
+    .unwrap();
     let sidecar = Killed(
         Command::new("ip")
             .args(["netns", "exec", &pod.0, "chroot", "--userspec=1337:1337"])
@@ -180,7 +223,9 @@ fn the_images_run_the_sidecar_the_control_plane_and_the_capture_init() {
         panic!("the sidecar image never became ready: {last:?}");
     }
     let (_, xds) = get(&pod, "http://127.0.0.1:15000/xds").unwrap();
-    assert!(xds.contains("\"connected\":true"), "{xds}");
+    let xds: Value = serde_json::from_str(&xds).unwrap();
+    assert_eq!(xds["connected"], true, "{xds}");
+    assert_eq!(xds["node_id"], "web-0.shop");
     let (_, cp_ready) = get(&pod, "http://127.0.0.1:15014/ready").unwrap();
     assert!(cp_ready.starts_with("ready"), "{cp_ready}");
     drop(sidecar);
@@ -192,31 +237,31 @@ fn the_images_run_the_sidecar_the_control_plane_and_the_capture_init() {
         "image: remora-proxy:t\ninit_image: remora-init:t\nxds_address: cp:15010\n",
     )
     .unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission/deployment-pod.json");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission/deployment-pod.json");
     let mut review: Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
-    review["request"]["object"]["metadata"]["annotations"] =
-        json!({"remora.dev/exclude-inbound-ports": "22", "remora.dev/exclude-outbound-cidrs": "169.254.169.254/32"});
+    review["request"]["object"]["metadata"]["annotations"] = json!({"remora.dev/exclude-inbound-ports": "22", "remora.dev/exclude-outbound-cidrs": "169.254.169.254/32"});
     let (answer, _) = remora_control_plane::inject::review(
         &serde_json::to_vec(&review).unwrap(),
         &config,
         remora_control_plane::inject::Selection::Namespace,
     );
     let answer: Value = serde_json::from_slice(&answer).unwrap();
-    let ops: Vec<Value> = serde_json::from_slice(
-        &base64::engine::general_purpose::STANDARD
-            .decode(answer["response"]["patch"].as_str().unwrap())
-            .unwrap(),
+    let patched = remora_control_plane::inject::patch::patched(
+        &review["request"]["object"],
+        &answer["response"],
     )
-    .unwrap();
-    let mut patched = review["request"]["object"].clone();
-    remora_control_plane::inject::patch::apply(&mut patched, &ops).unwrap();
+    .unwrap()
+    .expect("injected");
     let init_container = &patched["spec"]["initContainers"][0];
     assert_eq!(init_container["name"], "remora-init");
     let command: Vec<String> = serde_json::from_value(init_container["command"].clone()).unwrap();
     let args: Vec<String> = serde_json::from_value(init_container["args"].clone()).unwrap();
     let mut line: Vec<String> = command.clone();
     line.extend(args.iter().cloned());
-    let Some(capture) = Netns::create("image-init") else { return };
+    let Some(capture) = Netns::create("image-init") else {
+        return;
+    };
     let mut run = vec!["chroot".to_string(), init.root.display().to_string()];
     run.extend(line.iter().cloned());
     let run: Vec<&str> = run.iter().map(String::as_str).collect();
@@ -229,12 +274,34 @@ fn the_images_run_the_sidecar_the_control_plane_and_the_capture_init() {
     let dry: Vec<&str> = dry.iter().map(String::as_str).collect();
     let (ok, planned, err) = capture.run(&dry);
     assert!(ok, "{err}");
-    let flavour = if planned.contains("iptables-nft-restore") { "iptables-nft-save" } else { "iptables-legacy-save" };
-    let nat = capture.nat(flavour);
-    for rule in planned.lines().filter(|l| l.starts_with("-A ")) {
-        assert!(nat.iter().any(|r| r == rule), "{rule} missing from\n{}", nat.join("\n"));
+    // One section per address family, each headed by its restore command.
+    let mut nat = Vec::new();
+    for section in planned.split("# ").filter(|s| !s.trim().is_empty()) {
+        let restore = section.split_whitespace().next().unwrap();
+        let save = restore.replace("-restore", "-save");
+        let installed = capture.nat(&save);
+        for rule in section.lines().filter(|l| l.starts_with("-A ")) {
+            assert!(
+                installed.iter().any(|r| r == rule),
+                "{rule} missing from {save}:\n{}",
+                installed.join("\n")
+            );
+        }
+        nat.extend(installed);
     }
-    assert!(nat.iter().any(|r| r.contains("--dport 22 -j RETURN")), "{}", nat.join("\n"));
-    assert!(nat.iter().any(|r| r.contains("169.254.169.254/32")), "{}", nat.join("\n"));
-    assert!(nat.iter().any(|r| r.contains("--uid-owner 1337")), "{}", nat.join("\n"));
+    assert!(
+        nat.iter().any(|r| r.contains("--dport 22 -j RETURN")),
+        "{}",
+        nat.join("\n")
+    );
+    assert!(
+        nat.iter().any(|r| r.contains("169.254.169.254/32")),
+        "{}",
+        nat.join("\n")
+    );
+    assert!(
+        nat.iter().any(|r| r.contains("--uid-owner 1337")),
+        "{}",
+        nat.join("\n")
+    );
 }

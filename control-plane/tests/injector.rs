@@ -113,18 +113,10 @@ async fn review(webhook: &Webhook, path: &str, body: Vec<u8>) -> (Value, Option<
         (Some("admission.k8s.io/v1"), Some("AdmissionReview"))
     );
     let response = answer["response"].clone();
-    let patched = response["patch"].as_str().map(|patch| {
-        assert_eq!(response["patchType"], "JSONPatch");
-        let ops: Vec<Value> = serde_json::from_slice(
-            &base64::engine::general_purpose::STANDARD
-                .decode(patch)
-                .unwrap(),
-        )
-        .unwrap();
-        let mut pod = sent.as_ref().unwrap()["request"]["object"].clone();
-        patch::apply(&mut pod, &ops).unwrap();
-        pod
-    });
+    let pod = sent
+        .as_ref()
+        .map_or(Value::Null, |review| review["request"]["object"].clone());
+    let patched = patch::patched(&pod, &response).unwrap();
     (response, patched)
 }
 
@@ -401,31 +393,47 @@ fn the_inject_command_prints_the_injected_pod() {
     std::fs::write(&config, CONFIG).unwrap();
     let review: Value = serde_json::from_slice(&fixture("probes-pod.json")).unwrap();
     let pod = dir.path().join("pod.json");
-    std::fs::write(&pod, serde_json::to_vec(&review["request"]["object"]).unwrap()).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_remora-control-plane"))
-        .args(["inject", "--inject-config"])
-        .arg(&config)
-        .arg("-f")
-        .arg(&pod)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    std::fs::write(
+        &pod,
+        serde_json::to_vec(&review["request"]["object"]).unwrap(),
+    )
+    .unwrap();
+    let inject = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_remora-control-plane"))
+            .args(["inject", "--inject-config"])
+            .arg(&config)
+            .arg("-f")
+            .arg(&pod)
+            .output()
+            .unwrap()
+    };
+    let output = inject();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let injected: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(containers(&injected, "initContainers"), ["remora-init", "remora-proxy"]);
-    assert_eq!(injected["metadata"]["annotations"]["remora.dev/status"], "injected");
+    assert_eq!(
+        containers(&injected, "initContainers"),
+        ["remora-init", "remora-proxy"]
+    );
+    assert_eq!(
+        injected["metadata"]["annotations"]["remora.dev/status"],
+        "injected"
+    );
 
     // A bad annotation is refused with its name; exit 1.
     let mut bad = review["request"]["object"].clone();
     bad["metadata"]["annotations"] = json!({"remora.dev/exclude-outbound-ports": "http"});
     std::fs::write(&pod, serde_json::to_vec(&bad).unwrap()).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_remora-control-plane"))
-        .args(["inject", "--inject-config"])
-        .arg(&config)
-        .arg("-f")
-        .arg(&pod)
-        .output()
-        .unwrap();
+    let output = inject();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("metadata.annotations[remora.dev/exclude-outbound-ports]: \"http\" is not a port"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "metadata.annotations[remora.dev/exclude-outbound-ports]: \"http\" is not a port"
+        ),
+        "{stderr}"
+    );
 }

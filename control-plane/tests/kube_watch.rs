@@ -43,17 +43,19 @@ fn pod(name: &str, app: &str, ip: &str) -> Value {
            "status": {"phase": "Running", "podIP": ip}})
 }
 
-/// Every collection but the Gateway API's (as a cluster without its CRDs).
+/// Every collection the control plane reads but the Gateway API's (as a
+/// cluster without its CRDs), and leases.
+const COLLECTIONS: [&str; 6] = [
+    SERVICES,
+    PODS,
+    ENDPOINT_SLICES,
+    TRAFFIC_POLICIES,
+    AUTHORIZATION_POLICIES,
+    LEASES,
+];
+
 async fn api_server() -> FakeApiServer {
-    let api = FakeApiServer::start(&[
-        SERVICES,
-        PODS,
-        ENDPOINT_SLICES,
-        TRAFFIC_POLICIES,
-        AUTHORIZATION_POLICIES,
-        LEASES,
-    ])
-    .await;
+    let api = FakeApiServer::start(&COLLECTIONS).await;
     api.apply(SERVICES, service("web", "10.96.0.10", 80));
     api.apply(SERVICES, service("reviews", "10.96.0.20", 9080));
     api.apply(ENDPOINT_SLICES, slice("web", &["10.1.0.10"], 80));
@@ -384,16 +386,7 @@ async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
     use remora_xds_proto::ca::certificate_service_client::CertificateServiceClient;
     use rustls::pki_types::pem::PemObject;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let api = FakeApiServer::start(&[
-        SERVICES,
-        PODS,
-        ENDPOINT_SLICES,
-        TRAFFIC_POLICIES,
-        AUTHORIZATION_POLICIES,
-        LEASES,
-        SECRETS,
-    ])
-    .await;
+    let api = FakeApiServer::start(&[COLLECTIONS.as_slice(), &[SECRETS]].concat()).await;
     api.apply(PODS, pod("web-0", "web", "10.1.0.10"));
     let client = api.client();
     let first = shared_root(&client, "remora-system", "remora-ca", "cluster.local")

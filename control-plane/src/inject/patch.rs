@@ -106,6 +106,28 @@ pub fn apply(document: &mut Value, ops: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
+/// What the API server stores for `pod` given the webhook's `response`
+/// (an `AdmissionReview`'s `response`): `None` when it carries no patch.
+pub fn patched(pod: &Value, response: &Value) -> Result<Option<Value>, String> {
+    use base64::Engine;
+    let Some(patch) = response["patch"].as_str() else {
+        return Ok(None);
+    };
+    if response["patchType"] != "JSONPatch" {
+        return Err(format!(
+            "patchType {}: expected JSONPatch",
+            response["patchType"]
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .map_err(|e| format!("patch: not base64: {e}"))?;
+    let ops: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| format!("patch: {e}"))?;
+    let mut pod = pod.clone();
+    apply(&mut pod, &ops)?;
+    Ok(Some(pod))
+}
+
 fn unescape(token: &str) -> String {
     token.replace("~1", "/").replace("~0", "~")
 }

@@ -1,4 +1,3 @@
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::*;
@@ -41,18 +40,7 @@ fn run(pod: &Value, selection: Selection) -> (Value, Option<Value>) {
     assert_eq!(answer["kind"], "AdmissionReview");
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
     let response = answer["response"].clone();
-    let patched = response["patch"].as_str().map(|patch| {
-        assert_eq!(response["patchType"], "JSONPatch");
-        let ops: Vec<Value> = serde_json::from_slice(
-            &base64::engine::general_purpose::STANDARD
-                .decode(patch)
-                .unwrap(),
-        )
-        .unwrap();
-        let mut patched = pod.clone();
-        patch::apply(&mut patched, &ops).unwrap();
-        patched
-    });
+    let patched = patch::patched(pod, &response).unwrap();
     (response, patched)
 }
 

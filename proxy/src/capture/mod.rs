@@ -185,7 +185,11 @@ fn run(command: &str, args: &[&str], input: Option<&str>) -> Result<String, Init
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|error| match error.kind() {
-            std::io::ErrorKind::NotFound => InitError::Missing(command.to_string()),
+            // Not found, and not on PATH either (a missing /dev/null is
+            // also ENOENT: that is not a missing binary).
+            std::io::ErrorKind::NotFound if !on_path(command) => {
+                InitError::Missing(command.to_string())
+            }
             _ => InitError::Failed {
                 command: shown.clone(),
                 stderr: error.to_string(),

@@ -525,7 +525,10 @@ mod tests {
     /// and every panel has a query.
     #[test]
     fn every_dashboard_query_names_an_exported_metric() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/remora/dashboards/remora.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/remora/dashboards/remora.json"
+        );
         let text = std::fs::read_to_string(path).unwrap();
         let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
         let defined = defined_metrics();

@@ -190,6 +190,30 @@ fn xds_flags_need_each_other() {
         stdout.contains("valid (0 listeners, 0 clusters)"),
         "{stdout}"
     );
+    // The injector's identity flags: --ca and --token-file go together.
+    let (code, stderr) = run(&[
+        "--xds",
+        "127.0.0.1:18000",
+        "--node-id",
+        "a",
+        "--ca",
+        "127.0.0.1:18000",
+        "--check",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--token-file"), "{stderr}");
+    let (code, stderr) = run(&[
+        "--xds",
+        "127.0.0.1:18000",
+        "--node-id",
+        "a",
+        "--ca",
+        "127.0.0.1:18000",
+        "--token-file",
+        "/var/run/secrets/remora/tokens/remora-ca",
+        "--check",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[tokio::test]
