@@ -43,28 +43,12 @@ pub async fn shared_root(
             );
         }
         let (cert, key) = super::generate_root(trust_domain)?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(namespace.into()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "remora-control-plane".to_string(),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(
-                [("ca.crt", cert), ("ca.key", key)]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
+        let secret = managed_secret(
+            namespace,
+            name,
+            "Opaque",
+            [("ca.crt", cert.as_str()), ("ca.key", key.as_str())],
+        );
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => {
                 tracing::info!(secret = %label, "generated the mesh's root CA");
@@ -75,6 +59,37 @@ pub async fn shared_root(
         }
     }
     anyhow::bail!("{label}: kept changing under us")
+}
+
+/// A Secret the control plane writes (and labels as its own), of
+/// `type_`, holding `data` (PEM texts).
+pub fn managed_secret<'a>(
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    data: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "remora-control-plane".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some(type_.into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
 }
 
 /// Checks service-account tokens with the API server.

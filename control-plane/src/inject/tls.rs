@@ -14,7 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -306,33 +306,17 @@ async fn shared_cert(kube: &KubernetesCerts, dns_names: &[String]) -> anyhow::Re
             Some(old) => ServingCert::sign(old.ca_pem.clone(), old.ca_key_pem.clone(), dns_names)?,
             None => ServingCert::generate(dns_names)?,
         };
-        let mut secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(kube.secret.clone()),
-                namespace: Some(kube.namespace.clone()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "remora-control-plane".to_string(),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(
-                [
-                    ("ca.crt", &cert.ca_pem),
-                    ("ca.key", &cert.ca_key_pem),
-                    ("tls.crt", &cert.cert_pem),
-                    ("tls.key", &cert.key_pem),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-            ),
-            ..Default::default()
-        };
+        let mut secret = crate::ca::kubernetes::managed_secret(
+            &kube.namespace,
+            &kube.secret,
+            "kubernetes.io/tls",
+            [
+                ("ca.crt", cert.ca_pem.as_str()),
+                ("ca.key", cert.ca_key_pem.as_str()),
+                ("tls.crt", cert.cert_pem.as_str()),
+                ("tls.key", cert.key_pem.as_str()),
+            ],
+        );
         let written = match existing {
             Some(existing) => {
                 secret.metadata.resource_version = existing.metadata.resource_version;
