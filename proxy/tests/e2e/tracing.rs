@@ -223,6 +223,8 @@ fn assert_one_trace(spans: &[(String, Span)], caller: Option<(&[u8], &[u8])>) {
     // Semantic conventions and Remora's own attributes.
     assert_eq!(attribute(front_server, "http.request.method"), "GET");
     assert_eq!(attribute(front_server, "url.path"), "/traced");
+    // The Host header's host, without its port.
+    assert_eq!(attribute(front_server, "server.address"), "127.0.0.1");
     assert_eq!(attribute(front_server, "http.response.status_code"), "200");
     assert_eq!(attribute(front_server, "remora.route"), "to-back");
     assert_eq!(attribute(front_server, "remora.cluster"), "back");
