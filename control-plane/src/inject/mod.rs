@@ -351,10 +351,7 @@ pub fn inject_pod(pod: &Value, config: &InjectConfig) -> (Value, Outcome) {
         "operation": "CREATE",
         "object": pod,
     });
-    let outcome = match check_pod_shape(pod) {
-        Err(message) => Outcome::Denied(message),
-        Ok(()) => decide(&request, config, Selection::Namespace),
-    };
+    let outcome = decide(&request, config, Selection::Namespace);
     let mut injected = pod.clone();
     if let Outcome::Injected(ops) = &outcome
         && let Err(message) = patch::apply(&mut injected, ops)
@@ -473,29 +470,29 @@ fn decide(request: &Value, config: &InjectConfig, selection: Selection) -> Outco
     {
         return Outcome::Skipped("already injected".into());
     }
-    match (
-        annotation(INJECT),
-        pod["metadata"]["labels"][INJECT].as_str(),
-        selection,
-    ) {
-        (Some(value), _, _) | (None, Some(value), _)
-            if value.eq_ignore_ascii_case("false") || value.eq_ignore_ascii_case("disabled") =>
-        {
+    // The annotation, else the label (which an objectSelector can see).
+    let asked = annotation(INJECT).map(|v| ("annotations", v)).or_else(|| {
+        pod["metadata"]["labels"][INJECT]
+            .as_str()
+            .map(|v| ("labels", v))
+    });
+    let is = |value: &str, words: [&str; 2]| words.iter().any(|w| value.eq_ignore_ascii_case(w));
+    match asked {
+        Some((_, value)) if is(value, ["false", "disabled"]) => {
             return Outcome::Skipped(format!("{INJECT}: \"false\""));
         }
-        (Some(value), _, _) | (None, Some(value), _)
-            if value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("enabled") => {}
-        (Some(value), _, _) | (None, Some(value), _) => {
+        Some((_, value)) if is(value, ["true", "enabled"]) => {}
+        Some((field, value)) => {
             return Outcome::Denied(format!(
-                "metadata.annotations[{INJECT}]: {value:?}: \"true\" or \"false\""
+                "metadata.{field}[{INJECT}]: {value:?}: \"true\" or \"false\""
             ));
         }
-        (None, None, Selection::Namespace) => {}
-        (None, None, Selection::OptIn) => {
+        None if selection == Selection::OptIn => {
             return Outcome::Skipped(format!(
                 "namespace not labelled {INJECT}=enabled and no {INJECT} annotation"
             ));
         }
+        None => {}
     }
     match inject(pod, config) {
         Ok(injected) => Outcome::Injected(patch::diff(pod, &injected)),

@@ -330,6 +330,12 @@ fn bad_input_gets_a_well_formed_refusal() {
     let mut bad = pod(app());
     bad["metadata"]["annotations"] = json!({INJECT: "maybe"});
     refused(&request(&bad), "\"true\" or \"false\"");
+    let mut bad = pod(app());
+    bad["metadata"]["labels"] = json!({INJECT: "maybe"});
+    refused(
+        &request(&bad),
+        "metadata.labels[remora.dev/inject]: \"maybe\"",
+    );
     // The uid is echoed even when refused.
     let (answer, _) = super::review(&request(&bad), &config(), Selection::Namespace);
     let answer: Value = serde_json::from_slice(&answer).unwrap();
