@@ -95,8 +95,7 @@ struct Traced {
     trace: Trace,
     method: Method,
     /// Only kept when sampled.
-    path: String,
-    authority: String,
+    place: Option<trace::PathHost>,
     open_try: Option<(ClientSpan, SocketAddr, StatusCode)>,
 }
 
@@ -150,19 +149,15 @@ impl Exchange {
         });
         let trace = listener.tracer.as_ref().map(|tracer| {
             let trace = tracer.start(request.headers());
-            let (path, authority) = if trace.sampled {
+            let place = trace.sampled.then(|| {
                 let uri = request.uri();
-                let authority = super::authority::of(uri, request.headers());
-                (uri.path().to_string(), authority.to_string())
-            } else {
-                (String::new(), String::new())
-            };
+                trace::PathHost::new(uri.path(), super::authority::of(uri, request.headers()))
+            });
             Box::new(Traced {
                 tracer: tracer.clone(),
                 trace,
                 method: request.method().clone(),
-                path,
-                authority,
+                place,
                 open_try: None,
             })
         });
@@ -268,16 +263,10 @@ impl Exchange {
             );
             traced.tracer.export(record);
         }
-        let authority = std::mem::take(&mut traced.authority);
-        let host = match authority.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
-            _ => authority,
-        };
         let route = self.route_name();
         let attributes = trace::SpanAttributes {
             method: traced.method.clone(),
-            path: Some(std::mem::take(&mut traced.path)),
-            host: (!host.is_empty()).then_some(host),
+            place: traced.place.take(),
             peer: Some(self.conn.peer),
             status: self.status.map(|s| s.as_u16()),
             listener: Some(self.listener.name.clone()),

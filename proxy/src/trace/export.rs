@@ -2,9 +2,11 @@
 //! off the data path. Spans arrive on a bounded queue, which the exporter
 //! drains every 25 ms (a span never wakes it); a batch goes out when it is
 //! full or `batch_timeout` after its first span, as one OTLP
-//! `ExportTraceServiceRequest` over gRPC or HTTP/protobuf. A batch that
-//! fails is dropped and counted (no retry: a slow or dead collector must
-//! not grow the proxy's memory). When the tracer is dropped (a reload with
+//! `ExportTraceServiceRequest` over gRPC or HTTP/protobuf, on one
+//! connection kept from batch to batch. A batch that fails is dropped and
+//! counted (no retry: a slow or dead collector must not grow the proxy's
+//! memory); only a batch that met a kept connection the collector had
+//! closed meanwhile is sent again, once, on a new one. When the tracer is dropped (a reload with
 //! another `tracing:`, or shutdown) the queue closes and the thread sends
 //! what it holds, then ends.
 
@@ -99,12 +101,20 @@ const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Expor
 
 type GrpcClient = tonic::client::Grpc<tonic::transport::Channel>;
 
+/// The exporter's connection to the collector, kept from batch to batch
+/// (and made again after a failure).
+#[derive(Default)]
+struct Connection {
+    grpc: Option<GrpcClient>,
+    http: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
 impl Exporter {
     /// Drains the queue on a tick instead of waiting on it: a sender never
     /// wakes this thread (no cross-thread wake-up per span), and a batch
     /// leaves when it is full or `batch_timeout` after its first span.
     async fn run(self, mut spans: mpsc::Receiver<SpanRecord>) {
-        let mut grpc = None;
+        let mut conn = Connection::default();
         let mut batch: Vec<SpanRecord> = Vec::with_capacity(self.config.max_batch_spans);
         let mut first_at = None;
         let tick = self.config.batch_timeout.min(DRAIN_EVERY);
@@ -119,7 +129,7 @@ impl Exporter {
                         first_at.get_or_insert_with(tokio::time::Instant::now);
                         batch.push(span);
                         if batch.len() >= self.config.max_batch_spans {
-                            self.send(&mut grpc, &mut batch).await;
+                            self.send(&mut conn, &mut batch).await;
                             first_at = None;
                         }
                     }
@@ -132,7 +142,7 @@ impl Exporter {
             }
             let due = first_at.is_some_and(|at| at.elapsed() >= self.config.batch_timeout);
             if !batch.is_empty() && (due || closed) {
-                self.send(&mut grpc, &mut batch).await;
+                self.send(&mut conn, &mut batch).await;
                 first_at = None;
             }
             if closed {
@@ -141,11 +151,11 @@ impl Exporter {
         }
     }
 
-    async fn send(&self, grpc: &mut Option<GrpcClient>, batch: &mut Vec<SpanRecord>) {
+    async fn send(&self, conn: &mut Connection, batch: &mut Vec<SpanRecord>) {
         let count = batch.len() as u64;
         let request = super::wire::request(&self.resource, batch);
         batch.clear();
-        match self.export(grpc, request).await {
+        match self.export(conn, request).await {
             Ok(()) => self.counters.exported.increment(count),
             Err(error) => {
                 self.counters.failed.increment(count);
@@ -154,11 +164,11 @@ impl Exporter {
         }
     }
 
-    async fn export(&self, grpc: &mut Option<GrpcClient>, request: Vec<u8>) -> Result<(), String> {
+    async fn export(&self, conn: &mut Connection, request: Bytes) -> Result<(), String> {
         let otlp = &self.config.otlp;
         match otlp.protocol {
             OtlpProtocol::Grpc => {
-                let client = match grpc {
+                let client = match &mut conn.grpc {
                     Some(client) => client,
                     None => {
                         let endpoint =
@@ -166,7 +176,8 @@ impl Exporter {
                                 .map_err(|e| e.to_string())?
                                 .connect_timeout(otlp.timeout)
                                 .timeout(otlp.timeout);
-                        grpc.insert(tonic::client::Grpc::new(endpoint.connect_lazy()))
+                        conn.grpc
+                            .insert(tonic::client::Grpc::new(endpoint.connect_lazy()))
                     }
                 };
                 client.ready().await.map_err(|e| e.to_string())?;
@@ -185,7 +196,9 @@ impl Exporter {
                     .map_err(|status| format!("{}: {}", status.code(), status.message()))
             }
             OtlpProtocol::HttpProtobuf => {
-                tokio::time::timeout(otlp.timeout, post(&otlp.endpoint, request))
+                // A batch that times out leaves no connection behind: the
+                // next one starts on a new one.
+                tokio::time::timeout(otlp.timeout, post(&mut conn.http, &otlp.endpoint, request))
                     .await
                     .map_err(|_| format!("no answer within {:?}", otlp.timeout))?
             }
@@ -193,39 +206,80 @@ impl Exporter {
     }
 }
 
-/// One POST of `application/x-protobuf` on a connection of its own (a
-/// batch goes out at most every `batch_timeout`).
-async fn post(endpoint: &str, body: Vec<u8>) -> Result<(), String> {
+/// One POST of `application/x-protobuf`, on the kept connection when it
+/// is still open, else on a new one. A kept connection the collector
+/// closed meanwhile (an idle timeout) gets the batch again on a new one.
+async fn post(
+    conn: &mut Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    endpoint: &str,
+    body: Bytes,
+) -> Result<(), String> {
     let uri: Uri = endpoint.parse().map_err(|e| format!("{e}"))?;
     let authority = uri.authority().ok_or("no host")?.clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((authority.host(), port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(connection);
     let path = uri
         .path_and_query()
         .map(|p| p.as_str())
         .filter(|p| *p != "/")
         .unwrap_or("/v1/traces");
-    let request = Request::post(path)
-        .header(http::header::HOST, authority.as_str())
-        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
+    let kept = conn.take().filter(|sender| !sender.is_closed());
+    let reused = kept.is_some();
+    let mut sender = match kept {
+        Some(sender) => sender,
+        None => connect(&authority).await?,
+    };
+    let response = match send(&mut sender, path, &authority, body.clone()).await {
+        Ok(response) => response,
+        Err(_) if reused => {
+            sender = connect(&authority).await?;
+            send(&mut sender, path, &authority, body).await?
+        }
+        Err(error) => return Err(error),
+    };
     let status = response.status();
-    let _ = response.into_body().collect().await;
+    // Read to its end, so the connection can carry the next batch.
+    if response.into_body().collect().await.is_ok() {
+        *conn = Some(sender);
+    }
     if status.is_success() {
         Ok(())
     } else {
         Err(format!("the collector answered {status}"))
     }
+}
+
+async fn connect(
+    authority: &http::uri::Authority,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((authority.host(), port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+    authority: &http::uri::Authority,
+    body: Bytes,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
+    let request = Request::post(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))
 }

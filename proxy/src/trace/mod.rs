@@ -216,8 +216,7 @@ impl Trace {
 pub(crate) struct SpanAttributes {
     pub(crate) method: http::Method,
     /// Server spans: the path and the request's host.
-    pub(crate) path: Option<String>,
-    pub(crate) host: Option<String>,
+    pub(crate) place: Option<PathHost>,
     /// Server: the client; client: the endpoint.
     pub(crate) peer: Option<std::net::SocketAddr>,
     pub(crate) status: Option<u16>,
@@ -243,6 +242,78 @@ pub(crate) struct SpanRecord {
     end_ns: u64,
     resend_count: u32,
     attributes: SpanAttributes,
+}
+
+/// How many bytes of path and host a span holds in itself.
+const INLINE: usize = 96;
+
+/// A server span's `url.path` and `server.address` (the request's host,
+/// without its port). Held in the span itself when they are short, as
+/// most are: a sampled request allocates nothing for them, and the
+/// exporter thread never frees memory the data path allocated.
+pub(crate) struct PathHost {
+    bytes: PlaceBytes,
+    path_len: usize,
+}
+
+enum PlaceBytes {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl PathHost {
+    /// `authority` is the request's (`host[:port]`).
+    pub(crate) fn new(path: &str, authority: &str) -> PathHost {
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        let len = path.len() + host.len();
+        let bytes = if len <= INLINE {
+            let mut buf = [0; INLINE];
+            buf[..path.len()].copy_from_slice(path.as_bytes());
+            buf[path.len()..len].copy_from_slice(host.as_bytes());
+            PlaceBytes::Inline {
+                len: len as u8,
+                buf,
+            }
+        } else {
+            let mut joined = Vec::with_capacity(len);
+            joined.extend_from_slice(path.as_bytes());
+            joined.extend_from_slice(host.as_bytes());
+            PlaceBytes::Heap(joined.into_boxed_slice())
+        };
+        PathHost {
+            bytes,
+            path_len: path.len(),
+        }
+    }
+
+    fn all(&self) -> &[u8] {
+        match &self.bytes {
+            PlaceBytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            PlaceBytes::Heap(bytes) => bytes,
+        }
+    }
+
+    /// UTF-8: both parts came from a `&str`.
+    pub(crate) fn path(&self) -> &[u8] {
+        &self.all()[..self.path_len]
+    }
+
+    /// Empty when the request named no host.
+    pub(crate) fn host(&self) -> &[u8] {
+        &self.all()[self.path_len..]
+    }
+}
+
+impl std::fmt::Debug for PathHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PathHost")
+            .field("path", &String::from_utf8_lossy(self.path()))
+            .field("host", &String::from_utf8_lossy(self.host()))
+            .finish()
+    }
 }
 
 pub(crate) fn string(key: &str, value: impl Into<String>) -> KeyValue {

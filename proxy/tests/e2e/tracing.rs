@@ -87,18 +87,39 @@ async fn grpc_receiver() -> (SocketAddr, Received) {
 
 /// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf) on an ephemeral port.
 async fn http_receiver() -> (SocketAddr, Received) {
+    let (addr, received, _) = http_receiver_with(false).await;
+    (addr, received)
+}
+
+/// An OTLP/HTTP receiver that counts the connections it accepted. With
+/// `one_per_connection`, it answers one request per connection (keeping it
+/// open, as if for more) and then closes it abruptly when the next request
+/// arrives, without reading it: what a collector's idle timeout does to a
+/// client that sends just as it fires.
+async fn http_receiver_with(
+    one_per_connection: bool,
+) -> (SocketAddr, Received, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Received::default();
     let shared = received.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            accepted.fetch_add(1, Ordering::SeqCst);
             let received = shared.clone();
+            let served = Arc::new(AtomicUsize::new(0));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: http::Request<_>| {
                     let received = received.clone();
+                    let first = served.fetch_add(1, Ordering::SeqCst) == 0;
                     async move {
+                        if one_per_connection && !first {
+                            return Err("closed");
+                        }
                         let ok = request.uri().path() == "/v1/traces"
                             && request.headers()["content-type"] == "application/x-protobuf";
                         let body: hyper::body::Incoming = request.into_body();
@@ -112,7 +133,7 @@ async fn http_receiver() -> (SocketAddr, Received) {
                         };
                         let mut response = http::Response::new(Full::new(Bytes::new()));
                         *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, std::convert::Infallible>(response)
+                        Ok::<_, &str>(response)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -121,7 +142,7 @@ async fn http_receiver() -> (SocketAddr, Received) {
             });
         }
     });
-    (addr, received)
+    (addr, received, connections)
 }
 
 fn tracing_yaml(
@@ -320,6 +341,56 @@ async fn spans_go_over_http_protobuf_too() {
         back.metric("remora_tracing_spans_exported_total") >= 2.0
     })
     .await;
+}
+
+/// A proxy tracing every request to `endpoint` over OTLP/HTTP.
+async fn proxy_exporting_to(endpoint: &str, upstream: SocketAddr) -> TestProxy {
+    TestProxy::start(&format!(
+        "{}listeners:
+  - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: app}}]}}]}}
+clusters:
+  - {{name: app, endpoints: ['{upstream}']}}
+",
+        tracing_yaml("web", endpoint, "http_protobuf", 1.0, "[w3c]"),
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_export_keeps_its_connection_from_batch_to_batch() {
+    let upstream = Upstream::http1("app").await;
+    let (collector, received, connections) = http_receiver_with(false).await;
+    let proxy = proxy_exporting_to(&format!("http://{collector}/v1/traces"), upstream.addr).await;
+    let http = client::http1();
+    for i in 1..=5 {
+        assert_eq!(client::get(&http, &proxy.url("web", "/")).await.status, 200);
+        // Each request's two spans are a batch of their own (50 ms).
+        eventually("the batch", || received.spans().len() >= 2 * i).await;
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_on_a_connection_the_collector_closed_is_sent_again() {
+    let upstream = Upstream::http1("app").await;
+    let (collector, received, connections) = http_receiver_with(true).await;
+    let proxy = proxy_exporting_to(&format!("http://{collector}/v1/traces"), upstream.addr).await;
+    let http = client::http1();
+    for i in 1..=5 {
+        assert_eq!(client::get(&http, &proxy.url("web", "/")).await.status, 200);
+        eventually("the batch", || received.spans().len() >= 2 * i).await;
+    }
+    // Batches 2 to 5 each met a closed connection and went on a new one.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(received.spans().len(), 10);
+    eventually("the exports counted", || {
+        proxy.metric("remora_tracing_spans_exported_total") >= 10.0
+    })
+    .await;
+    assert_eq!(
+        proxy.metric("remora_tracing_spans_dropped_total{reason=\"export_failed\"}"),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
