@@ -109,7 +109,8 @@ impl Tracer {
             parent,
             sampled,
             tracestate: incoming.tracestate,
-            start_ns: now_ns(),
+            // Spans are recorded only when sampled: no clock otherwise.
+            start_ns: if sampled { now_ns() } else { 0 },
         }
     }
 
@@ -162,7 +163,7 @@ impl Trace {
         ClientSpan {
             span_id: new_span_id(),
             attempt,
-            start_ns: now_ns(),
+            start_ns: if self.sampled { now_ns() } else { 0 },
         }
     }
 
