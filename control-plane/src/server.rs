@@ -144,12 +144,18 @@ impl Publisher {
 
     /// Translates `mesh` (reusing what did not change) and publishes it.
     pub fn publish(&mut self, mesh: Mesh) -> u64 {
+        self.publish_shared(Arc::new(mesh))
+    }
+
+    /// [`Publisher::publish`] for a mesh the caller keeps too.
+    pub fn publish_shared(&mut self, mesh: Arc<Mesh>) -> u64 {
         let previous = self.tx.borrow().clone();
-        let translation = translate::translate(&mesh, Some(&previous.translation));
+        let translation =
+            translate::translate_reusing(&mesh, Some(&previous.mesh), Some(&previous.translation));
         let version = previous.version + 1;
         self.tx.send_replace(Arc::new(MeshState {
             version,
-            mesh: Arc::new(mesh),
+            mesh,
             translation,
             published_at: Instant::now(),
         }));

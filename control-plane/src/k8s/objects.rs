@@ -160,17 +160,57 @@ struct Custom<S> {
     spec: S,
 }
 
+/// What one object gave when read: kept by the Kubernetes source from one
+/// rebuild to the next while the object's `resourceVersion` stays, so an
+/// unchanged object is not read again.
+#[derive(Debug, Clone)]
+pub(super) enum Parsed {
+    Service(ServiceObject),
+    Slice(SliceObject),
+    /// `None`: not running, or without an address yet.
+    Pod(Option<PodObject>),
+    Route(RouteObject),
+    Traffic(Traffic),
+    Authorization(Authorization),
+    /// A kind Remora reads that did not parse, with why.
+    Invalid(ObjectRef, String),
+    /// A kind Remora does not read.
+    Ignored,
+    /// A `List`'s items, each read on its own.
+    List(Vec<serde_json::Value>),
+}
+
 impl Objects {
     /// Reads one object (a `List` is read item by item). Kinds Remora does
     /// not use are counted in `ignored`.
     pub fn add(&mut self, value: serde_json::Value) {
-        // Read from a reference: the object is parsed once more by kind.
-        let envelope = match Envelope::deserialize(&value) {
-            Ok(envelope) => envelope,
-            Err(_) => {
-                self.ignored += 1;
-                return;
+        self.push(Objects::parse(value));
+    }
+
+    /// Adds what an object gave.
+    pub(super) fn push(&mut self, parsed: Parsed) {
+        match parsed {
+            Parsed::Service(service) => self.services.push(service),
+            Parsed::Slice(slice) => self.slices.push(slice),
+            Parsed::Pod(pod) => self.pods.extend(pod),
+            Parsed::Route(route) => self.routes.push(route),
+            Parsed::Traffic(policy) => self.traffic.push(policy),
+            Parsed::Authorization(policy) => self.authorization.push(policy),
+            Parsed::Invalid(object, message) => self.report.reject(object, "Invalid", message),
+            Parsed::Ignored => self.ignored += 1,
+            Parsed::List(items) => {
+                for item in items {
+                    self.add(item);
+                }
             }
+        }
+    }
+
+    /// Reads one object.
+    pub(super) fn parse(value: serde_json::Value) -> Parsed {
+        // Read from a reference: the object is parsed once more by kind.
+        let Ok(envelope) = Envelope::deserialize(&value) else {
+            return Parsed::Ignored;
         };
         let group = envelope
             .api_version
@@ -181,11 +221,9 @@ impl Objects {
                 if let serde_json::Value::Object(mut fields) = value
                     && let Some(serde_json::Value::Array(items)) = fields.remove("items")
                 {
-                    for item in items {
-                        self.add(item);
-                    }
+                    return Parsed::List(items);
                 }
-                return;
+                return Parsed::List(Vec::new());
             }
             ("", "Service") => "Service",
             ("discovery.k8s.io", "EndpointSlice") => "EndpointSlice",
@@ -194,10 +232,7 @@ impl Objects {
             ("gateway.networking.k8s.io", "GRPCRoute") => "GRPCRoute",
             (remora_api::crd::GROUP, "TrafficPolicy") => "TrafficPolicy",
             (remora_api::crd::GROUP, "AuthorizationPolicy") => "AuthorizationPolicy",
-            _ => {
-                self.ignored += 1;
-                return;
-            }
+            _ => return Parsed::Ignored,
         };
         let object = ObjectRef {
             kind,
@@ -209,39 +244,35 @@ impl Objects {
             name: envelope.metadata.name.clone().unwrap_or_default(),
         };
         if object.name.is_empty() {
-            self.report
-                .reject(object, "Invalid", "metadata.name: required".to_string());
-            return;
+            return Parsed::Invalid(object, "metadata.name: required".to_string());
         }
-        if let Err(message) = self.read(kind, object.clone(), value) {
-            self.report.reject(object, "Invalid", message);
+        match Objects::read(kind, object.clone(), value) {
+            Ok(parsed) => parsed,
+            Err(message) => Parsed::Invalid(object, message),
         }
     }
 
     fn read(
-        &mut self,
         kind: &'static str,
         object: ObjectRef,
         value: serde_json::Value,
-    ) -> Result<(), String> {
-        match kind {
+    ) -> Result<Parsed, String> {
+        Ok(match kind {
             "Service" => {
                 let service: Service = parse(value)?;
-                self.services.push(read_service(object, service)?);
+                Parsed::Service(read_service(object, service)?)
             }
             "EndpointSlice" => {
                 let slice: EndpointSlice = parse(value)?;
-                self.slices.push(read_slice(object, slice)?);
+                Parsed::Slice(read_slice(object, slice)?)
             }
             "Pod" => {
                 let pod: Pod = parse(value)?;
-                if let Some(pod) = read_pod(object, pod)? {
-                    self.pods.push(pod);
-                }
+                Parsed::Pod(read_pod(object, pod)?)
             }
             "HTTPRoute" | "GRPCRoute" => {
                 let route: Custom<RouteSpec> = parse(value)?;
-                self.routes.push(RouteObject {
+                Parsed::Route(RouteObject {
                     object,
                     kind: if kind == "HTTPRoute" {
                         RouteKind::Http
@@ -249,16 +280,16 @@ impl Objects {
                         RouteKind::Grpc
                     },
                     spec: route.spec,
-                });
+                })
             }
             "TrafficPolicy" => {
                 let policy: Custom<TrafficPolicySpec> = parse(value)?;
                 check_targets(&policy.spec.target_refs)?;
-                self.traffic.push(Traffic {
+                Parsed::Traffic(Traffic {
                     object,
                     created: policy.metadata.creation_timestamp,
                     spec: policy.spec,
-                });
+                })
             }
             "AuthorizationPolicy" => {
                 let policy: Custom<AuthorizationPolicyConfig> = parse(value)?;
@@ -266,14 +297,13 @@ impl Objects {
                 if !policy.spec.name.is_empty() {
                     return Err("spec.name: the policy's name is the object's".to_string());
                 }
-                self.authorization.push(Authorization {
+                Parsed::Authorization(Authorization {
                     object,
                     spec: policy.spec,
-                });
+                })
             }
-            _ => unreachable!("kinds are matched in add"),
-        }
-        Ok(())
+            _ => unreachable!("kinds are matched in parse"),
+        })
     }
 
     /// Every object read, valid or not.

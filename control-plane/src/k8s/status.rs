@@ -50,6 +50,14 @@ fn condition(
     condition
 }
 
+/// The kinds whose status Remora writes.
+pub const HAS_STATUS: [&str; 4] = [
+    "TrafficPolicy",
+    "AuthorizationPolicy",
+    "HTTPRoute",
+    "GRPCRoute",
+];
+
 /// The status `object` should have for `verdict`, or `None` when it has it
 /// already (or is not a kind Remora writes status on).
 pub fn desired(object: &ObjectRef, verdict: &Verdict, current: &Value) -> Option<Value> {

@@ -11,6 +11,7 @@
 //! until every kind answers again. A kind whose API is not installed (no
 //! Gateway API CRDs, say) counts as empty, and is picked up once it is.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
 
 use super::leader::LeaseConfig;
+use super::objects::Parsed;
 use super::{Objects, Report, Settings};
 use crate::server::Publisher;
 
@@ -292,7 +294,11 @@ async fn rebuild(
     changed: Arc<Notify>,
     reports: watch::Sender<Arc<Report>>,
 ) {
-    let mut published: Option<crate::mesh::Mesh> = None;
+    let mut published: Option<Arc<crate::mesh::Mesh>> = None;
+    // Each object as read, by kind, namespace and name, with the
+    // `resourceVersion` it was read at.
+    type Key = (usize, Option<String>, Option<String>);
+    let mut cache: HashMap<Key, (Option<String>, Parsed)> = HashMap::new();
     loop {
         changed.notified().await;
         // The changes of the next `debounce` join this one: one rebuild
@@ -309,7 +315,8 @@ async fn rebuild(
             continue;
         }
         let mut objects = Objects::default();
-        for kind in kinds.iter() {
+        let mut read = HashMap::with_capacity(cache.len());
+        for (k, kind) in kinds.iter().enumerate() {
             // The store's order is a hash map's: sorted, the same objects
             // always make the same mesh.
             let mut listed = kind.store.state();
@@ -318,15 +325,31 @@ async fn rebuild(
                     .cmp(&(&b.metadata.namespace, &b.metadata.name))
             });
             for object in listed {
-                let Ok(mut value) = serde_json::to_value(&*object) else {
-                    continue;
+                let key = (
+                    k,
+                    object.metadata.namespace.clone(),
+                    object.metadata.name.clone(),
+                );
+                let version = object.metadata.resource_version.clone();
+                // An object is read again only when it changed.
+                let parsed = match cache.remove(&key) {
+                    Some((read_at, parsed)) if version.is_some() && read_at == version => parsed,
+                    _ => {
+                        let Ok(mut value) = serde_json::to_value(&*object) else {
+                            continue;
+                        };
+                        // List items carry no apiVersion and kind: the kind's own.
+                        value["apiVersion"] = kind.resource.api_version.clone().into();
+                        value["kind"] = kind.resource.kind.clone().into();
+                        Objects::parse(value)
+                    }
                 };
-                // List items carry no apiVersion and kind: the kind's own.
-                value["apiVersion"] = kind.resource.api_version.clone().into();
-                value["kind"] = kind.resource.kind.clone().into();
-                objects.add(value);
+                objects.push(parsed.clone());
+                read.insert(key, (version, parsed));
             }
         }
+        // Deleted objects leave the cache with this.
+        cache = read;
         match super::build(&objects, &settings) {
             Ok((mesh, report)) => {
                 let previous = reports.borrow().clone();
@@ -335,8 +358,9 @@ async fn rebuild(
                         tracing::warn!(%object, reason, "left out: {message}");
                     }
                 }
-                if published.as_ref() != Some(&mesh) {
-                    let version = publisher.publish(mesh.clone());
+                if published.as_deref() != Some(&mesh) {
+                    let mesh = Arc::new(mesh);
+                    let version = publisher.publish_shared(mesh.clone());
                     tracing::info!(
                         version,
                         objects = report.objects.len(),
@@ -379,6 +403,11 @@ async fn write_status(
         }
         let report = reports.borrow_and_update().clone();
         for (object, verdict) in &report.objects {
+            // Services, EndpointSlices and Pods carry no status of Remora's:
+            // thousands of them are not looked at on every rebuild.
+            if !super::status::HAS_STATUS.contains(&object.kind) {
+                continue;
+            }
             let Some(kind) = kinds.iter().find(|k| k.resource.kind == object.kind) else {
                 continue;
             };

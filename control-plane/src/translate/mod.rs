@@ -236,6 +236,18 @@ struct ServiceResources {
 }
 
 pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
+    translate_reusing(mesh, None, previous)
+}
+
+/// [`translate`], given also the mesh `previous` was translated from: a
+/// service that did not change keeps its cluster, endpoints and outbound
+/// listeners from `previous` instead of being built and encoded again
+/// (under endpoint churn, a handful of thousands of services change).
+pub fn translate_reusing(
+    mesh: &Mesh,
+    previous_mesh: Option<&Mesh>,
+    previous: Option<&Translation>,
+) -> Translation {
     let mtls = mesh.mtls_mode();
     let mesh_tls = mtls != remora_api::MtlsMode::Disabled;
     let index: HashMap<(&str, &str), usize> = mesh
@@ -244,6 +256,34 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         .enumerate()
         .map(|(i, s)| ((s.name.as_str(), s.namespace.as_str()), i))
         .collect();
+    // What an unchanged service's resources are taken from: the previous
+    // shared set, when the mesh-wide inputs of those resources are the same.
+    let reusable = previous_mesh
+        .zip(previous.and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone())))
+        .filter(|(old, _)| old.trust_domain == mesh.trust_domain && old.mtls_mode() == mtls);
+    let unchanged: Vec<bool> = match &reusable {
+        Some((old, _)) => {
+            let old_index: HashMap<(&str, &str), &Service> = old
+                .services
+                .iter()
+                .map(|s| ((s.name.as_str(), s.namespace.as_str()), s))
+                .collect();
+            mesh.services
+                .iter()
+                .map(|s| old_index.get(&(s.name.as_str(), s.namespace.as_str())) == Some(&s))
+                .collect()
+        }
+        None => vec![false; mesh.services.len()],
+    };
+    let kept = |i: usize, type_url: &str, name: &str| -> Option<Arc<Resource>> {
+        let (_, shared) = reusable.as_ref().filter(|_| unchanged[i])?;
+        shared.by_type[type_url::index(type_url)?]
+            .get(name)
+            .cloned()
+    };
+    let listeners_kept = reusable
+        .as_ref()
+        .is_some_and(|(old, _)| old.tracing == mesh.tracing);
     let services: Vec<ServiceResources> = mesh
         .services
         .iter()
@@ -258,8 +298,9 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
             } else {
                 (None, BTreeSet::from([i]))
             };
+            let name = cluster_name(service);
             ServiceResources {
-                cluster: Resource::new(cluster_name(service), &{
+                cluster: kept(i, type_url::CLUSTER, &name).unwrap_or_else(|| {
                     let mut built = cluster::cluster(service);
                     if mesh_tls {
                         let identity = mesh
@@ -267,12 +308,11 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
                             .expect("validated: service identities");
                         built.transport_socket = Some(wire::upstream_mtls(&identity.uri()));
                     }
-                    built
+                    Resource::new(name.clone(), &built)
                 }),
-                assignment: Resource::new(
-                    cluster_name(service),
-                    &cluster::load_assignment(service),
-                ),
+                assignment: kept(i, type_url::ENDPOINT, &name).unwrap_or_else(|| {
+                    Resource::new(name.clone(), &cluster::load_assignment(service))
+                }),
                 routes,
                 reaches,
             }
@@ -287,13 +327,19 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
             let i = index[&(service.name.as_str(), service.namespace.as_str())];
             let built = &services[i];
             for &listen in listens {
-                out.insert(
-                    type_url::LISTENER,
-                    &Resource::new(
-                        listener::outbound_name(listen),
+                let name = listener::outbound_name(listen);
+                // The previous shared set's listeners were built with
+                // `capture` (as the shared set is).
+                let kept = (listeners_kept && capture)
+                    .then(|| kept(i, type_url::LISTENER, &name))
+                    .flatten();
+                let listener = kept.unwrap_or_else(|| {
+                    Resource::new(
+                        name,
                         &listener::outbound(service, listen, capture, mesh.tracing.as_ref()),
-                    ),
-                );
+                    )
+                });
+                out.insert(type_url::LISTENER, &listener);
             }
             if let Some(routes) = &built.routes {
                 out.insert(type_url::ROUTE, routes);
@@ -318,7 +364,7 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         }
         let previous = previous
             .and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()))
-            .filter(|prev| prev.by_type == shared.by_type);
+            .filter(|prev| same_versions(&prev.by_type, &shared.by_type));
         previous.unwrap_or_else(|| Arc::new(shared))
     });
     // A stream that skipped versions (a slow proxy) follows the chain.
@@ -387,6 +433,21 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
         shared_diffs,
         unknown: Arc::new(ProxyResources::default()),
     }
+}
+
+/// The same names at the same versions: a version is the hash of what a
+/// resource says, so this compares thousands of resources without reading
+/// their bytes.
+fn same_versions(
+    a: &[BTreeMap<String, Arc<Resource>>; 4],
+    b: &[BTreeMap<String, Arc<Resource>>; 4],
+) -> bool {
+    a.iter().zip(b).all(|(a, b)| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|((na, ra), (nb, rb))| {
+                na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version)
+            })
+    })
 }
 
 /// The OTLP collector's cluster (HTTP/2, for gRPC) and its endpoint, which

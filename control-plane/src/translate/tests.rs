@@ -197,6 +197,60 @@ fn versions_follow_content_so_a_change_touches_only_what_depends_on_it() {
     );
 }
 
+/// Sidecars that reach every service (`outbound_all`), as the Kubernetes
+/// source makes them.
+const SIDECARS: &str = "
+services:
+  - {name: a, port: 80, addresses: [10.96.0.1], endpoints: ['10.0.0.1:80']}
+  - {name: b, port: 80, addresses: [10.96.0.2], endpoints: ['10.0.0.2:80']}
+  - {name: c, port: 5432, protocol: tcp, addresses: [10.96.0.3], endpoints: ['10.0.0.3:5432']}
+proxies:
+  - {node_id: pod-1, capture: true, outbound_all: true}
+";
+
+#[test]
+fn an_unchanged_service_keeps_its_resources_and_a_changed_one_is_built_anew() {
+    let old = parse_yaml(SIDECARS).unwrap();
+    let before = translate(&old, None);
+    let new = parse_yaml(&SIDECARS.replace("'10.0.0.2:80'", "'10.0.0.9:80'")).unwrap();
+    let reused = super::translate_reusing(&new, Some(&old), Some(&before));
+    let fresh = translate(&new, None);
+    let shared = |t: &super::Translation| t.proxies[0].shared.clone().unwrap();
+    let (was, now, built) = (shared(&before), shared(&reused), shared(&fresh));
+    // The same resources as a translation from nothing...
+    for t in 0..4 {
+        let versions = |r: &ProxyResources| -> Vec<(String, String)> {
+            r.by_type[t]
+                .iter()
+                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .collect()
+        };
+        assert_eq!(versions(&now), versions(&built), "type {t}");
+        assert!(!now.by_type[t].is_empty() || t == 3, "type {t}");
+    }
+    // ...but a's and c's are the previous ones, b's endpoints are new.
+    let same = |t: usize, name: &str| Arc::ptr_eq(&was.by_type[t][name], &now.by_type[t][name]);
+    assert!(same(0, "outbound|80||a.default") && same(1, "outbound|80||a.default"));
+    assert!(same(0, "outbound|5432||c.default") && same(2, "outbound|10.96.0.3:5432"));
+    assert!(!same(1, "outbound|80||b.default"));
+    assert_ne!(
+        was.by_type[1]["outbound|80||b.default"].version,
+        now.by_type[1]["outbound|80||b.default"].version
+    );
+    // Another trust domain: what is served is what a translation from
+    // nothing serves.
+    let mut moved = new.clone();
+    moved.trust_domain = "other.example".into();
+    let again = super::translate_reusing(&moved, Some(&new), Some(&reused));
+    let fresh = translate(&moved, None);
+    for t in 0..4 {
+        let versions = |r: &ProxyResources| -> Vec<String> {
+            r.by_type[t].values().map(|r| r.version.clone()).collect()
+        };
+        assert_eq!(versions(&shared(&again)), versions(&shared(&fresh)));
+    }
+}
+
 const EVERY_POLICY: &str = "
 services:
   - name: api
