@@ -241,8 +241,9 @@ pub fn translate(mesh: &Mesh, previous: Option<&Translation>) -> Translation {
 
 /// [`translate`], given also the mesh `previous` was translated from: a
 /// service that did not change keeps its cluster, endpoints and outbound
-/// listeners from `previous` instead of being built and encoded again
-/// (under endpoint churn, a handful of thousands of services change).
+/// listeners (and, without routes attached, its route configuration) from
+/// `previous` instead of being built and encoded again (under endpoint
+/// churn, a handful of thousands of services change).
 pub fn translate_reusing(
     mesh: &Mesh,
     previous_mesh: Option<&Mesh>,
@@ -281,6 +282,22 @@ pub fn translate_reusing(
             .get(name)
             .cloned()
     };
+    // The services a route is attached to.
+    let routed: std::collections::HashSet<(&str, &str)> = mesh
+        .routes
+        .iter()
+        .flat_map(|route| {
+            route.parent_refs.iter().map(move |p| {
+                (
+                    p.name.as_str(),
+                    p.namespace.as_deref().unwrap_or(&route.namespace),
+                )
+            })
+        })
+        .collect();
+    let routes_kept = reusable
+        .as_ref()
+        .is_some_and(|(old, _)| old.routes == mesh.routes);
     let listeners_kept = reusable
         .as_ref()
         .is_some_and(|(old, _)| old.tracing == mesh.tracing);
@@ -290,11 +307,20 @@ pub fn translate_reusing(
         .enumerate()
         .map(|(i, service)| {
             let (routes, reaches) = if service.protocol.is_http() {
-                let (config, reaches) = route::route_configuration(mesh, i, &index);
-                (
-                    Some(Resource::new(route::route_name(service), &config)),
-                    reaches,
-                )
+                // Without routes of its own, a service's route
+                // configuration is built from the service alone.
+                let name = route::route_name(service);
+                // (Routes that changed may have been attached before.)
+                let alone = routes_kept
+                    && !routed.contains(&(service.name.as_str(), service.namespace.as_str()));
+                let kept = alone.then(|| kept(i, type_url::ROUTE, &name)).flatten();
+                match kept {
+                    Some(routes) => (Some(routes), BTreeSet::from([i])),
+                    None => {
+                        let (config, reaches) = route::route_configuration(mesh, i, &index);
+                        (Some(Resource::new(name, &config)), reaches)
+                    }
+                }
             } else {
                 (None, BTreeSet::from([i]))
             };

@@ -237,6 +237,33 @@ fn an_unchanged_service_keeps_its_resources_and_a_changed_one_is_built_anew() {
         was.by_type[1]["outbound|80||b.default"].version,
         now.by_type[1]["outbound|80||b.default"].version
     );
+    // Routes attached, then taken away: the route configurations follow.
+    let routed = parse_yaml(&format!(
+        "{}routes:
+  - kind: HTTPRoute
+    name: split
+    parentRefs: [{{name: a}}]
+    rules: [{{backendRefs: [{{name: a, weight: 1}}, {{name: b, weight: 1}}]}}]
+",
+        SIDECARS.replace("'10.0.0.2:80'", "'10.0.0.9:80'")
+    ))
+    .unwrap();
+    let with_routes = super::translate_reusing(&routed, Some(&new), Some(&reused));
+    let without = super::translate_reusing(&new, Some(&routed), Some(&with_routes));
+    for (got, from_nothing) in [(&with_routes, translate(&routed, None)), (&without, fresh)] {
+        let versions = |t: &super::Translation| -> Vec<(String, String)> {
+            shared(t).by_type[3]
+                .iter()
+                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .collect()
+        };
+        assert_eq!(versions(got), versions(&from_nothing));
+    }
+    assert_ne!(
+        shared(&with_routes).by_type[3]["a.default:80"].version,
+        now.by_type[3]["a.default:80"].version
+    );
+
     // Another trust domain: what is served is what a translation from
     // nothing serves.
     let mut moved = new.clone();
