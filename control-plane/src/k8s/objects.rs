@@ -170,7 +170,7 @@ pub(super) enum Parsed {
     /// `None`: not running, or without an address yet.
     Pod(Option<PodObject>),
     Route(RouteObject),
-    Traffic(Traffic),
+    Traffic(Box<Traffic>),
     Authorization(Authorization),
     /// A kind Remora reads that did not parse, with why.
     Invalid(ObjectRef, String),
@@ -194,7 +194,7 @@ impl Objects {
             Parsed::Slice(slice) => self.slices.push(slice),
             Parsed::Pod(pod) => self.pods.extend(pod),
             Parsed::Route(route) => self.routes.push(route),
-            Parsed::Traffic(policy) => self.traffic.push(policy),
+            Parsed::Traffic(policy) => self.traffic.push(*policy),
             Parsed::Authorization(policy) => self.authorization.push(policy),
             Parsed::Invalid(object, message) => self.report.reject(object, "Invalid", message),
             Parsed::Ignored => self.ignored += 1,
@@ -285,11 +285,11 @@ impl Objects {
             "TrafficPolicy" => {
                 let policy: Custom<TrafficPolicySpec> = parse(value)?;
                 check_targets(&policy.spec.target_refs)?;
-                Parsed::Traffic(Traffic {
+                Parsed::Traffic(Box::new(Traffic {
                     object,
                     created: policy.metadata.creation_timestamp,
                     spec: policy.spec,
-                })
+                }))
             }
             "AuthorizationPolicy" => {
                 let policy: Custom<AuthorizationPolicyConfig> = parse(value)?;
