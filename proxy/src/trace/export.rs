@@ -6,9 +6,9 @@
 //! connection kept from batch to batch. A batch that fails is dropped and
 //! counted (no retry: a slow or dead collector must not grow the proxy's
 //! memory); only a batch that met a kept connection the collector had
-//! closed meanwhile is sent again, once, on a new one. When the tracer is dropped (a reload with
-//! another `tracing:`, or shutdown) the queue closes and the thread sends
-//! what it holds, then ends.
+//! closed meanwhile is sent again, once, on a new one. When the tracer is
+//! dropped (a reload with another `tracing:`, or shutdown) the queue
+//! closes and the thread sends what it holds, then ends.
 
 use bytes::Bytes;
 use http::{Request, Uri};
@@ -101,12 +101,14 @@ const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Expor
 
 type GrpcClient = tonic::client::Grpc<tonic::transport::Channel>;
 
+type HttpSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
 /// The exporter's connection to the collector, kept from batch to batch
 /// (and made again after a failure).
 #[derive(Default)]
 struct Connection {
     grpc: Option<GrpcClient>,
-    http: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    http: Option<HttpSender>,
 }
 
 impl Exporter {
@@ -209,11 +211,7 @@ impl Exporter {
 /// One POST of `application/x-protobuf`, on the kept connection when it
 /// is still open, else on a new one. A kept connection the collector
 /// closed meanwhile (an idle timeout) gets the batch again on a new one.
-async fn post(
-    conn: &mut Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
-    endpoint: &str,
-    body: Bytes,
-) -> Result<(), String> {
+async fn post(conn: &mut Option<HttpSender>, endpoint: &str, body: Bytes) -> Result<(), String> {
     let uri: Uri = endpoint.parse().map_err(|e| format!("{e}"))?;
     let authority = uri.authority().ok_or("no host")?.clone();
     let path = uri
@@ -247,9 +245,7 @@ async fn post(
     }
 }
 
-async fn connect(
-    authority: &http::uri::Authority,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+async fn connect(authority: &http::uri::Authority) -> Result<HttpSender, String> {
     let port = authority.port_u16().unwrap_or(80);
     let stream = tokio::net::TcpStream::connect((authority.host(), port))
         .await
@@ -264,7 +260,7 @@ async fn connect(
 }
 
 async fn send(
-    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    sender: &mut HttpSender,
     path: &str,
     authority: &http::uri::Authority,
     body: Bytes,
