@@ -257,10 +257,12 @@ pub fn translate_reusing(
         .enumerate()
         .map(|(i, s)| ((s.name.as_str(), s.namespace.as_str()), i))
         .collect();
+    let previous_shared =
+        previous.and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()));
     // What an unchanged service's resources are taken from: the previous
     // shared set, when the mesh-wide inputs of those resources are the same.
     let reusable = previous_mesh
-        .zip(previous.and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone())))
+        .zip(previous_shared.clone())
         .filter(|(old, _)| old.trust_domain == mesh.trust_domain && old.mtls_mode() == mtls);
     let unchanged: Vec<bool> = match &reusable {
         Some((old, _)) => {
@@ -388,8 +390,8 @@ pub fn translate_reusing(
                 .collect();
             add_outbound(&mut shared, service, &listens, true);
         }
-        let previous = previous
-            .and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()))
+        let previous = previous_shared
+            .clone()
             .filter(|prev| same_versions(&prev.by_type, &shared.by_type));
         previous.unwrap_or_else(|| Arc::new(shared))
     });
@@ -397,8 +399,7 @@ pub fn translate_reusing(
     let mut shared_diffs: Vec<Arc<SharedDiff>> = previous
         .map(|prev| prev.shared_diffs.clone())
         .unwrap_or_default();
-    if let Some((from, to)) = previous
-        .and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()))
+    if let Some((from, to)) = previous_shared
         .zip(everything.clone())
         .filter(|(from, to)| !Arc::ptr_eq(from, to))
     {
