@@ -361,7 +361,7 @@ fn main() -> anyhow::Result<()> {
                 );
             };
             let identity = mesh
-                .proxy_identity(&mesh.proxies[entry])
+                .proxy_identity(&mesh.proxies[entry], &mesh.service_index())
                 .map_err(|e| anyhow::anyhow!("proxies[{entry}].identity: {e}"))?;
             let ca = source.open(&mesh.trust_domain)?;
             eprintln!("token for {node_id}: {identity}, valid for {valid_for:?}");

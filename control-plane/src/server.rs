@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -153,12 +153,8 @@ impl Publisher {
         let translation =
             translate::translate_reusing(&mesh, Some(&previous.mesh), Some(&previous.translation));
         let version = previous.version + 1;
-        self.tx.send_replace(Arc::new(MeshState {
-            version,
-            mesh,
-            translation,
-            published_at: Instant::now(),
-        }));
+        self.tx
+            .send_replace(Arc::new(MeshState::new(version, mesh, translation)));
         self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
         self.metrics.mesh_version.store(version, Ordering::Relaxed);
         version

@@ -66,6 +66,8 @@ struct Clients {
     complete: AtomicUsize,
     /// Measured: the streams' end is expected now.
     done: std::sync::atomic::AtomicBool,
+    /// Streams that ended before the measurement did, and were opened again.
+    reconnects: AtomicU64,
 }
 
 impl Clients {
@@ -196,6 +198,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         received: (0..count * services).map(|_| AtomicU64::new(0)).collect(),
         complete: AtomicUsize::new(0),
         done: Default::default(),
+        reconnects: AtomicU64::new(0),
     });
     let names: Arc<Vec<String>> = Arc::new(
         (0..services)
@@ -208,19 +211,28 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let names = names.clone();
         tokio::spawn(async move {
             // A thousand connections at once can overflow the listen
-            // backlog (a reset): a client that got nothing yet tries again.
-            for attempt in 1.. {
-                let result = client(i, xds, names.clone(), clients.clone()).await;
-                let Err(error) = result else { break };
+            // backlog (a reset), and a client starved of CPU during the
+            // first sync can miss the server's keep-alive ping: like a
+            // real proxy, a client whose stream ends connects again (and
+            // is sent everything again). Reconnects are counted.
+            let mut failures = 0u64;
+            let mut holding = 0;
+            loop {
+                let result = client(i, xds, names.clone(), clients.clone(), &mut holding).await;
                 if clients.done.load(Ordering::Relaxed) {
                     break;
                 }
-                let nothing_yet = clients.slot(i, 0).load(Ordering::Relaxed) == 0;
-                if !nothing_yet || attempt == 20 {
-                    eprintln!("xds-clients: client {i}: {error:#}");
+                let error = match result {
+                    Ok(()) => anyhow::anyhow!("the control plane ended the stream"),
+                    Err(error) => error,
+                };
+                clients.reconnects.fetch_add(1, Ordering::Relaxed);
+                failures += 1;
+                if failures == 20 {
+                    eprintln!("xds-clients: client {i}: gave up after 20 attempts: {error:#}");
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                tokio::time::sleep(Duration::from_millis(100 * failures.min(10))).await;
             }
         });
         if i % 100 == 99 {
@@ -238,6 +250,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connected = connect.elapsed();
+    let reconnects_connecting = clients.reconnects.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = crate::procfs::rss_bytes(pid).unwrap_or(0);
 
@@ -279,6 +292,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     clients.done.store(true, Ordering::Relaxed);
+    let reconnects_churn = clients.reconnects.load(Ordering::Relaxed) - reconnects_connecting;
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
     let pick =
@@ -306,6 +320,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 "rss_connected_bytes": rss_connected,
                 "rss_per_service_bytes": per_service,
                 "rss_per_proxy_bytes": per_proxy,
+                "reconnects_connecting": reconnects_connecting,
+                "reconnects_churn": reconnects_churn,
             })
         );
     } else {
@@ -328,6 +344,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             rss_synced as f64 / 1e6,
             rss_connected as f64 / 1e6,
         );
+        println!(
+            "  streams opened again: {reconnects_connecting} while connecting, {reconnects_churn} during the churn"
+        );
     }
     drop(cp);
     Ok(())
@@ -335,11 +354,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
 /// One simulated sidecar on delta ADS: node `pod-I.default`, every type
 /// subscribed (endpoints and routes by name), every response ACKed.
+/// `holding`: how many Services' endpoints the client has been sent, over
+/// all its streams.
 async fn client(
     i: usize,
     xds: SocketAddr,
     names: Arc<Vec<String>>,
     clients: Arc<Clients>,
+    holding: &mut usize,
 ) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?
         .connect_timeout(Duration::from_secs(60))
@@ -351,7 +373,6 @@ async fn client(
         id: format!("pod-{i}.default"),
         ..Default::default()
     });
-    let mut holding = 0;
     crate::xds_clients::delta_session(&mut ads, node, &names, |response| {
         if response.type_url != type_url::ENDPOINT {
             return;
@@ -368,8 +389,8 @@ async fn client(
                 continue;
             };
             if clients.slot(i, s).swap(now, Ordering::Relaxed) == 0 {
-                holding += 1;
-                if holding == clients.services {
+                *holding += 1;
+                if *holding == clients.services {
                     clients.complete.fetch_add(1, Ordering::Relaxed);
                 }
             }

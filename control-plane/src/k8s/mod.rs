@@ -218,8 +218,12 @@ fn assemble(
     // Policies by the Service they target; of two on one Service the
     // oldest wins (GEP-713), then the first by namespace/name.
     let mut traffic: HashMap<(&str, &str), &objects::Traffic> = HashMap::new();
-    let mut policies: Vec<&objects::Traffic> =
-        objects.traffic.iter().filter(|p| live(&p.object)).collect();
+    let mut policies: Vec<&objects::Traffic> = objects
+        .traffic
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| live(&p.object))
+        .collect();
     policies.sort_by(|a, b| a.order().cmp(&b.order()));
     for policy in policies {
         for target in &policy.spec.target_refs {
@@ -269,6 +273,7 @@ fn assemble(
         let authorization: Vec<&objects::Authorization> = objects
             .authorization
             .iter()
+            .map(|a| &**a)
             .filter(|a| {
                 live(&a.object)
                     && a.object.namespace == service.object.namespace

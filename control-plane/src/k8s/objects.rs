@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,12 +20,12 @@ use crate::mesh::{RouteKind, ServiceProtocol};
 /// Every object read, and the ones that could not be.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
-    pub(super) services: Vec<ServiceObject>,
-    pub(super) slices: Vec<SliceObject>,
-    pub(super) pods: Vec<PodObject>,
-    pub(super) routes: Vec<RouteObject>,
-    pub(super) traffic: Vec<Traffic>,
-    pub(super) authorization: Vec<Authorization>,
+    pub(super) services: Vec<Arc<ServiceObject>>,
+    pub(super) slices: Vec<Arc<SliceObject>>,
+    pub(super) pods: Vec<Arc<PodObject>>,
+    pub(super) routes: Vec<Arc<RouteObject>>,
+    pub(super) traffic: Vec<Arc<Traffic>>,
+    pub(super) authorization: Vec<Arc<Authorization>>,
     /// Objects that did not parse, with why.
     pub(super) report: Report,
     /// Documents of kinds Remora does not read (Deployments, ConfigMaps...).
@@ -162,16 +163,17 @@ struct Custom<S> {
 
 /// What one object gave when read: kept by the Kubernetes source from one
 /// rebuild to the next while the object's `resourceVersion` stays, so an
-/// unchanged object is not read again.
+/// unchanged object is not read again (nor copied: a rebuild's [`Objects`]
+/// shares the kept ones).
 #[derive(Debug, Clone)]
 pub(super) enum Parsed {
-    Service(ServiceObject),
-    Slice(SliceObject),
+    Service(Arc<ServiceObject>),
+    Slice(Arc<SliceObject>),
     /// `None`: not running, or without an address yet.
-    Pod(Option<PodObject>),
-    Route(RouteObject),
-    Traffic(Box<Traffic>),
-    Authorization(Authorization),
+    Pod(Option<Arc<PodObject>>),
+    Route(Arc<RouteObject>),
+    Traffic(Arc<Traffic>),
+    Authorization(Arc<Authorization>),
     /// A kind Remora reads that did not parse, with why.
     Invalid(ObjectRef, String),
     /// A kind Remora does not read.
@@ -194,7 +196,7 @@ impl Objects {
             Parsed::Slice(slice) => self.slices.push(slice),
             Parsed::Pod(pod) => self.pods.extend(pod),
             Parsed::Route(route) => self.routes.push(route),
-            Parsed::Traffic(policy) => self.traffic.push(*policy),
+            Parsed::Traffic(policy) => self.traffic.push(policy),
             Parsed::Authorization(policy) => self.authorization.push(policy),
             Parsed::Invalid(object, message) => self.report.reject(object, "Invalid", message),
             Parsed::Ignored => self.ignored += 1,
@@ -260,19 +262,19 @@ impl Objects {
         Ok(match kind {
             "Service" => {
                 let service: Service = parse(value)?;
-                Parsed::Service(read_service(object, service)?)
+                Parsed::Service(Arc::new(read_service(object, service)?))
             }
             "EndpointSlice" => {
                 let slice: EndpointSlice = parse(value)?;
-                Parsed::Slice(read_slice(object, slice)?)
+                Parsed::Slice(Arc::new(read_slice(object, slice)?))
             }
             "Pod" => {
                 let pod: Pod = parse(value)?;
-                Parsed::Pod(read_pod(object, pod)?)
+                Parsed::Pod(read_pod(object, pod)?.map(Arc::new))
             }
             "HTTPRoute" | "GRPCRoute" => {
                 let route: Custom<RouteSpec> = parse(value)?;
-                Parsed::Route(RouteObject {
+                Parsed::Route(Arc::new(RouteObject {
                     object,
                     kind: if kind == "HTTPRoute" {
                         RouteKind::Http
@@ -280,12 +282,12 @@ impl Objects {
                         RouteKind::Grpc
                     },
                     spec: route.spec,
-                })
+                }))
             }
             "TrafficPolicy" => {
                 let policy: Custom<TrafficPolicySpec> = parse(value)?;
                 check_targets(&policy.spec.target_refs)?;
-                Parsed::Traffic(Box::new(Traffic {
+                Parsed::Traffic(Arc::new(Traffic {
                     object,
                     created: policy.metadata.creation_timestamp,
                     spec: policy.spec,
@@ -297,10 +299,10 @@ impl Objects {
                 if !policy.spec.name.is_empty() {
                     return Err("spec.name: the policy's name is the object's".to_string());
                 }
-                Parsed::Authorization(Authorization {
+                Parsed::Authorization(Arc::new(Authorization {
                     object,
                     spec: policy.spec,
-                })
+                }))
             }
             _ => unreachable!("kinds are matched in parse"),
         })

@@ -11,6 +11,7 @@ mod load;
 pub(crate) mod validate;
 pub mod watch;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 pub use remora_api::TrafficPolicySpec as TrafficPolicy;
@@ -303,7 +304,47 @@ impl ProxyEntry {
     }
 }
 
+/// The services of a mesh by name and namespace, for lookups in loops
+/// over thousands of proxies or routes (a scan each would be quadratic).
+pub struct ServiceIndex<'a> {
+    mesh: &'a Mesh,
+    by_name: HashMap<(&'a str, &'a str), usize>,
+}
+
+impl<'a> ServiceIndex<'a> {
+    /// The position of the service `name` in `namespace` (the first, if
+    /// an invalid mesh has two).
+    pub fn position(&self, name: &str, namespace: &str) -> Option<usize> {
+        self.by_name.get(&(name, namespace)).copied()
+    }
+
+    /// The service `name` in `namespace`.
+    pub fn find(&self, name: &str, namespace: &str) -> Option<&'a Service> {
+        self.position(name, namespace)
+            .map(|i| &self.mesh.services[i])
+    }
+
+    /// The service named `name` or `name.namespace` (namespace defaulting to `namespace`).
+    pub fn get(&self, reference: &str, namespace: &str) -> Option<&'a Service> {
+        let (name, ns) = reference.split_once('.').unwrap_or((reference, namespace));
+        self.find(name, ns)
+    }
+}
+
 impl Mesh {
+    pub fn service_index(&self) -> ServiceIndex<'_> {
+        let mut by_name = HashMap::with_capacity(self.services.len());
+        for (i, service) in self.services.iter().enumerate() {
+            by_name
+                .entry((service.name.as_str(), service.namespace.as_str()))
+                .or_insert(i);
+        }
+        ServiceIndex {
+            mesh: self,
+            by_name,
+        }
+    }
+
     /// The service named `name` or `name.namespace` (namespace defaulting to `namespace`).
     pub fn service(&self, reference: &str, namespace: &str) -> Option<&Service> {
         let (name, ns) = reference.split_once('.').unwrap_or((reference, namespace));
@@ -323,11 +364,15 @@ impl Mesh {
     }
 
     /// The identity a proxy entry's workload runs as.
-    pub fn proxy_identity(&self, entry: &ProxyEntry) -> Result<SpiffeId, String> {
+    pub fn proxy_identity(
+        &self,
+        entry: &ProxyEntry,
+        services: &ServiceIndex<'_>,
+    ) -> Result<SpiffeId, String> {
         let inbound = entry
             .inbound
             .first()
-            .and_then(|i| self.service(&i.service, "default"));
+            .and_then(|i| services.get(&i.service, "default"));
         let namespace = inbound.map_or("default", |s| s.namespace.as_str());
         match &entry.identity {
             Some(identity) => {

@@ -11,6 +11,7 @@ use super::{
 };
 
 pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
+    let index = mesh.service_index();
     let mut errors = Vec::new();
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
     if let Some(tracing) = &mesh.tracing
@@ -85,7 +86,7 @@ pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
                 );
             }
             let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
-            match find(mesh, &parent.name, ns) {
+            match index.find(&parent.name, ns) {
                 None => err(
                     format!("{p}.name"),
                     format!("no service \"{}.{ns}\"", parent.name),
@@ -241,7 +242,7 @@ pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
                     continue;
                 }
                 let ns = backend.namespace.as_deref().unwrap_or(&route.namespace);
-                match find(mesh, &backend.name, ns) {
+                match index.find(&backend.name, ns) {
                     None => err(
                         format!("{bp}.name"),
                         format!("no service \"{}.{ns}\"", backend.name),
@@ -338,7 +339,7 @@ pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
             );
         }
         if proxy.identity.is_some()
-            && let Err(e) = mesh.proxy_identity(proxy)
+            && let Err(e) = mesh.proxy_identity(proxy, &index)
             && !e.starts_with("trust domain")
         {
             err(format!("{at}.identity"), e);
@@ -369,7 +370,7 @@ pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
         let mut listens: HashMap<std::net::SocketAddr, String> = HashMap::new();
         for (j, inbound) in proxy.inbound.iter().enumerate() {
             let p = format!("{at}.inbound[{j}]");
-            if find_ref(mesh, &inbound.service).is_none() {
+            if index.get(&inbound.service, "default").is_none() {
                 err(
                     format!("{p}.service"),
                     format!("no service {:?}", qualified(&inbound.service)),
@@ -384,7 +385,7 @@ pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
         }
         for (j, outbound) in proxy.outbound.iter().enumerate() {
             let p = format!("{at}.outbound[{j}]");
-            let Some(service) = find_ref(mesh, &outbound.service) else {
+            let Some(service) = index.get(&outbound.service, "default") else {
                 err(
                     format!("{p}.service"),
                     format!("no service {:?}", qualified(&outbound.service)),
@@ -438,16 +439,6 @@ fn qualified(reference: &str) -> String {
     } else {
         format!("{reference}.default")
     }
-}
-
-fn find<'a>(mesh: &'a Mesh, name: &str, namespace: &str) -> Option<&'a Service> {
-    mesh.services
-        .iter()
-        .find(|s| s.name == name && s.namespace == namespace)
-}
-
-fn find_ref<'a>(mesh: &'a Mesh, reference: &str) -> Option<&'a Service> {
-    mesh.service(reference, "default")
 }
 
 /// Kubernetes object names: lowercase letters, digits, `-`, at most 63.

@@ -251,12 +251,7 @@ pub fn translate_reusing(
 ) -> Translation {
     let mtls = mesh.mtls_mode();
     let mesh_tls = mtls != remora_api::MtlsMode::Disabled;
-    let index: HashMap<(&str, &str), usize> = mesh
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| ((s.name.as_str(), s.namespace.as_str()), i))
-        .collect();
+    let index = mesh.service_index();
     let previous_shared =
         previous.and_then(|prev| prev.proxies.iter().find_map(|p| p.shared.clone()));
     // What an unchanged service's resources are taken from: the previous
@@ -352,7 +347,9 @@ pub fn translate_reusing(
     // routes, and the clusters and endpoints its routes send to.
     let add_outbound =
         |out: &mut ProxyResources, service: &Service, listens: &[SocketAddr], capture: bool| {
-            let i = index[&(service.name.as_str(), service.namespace.as_str())];
+            let i = index
+                .position(&service.name, &service.namespace)
+                .expect("a service of the mesh");
             let built = &services[i];
             for &listen in listens {
                 let name = listener::outbound_name(listen);
@@ -432,8 +429,8 @@ pub fn translate_reusing(
                 }
             }
             for inbound in &entry.inbound {
-                let service = mesh
-                    .service(&inbound.service, "default")
+                let service = index
+                    .get(&inbound.service, "default")
                     .expect("validated: inbound services exist");
                 for (type_url, resource) in
                     listener::inbound(service, inbound, entry.capture, mtls, mesh.tracing.as_ref())
@@ -442,8 +439,8 @@ pub fn translate_reusing(
                 }
             }
             for outbound in &entry.outbound {
-                let service = mesh
-                    .service(&outbound.service, "default")
+                let service = index
+                    .get(&outbound.service, "default")
                     .expect("validated: outbound services exist");
                 add_outbound(&mut out, service, &outbound.listens(service), entry.capture);
             }

@@ -4,7 +4,7 @@
 //! order breaks ties), and a last route to the service itself.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use remora_xds_proto::route::{
     self, HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction,
@@ -15,7 +15,7 @@ use remora_xds_proto::{core, matcher};
 use super::wire::{duration, u32v};
 use crate::mesh::{
     self, HeaderModifier, Mesh, MethodMatch, PathMatchType, RouteKind, RouteRule, Service,
-    ValueMatch, ValueMatchType,
+    ServiceIndex, ValueMatch, ValueMatchType,
 };
 
 /// `NAME.NAMESPACE:PORT`.
@@ -35,7 +35,7 @@ struct Candidate<'a> {
 pub fn route_configuration(
     mesh: &Mesh,
     service_index: usize,
-    index: &HashMap<(&str, &str), usize>,
+    index: &ServiceIndex<'_>,
 ) -> (RouteConfiguration, BTreeSet<usize>) {
     let service = &mesh.services[service_index];
     let mut candidates = Vec::new();
@@ -297,17 +297,19 @@ fn backends(
     route: &mesh::Route,
     rule: &RouteRule,
     parent: &Service,
-    index: &HashMap<(&str, &str), usize>,
+    index: &ServiceIndex<'_>,
 ) -> Vec<(usize, u32)> {
     if rule.backend_refs.is_empty() {
-        return vec![(index[&(parent.name.as_str(), parent.namespace.as_str())], 1)];
+        let i = index.position(&parent.name, &parent.namespace);
+        return vec![(i.expect("validated: a route's parent exists"), 1)];
     }
     rule.backend_refs
         .iter()
         .filter(|b| b.weight > 0)
         .map(|b| {
             let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
-            (index[&(b.name.as_str(), ns)], b.weight)
+            let i = index.position(&b.name, ns);
+            (i.expect("validated: backends exist"), b.weight)
         })
         .collect()
 }

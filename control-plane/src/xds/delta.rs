@@ -9,13 +9,15 @@
 //! resources are not sent again until their content changes.
 
 use std::collections::{BTreeSet, HashMap};
-
+use std::sync::Arc;
 use std::time::Instant;
 
-use remora_xds_proto::discovery::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use remora_xds_proto::discovery::DeltaDiscoveryRequest;
 use remora_xds_proto::type_url;
 
-use super::{AdsStream, Closed, StreamCore, control_plane, wildcard_by_default};
+use super::delta_wire::DeltaResponse;
+use super::{AdsStream, Closed, StreamCore, wildcard_by_default};
+use crate::translate::{ProxyResources, SharedDiff};
 
 #[derive(Default)]
 struct TypeState {
@@ -28,59 +30,91 @@ struct TypeState {
     pending: Vec<(String, String)>,
     responded: bool,
     /// The resources `known` was last brought up to date with.
-    basis: Option<std::sync::Arc<crate::translate::ProxyResources>>,
+    basis: Option<Arc<ProxyResources>>,
 }
 
 pub(super) struct Stream {
-    core: StreamCore<DeltaDiscoveryResponse>,
+    core: StreamCore<DeltaResponse>,
     types: [TypeState; 5],
 }
 
+/// What may have changed for one type since a stream last brought the
+/// proxy up to date: the resources it had then and has now, and the
+/// shared set's diffs in between. The names borrow from these `Arc`s, so
+/// a push copies no name.
+struct Changes {
+    basis: Arc<ProxyResources>,
+    current: Arc<ProxyResources>,
+    diffs: Vec<Arc<SharedDiff>>,
+}
+
+impl Changes {
+    /// The names of type `t` that may differ: the proxy's own (few)
+    /// resources, before and now, and the shared ones that changed.
+    /// Sorted, each once.
+    fn names(&self, t: usize) -> Vec<&str> {
+        let mut names: Vec<&str> = self.basis.by_type[t]
+            .keys()
+            .chain(self.current.by_type[t].keys())
+            .map(String::as_str)
+            .chain(
+                self.diffs
+                    .iter()
+                    .flat_map(|diff| diff.changed[t].iter().map(String::as_str)),
+            )
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
 impl Stream {
-    /// The names of type `t` that may differ from what the proxy was last
-    /// brought up to date with: the shared resources' changes since then
-    /// and the proxy's own (few) resources, before and now. `None`: look
-    /// at everything.
-    fn changed_names(&self, t: usize) -> Option<BTreeSet<String>> {
+    /// What may differ in type `t` from what the proxy was last brought up
+    /// to date with; `None`: look at everything.
+    fn changes(&self, t: usize) -> Option<Changes> {
         if t >= 4 {
             return None;
         }
         let basis = self.types[t].basis.as_ref()?;
         let current = &self.core.resources;
-        let mut names: BTreeSet<String> = basis.by_type[t]
-            .keys()
-            .chain(current.by_type[t].keys())
-            .cloned()
-            .collect();
+        let mut diffs = Vec::new();
         match (&basis.shared, &current.shared) {
             (None, None) => {}
-            (Some(from), Some(to)) if std::sync::Arc::ptr_eq(from, to) => {}
+            (Some(from), Some(to)) if Arc::ptr_eq(from, to) => {}
             (Some(from), Some(to)) => {
                 // Walk back from the current set to the one the proxy was
                 // brought up to date with, collecting what changed.
-                let diffs = &self.core.state.translation.shared_diffs;
                 let mut at = to;
-                for diff in diffs.iter().rev() {
-                    if !std::sync::Arc::ptr_eq(&diff.to, at) {
+                let mut reached = false;
+                for diff in self.core.state.translation.shared_diffs.iter().rev() {
+                    if !Arc::ptr_eq(&diff.to, at) {
                         return None;
                     }
-                    names.extend(diff.changed[t].iter().cloned());
+                    diffs.push(diff.clone());
                     at = &diff.from;
-                    if std::sync::Arc::ptr_eq(at, from) {
-                        return Some(names);
+                    if Arc::ptr_eq(at, from) {
+                        reached = true;
+                        break;
                     }
                 }
-                return None;
+                if !reached {
+                    return None;
+                }
             }
             _ => return None,
         }
-        Some(names)
+        Some(Changes {
+            basis: basis.clone(),
+            current: current.clone(),
+            diffs,
+        })
     }
 }
 
 impl AdsStream for Stream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     const PROTOCOL: &'static str = "delta";
 
     fn node_id(request: &DeltaDiscoveryRequest) -> Option<String> {
@@ -95,14 +129,14 @@ impl AdsStream for Stream {
         &request.type_url
     }
 
-    fn new(core: StreamCore<DeltaDiscoveryResponse>) -> Self {
+    fn new(core: StreamCore<DeltaResponse>) -> Self {
         Stream {
             core,
             types: Default::default(),
         }
     }
 
-    fn core(&mut self) -> &mut StreamCore<DeltaDiscoveryResponse> {
+    fn core(&mut self) -> &mut StreamCore<DeltaResponse> {
         &mut self.core
     }
 
@@ -173,7 +207,8 @@ impl AdsStream for Stream {
     async fn respond(&mut self, t: usize, published: Option<Instant>) -> Result<(), Closed> {
         // A push after a new mesh version looks at what changed alone,
         // when this stream was up to date with the version before.
-        let candidates = published.and_then(|_| self.changed_names(t));
+        let changes = published.and_then(|_| self.changes(t));
+        let candidates = changes.as_ref().map(|c| c.names(t));
         let all = self.core.of_type(t);
         let ts = &self.types[t];
         let wanted = |name: &str| ts.wildcard || ts.names.contains(name);
@@ -181,14 +216,14 @@ impl AdsStream for Stream {
         let mut removed: Vec<String> = Vec::new();
         match &candidates {
             Some(names) => {
-                for name in names {
+                for &name in names {
                     let current = all.get(name).filter(|_| wanted(name));
-                    match (current, ts.known.get(name.as_str())) {
+                    match (current, ts.known.get(name)) {
                         (Some(resource), held) if held != Some(&resource.version) => {
                             updated.push(resource.clone());
                         }
                         (Some(_), _) | (None, None) => {}
-                        (None, Some(_)) => removed.push(name.clone()),
+                        (None, Some(_)) => removed.push(name.to_string()),
                     }
                 }
             }
@@ -215,23 +250,6 @@ impl AdsStream for Stream {
         }
         let nonce = self.core.next_nonce();
         let version = self.core.state.version.to_string();
-        let response = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            resources: updated
-                .iter()
-                .map(|r| discovery::Resource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: type_url::SERVED[t].to_string(),
-            removed_resources: removed.clone(),
-            nonce: nonce.clone(),
-            control_plane: control_plane(&self.core.shared),
-            ..Default::default()
-        };
         let ts = &mut self.types[t];
         for r in &updated {
             ts.known.insert(r.name.clone(), r.version.clone());
@@ -240,10 +258,18 @@ impl AdsStream for Stream {
             ts.known.remove(name);
         }
         ts.responded = true;
-        ts.pending.push((nonce, version.clone()));
+        ts.pending.push((nonce.clone(), version.clone()));
         if ts.pending.len() > 16 {
             ts.pending.remove(0);
         }
+        let response = DeltaResponse {
+            system_version_info: version.clone(),
+            resources: updated,
+            type_url: type_url::SERVED[t],
+            removed_resources: removed,
+            nonce,
+            control_plane: self.core.shared.identifier.clone(),
+        };
         self.core.send(t, response, &version, published).await
     }
 }

@@ -7,6 +7,7 @@
 //! publisher. Responses go through a small bounded queue per stream.
 
 mod delta;
+pub mod delta_wire;
 pub mod registry;
 pub mod secrets;
 mod sotw;
@@ -45,21 +46,39 @@ pub struct MeshState {
     pub mesh: Arc<Mesh>,
     pub translation: Translation,
     pub published_at: Instant,
+    /// The proxy entries by exact node id (a thousand streams look their
+    /// node up in each new state).
+    node_ids: std::collections::HashMap<String, usize>,
 }
 
 impl MeshState {
-    pub fn empty() -> MeshState {
-        MeshState {
-            version: 0,
-            mesh: Arc::new(Mesh::default()),
-            translation: Translation::default(),
-            published_at: Instant::now(),
+    pub fn new(version: u64, mesh: Arc<Mesh>, translation: Translation) -> MeshState {
+        let mut node_ids = std::collections::HashMap::with_capacity(mesh.proxies.len());
+        for (i, proxy) in mesh.proxies.iter().enumerate() {
+            node_ids.entry(proxy.node_id.clone()).or_insert(i);
         }
+        MeshState {
+            version,
+            mesh,
+            translation,
+            published_at: Instant::now(),
+            node_ids,
+        }
+    }
+
+    pub fn empty() -> MeshState {
+        MeshState::new(0, Arc::new(Mesh::default()), Translation::default())
     }
 
     /// The resources of a node, and the proxy entry that matched it.
     pub fn resources_for(&self, node_id: &str) -> (Arc<ProxyResources>, Option<String>) {
-        match self.mesh.proxy_for(node_id) {
+        // As `Mesh::proxy_for`: an exact node id first, then the longest prefix.
+        let entry = self
+            .node_ids
+            .get(node_id)
+            .copied()
+            .or_else(|| self.mesh.proxy_for(node_id));
+        match entry {
             Some(i) => (
                 self.translation.proxies[i].clone(),
                 Some(self.mesh.proxies[i].node_id.clone()),
@@ -92,11 +111,92 @@ impl AdsServer {
         AdsServer { shared }
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(usize::MAX)
+    /// The gRPC service: delta streams through [`delta_wire::DeltaCodec`],
+    /// the rest through the generated server.
+    pub fn into_service(self) -> AdsService {
+        AdsService {
+            shared: self.shared.clone(),
+            generated: AggregatedDiscoveryServiceServer::new(self)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        }
     }
+}
+
+/// The ADS gRPC service. A delta stream's responses share the
+/// translation's resources ([`delta_wire`]) rather than copying them into
+/// prost messages, so its method is served here; state-of-the-world goes
+/// to the generated server.
+#[derive(Clone)]
+pub struct AdsService {
+    shared: Shared,
+    generated: AggregatedDiscoveryServiceServer<AdsServer>,
+}
+
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str =
+        remora_xds_proto::discovery::aggregated_discovery_service_server::SERVICE_NAME;
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AdsService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != DELTA_PATH {
+            return self.generated.call(request);
+        }
+        let method = DeltaMethod(self.shared.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(delta_wire::DeltaCodec)
+                .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), Some(usize::MAX));
+            Ok(grpc.streaming(method, request).await)
+        })
+    }
+}
+
+/// `DeltaAggregatedResources`, answered with [`delta_wire::DeltaResponse`]s.
+struct DeltaMethod(Shared);
+
+impl tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod {
+    type Response = delta_wire::DeltaResponse;
+    type ResponseStream = ResponseStream<delta_wire::DeltaResponse>;
+    type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(start_delta(self.0.clone(), request))))
+    }
+}
+
+/// Starts a delta stream's task; its responses come out of the stream.
+fn start_delta(
+    shared: Shared,
+    request: Request<Streaming<DeltaDiscoveryRequest>>,
+) -> ResponseStream<delta_wire::DeltaResponse> {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let peer = request.remote_addr();
+    tokio::spawn(drive::<delta::Stream>(
+        shared,
+        peer,
+        request.into_inner(),
+        tx,
+    ));
+    Box::pin(ReceiverStream::new(rx))
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -122,20 +222,16 @@ impl AggregatedDiscoveryService for AdsServer {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// Through the generated server alone (`AdsService` serves delta
+    /// streams itself): the same stream, its responses as prost messages.
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let shared = self.shared.clone();
-        let peer = request.remote_addr();
-        tokio::spawn(drive::<delta::Stream>(
-            shared,
-            peer,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        use futures_util::StreamExt as _;
+        let responses = start_delta(self.shared.clone(), request)
+            .map(|response| response.map(delta_wire::DeltaResponse::into_message));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
