@@ -323,6 +323,24 @@ impl Delta {
         })
         .await;
     }
+
+    /// Node `web` connecting again holding `initial` (clusters), and the
+    /// first answer.
+    async fn resume(
+        addr: std::net::SocketAddr,
+        initial: HashMap<String, String>,
+    ) -> (Delta, DeltaDiscoveryResponse) {
+        let mut ads = Delta::connect(addr).await;
+        ads.send(DeltaDiscoveryRequest {
+            node: node("web"),
+            type_url: type_url::CLUSTER.into(),
+            initial_resource_versions: initial,
+            ..Default::default()
+        })
+        .await;
+        let first = ads.next().await;
+        (ads, first)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,18 +375,9 @@ async fn delta_sends_changes_and_removals_and_a_reconnect_resumes_from_its_versi
     // Reconnect holding the two remaining clusters at their versions: only
     // the initial (empty) answer comes, nothing is resent.
     drop(ads);
-    let mut again = Delta::connect(cp.xds_address).await;
     let mut initial = held.clone();
     initial.remove("outbound|9000||extra.default");
-    again
-        .send(DeltaDiscoveryRequest {
-            node: node("web"),
-            type_url: type_url::CLUSTER.into(),
-            initial_resource_versions: initial,
-            ..Default::default()
-        })
-        .await;
-    let resumed = again.next().await;
+    let (mut again, resumed) = Delta::resume(cp.xds_address, initial).await;
     assert!(resumed.resources.is_empty(), "{:?}", resumed.resources);
     assert!(resumed.removed_resources.is_empty());
 
@@ -383,6 +392,28 @@ async fn delta_sends_changes_and_removals_and_a_reconnect_resumes_from_its_versi
     let eds = again.next().await;
     assert_eq!(eds.resources.len(), 1);
     assert_eq!(eds.resources[0].name, BACKEND);
+
+    // Reconnect holding one cluster at a version this server never sent
+    // (another control plane's), one at its own, and one it does not
+    // serve: the first is sent again, the last removed.
+    drop(again);
+    let mut names: Vec<String> = held
+        .keys()
+        .filter(|name| *name != "outbound|9000||extra.default")
+        .cloned()
+        .collect();
+    names.sort();
+    let (foreign, kept) = (names[0].clone(), names[1].clone());
+    let initial = HashMap::from([
+        (foreign.clone(), "v1-from-elsewhere".to_string()),
+        (kept.clone(), held[&kept].clone()),
+        ("outbound|1||ghost.default".to_string(), held[&kept].clone()),
+    ]);
+    let (_third, resumed) = Delta::resume(cp.xds_address, initial).await;
+    let sent: Vec<&str> = resumed.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent, [foreign.as_str()]);
+    assert_eq!(resumed.resources[0].version, held[&foreign]);
+    assert_eq!(resumed.removed_resources, ["outbound|1||ghost.default"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

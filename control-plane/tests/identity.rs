@@ -48,7 +48,9 @@ async fn a_proxy_gets_renews_and_outlives_the_ca_with_its_certificate() {
         remora_control_plane::mesh::load_file(&mesh.path, remora_proxy::config::MtlsMode::Strict)
             .unwrap();
     assert_eq!(
-        mesh_model.proxy_identity(&mesh_model.proxies[0], &mesh_model.service_index()).unwrap(),
+        mesh_model
+            .proxy_identity(&mesh_model.proxies[0], &mesh_model.service_index())
+            .unwrap(),
         web(),
         "a proxy runs as its inbound service's identity"
     );

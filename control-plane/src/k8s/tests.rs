@@ -110,7 +110,7 @@ fn the_example_manifests_serve_what_the_equivalent_mesh_file_serves() {
                     .map(|t| {
                         r.of(t)
                             .iter()
-                            .map(|(name, r)| (name.clone(), r.any.clone()))
+                            .map(|(name, r)| (name.to_string(), r.any.clone()))
                             .collect::<Vec<_>>()
                     })
                     .collect::<Vec<_>>()

@@ -32,16 +32,19 @@ use crate::mesh::{Mesh, Service};
 /// One resource as served: its name, content version and packed message.
 #[derive(Debug, PartialEq)]
 pub struct Resource {
-    pub name: String,
+    /// Shared with what each delta stream records the proxy holds.
+    pub name: Arc<str>,
+    /// `hash` in 16 hex digits, as sent.
     pub version: String,
+    pub hash: u64,
     pub any: Any,
 }
 
 impl Resource {
     pub fn new<T: prost::Name + prost::Message>(name: String, message: &T) -> Arc<Resource> {
         let any = remora_xds_proto::pack(message);
-        let version = format!("{:016x}", xxhash_rust::xxh64::xxh64(&any.value, 0));
-        Arc::new(Resource { name, version, any })
+        let hash = xxhash_rust::xxh64::xxh64(&any.value, 0);
+        Resource::with_hash(name, hash, any)
     }
 
     /// A resource whose encoding is not deterministic (it holds a map of
@@ -53,17 +56,38 @@ impl Resource {
         key: &[u8],
     ) -> Arc<Resource> {
         let any = remora_xds_proto::pack(message);
-        let version = format!("{:016x}", xxhash_rust::xxh64::xxh64(key, 1));
-        Arc::new(Resource { name, version, any })
+        Resource::with_hash(name, xxhash_rust::xxh64::xxh64(key, 1), any)
+    }
+
+    fn with_hash(name: String, hash: u64, any: Any) -> Arc<Resource> {
+        Arc::new(Resource {
+            name: name.into(),
+            version: format!("{hash:016x}"),
+            hash,
+            any,
+        })
+    }
+
+    /// The hash a version this server sent stands for (`None`: not one of
+    /// its versions, such as a proxy's from another control plane).
+    pub fn hash_of(version: &str) -> Option<u64> {
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        (version.len() == 16 && version.bytes().all(lower_hex))
+            .then(|| u64::from_str_radix(version, 16).ok())
+            .flatten()
     }
 }
+
+/// Resources by name; the names are the resources' own (`Arc`s), so a map
+/// of thousands costs no string copies.
+pub type ByName = BTreeMap<Arc<str>, Arc<Resource>>;
 
 /// Everything one proxy is served, by type (in [`type_url::ALL`] order):
 /// its own resources, and those it shares with other proxies.
 #[derive(Debug, Default)]
 pub struct ProxyResources {
     /// This proxy's own resources.
-    pub by_type: [BTreeMap<String, Arc<Resource>>; 4],
+    pub by_type: [ByName; 4],
     /// Resources every proxy of a kind is served alike (a sidecar that may
     /// call every service: `outbound_all`), built and held once however
     /// many proxies share them. No name is in both.
@@ -94,19 +118,42 @@ const SHARED_DIFFS_KEPT: usize = 16;
 pub struct SharedDiff {
     pub from: Arc<ProxyResources>,
     pub to: Arc<ProxyResources>,
-    pub changed: [Vec<String>; 4],
+    pub changed: [Vec<Arc<str>>; 4],
 }
 
 impl SharedDiff {
     fn between(from: &Arc<ProxyResources>, to: &Arc<ProxyResources>) -> SharedDiff {
+        // Both maps are sorted: one walk through them side by side.
         let changed = std::array::from_fn(|t| {
-            let (a, b) = (&from.by_type[t], &to.by_type[t]);
-            let mut names: Vec<String> = a
-                .iter()
-                .filter(|(name, r)| b.get(*name).is_none_or(|n| n.version != r.version))
-                .map(|(name, _)| name.clone())
-                .collect();
-            names.extend(b.keys().filter(|name| !a.contains_key(*name)).cloned());
+            let (mut a, mut b) = (
+                from.by_type[t].iter().peekable(),
+                to.by_type[t].iter().peekable(),
+            );
+            let mut names = Vec::new();
+            loop {
+                match (a.peek(), b.peek()) {
+                    (None, None) => break,
+                    (Some((na, ra)), Some((nb, rb))) if na == nb => {
+                        if ra.hash != rb.hash {
+                            names.push((*nb).clone());
+                        }
+                        a.next();
+                        b.next();
+                    }
+                    (Some((na, _)), Some((nb, _))) if na < nb => {
+                        names.push((*na).clone());
+                        a.next();
+                    }
+                    (Some((na, _)), None) => {
+                        names.push((*na).clone());
+                        a.next();
+                    }
+                    (_, Some((nb, _))) => {
+                        names.push((*nb).clone());
+                        b.next();
+                    }
+                }
+            }
             names
         });
         SharedDiff {
@@ -121,12 +168,12 @@ impl SharedDiff {
 /// map by name.
 #[derive(Debug, Clone, Copy)]
 pub struct Resources<'a> {
-    own: &'a BTreeMap<String, Arc<Resource>>,
-    shared: Option<&'a BTreeMap<String, Arc<Resource>>>,
+    own: &'a ByName,
+    shared: Option<&'a ByName>,
 }
 
 impl<'a> Resources<'a> {
-    pub fn new(own: &'a BTreeMap<String, Arc<Resource>>) -> Resources<'a> {
+    pub fn new(own: &'a ByName) -> Resources<'a> {
         Resources { own, shared: None }
     }
 
@@ -149,7 +196,7 @@ impl<'a> Resources<'a> {
     }
 
     /// By name, both maps merged.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a String, &'a Arc<Resource>)> + 'a {
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Arc<str>, &'a Arc<Resource>)> + 'a {
         let mut own = self.own.iter().peekable();
         let mut shared = self.shared.into_iter().flatten().peekable();
         std::iter::from_fn(move || match (own.peek(), shared.peek()) {
@@ -164,7 +211,7 @@ impl<'a> Resources<'a> {
         self.iter().map(|(_, r)| r)
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &'a String> + 'a {
+    pub fn keys(&self) -> impl Iterator<Item = &'a Arc<str>> + 'a {
         self.iter().map(|(n, _)| n)
     }
 }
@@ -204,7 +251,7 @@ impl ProxyResources {
         if self
             .shared
             .as_ref()
-            .is_some_and(|s| s.by_type[i].contains_key(&resource.name))
+            .is_some_and(|s| s.by_type[i].contains_key(&*resource.name))
         {
             // Built the same way for every proxy: the shared one is it.
             return;
@@ -462,15 +509,12 @@ pub fn translate_reusing(
 /// The same names at the same versions: a version is the hash of what a
 /// resource says, so this compares thousands of resources without reading
 /// their bytes.
-fn same_versions(
-    a: &[BTreeMap<String, Arc<Resource>>; 4],
-    b: &[BTreeMap<String, Arc<Resource>>; 4],
-) -> bool {
+fn same_versions(a: &[ByName; 4], b: &[ByName; 4]) -> bool {
     a.iter().zip(b).all(|(a, b)| {
         a.len() == b.len()
-            && a.iter().zip(b).all(|((na, ra), (nb, rb))| {
-                na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version)
-            })
+            && a.iter()
+                .zip(b)
+                .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.hash == rb.hash))
     })
 }
 

@@ -51,7 +51,12 @@ fn get<T: prost::Name + prost::Message + Default>(
 fn a_proxy_gets_exactly_what_its_listeners_reach() {
     let t = translate(&parse_yaml(MESH).unwrap(), None);
     let client = &t.proxies[0];
-    let names = |i: usize| client.by_type[i].keys().cloned().collect::<Vec<_>>();
+    let names = |i: usize| {
+        client.by_type[i]
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
         names(0),
         [
@@ -68,7 +73,7 @@ fn a_proxy_gets_exactly_what_its_listeners_reach() {
     assert_eq!(names(3), ["web.default:80"]);
     let server = &t.proxies[1];
     assert_eq!(
-        server.by_type[0].keys().collect::<Vec<_>>(),
+        server.by_type[0].keys().map(|k| &**k).collect::<Vec<_>>(),
         ["inbound|127.0.0.1:15006"]
     );
 }
@@ -182,7 +187,7 @@ fn versions_follow_content_so_a_change_touches_only_what_depends_on_it() {
             .filter(|(name, r)| {
                 before.proxies[p].by_type[t].get(*name).map(|b| &b.version) != Some(&r.version)
             })
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name.to_string())
             .collect()
     };
     assert_eq!(
@@ -222,7 +227,7 @@ fn an_unchanged_service_keeps_its_resources_and_a_changed_one_is_built_anew() {
         let versions = |r: &ProxyResources| -> Vec<(String, String)> {
             r.by_type[t]
                 .iter()
-                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .map(|(n, r)| (n.to_string(), r.version.clone()))
                 .collect()
         };
         assert_eq!(versions(&now), versions(&built), "type {t}");
@@ -254,7 +259,7 @@ fn an_unchanged_service_keeps_its_resources_and_a_changed_one_is_built_anew() {
         let versions = |t: &super::Translation| -> Vec<(String, String)> {
             shared(t).by_type[3]
                 .iter()
-                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .map(|(n, r)| (n.to_string(), r.version.clone()))
                 .collect()
         };
         assert_eq!(versions(got), versions(&from_nothing));
@@ -521,7 +526,12 @@ proxies:
     .unwrap();
     let t = translate(&mesh, None);
     let pod = &t.proxies[0];
-    let names = |i: usize| pod.by_type[i].keys().cloned().collect::<Vec<_>>();
+    let names = |i: usize| {
+        pod.by_type[i]
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
         names(2),
         [
@@ -959,4 +969,52 @@ proxies:
         e.contains("services[0].policy.targetRefs: only a TrafficPolicy object has targetRefs"),
         "{e}"
     );
+}
+
+#[test]
+fn a_version_stands_for_its_hash_and_only_this_servers_versions_do() {
+    let resource = Resource::new("a".into(), &Cluster::default());
+    assert_eq!(Resource::hash_of(&resource.version), Some(resource.hash));
+    assert_eq!(Resource::hash_of("00000000000000ff"), Some(255));
+    for foreign in [
+        "",
+        "1",
+        "v1",
+        "00000000000000FF",
+        "00000000000000ff0",
+        "+000000000000ff",
+    ] {
+        assert_eq!(Resource::hash_of(foreign), None, "{foreign:?}");
+    }
+}
+
+#[test]
+fn a_shared_diff_names_what_was_added_replaced_or_removed() {
+    let cluster = |name: &str, connect_ms: i64| {
+        let cluster = Cluster {
+            name: name.into(),
+            connect_timeout: Some(remora_xds_proto::protobuf::Duration {
+                seconds: 0,
+                nanos: (connect_ms * 1_000_000) as i32,
+            }),
+            ..Default::default()
+        };
+        Resource::new(name.into(), &cluster)
+    };
+    let set = |clusters: &[(&str, i64)]| {
+        let mut resources = ProxyResources::default();
+        for &(name, ms) in clusters {
+            resources.insert(type_url::CLUSTER, &cluster(name, ms));
+        }
+        Arc::new(resources)
+    };
+    let from = set(&[("a", 1), ("b", 1), ("c", 1), ("e", 1)]);
+    let to = set(&[("b", 1), ("c", 2), ("d", 1), ("e", 1), ("f", 1)]);
+    let diff = SharedDiff::between(&from, &to);
+    let changed: Vec<&str> = diff.changed[0].iter().map(|n| &**n).collect();
+    assert_eq!(changed, ["a", "c", "d", "f"]);
+    assert!(diff.changed[1..].iter().all(Vec::is_empty));
+    let back = SharedDiff::between(&to, &from);
+    let changed: Vec<&str> = back.changed[0].iter().map(|n| &**n).collect();
+    assert_eq!(changed, ["a", "c", "d", "f"]);
 }

@@ -17,7 +17,7 @@ use remora_xds_proto::type_url;
 
 use super::delta_wire::DeltaResponse;
 use super::{AdsStream, Closed, StreamCore, wildcard_by_default};
-use crate::translate::{ProxyResources, SharedDiff};
+use crate::translate::{ProxyResources, Resource, SharedDiff};
 
 #[derive(Default)]
 struct TypeState {
@@ -25,7 +25,9 @@ struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
     /// What the proxy holds: name → version.
-    known: HashMap<String, String>,
+    /// The version is a resource's `hash` (`None`: a version this server
+    /// never sent, from `initial_resource_versions`).
+    known: HashMap<Arc<str>, Option<u64>>,
     /// Nonces of responses not yet answered, with the version each carried.
     pending: Vec<(String, String)>,
     responded: bool,
@@ -56,11 +58,11 @@ impl Changes {
         let mut names: Vec<&str> = self.basis.by_type[t]
             .keys()
             .chain(self.current.by_type[t].keys())
-            .map(String::as_str)
+            .map(|name| &**name)
             .chain(
                 self.diffs
                     .iter()
-                    .flat_map(|diff| diff.changed[t].iter().map(String::as_str)),
+                    .flat_map(|diff| diff.changed[t].iter().map(|name| &**name)),
             )
             .collect();
         names.sort_unstable();
@@ -179,7 +181,11 @@ impl AdsStream for Stream {
         }
         if !ts.subscribed {
             ts.subscribed = true;
-            ts.known = request.initial_resource_versions.clone();
+            ts.known = request
+                .initial_resource_versions
+                .iter()
+                .map(|(name, version)| (Arc::from(name.as_str()), Resource::hash_of(version)))
+                .collect();
             ts.wildcard = request.resource_names_subscribe.is_empty()
                 && wildcard_by_default(&request.type_url);
         }
@@ -195,7 +201,7 @@ impl AdsStream for Stream {
                 ts.wildcard = false;
             } else {
                 ts.names.remove(name);
-                ts.known.remove(name);
+                ts.known.remove(name.as_str());
             }
         }
         self.respond(t, None).await
@@ -219,7 +225,7 @@ impl AdsStream for Stream {
                 for &name in names {
                     let current = all.get(name).filter(|_| wanted(name));
                     match (current, ts.known.get(name)) {
-                        (Some(resource), held) if held != Some(&resource.version) => {
+                        (Some(resource), held) if held != Some(&Some(resource.hash)) => {
                             updated.push(resource.clone());
                         }
                         (Some(_), _) | (None, None) => {}
@@ -229,7 +235,7 @@ impl AdsStream for Stream {
             }
             None => {
                 for (name, resource) in all.iter() {
-                    if wanted(name) && ts.known.get(name) != Some(&resource.version) {
+                    if wanted(name) && ts.known.get(&**name) != Some(&Some(resource.hash)) {
                         updated.push(resource.clone());
                     }
                 }
@@ -237,7 +243,7 @@ impl AdsStream for Stream {
                     .known
                     .keys()
                     .filter(|name| !wanted(name) || !all.contains_key(name))
-                    .cloned()
+                    .map(|name| name.to_string())
                     .collect();
             }
         }
@@ -252,10 +258,10 @@ impl AdsStream for Stream {
         let version = self.core.state.version.to_string();
         let ts = &mut self.types[t];
         for r in &updated {
-            ts.known.insert(r.name.clone(), r.version.clone());
+            ts.known.insert(r.name.clone(), Some(r.hash));
         }
         for name in &removed {
-            ts.known.remove(name);
+            ts.known.remove(name.as_str());
         }
         ts.responded = true;
         ts.pending.push((nonce.clone(), version.clone()));

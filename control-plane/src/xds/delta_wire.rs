@@ -40,7 +40,7 @@ impl DeltaResponse {
                 .resources
                 .iter()
                 .map(|r| discovery::Resource {
-                    name: r.name.clone(),
+                    name: r.name.to_string(),
                     version: r.version.clone(),
                     resource: Some(r.any.clone()),
                     ..Default::default()

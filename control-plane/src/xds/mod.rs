@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::translate::{ProxyResources, Resource, Translation};
+use crate::translate::{ProxyResources, Translation};
 use registry::Registry;
 use std::collections::BTreeMap;
 
@@ -179,23 +179,21 @@ impl tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod {
     type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        std::future::ready(Ok(Response::new(start_delta(self.0.clone(), request))))
+        std::future::ready(Ok(Response::new(start::<delta::Stream>(
+            self.0.clone(),
+            request,
+        ))))
     }
 }
 
-/// Starts a delta stream's task; its responses come out of the stream.
-fn start_delta(
+/// Starts a stream's task; its responses come out of the stream returned.
+fn start<S: AdsStream + 'static>(
     shared: Shared,
-    request: Request<Streaming<DeltaDiscoveryRequest>>,
-) -> ResponseStream<delta_wire::DeltaResponse> {
+    request: Request<Streaming<S::Request>>,
+) -> ResponseStream<S::Response> {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let peer = request.remote_addr();
-    tokio::spawn(drive::<delta::Stream>(
-        shared,
-        peer,
-        request.into_inner(),
-        tx,
-    ));
+    tokio::spawn(drive::<S>(shared, peer, request.into_inner(), tx));
     Box::pin(ReceiverStream::new(rx))
 }
 
@@ -210,16 +208,10 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let shared = self.shared.clone();
-        let peer = request.remote_addr();
-        tokio::spawn(drive::<sotw::Stream>(
-            shared,
-            peer,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(start::<sotw::Stream>(
+            self.shared.clone(),
+            request,
+        )))
     }
 
     /// Through the generated server alone (`AdsService` serves delta
@@ -229,7 +221,7 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         use futures_util::StreamExt as _;
-        let responses = start_delta(self.shared.clone(), request)
+        let responses = start::<delta::Stream>(self.shared.clone(), request)
             .map(|response| response.map(delta_wire::DeltaResponse::into_message));
         Ok(Response::new(Box::pin(responses)))
     }
@@ -287,7 +279,7 @@ impl<R> StreamCore<R> {
 
     /// The resources of type `t` this node is served.
     fn of_type(&self, t: usize) -> crate::translate::Resources<'_> {
-        static NONE: BTreeMap<String, Arc<Resource>> = BTreeMap::new();
+        static NONE: crate::translate::ByName = BTreeMap::new();
         match t {
             secrets::SECRET_INDEX => crate::translate::Resources::new(
                 self.secrets.as_ref().map_or(&NONE, |s| &s.resources),

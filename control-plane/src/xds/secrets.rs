@@ -9,8 +9,6 @@
 //! issued for that node id; a node without one is served no secret (its
 //! TLS listeners and clusters stay warming), and the refusal is logged.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use remora_api::identity::SpiffeId;
@@ -56,7 +54,7 @@ pub fn entitlement(
 /// A node's secrets and when to renew them.
 pub struct NodeSecrets {
     pub identity: SpiffeId,
-    pub resources: BTreeMap<String, Arc<Resource>>,
+    pub resources: crate::translate::ByName,
     pub renew_at: Instant,
 }
 
@@ -93,16 +91,13 @@ pub fn issue(ca: &Ca, identity: &SpiffeId, lifetime: Duration) -> Result<NodeSec
         .unwrap_or_default();
     Ok(NodeSecrets {
         identity: identity.clone(),
-        resources: BTreeMap::from([
-            (
-                workload.name.clone(),
-                Resource::new(workload.name.clone(), &workload),
-            ),
-            (
-                roots.name.clone(),
-                Resource::new(roots.name.clone(), &roots),
-            ),
-        ]),
+        resources: [
+            Resource::new(workload.name.clone(), &workload),
+            Resource::new(roots.name.clone(), &roots),
+        ]
+        .into_iter()
+        .map(|resource| (resource.name.clone(), resource))
+        .collect(),
         renew_at: Instant::now() + lived / 2,
     })
 }
