@@ -345,14 +345,6 @@ impl Mesh {
         }
     }
 
-    /// The service named `name` or `name.namespace` (namespace defaulting to `namespace`).
-    pub fn service(&self, reference: &str, namespace: &str) -> Option<&Service> {
-        let (name, ns) = reference.split_once('.').unwrap_or((reference, namespace));
-        self.services
-            .iter()
-            .find(|s| s.name == name && s.namespace == ns)
-    }
-
     /// The mesh's mTLS mode (`disabled` if never resolved).
     pub fn mtls_mode(&self) -> remora_api::MtlsMode {
         self.mtls.unwrap_or(remora_api::MtlsMode::Disabled)
@@ -389,9 +381,14 @@ impl Mesh {
 
     /// The proxy entry for a node: an exact `node_id` first, then the longest prefix.
     pub fn proxy_for(&self, node_id: &str) -> Option<usize> {
-        if let Some(i) = self.proxies.iter().position(|p| p.node_id == node_id) {
-            return Some(i);
-        }
+        self.proxies
+            .iter()
+            .position(|p| p.node_id == node_id)
+            .or_else(|| self.proxy_by_prefix(node_id))
+    }
+
+    /// The entry whose `prefix*` node id is the longest that matches.
+    pub fn proxy_by_prefix(&self, node_id: &str) -> Option<usize> {
         self.proxies
             .iter()
             .enumerate()

@@ -77,7 +77,7 @@ impl MeshState {
             .node_ids
             .get(node_id)
             .copied()
-            .or_else(|| self.mesh.proxy_for(node_id));
+            .or_else(|| self.mesh.proxy_by_prefix(node_id));
         match entry {
             Some(i) => (
                 self.translation.proxies[i].clone(),
