@@ -42,9 +42,10 @@ async fn until_check_failed(
     failed: bool,
     what: &str,
 ) {
-    // Ten seconds: the whole suite shares two cores, so a check 100 ms
-    // apart can be late by much more than its interval.
-    for _ in 0..500 {
+    // The whole suite shares two cores, so a check 100 ms apart can be
+    // late by much more than its interval.
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while tokio::time::Instant::now() < deadline {
         if health(admin, cluster, address).await["check_failed"] == failed {
             return;
         }

@@ -174,10 +174,13 @@ clusters:
     ))
     .await;
     let web = proxy.addr("web");
+    // `/collect` reads the whole body before it answers, so every answer
+    // the client sees is the proxy's own. (An upstream that answers early,
+    // before the body ends, is relayed, as Envoy relays it.)
     let broken: [&[u8]; 3] = [
-        b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n",
-        b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\nabcd\r\n0\r\n\r\n",
-        b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
+        b"POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n",
+        b"POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\nabcd\r\n0\r\n\r\n",
+        b"POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
     ];
     for _ in 0..3 {
         for request in broken {

@@ -51,7 +51,7 @@ async fn metric(process: &ProxyProcess, series: &str) -> f64 {
 }
 
 async fn wait_for_metric(process: &ProxyProcess, series: &str, wanted: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
     while metric(process, series).await != wanted {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -63,7 +63,7 @@ async fn wait_for_metric(process: &ProxyProcess, series: &str, wanted: f64) {
 }
 
 async fn wait_for_version(process: &ProxyProcess, wanted: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
     while version(process).await != wanted {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -74,7 +74,7 @@ clusters:
     // Back on the same address: once its ejection is over, it gets traffic again.
     let b = Upstream::start("b", Protocol::Http1, Some(b_addr)).await;
     let restarted = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + crate::support::PATIENCE;
     while b.hits() == 0 {
         assert!(
             Instant::now() < deadline,

@@ -78,3 +78,26 @@ impl Load {
         )
     }
 }
+
+/// How many of `arrivals` (offsets from the start, in any order) an ideal
+/// token bucket admits: `burst` tokens at the start, `rate` more a second,
+/// never more than `burst`.
+///
+/// A limit's accuracy is judged against this rather than against
+/// `burst + rate × elapsed`: that is only what a bucket admits under load
+/// that never pauses, and a starved test machine pauses the load.
+pub fn ideal_token_bucket(rate: f64, burst: f64, arrivals: &[std::time::Duration]) -> usize {
+    let mut arrivals = arrivals.to_vec();
+    arrivals.sort_unstable();
+    let (mut tokens, mut last, mut admitted) = (burst, 0.0, 0);
+    for at in arrivals {
+        let at = at.as_secs_f64();
+        tokens = (tokens + (at - last) * rate).min(burst);
+        last = at;
+        if tokens >= 1.0 {
+            tokens -= 1.0;
+            admitted += 1;
+        }
+    }
+    admitted
+}

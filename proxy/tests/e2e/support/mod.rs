@@ -125,9 +125,14 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// Waits until `check` holds, polling; panics with `what` after 10 s.
+/// How long a test waits for what should happen soon before it fails.
+/// Long, because the whole suite shares two cores: it only delays a
+/// failure, never a pass.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Waits until `check` holds, polling; panics with `what` after [`PATIENCE`].
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while !check() {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -139,7 +144,7 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 /// A test must finish a step within this time, or it fails rather than hangs.
 pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), future)
+    tokio::time::timeout(PATIENCE, future)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }

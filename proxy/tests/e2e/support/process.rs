@@ -52,7 +52,7 @@ impl ProxyProcess {
             dir,
             config,
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + super::PATIENCE;
         loop {
             if let Ok(text) = std::fs::read_to_string(&admin_file)
                 && let Ok(addr) = text.trim().parse()

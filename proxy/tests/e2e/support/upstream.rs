@@ -2,7 +2,8 @@
 //! reports what it saw, a TCP echo server and a WebSocket echo server.
 //!
 //! HTTP paths: `/` and anything else answer 200 with the server's name as
-//! body; `/echo` streams the request body back; `/slow/MS` answers after MS
+//! body; `/echo` streams the request body back; `/collect` reads the whole
+//! request body before it answers with it (400 if the body fails); `/slow/MS` answers after MS
 //! milliseconds; `/busy/MS` takes one of four workers for MS milliseconds
 //! (latency grows with concurrency past four); `/status/CODE` answers CODE; `/bytes/N` sends N bytes in
 //! 64 KiB chunks; `/gated` sends one chunk, then waits for [`Upstream::open_gate`]
@@ -272,6 +273,7 @@ async fn handle(
     // Commands may follow a route prefix: `/one/slow/5` runs `slow/5`.
     const COMMANDS: &[&str] = &[
         "echo",
+        "collect",
         "slow",
         "busy",
         "status",
@@ -290,6 +292,15 @@ async fn handle(
         .collect();
     let (status, body): (StatusCode, Body) = match command.as_slice() {
         ["", "echo"] => (StatusCode::OK, request.into_body().boxed()),
+        ["", "collect"] => match request.into_body().collect().await {
+            Ok(body) => (
+                StatusCode::OK,
+                Full::new(body.to_bytes())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ),
+            Err(_) => (StatusCode::BAD_REQUEST, full(state.name.clone())),
+        },
         ["", "slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             (StatusCode::OK, full(state.name.clone()))
