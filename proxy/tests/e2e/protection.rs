@@ -114,14 +114,20 @@ fn p90(latencies: &[Duration]) -> Duration {
 }
 
 /// With adaptive concurrency the proxy sheds what the upstream cannot
-/// take at once, so admitted requests stay fast; without it every request
-/// queues at the upstream and latency grows with the load.
+/// take at once, so admitted requests find a short queue there and stay
+/// fast; without it every request queues at the upstream and latency grows
+/// with the load.
+///
+/// The queue is what is asserted: it is what the limiter controls. The
+/// latency follows from it on an idle machine and is printed, but on a
+/// starved one the clients' own scheduling dominates it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_concurrency_sheds_load_and_keeps_latency_bounded() {
     let upstream = Upstream::http1("up").await;
     let plain = proxy(&upstream, "", "").await;
     let (queued, none_shed) = saturate(&plain, Duration::from_secs(2)).await;
     assert_eq!(none_shed, 0);
+    let mut queue_without = upstream.take_busy_seen();
     let limited = proxy(
         &upstream,
         "",
@@ -130,20 +136,32 @@ async fn adaptive_concurrency_sheds_load_and_keeps_latency_bounded() {
     .await;
     // The first minRTT measurement, then adaptation, then the measured run.
     saturate(&limited, Duration::from_secs(1)).await;
+    upstream.take_busy_seen();
     let (admitted, shed) = saturate(&limited, Duration::from_secs(2)).await;
+    let mut queue_with = upstream.take_busy_seen();
+    queue_without.sort_unstable();
+    queue_with.sort_unstable();
+    let q90 = |queue: &[usize]| queue[queue.len() * 9 / 10];
     eprintln!(
-        "adaptive concurrency: without: {} answered, p90 {:?}; with: {} admitted, {shed} shed, p90 {:?}",
+        "adaptive concurrency: without: {} answered, p90 {:?}, upstream queue p90 {}; with: {} admitted, {shed} shed, p90 {:?}, upstream queue p90 {}",
         queued.len(),
         p90(&queued),
+        q90(&queue_without),
         admitted.len(),
-        p90(&admitted)
+        p90(&admitted),
+        q90(&queue_with),
     );
     assert!(shed > 0, "nothing shed");
     assert!(
-        p90(&admitted) * 2 < p90(&queued),
-        "p90 with the limiter {:?}, without {:?}",
-        p90(&admitted),
-        p90(&queued)
+        q90(&queue_without) >= 16,
+        "without a limit, the 32 clients queue at the upstream: p90 {}",
+        q90(&queue_without)
+    );
+    assert!(
+        q90(&queue_with) * 2 <= q90(&queue_without),
+        "the upstream's queue (p90) with the limiter {}, without {}",
+        q90(&queue_with),
+        q90(&queue_without)
     );
     // Four workers at 20 ms: 200 requests/s; the limiter must not starve
     // the upstream (half its capacity at least).

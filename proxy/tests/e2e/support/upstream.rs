@@ -71,6 +71,10 @@ struct State {
     /// `/busy/MS`: four workers, each busy MS per request; requests beyond
     /// four wait their turn, so latency grows with concurrency.
     workers: tokio::sync::Semaphore,
+    /// `/busy/MS` requests here now, waiting or worked on.
+    busy: AtomicUsize,
+    /// How many there were (this one included) when each arrived.
+    busy_seen: std::sync::Mutex<Vec<usize>>,
 }
 
 impl Upstream {
@@ -112,6 +116,8 @@ impl Upstream {
             checks_passed: AtomicUsize::new(0),
             checks_failed: AtomicUsize::new(0),
             workers: tokio::sync::Semaphore::new(4),
+            busy: AtomicUsize::new(0),
+            busy_seen: std::sync::Mutex::new(Vec::new()),
         });
 
         let task = tokio::spawn(serve(listener, protocol, state.clone()));
@@ -121,6 +127,13 @@ impl Upstream {
             state,
             task,
         }
+    }
+
+    /// For each `/busy/MS` request since the last call: how many were at
+    /// this upstream (it included) when it arrived. Its queue, as the
+    /// requests found it.
+    pub fn take_busy_seen(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.state.busy_seen.lock().unwrap())
     }
 
     pub fn hits(&self) -> usize {
@@ -306,8 +319,12 @@ async fn handle(
             (StatusCode::OK, full(state.name.clone()))
         }
         ["", "busy", ms] => {
-            let _worker = state.workers.acquire().await.unwrap();
+            let here = state.busy.fetch_add(1, Ordering::SeqCst) + 1;
+            state.busy_seen.lock().unwrap().push(here);
+            let worker = state.workers.acquire().await.unwrap();
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            drop(worker);
+            state.busy.fetch_sub(1, Ordering::SeqCst);
             (StatusCode::OK, full(state.name.clone()))
         }
         ["", "status", code] => (
