@@ -100,14 +100,19 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 #[cfg(feature = "csr")]
-/// A new P-256 key and a CSR (PEM) for `id` alone (a URI SAN).
-pub fn key_and_csr(id: &SpiffeId) -> Result<(rcgen::KeyPair, String), String> {
+/// A new P-256 key and a CSR (PEM) for `id` alone (a URI SAN); with no
+/// `id`, a CSR that names nobody, which the CA signs for the identity the
+/// caller's token grants (a Kubernetes service-account token: the caller
+/// cannot know its SPIFFE ID, whose trust domain is the control plane's).
+pub fn key_and_csr(id: Option<&SpiffeId>) -> Result<(rcgen::KeyPair, String), String> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| format!("cannot generate a key: {e}"))?;
     let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        id.uri().try_into().map_err(|e| format!("{e}"))?,
-    )];
+    if let Some(id) = id {
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            id.uri().try_into().map_err(|e| format!("{e}"))?,
+        )];
+    }
     let csr = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())

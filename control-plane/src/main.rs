@@ -44,6 +44,10 @@ enum Command {
         cert_lifetime: Duration,
         #[command(flatten)]
         webhook: Box<WebhookFlags>,
+        /// The SPIFFE trust domain of every identity, with --manifests or
+        /// --kubernetes (a mesh file sets its own `trust_domain`).
+        #[arg(long, env = "REMORA_TRUST_DOMAIN", conflicts_with = "mesh")]
+        trust_domain: Option<String>,
     },
     /// Issue a bootstrap token: it lets the node get certificates for the
     /// identity the mesh file gives it, from this CA.
@@ -82,6 +86,10 @@ enum Command {
         /// `mtls` is then `strict`).
         #[arg(long)]
         with_ca: bool,
+        /// The SPIFFE trust domain, with --manifests (a mesh file sets its
+        /// own `trust_domain`).
+        #[arg(long, env = "REMORA_TRUST_DOMAIN", conflicts_with = "mesh")]
+        trust_domain: Option<String>,
     },
 }
 
@@ -281,7 +289,11 @@ fn main() -> anyhow::Result<()> {
             print!("{}", remora_api::crd::crds_yaml());
             Ok(())
         }
-        Command::Check { source, with_ca } => {
+        Command::Check {
+            source,
+            with_ca,
+            trust_domain,
+        } => {
             let Some(source) = source.file_source() else {
                 anyhow::bail!(
                     "check reads files: --mesh FILE or --manifests DIR (export the cluster's objects with kubectl get -o yaml)"
@@ -300,10 +312,15 @@ fn main() -> anyhow::Result<()> {
                     (mesh, 0)
                 }
                 remora_control_plane::Source::Manifests(dir) => {
-                    let settings = remora_control_plane::k8s::Settings {
+                    let mut settings = remora_control_plane::k8s::Settings {
                         mtls: default_mtls,
                         ..Default::default()
                     };
+                    if let Some(domain) = trust_domain {
+                        remora_api::identity::SpiffeId::new(&domain, "default", "default")
+                            .map_err(|e| anyhow::anyhow!("--trust-domain {domain:?}: {e}"))?;
+                        settings.trust_domain = domain;
+                    }
                     let (mesh, report) = remora_control_plane::k8s::manifests::load(dir, &settings)
                         .map_err(|errors| anyhow::anyhow!("invalid manifests {path}:\n{errors}"))?;
                     let mut rejected = 0;
@@ -377,6 +394,7 @@ fn main() -> anyhow::Result<()> {
             ca,
             cert_lifetime,
             webhook,
+            trust_domain,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -392,15 +410,19 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--ca-secret needs --kubernetes (use --ca-dir with files)");
             }
             let ca_flags = ca.clone();
+            // The CA's: a mesh file's own, else --trust-domain.
+            let mesh_trust_domain = match &file_source {
+                Some(source @ remora_control_plane::Source::MeshFile(_)) => source
+                    .load(&remora_control_plane::k8s::Settings::default())
+                    .ok()
+                    .map(|m| m.trust_domain),
+                _ => None,
+            };
+            let ca_trust_domain = mesh_trust_domain
+                .or_else(|| trust_domain.clone())
+                .unwrap_or_else(|| remora_api::identity::DEFAULT_TRUST_DOMAIN.into());
             let ca = match ca.source() {
-                Some(ca_source) => {
-                    let trust_domain = file_source
-                        .as_ref()
-                        .and_then(|source| source.load(MtlsMode::Strict).ok())
-                        .map(|m| m.trust_domain)
-                        .unwrap_or_else(|| remora_api::identity::DEFAULT_TRUST_DOMAIN.into());
-                    Some(std::sync::Arc::new(ca_source.open(&trust_domain)?))
-                }
+                Some(ca_source) => Some(std::sync::Arc::new(ca_source.open(&ca_trust_domain)?)),
                 None => None,
             };
             runtime.block_on(async move {
@@ -426,20 +448,19 @@ fn main() -> anyhow::Result<()> {
                         .ok()
                         .filter(|n| !n.is_empty())
                         .unwrap_or_else(|| "default".into());
-                    let trust_domain = remora_api::identity::DEFAULT_TRUST_DOMAIN;
                     ca = Some(std::sync::Arc::new(
                         remora_control_plane::ca::kubernetes::shared_root(
                             client,
                             &namespace,
                             secret,
-                            trust_domain,
+                            &ca_trust_domain,
                         )
                         .await?,
                     ));
                     token_reviewer = Some(remora_control_plane::ca::kubernetes::TokenReviewer {
                         client: client.clone(),
                         audience: ca_flags.token_audience.clone(),
-                        trust_domain: trust_domain.into(),
+                        trust_domain: ca_trust_domain.clone(),
                     });
                 }
                 let webhook = webhook.options(client)?;
@@ -453,6 +474,7 @@ fn main() -> anyhow::Result<()> {
                         cert_lifetime,
                         token_reviewer,
                         webhook,
+                        trust_domain,
                     })
                     .await?;
                 shutdown_signal().await;

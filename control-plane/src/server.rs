@@ -36,6 +36,9 @@ pub struct Options {
     pub token_reviewer: Option<crate::ca::kubernetes::TokenReviewer>,
     /// The sidecar injector (HTTPS); none: not served.
     pub webhook: Option<crate::inject::server::WebhookOptions>,
+    /// The SPIFFE trust domain of a Kubernetes or manifests source (a mesh
+    /// file names its own, `trust_domain`); none: `cluster.local`.
+    pub trust_domain: Option<String>,
 }
 
 /// Where the mesh comes from: a mesh file, or Kubernetes manifests (a
@@ -73,21 +76,22 @@ impl Source {
         }
     }
 
-    /// Reads and validates the mesh. From manifests, objects that are
-    /// invalid are logged with their field paths and left out.
-    pub fn load(&self, default_mtls: MtlsMode) -> Result<mesh::Mesh, remora_api::ConfigErrors> {
+    /// Reads and validates the mesh, with `settings` where the source
+    /// does not set them (a mesh file sets its own trust domain). From
+    /// manifests, objects that are invalid are logged with their field
+    /// paths and left out.
+    pub fn load(
+        &self,
+        settings: &crate::k8s::Settings,
+    ) -> Result<mesh::Mesh, remora_api::ConfigErrors> {
         match self {
             Source::Kubernetes(..) => Err(remora_api::ConfigErrors::one(
                 "",
                 "the Kubernetes source is watched, not loaded",
             )),
-            Source::MeshFile(path) => mesh::load_file(path, default_mtls),
+            Source::MeshFile(path) => mesh::load_file(path, settings.mtls),
             Source::Manifests(path) => {
-                let settings = crate::k8s::Settings {
-                    mtls: default_mtls,
-                    ..Default::default()
-                };
-                let (mesh, report) = crate::k8s::manifests::load(path, &settings)?;
+                let (mesh, report) = crate::k8s::manifests::load(path, settings)?;
                 for (object, reason, message) in report.rejected() {
                     tracing::warn!(%object, reason, "left out: {message}");
                 }
@@ -121,8 +125,9 @@ impl Source {
 pub struct Publisher {
     tx: Arc<watch::Sender<Arc<MeshState>>>,
     metrics: Arc<Metrics>,
-    /// The mode of a mesh file that sets no `mtls`: `strict` with a CA.
-    pub default_mtls: MtlsMode,
+    /// What the source does not set: the mTLS mode of a mesh without
+    /// `mtls` (`strict` with a CA), and the trust domain of manifests.
+    pub settings: crate::k8s::Settings,
 }
 
 impl Publisher {
@@ -132,7 +137,7 @@ impl Publisher {
             Publisher {
                 tx: Arc::new(tx),
                 metrics,
-                default_mtls: MtlsMode::Disabled,
+                settings: crate::k8s::Settings::default(),
             },
             rx,
         )
@@ -181,23 +186,17 @@ impl ControlPlane {
     /// Loads the mesh file (failing on an invalid one), binds both
     /// addresses and starts serving.
     pub async fn start(options: Options) -> anyhow::Result<ControlPlane> {
-        // With a CA every proxy can have an identity: mTLS is on unless
-        // the mesh file says otherwise.
-        let default_mtls = if options.ca.is_some() {
-            MtlsMode::Strict
-        } else {
-            MtlsMode::Disabled
-        };
+        let settings = settings(&options)?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::default());
         let (mut publisher, state) = Publisher::new(metrics.clone());
         let current = state.clone();
-        publisher.default_mtls = default_mtls;
+        publisher.settings = settings.clone();
         if let Source::Kubernetes(..) = &options.source {
             // Not ready, and nothing served, until every kind is listed.
             metrics.source_out_of_sync.store(true, Ordering::Release);
         } else {
-            let mesh = options.source.load(default_mtls).map_err(|errors| {
+            let mesh = options.source.load(&settings).map_err(|errors| {
                 anyhow::anyhow!("invalid {}:\n{errors}", options.source.describe())
             })?;
             publisher.publish(mesh);
@@ -265,10 +264,6 @@ impl ControlPlane {
         ));
         let (watcher, kubernetes) = match &options.source {
             Source::Kubernetes(client, lease) => {
-                let settings = crate::k8s::Settings {
-                    mtls: default_mtls,
-                    ..Default::default()
-                };
                 let kube_watch = crate::k8s::watch::start(
                     client.clone(),
                     settings,
@@ -308,4 +303,29 @@ impl Drop for ControlPlane {
             task.abort();
         }
     }
+}
+
+/// What the source does not set, from the options: with a CA every proxy
+/// can have an identity, so mTLS is on unless the mesh says otherwise.
+fn settings(options: &Options) -> anyhow::Result<crate::k8s::Settings> {
+    let mut settings = crate::k8s::Settings {
+        mtls: if options.ca.is_some() {
+            MtlsMode::Strict
+        } else {
+            MtlsMode::Disabled
+        },
+        ..Default::default()
+    };
+    if let Some(domain) = &options.trust_domain {
+        if let Source::MeshFile(path) = &options.source {
+            anyhow::bail!(
+                "--trust-domain is for manifests and Kubernetes; the mesh file {} sets its own (trust_domain)",
+                path.display()
+            );
+        }
+        remora_api::identity::SpiffeId::new(domain, "default", "default")
+            .map_err(|e| anyhow::anyhow!("--trust-domain {domain:?}: {e}"))?;
+        settings.trust_domain = domain.clone();
+    }
+    Ok(settings)
 }

@@ -126,6 +126,7 @@ fn the_chart_lints_and_renders_valid_objects_with_the_defaults() {
     for arg in [
         "--kubernetes",
         "--ca-secret=remora-ca",
+        "--trust-domain=cluster.local",
         "--webhook-address=0.0.0.0:15017",
         "--webhook-configuration=mesh-remora-sidecar-injector",
         "--webhook-dns-names=mesh-remora-webhook.remora-system.svc,mesh-remora-webhook.remora-system.svc.cluster.local",
@@ -329,6 +330,7 @@ fn bad_values_are_rejected_with_their_path() {
             "/proxy/excludeOutboundCIDRs",
         ),
         ("image: {pullPolicy: Sometimes}\n", "/image/pullPolicy"),
+        ("ca: {trustDomain: Prod.Example}\n", "/ca/trustDomain"),
         (
             "injector: {timeoutSeconds: 60}\n",
             "/injector/timeoutSeconds",

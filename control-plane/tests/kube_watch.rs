@@ -4,7 +4,9 @@
 //! 30 s outage during which the last mesh keeps being served and the
 //! control plane says it is not ready, status written with the right
 //! conditions by the leader alone, and the lease handed over between two
-//! replicas.
+//! replicas; the CA's root shared through a Secret, and a sidecar's
+//! service-account token, checked with a TokenReview, getting it a
+//! certificate in the configured trust domain.
 
 mod support;
 
@@ -378,7 +380,8 @@ async fn the_leader_writes_status_and_hands_over_when_it_goes() {
 
 /// The CA of `--ca-secret`: replicas share one root through a Secret, and
 /// a sidecar's projected service-account token (checked with a
-/// TokenReview) gets it a certificate for its service account's identity.
+/// TokenReview) gets it a certificate for its service account's identity,
+/// in the trust domain of `--trust-domain`, as the mesh's identities are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
     use remora_control_plane::ca::kubernetes::{TokenReviewer, shared_root};
@@ -389,10 +392,10 @@ async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
     let api = FakeApiServer::start(&[COLLECTIONS.as_slice(), &[SECRETS]].concat()).await;
     api.apply(PODS, pod("web-0", "web", "10.1.0.10"));
     let client = api.client();
-    let first = shared_root(&client, "remora-system", "remora-ca", "cluster.local")
+    let first = shared_root(&client, "remora-system", "remora-ca", "prod.example")
         .await
         .unwrap();
-    let second = shared_root(&client, "remora-system", "remora-ca", "cluster.local")
+    let second = shared_root(&client, "remora-system", "remora-ca", "prod.example")
         .await
         .unwrap();
     assert_eq!(
@@ -412,9 +415,10 @@ async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
         token_reviewer: Some(TokenReviewer {
             client,
             audience: "remora-ca".into(),
-            trust_domain: "cluster.local".into(),
+            trust_domain: "prod.example".into(),
         }),
         webhook: None,
+        trust_domain: Some("prod.example".into()),
     })
     .await
     .unwrap();
@@ -426,11 +430,11 @@ async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
         "web-0",
         "https://kubernetes.default.svc",
     );
-    let web = remora_api::identity::SpiffeId::new("cluster.local", "shop", "web").unwrap();
+    let web = remora_api::identity::SpiffeId::new("prod.example", "shop", "web").unwrap();
     let sign = |token: &'static str, id: remora_api::identity::SpiffeId| {
         let address = format!("http://{}", cp.xds_address);
         async move {
-            let (_, csr) = remora_api::identity::key_and_csr(&id).unwrap();
+            let (_, csr) = remora_api::identity::key_and_csr(Some(&id)).unwrap();
             let mut client = CertificateServiceClient::connect(address).await.unwrap();
             let mut request = tonic::Request::new(SignRequest {
                 csr_pem: csr,
@@ -454,9 +458,48 @@ async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
         cert.subject_alternative_name().unwrap().unwrap().value
     );
     assert!(
-        san.contains("spiffe://cluster.local/ns/shop/sa/web"),
+        san.contains("spiffe://prod.example/ns/shop/sa/web"),
         "{san}"
     );
+
+    let mut state = cp.state.clone();
+    let mesh = state
+        .wait_for(|state| !state.mesh.proxies.is_empty())
+        .await
+        .unwrap()
+        .mesh
+        .clone();
+    assert_eq!(mesh.trust_domain, "prod.example");
+    let pod = &mesh.proxies[0];
+    assert_eq!(
+        mesh.proxy_identity(pod, &mesh.service_index()).unwrap(),
+        web,
+        "the pod's identity is in the trust domain"
+    );
+
+    // A real proxy with a projected token file, as an injected sidecar
+    // runs: it cannot know its SPIFFE ID (the trust domain is the control
+    // plane's), so its CSR names nobody and the certificate says who it is.
+    let jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6c2hvcDp3ZWIifQ.c2lnbmF0dXJl";
+    api.grant_token(jwt, "shop", "web", "web-0", "remora-ca");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("remora-ca");
+    std::fs::write(&token_file, format!("{jwt}\n")).unwrap();
+    let config = remora_proxy::config::parse_yaml(&format!(
+        "admin: {{address: '127.0.0.1:0'}}\nidentity: {{ca: '{}', token_file: '{}'}}\n",
+        cp.xds_address,
+        token_file.display()
+    ))
+    .unwrap();
+    let identity = config.identity.clone().unwrap();
+    let proxy = remora_proxy::Proxy::start(config, Default::default()).unwrap();
+    proxy.spawn_identity(identity);
+    eventually("the sidecar's first certificate", 10, || {
+        let ready = proxy.is_ready();
+        async move { ready }
+    })
+    .await;
+    assert_eq!(proxy.identity().current().unwrap().id, web);
 
     let refused = sign("sa-token-for-the-api", web.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
@@ -467,7 +510,7 @@ async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
     );
     let refused = sign("not-a-token", web).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    let other = remora_api::identity::SpiffeId::new("cluster.local", "shop", "admin").unwrap();
+    let other = remora_api::identity::SpiffeId::new("prod.example", "shop", "admin").unwrap();
     let refused = sign("sa-token-web-0", other).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }

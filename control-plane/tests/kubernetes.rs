@@ -4,7 +4,7 @@
 //! `examples/kubernetes`, over state-of-the-world and delta ADS; a change
 //! to an EndpointSlice reaches it (over delta, as a push of what changed
 //! alone); a malformed object added later is left out while the rest keeps
-//! being served.
+//! being served; `--trust-domain` names every identity of the manifests.
 
 mod support;
 
@@ -141,4 +141,68 @@ spec:
         "a left-out object is not a failed reload:\n{metrics}"
     );
     drop(envoy);
+}
+
+fn options(
+    source: remora_control_plane::Source,
+    ca: Option<std::sync::Arc<remora_control_plane::ca::Ca>>,
+    trust_domain: Option<&str>,
+) -> remora_control_plane::Options {
+    remora_control_plane::Options {
+        source,
+        xds_address: "127.0.0.1:0".parse().unwrap(),
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        debounce: Duration::from_millis(50),
+        ca,
+        cert_lifetime: Duration::from_secs(3600),
+        token_reviewer: None,
+        webhook: None,
+        trust_domain: trust_domain.map(str::to_string),
+    }
+}
+
+/// `--trust-domain`: every identity of a manifests source is in it; a mesh
+/// file keeps its own (`trust_domain`) and the flag is refused there, as
+/// is a domain SPIFFE does not allow, each naming the flag.
+#[tokio::test]
+async fn manifests_take_the_trust_domain_of_the_flag() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = remora_control_plane::ca::Ca::load_or_create(ca_dir.path(), "corp.example").unwrap();
+    let cp = remora_control_plane::ControlPlane::start(options(
+        remora_control_plane::Source::Manifests(example.clone()),
+        Some(std::sync::Arc::new(ca)),
+        Some("corp.example"),
+    ))
+    .await
+    .unwrap();
+    let mesh = cp.state.borrow().mesh.clone();
+    assert_eq!(mesh.trust_domain, "corp.example");
+    let web = mesh.proxy_for("web-0.shop").expect("the pod web-0");
+    assert_eq!(
+        mesh.proxy_identity(&mesh.proxies[web], &mesh.service_index())
+            .unwrap()
+            .to_string(),
+        "spiffe://corp.example/ns/shop/sa/web"
+    );
+
+    let mesh_file = MeshFile::new("services: []\n");
+    for (source, domain, says) in [
+        (
+            remora_control_plane::Source::MeshFile(mesh_file.path.clone()),
+            "corp.example",
+            "--trust-domain is for manifests and Kubernetes",
+        ),
+        (
+            remora_control_plane::Source::Manifests(example.clone()),
+            "Corp.Example",
+            "--trust-domain \"Corp.Example\": trust domain",
+        ),
+    ] {
+        let error = remora_control_plane::ControlPlane::start(options(source, None, Some(domain)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains(says), "{error}");
+    }
 }

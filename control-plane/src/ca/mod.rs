@@ -73,7 +73,7 @@ pub enum SignError {
     Malformed(String),
     #[error("the CSR asks for {asked}, but the token grants {granted}")]
     WrongIdentity { asked: String, granted: String },
-    #[error("the CSR must name exactly one identity (a URI SAN), it names {0}")]
+    #[error("the CSR must name one identity (a URI SAN) or none, it names {0}")]
     Names(usize),
     #[error("cannot sign: {0}")]
     Internal(String),
@@ -174,7 +174,9 @@ impl Ca {
         &self.bundle
     }
 
-    /// Signs `csr_pem` if it asks for `granted` and nothing else; the leaf
+    /// Signs `csr_pem` if it asks for `granted` and nothing else, or for
+    /// nothing (a caller that cannot know its SPIFFE ID, as one with a
+    /// Kubernetes service-account token: the trust domain is ours); the leaf
     /// lives `lifetime` (clamped to [`MIN_LIFETIME`]..=[`MAX_LIFETIME`]).
     pub fn sign(
         &self,
@@ -190,6 +192,7 @@ impl Ca {
         let names = &csr.params.subject_alt_names;
         let granted_uri = granted.uri();
         match names.as_slice() {
+            [] => {}
             [SanType::URI(uri)] if uri.as_str() == granted_uri => {}
             [SanType::URI(uri)] => {
                 return Err(SignError::WrongIdentity {

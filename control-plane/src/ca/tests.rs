@@ -101,10 +101,22 @@ fn a_root_is_generated_once_and_signs_leaves_for_the_granted_identity_only() {
             .unwrap_err(),
         SignError::Names(2)
     );
+    // A CSR that names nobody gets the granted identity, and only it.
+    let bare = ca
+        .sign(&csr(vec![]), &reviews, Duration::from_secs(60))
+        .unwrap();
+    let bare_der = der(&bare.chain[0]);
+    let (_, bare_leaf) = parse_x509_certificate(&bare_der).unwrap();
     assert_eq!(
-        ca.sign(&csr(vec![]), &reviews, Duration::from_secs(60))
-            .unwrap_err(),
-        SignError::Names(0)
+        bare_leaf
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names,
+        [GeneralName::URI(
+            "spiffe://cluster.local/ns/shop/sa/reviews"
+        )]
     );
     assert!(matches!(
         ca.sign(

@@ -80,7 +80,7 @@ async fn follow(
         }
         last = current;
         let path = source.path();
-        match source.load(publisher.default_mtls) {
+        match source.load(&publisher.settings) {
             Ok(mesh) => {
                 let version = publisher.publish(mesh);
                 tracing::info!(version, file = %path.display(), "mesh reloaded");

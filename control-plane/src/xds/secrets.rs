@@ -60,7 +60,7 @@ pub struct NodeSecrets {
 
 /// A fresh key and certificate for `identity`, and the roots.
 pub fn issue(ca: &Ca, identity: &SpiffeId, lifetime: Duration) -> Result<NodeSecrets, String> {
-    let (key, csr) = remora_api::identity::key_and_csr(identity)?;
+    let (key, csr) = remora_api::identity::key_and_csr(Some(identity))?;
     let signed = ca
         .sign(&csr, identity, lifetime)
         .map_err(|e| e.to_string())?;

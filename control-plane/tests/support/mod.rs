@@ -167,6 +167,7 @@ pub async fn control_plane_of(
         cert_lifetime: Duration::from_secs(24 * 3600),
         token_reviewer: None,
         webhook: None,
+        trust_domain: None,
     })
     .await
     .unwrap()

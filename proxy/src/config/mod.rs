@@ -96,8 +96,9 @@ pub struct IdentityConfig {
     /// `HOST:PORT` of the CA's CertificateService (the control plane's
     /// xDS address).
     pub ca: String,
-    /// The bootstrap token (`remora-control-plane token`), re-read before
-    /// every request, so it can be rotated in place.
+    /// The bootstrap token (`remora-control-plane token`), or a projected
+    /// Kubernetes service-account token, re-read before every request, so
+    /// it can be rotated in place.
     pub token_file: std::path::PathBuf,
     /// The certificate lifetime asked for (the CA may give less).
     #[serde(default = "default_cert_lifetime", with = "scalar::duration")]

@@ -1,6 +1,9 @@
 //! Getting and keeping the proxy's certificate: a key generated here (it
 //! never leaves the process), a CSR for the SPIFFE ID the bootstrap token
-//! grants, signed by the mesh's CA (`CertificateService/Sign`), and renewed
+//! grants (or, with a Kubernetes service-account token, a CSR that names
+//! nobody: the CA signs it for the token's service account, in the trust
+//! domain only the control plane knows), signed by the mesh's CA
+//! (`CertificateService/Sign`), and renewed
 //! with a new key at a jittered 50–80 % of each certificate's lifetime. If
 //! the CA cannot be reached the current certificate stays in use while the
 //! proxy retries with backoff; an expired one is never handed out
@@ -214,8 +217,14 @@ async fn renew(config: &IdentityConfig) -> Result<Credentials, String> {
     let token = std::fs::read_to_string(&config.token_file)
         .map_err(|e| format!("identity.token_file {}: {e}", config.token_file.display()))?;
     let token = token.trim().to_string();
-    let id = token_identity(&token).map_err(|e| format!("identity.token_file: {e}"))?;
-    let (key, csr) = key_and_csr(&id)?;
+    // A bootstrap token says which identity it grants; any other token (a
+    // projected service-account token) is the CA's to read.
+    let asked = if token.starts_with(BOOTSTRAP_PREFIX) {
+        Some(token_identity(&token).map_err(|e| format!("identity.token_file: {e}"))?)
+    } else {
+        None
+    };
+    let (key, csr) = key_and_csr(asked.as_ref())?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", config.ca))
         .map_err(|e| format!("invalid identity.ca {:?}: {e}", config.ca))?
         .connect_timeout(Duration::from_secs(5))
@@ -238,17 +247,20 @@ async fn renew(config: &IdentityConfig) -> Result<Credentials, String> {
         .map_err(|status| format!("the CA refused: {}", status.message()))?
         .into_inner();
     accept(
-        id,
+        asked,
         key,
         &response.cert_chain_pem,
         &response.trust_bundle_pem,
     )
 }
 
-/// Checks the CA's answer: a chain whose leaf names exactly `id` and is
-/// valid now, and a trust bundle.
+/// How a bootstrap token (`remora-control-plane token`) starts.
+const BOOTSTRAP_PREFIX: &str = "rmt1.";
+
+/// Checks the CA's answer: a chain whose leaf names exactly one SPIFFE ID
+/// (`asked`, when the CSR named one) and is valid now, and a trust bundle.
 fn accept(
-    id: SpiffeId,
+    asked: Option<SpiffeId>,
     key: KeyPair,
     chain: &[String],
     bundle: &str,
@@ -283,9 +295,20 @@ fn accept(
                 .collect()
         })
         .unwrap_or_default();
-    if names != [id.uri()] {
-        return Err(format!("the CA's certificate names {names:?}, not {id}"));
-    }
+    let id: SpiffeId = match (names.as_slice(), asked) {
+        ([name], Some(asked)) if *name == asked.uri() => asked,
+        ([name], None) => name
+            .parse()
+            .map_err(|e| format!("the CA's certificate names {name:?}: {e}"))?,
+        (_, Some(asked)) => {
+            return Err(format!("the CA's certificate names {names:?}, not {asked}"));
+        }
+        (_, None) => {
+            return Err(format!(
+                "the CA's certificate names {names:?}, not one SPIFFE ID"
+            ));
+        }
+    };
     let validity = cert.validity();
     let at = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
     let (not_before, not_after) = (
