@@ -3,7 +3,8 @@
 //! the patched pod validated with `kubernetes-validate` for every supported
 //! Kubernetes version; the serving certificate shared by two replicas
 //! through a Secret and published in the webhook configuration's
-//! `caBundle` (the fake API server).
+//! `caBundle` (the fake API server); the injected containers' command lines
+//! and environments accepted by the real remora-proxy.
 
 mod support;
 
@@ -436,4 +437,125 @@ fn the_inject_command_prints_the_injected_pod() {
         ),
         "{stderr}"
     );
+}
+
+/// The remora-proxy binary, built beside this package's binaries by
+/// `cargo test --workspace`.
+fn remora_proxy() -> PathBuf {
+    let proxy =
+        Path::new(env!("CARGO_BIN_EXE_remora-control-plane")).with_file_name("remora-proxy");
+    assert!(
+        proxy.exists(),
+        "{} is missing: build it with `cargo build -p remora-proxy` (cargo test --workspace does)",
+        proxy.display()
+    );
+    proxy
+}
+
+/// A container's environment as the kubelet would set it for pod `web-0`
+/// in `shop` (service account `web`, IP 10.1.0.10).
+fn container_env(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|var| {
+            let name = var["name"].as_str().unwrap().to_string();
+            let value = match (&var["value"], &var["valueFrom"]["fieldRef"]["fieldPath"]) {
+                (Value::String(value), _) => value.clone(),
+                (_, Value::String(field)) => match field.as_str() {
+                    "metadata.name" => "web-0".into(),
+                    "metadata.namespace" => "shop".into(),
+                    "status.podIP" => "10.1.0.10".into(),
+                    "spec.serviceAccountName" => "web".into(),
+                    other => panic!("{name}: no test value for fieldRef {other}"),
+                },
+                _ => panic!("{name}: neither a value nor a fieldRef: {var}"),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// `$(NAME)` in an argument, replaced by the environment's value, as the
+/// kubelet does.
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    env.iter().fold(arg.to_string(), |arg, (name, value)| {
+        arg.replace(&format!("$({name})"), value)
+    })
+}
+
+/// The containers the injector adds are ones remora-proxy accepts: the
+/// sidecar's arguments and environment (`--check`) and the capture init
+/// container's (`init --dry-run`), for real workloads and for every
+/// annotation that changes them. A flag or variable renamed on one side
+/// only would fail here, not in a cluster.
+#[test]
+fn the_injected_command_lines_are_ones_the_proxy_accepts() {
+    let config = InjectConfig::parse(CONFIG).unwrap();
+    let mut pods = Vec::new();
+    for name in ["deployment-pod.json", "probes-pod.json", "job-pod.json"] {
+        let review: Value = serde_json::from_slice(&fixture(name)).unwrap();
+        pods.push((name.to_string(), review["request"]["object"].clone()));
+    }
+    let mut annotated = pods[0].1.clone();
+    annotated["metadata"]["annotations"] = json!({
+        "remora.dev/exclude-inbound-ports": "9090,9091",
+        "remora.dev/exclude-outbound-ports": "5432",
+        "remora.dev/exclude-outbound-cidrs": "10.0.0.0/8,fd00::/8",
+        "remora.dev/log-level": "debug",
+        "remora.dev/drain-timeout": "20s",
+    });
+    pods.push(("annotated".into(), annotated));
+    let run = |what: &str, container: &Value, extra: &str| {
+        let env = container_env(container);
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| expand(a.as_str().unwrap(), &env))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(remora_proxy())
+            .args(&args)
+            .arg(extra)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{what}: remora-proxy {args:?} {extra} refused:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    for (name, pod) in pods {
+        let (injected, outcome) = remora_control_plane::inject::inject_pod(&pod, &config);
+        assert!(
+            matches!(outcome, remora_control_plane::inject::Outcome::Injected(_)),
+            "{name}: {outcome:?}"
+        );
+        let init = &injected["spec"]["initContainers"];
+        let find = |wanted: &str| {
+            init.as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == wanted)
+                .unwrap_or_else(|| panic!("{name}: no {wanted} in {init}"))
+        };
+        run(
+            &format!("{name} remora-init"),
+            find("remora-init"),
+            "--dry-run",
+        );
+        run(
+            &format!("{name} remora-proxy"),
+            find("remora-proxy"),
+            "--check",
+        );
+    }
 }
