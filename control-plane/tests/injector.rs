@@ -439,19 +439,6 @@ fn the_inject_command_prints_the_injected_pod() {
     );
 }
 
-/// The remora-proxy binary, built beside this package's binaries by
-/// `cargo test --workspace`.
-fn remora_proxy() -> PathBuf {
-    let proxy =
-        Path::new(env!("CARGO_BIN_EXE_remora-control-plane")).with_file_name("remora-proxy");
-    assert!(
-        proxy.exists(),
-        "{} is missing: build it with `cargo build -p remora-proxy` (cargo test --workspace does)",
-        proxy.display()
-    );
-    proxy
-}
-
 /// A container's environment as the kubelet would set it for pod `web-0`
 /// in `shop` (service account `web`, IP 10.1.0.10).
 fn container_env(container: &Value) -> Vec<(String, String)> {
@@ -517,7 +504,7 @@ fn the_injected_command_lines_are_ones_the_proxy_accepts() {
             .map(|a| expand(a.as_str().unwrap(), &env))
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let output = std::process::Command::new(remora_proxy())
+        let output = std::process::Command::new(support::remora_proxy())
             .args(&args)
             .arg(extra)
             .env_clear()

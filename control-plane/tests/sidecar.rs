@@ -11,23 +11,11 @@
 mod netns;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use netns::Topology;
-
-/// The remora-proxy binary, built beside this package's binaries by
-/// `cargo test --workspace`.
-fn remora_proxy() -> PathBuf {
-    let control_plane = Path::new(env!("CARGO_BIN_EXE_remora-control-plane"));
-    let proxy = control_plane.with_file_name("remora-proxy");
-    assert!(
-        proxy.exists(),
-        "{} is missing: build it with `cargo build -p remora-proxy` (cargo test --workspace does)",
-        proxy.display()
-    );
-    proxy
-}
+use support::remora_proxy;
 
 const MESH: &str = "
 services:

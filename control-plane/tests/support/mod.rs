@@ -388,3 +388,16 @@ impl Drop for Remora {
         self.proxy.begin_drain();
     }
 }
+
+/// The remora-proxy binary, built beside this package's binaries by
+/// `cargo test --workspace`.
+pub fn remora_proxy() -> PathBuf {
+    let control_plane = std::path::Path::new(env!("CARGO_BIN_EXE_remora-control-plane"));
+    let proxy = control_plane.with_file_name("remora-proxy");
+    assert!(
+        proxy.exists(),
+        "{} is missing: build it with `cargo build -p remora-proxy` (cargo test --workspace does)",
+        proxy.display()
+    );
+    proxy
+}
