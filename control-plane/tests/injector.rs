@@ -222,8 +222,8 @@ async fn real_workloads_are_injected_and_stay_valid_pods() {
     );
     keep("job-pod.json", &pod);
 
-    // HTTP probes rewritten (a named HTTPS port with headers too); TCP,
-    // gRPC and exec probes left alone.
+    // HTTP, TCP and gRPC probes rewritten (a named HTTPS port with headers
+    // too); exec probes left alone.
     let (_, pod) = review(&webhook, "/inject", fixture("probes-pod.json")).await;
     let pod = pod.expect("injected");
     let web = &pod["spec"]["containers"][0];
@@ -234,12 +234,17 @@ async fn real_workloads_are_injected_and_stay_valid_pods() {
     assert_eq!(web["startupProbe"]["failureThreshold"], 30);
     assert_eq!(
         web["livenessProbe"],
-        json!({"tcpSocket": {"port": 8080}, "periodSeconds": 20})
+        json!({"httpGet": {"path": "/app-health/web/livez", "port": 15000, "scheme": "HTTP"}, "periodSeconds": 20})
+    );
+    let grpc = &pod["spec"]["containers"][1];
+    assert_eq!(
+        grpc["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/grpc/readyz", "port": 15000, "scheme": "HTTP"}})
     );
     let sent: Value = serde_json::from_slice(&fixture("probes-pod.json")).unwrap();
     assert_eq!(
-        pod["spec"]["containers"][1],
-        sent["request"]["object"]["spec"]["containers"][1]
+        grpc["livenessProbe"],
+        sent["request"]["object"]["spec"]["containers"][1]["livenessProbe"]
     );
     let probes = pod["spec"]["initContainers"][1]["env"]
         .as_array()
@@ -251,6 +256,14 @@ async fn real_workloads_are_injected_and_stay_valid_pods() {
     assert_eq!(
         probes["/app-health/web/startupz"],
         json!({"httpGet": {"path": "/started", "port": 8443, "scheme": "HTTPS", "httpHeaders": [{"name": "X-Probe", "value": "startup"}]}, "timeoutSeconds": 1})
+    );
+    assert_eq!(
+        probes["/app-health/web/livez"],
+        json!({"tcpSocket": {"port": 8080}, "timeoutSeconds": 1})
+    );
+    assert_eq!(
+        probes["/app-health/grpc/readyz"],
+        json!({"grpc": {"port": 50051}, "timeoutSeconds": 1})
     );
     keep("probes-pod.json", &pod);
 

@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
-use remora_api::probe::{AppProbeConfig, HttpGetProbeConfig, ProbeHeader};
+use remora_api::probe::{
+    AppProbeConfig, GrpcProbeConfig, HttpGetProbeConfig, ProbeHeader, TcpSocketProbeConfig,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -86,7 +88,7 @@ pub struct InjectConfig {
     pub exclude_inbound_ports: Vec<u16>,
     #[serde(default)]
     pub exclude_outbound_ports: Vec<u16>,
-    /// Rewrite HTTP probes through the admin port (`remora.dev/rewrite-app-probes`
+    /// Rewrite HTTP, TCP and gRPC probes through the admin port (`remora.dev/rewrite-app-probes`
     /// per pod).
     #[serde(default = "yes")]
     pub rewrite_probes: bool,
@@ -839,10 +841,11 @@ fn sidecar(
     })
 }
 
-/// Points every HTTP probe of the application's containers at the admin
-/// port's `/app-health/CONTAINER/KIND`; returns the original probes, as
-/// the proxy runs them. TCP, exec and gRPC probes are left alone, as is an
-/// HTTP probe on a port name the container does not declare.
+/// Points every HTTP, TCP and gRPC probe of the application's containers
+/// at the admin port's `/app-health/CONTAINER/KIND`, as Istio does;
+/// returns the original probes, as the proxy runs them. Exec probes are
+/// left alone (they run in the container), as is a probe on a port name
+/// the container does not declare.
 fn rewrite_probes(pod: &mut Value, admin_port: u16) -> BTreeMap<String, AppProbeConfig> {
     let mut probes = BTreeMap::new();
     let Some(containers) = pod["spec"]["containers"].as_array_mut() else {
@@ -851,20 +854,9 @@ fn rewrite_probes(pod: &mut Value, admin_port: u16) -> BTreeMap<String, AppProbe
     for container in containers {
         let name = container["name"].as_str().unwrap_or_default().to_string();
         let ports = container["ports"].clone();
-        for (field, kind) in [
-            ("livenessProbe", "livez"),
-            ("readinessProbe", "readyz"),
-            ("startupProbe", "startupz"),
-        ] {
-            // `get_mut`: indexing a missing field would insert a null.
-            let Some(probe) = container.get_mut(field) else {
-                continue;
-            };
-            let get = &probe["httpGet"];
-            if !get.is_object() {
-                continue;
-            }
-            let port = match &get["port"] {
+        // A number, a number as a string, or the name of a container port.
+        let resolve = |port: &Value| {
+            let port = match port {
                 Value::Number(n) => n.as_u64().and_then(|p| u16::try_from(p).ok()),
                 Value::String(s) => s.parse::<u16>().ok().or_else(|| {
                     ports
@@ -877,47 +869,85 @@ fn rewrite_probes(pod: &mut Value, admin_port: u16) -> BTreeMap<String, AppProbe
                 }),
                 _ => None,
             };
-            let Some(port) = port.filter(|p| *p > 0) else {
+            port.filter(|p| *p > 0)
+        };
+        let text = |value: &Value| value.as_str().filter(|h| !h.is_empty()).map(str::to_string);
+        for (field, kind) in [
+            ("livenessProbe", "livez"),
+            ("readinessProbe", "readyz"),
+            ("startupProbe", "startupz"),
+        ] {
+            // `get_mut`: indexing a missing field would insert a null.
+            let Some(probe) = container.get_mut(field) else {
                 continue;
             };
-            let headers = get["httpHeaders"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|h| {
-                    Some(ProbeHeader {
-                        name: h["name"].as_str()?.to_string(),
-                        value: h["value"].as_str().unwrap_or_default().to_string(),
-                    })
+            let mut config = AppProbeConfig {
+                http_get: None,
+                tcp_socket: None,
+                grpc: None,
+                timeout_seconds: probe["timeoutSeconds"]
+                    .as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .unwrap_or(1),
+            };
+            let handler = if probe["httpGet"].is_object() {
+                let get = &probe["httpGet"];
+                let Some(port) = resolve(&get["port"]) else {
+                    continue;
+                };
+                let headers = get["httpHeaders"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| {
+                        Some(ProbeHeader {
+                            name: h["name"].as_str()?.to_string(),
+                            value: h["value"].as_str().unwrap_or_default().to_string(),
+                        })
+                    });
+                config.http_get = Some(HttpGetProbeConfig {
+                    path: text(&get["path"]).unwrap_or_else(|| "/".into()),
+                    port,
+                    host: text(&get["host"]),
+                    scheme: get["scheme"]
+                        .as_str()
+                        .unwrap_or("HTTP")
+                        .to_ascii_uppercase(),
+                    http_headers: headers.collect(),
                 });
+                "httpGet"
+            } else if probe["tcpSocket"].is_object() {
+                let tcp = &probe["tcpSocket"];
+                let Some(port) = resolve(&tcp["port"]) else {
+                    continue;
+                };
+                config.tcp_socket = Some(TcpSocketProbeConfig {
+                    port,
+                    host: text(&tcp["host"]),
+                });
+                "tcpSocket"
+            } else if probe["grpc"].is_object() {
+                let grpc = &probe["grpc"];
+                let Some(port) = resolve(&grpc["port"]) else {
+                    continue;
+                };
+                config.grpc = Some(GrpcProbeConfig {
+                    port,
+                    service: text(&grpc["service"]),
+                });
+                "grpc"
+            } else {
+                continue;
+            };
             let path = format!("/app-health/{name}/{kind}");
-            probes.insert(
-                path.clone(),
-                AppProbeConfig {
-                    http_get: HttpGetProbeConfig {
-                        path: get["path"]
-                            .as_str()
-                            .filter(|p| !p.is_empty())
-                            .unwrap_or("/")
-                            .to_string(),
-                        port,
-                        host: get["host"]
-                            .as_str()
-                            .filter(|h| !h.is_empty())
-                            .map(str::to_string),
-                        scheme: get["scheme"]
-                            .as_str()
-                            .unwrap_or("HTTP")
-                            .to_ascii_uppercase(),
-                        http_headers: headers.collect(),
-                    },
-                    timeout_seconds: probe["timeoutSeconds"]
-                        .as_u64()
-                        .and_then(|t| u32::try_from(t).ok())
-                        .unwrap_or(1),
-                },
-            );
-            probe["httpGet"] = json!({"path": path, "port": admin_port, "scheme": "HTTP"});
+            probes.insert(path.clone(), config);
+            if let Some(probe) = probe.as_object_mut() {
+                probe.remove(handler);
+                probe.insert(
+                    "httpGet".into(),
+                    json!({"path": path, "port": admin_port, "scheme": "HTTP"}),
+                );
+            }
         }
     }
     probes

@@ -131,14 +131,17 @@ fn a_pod_gets_the_init_container_the_native_sidecar_and_the_token() {
 }
 
 #[test]
-fn http_probes_go_through_the_admin_port_and_others_stay() {
+fn http_tcp_and_grpc_probes_go_through_the_admin_port_and_others_stay() {
     let spec = json!({"containers": [
         {"name": "web", "image": "app", "ports": [{"name": "http", "containerPort": 8080}],
          "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "httpHeaders": [{"name": "x-probe", "value": "kubelet"}]}, "timeoutSeconds": 3, "periodSeconds": 7},
-         "readinessProbe": {"tcpSocket": {"port": 8080}},
+         "readinessProbe": {"tcpSocket": {"port": "http"}},
          "startupProbe": {"httpGet": {"path": "/started", "port": 8443, "scheme": "HTTPS"}}},
         {"name": "worker", "image": "app", "livenessProbe": {"exec": {"command": ["true"]}},
          "readinessProbe": {"httpGet": {"path": "/ready", "port": "undeclared"}}},
+        {"name": "rpc", "image": "app",
+         "livenessProbe": {"grpc": {"port": 9090}, "periodSeconds": 5},
+         "readinessProbe": {"grpc": {"port": 9090, "service": "shop.Cart"}, "timeoutSeconds": 2}},
     ]});
     let (_, patched) = run(&pod(spec.clone()), Selection::Namespace);
     let pod = patched.unwrap();
@@ -149,7 +152,8 @@ fn http_probes_go_through_the_admin_port_and_others_stay() {
     );
     assert_eq!(
         web["readinessProbe"],
-        spec["containers"][0]["readinessProbe"]
+        json!({"httpGet": {"path": "/app-health/web/readyz", "port": 15000, "scheme": "HTTP"}}),
+        "a TCP probe is the proxy's to run: the capture accepts any port"
     );
     assert_eq!(
         web["startupProbe"]["httpGet"]["path"],
@@ -158,6 +162,15 @@ fn http_probes_go_through_the_admin_port_and_others_stay() {
     assert_eq!(
         pod["spec"]["containers"][1], spec["containers"][1],
         "exec and an unresolvable port are left alone"
+    );
+    let rpc = &pod["spec"]["containers"][2];
+    assert_eq!(
+        rpc["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/rpc/readyz", "port": 15000, "scheme": "HTTP"}, "timeoutSeconds": 2})
+    );
+    assert_eq!(
+        rpc["livenessProbe"]["httpGet"]["path"],
+        "/app-health/rpc/livez"
     );
     let env = &pod["spec"]["initContainers"][1]["env"];
     let probes = env
@@ -168,18 +181,43 @@ fn http_probes_go_through_the_admin_port_and_others_stay() {
         .unwrap();
     let probes: BTreeMap<String, AppProbeConfig> =
         serde_json::from_str(probes["value"].as_str().unwrap()).unwrap();
-    assert_eq!(probes.len(), 2);
-    let live = &probes["/app-health/web/livez"];
+    assert_eq!(probes.len(), 5);
+    let live = probes["/app-health/web/livez"].http_get.as_ref().unwrap();
     assert_eq!(
         (
-            live.http_get.port,
-            live.http_get.path.as_str(),
-            live.timeout_seconds
+            live.port,
+            live.path.as_str(),
+            probes["/app-health/web/livez"].timeout_seconds
         ),
         (8080, "/healthz", 3)
     );
-    assert_eq!(live.http_get.http_headers[0].value, "kubelet");
-    assert_eq!(probes["/app-health/web/startupz"].http_get.scheme, "HTTPS");
+    assert_eq!(live.http_headers[0].value, "kubelet");
+    assert_eq!(
+        probes["/app-health/web/startupz"]
+            .http_get
+            .as_ref()
+            .unwrap()
+            .scheme,
+        "HTTPS"
+    );
+    let tcp = probes["/app-health/web/readyz"]
+        .tcp_socket
+        .as_ref()
+        .unwrap();
+    assert_eq!((tcp.port, tcp.host.as_deref()), (8080, None));
+    let grpc = probes["/app-health/rpc/readyz"].grpc.as_ref().unwrap();
+    assert_eq!(
+        (grpc.port, grpc.service.as_deref()),
+        (9090, Some("shop.Cart"))
+    );
+    assert_eq!(
+        probes["/app-health/rpc/livez"]
+            .grpc
+            .as_ref()
+            .unwrap()
+            .service,
+        None
+    );
 
     let mut opted_out = self::pod(spec.clone());
     opted_out["metadata"]["annotations"] = json!({"remora.dev/rewrite-app-probes": "false"});

@@ -264,7 +264,10 @@ mod tests {
         let mut config = parse_yaml("").unwrap();
         overrides.apply(&mut config);
         let probe = &config.app_probes["/app-health/web/readyz"];
-        assert_eq!((probe.http_get.port, probe.timeout_seconds), (8080, 3));
+        assert_eq!(
+            (probe.http_get.as_ref().unwrap().port, probe.timeout_seconds),
+            (8080, 3)
+        );
         let err = EnvOverrides::from_lookup(env(&[(
             "REMORA_APP_PROBES",
             r#"{"/app-health/web/readyz": {"exec": {}}}"#,

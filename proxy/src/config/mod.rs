@@ -26,7 +26,10 @@ pub use listener::{
     MatchConfig, RouteConfig, Unmatched,
 };
 pub use load::{EnvOverrides, load_file, parse_yaml};
-pub use remora_api::probe::{AppProbeConfig, HttpGetProbeConfig, ProbeHeader};
+pub use remora_api::probe::{
+    AppProbeConfig, GrpcProbeConfig, HttpGetProbeConfig, ProbeHandler, ProbeHeader,
+    TcpSocketProbeConfig,
+};
 pub use tracing::{OtlpConfig, OtlpProtocol, Propagation, TracingConfig};
 // The policy types every config source shares (docs/configuration.md).
 pub use remora_api::{

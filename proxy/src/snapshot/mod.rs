@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::cluster::Cluster;
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors, ProbeHandler};
 use crate::endpoint::EndpointList;
 use crate::listener::{self as state, ListenerContext, ListenerState};
 use crate::telemetry::Telemetry;
@@ -154,23 +154,44 @@ impl Snapshot {
                     "a probe's admin path starts with /app-health/ (e.g. /app-health/web/readyz)",
                 ));
             }
-            if !matches!(probe.http_get.scheme.as_str(), "HTTP" | "HTTPS") {
-                errors.push(ConfigError::new(
-                    format!("{at}.httpGet.scheme"),
-                    format!("{:?}: HTTP or HTTPS", probe.http_get.scheme),
-                ));
-            }
-            if probe.http_get.port == 0 {
-                errors.push(ConfigError::new(
-                    format!("{at}.httpGet.port"),
-                    "must be 1-65535",
-                ));
-            }
-            if !probe.http_get.path.starts_with('/') {
-                errors.push(ConfigError::new(
-                    format!("{at}.httpGet.path"),
-                    "must start with /",
-                ));
+            match probe.handler() {
+                Err(message) => errors.push(ConfigError::new(at.clone(), message)),
+                Ok(ProbeHandler::HttpGet(get)) => {
+                    if !matches!(get.scheme.as_str(), "HTTP" | "HTTPS") {
+                        errors.push(ConfigError::new(
+                            format!("{at}.httpGet.scheme"),
+                            format!("{:?}: HTTP or HTTPS", get.scheme),
+                        ));
+                    }
+                    if get.port == 0 {
+                        errors.push(ConfigError::new(
+                            format!("{at}.httpGet.port"),
+                            "must be 1-65535",
+                        ));
+                    }
+                    if !get.path.starts_with('/') {
+                        errors.push(ConfigError::new(
+                            format!("{at}.httpGet.path"),
+                            "must start with /",
+                        ));
+                    }
+                }
+                Ok(ProbeHandler::TcpSocket(tcp)) => {
+                    if tcp.port == 0 {
+                        errors.push(ConfigError::new(
+                            format!("{at}.tcpSocket.port"),
+                            "must be 1-65535",
+                        ));
+                    }
+                }
+                Ok(ProbeHandler::Grpc(grpc)) => {
+                    if grpc.port == 0 {
+                        errors.push(ConfigError::new(
+                            format!("{at}.grpc.port"),
+                            "must be 1-65535",
+                        ));
+                    }
+                }
             }
             if probe.timeout_seconds == 0 {
                 errors.push(ConfigError::new(

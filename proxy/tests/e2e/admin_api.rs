@@ -1,6 +1,7 @@
 //! The admin server's endpoints.
 
 use http::StatusCode;
+use std::sync::atomic::Ordering;
 
 use crate::support::process::admin_request;
 use crate::support::upstream::Upstream;
@@ -152,6 +153,8 @@ async fn drain_makes_the_proxy_unready_and_refuse_new_connections() {
 async fn application_probes_are_answered_on_the_admin_port() {
     let upstream = Upstream::http1("app").await;
     let port = upstream.addr.port();
+    let grpc = crate::support::grpc::start_server().await;
+    let rpc = grpc.addr.port();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -164,6 +167,12 @@ app_probes:
   /app-health/web/readyz: {{httpGet: {{path: /status/503, port: {port}}}}}
   /app-health/web/startupz: {{httpGet: {{path: /slow/3000, port: {port}}}, timeoutSeconds: 1}}
   /app-health/gone/livez: {{httpGet: {{port: {closed}}}}}
+  /app-health/tcp/livez: {{tcpSocket: {{port: {port}}}}}
+  /app-health/tcp/readyz: {{tcpSocket: {{port: {closed}}}}}
+  /app-health/rpc/livez: {{grpc: {{port: {rpc}}}}}
+  /app-health/rpc/readyz: {{grpc: {{port: {rpc}, service: test.Echo}}}}
+  /app-health/rpc/startupz: {{grpc: {{port: {rpc}, service: shop.Unknown}}}}
+  /app-health/rpc-gone/livez: {{grpc: {{port: {closed}}}}}
 listeners:
   - {{name: web, address: 127.0.0.1:0, routes: [{{name: all, backends: [{{cluster: app}}]}}]}}
 clusters:
@@ -187,6 +196,85 @@ clusters:
     assert!(body.contains("application probe failed: connect"), "{body}");
     let (status, _) = admin_request(proxy.admin, "GET", "/app-health/other/livez").await;
     assert_eq!(status, 404);
+
+    // TCP: the application's port itself, not the capture's.
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/tcp/livez").await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            format!("application port {port} accepts connections\n")
+        )
+    );
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/tcp/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("application probe failed: connect"), "{body}");
+
+    // gRPC: grpc.health.v1.Health/Check over h2c, as the kubelet asks it.
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/rpc/livez").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "application health check: SERVING\n")
+    );
+    let (status, _) = admin_request(proxy.admin, "GET", "/app-health/rpc/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(grpc.state.health_checks.load(Ordering::SeqCst), 2);
+    grpc.state.not_serving.store(true, Ordering::SeqCst);
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/rpc/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "application health check: NOT_SERVING\n")
+    );
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/rpc/startupz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("gRPC status \"5\": unknown service shop.Unknown"),
+        "{body}"
+    );
+    let (status, body) = admin_request(proxy.admin, "GET", "/app-health/rpc-gone/livez").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("application probe failed: connect"), "{body}");
+}
+
+/// A probe has exactly one of httpGet, tcpSocket and grpc, and a port;
+/// a mistake names the probe's path and field.
+#[test]
+fn application_probes_with_no_or_two_handlers_are_refused() {
+    for (probe, says) in [
+        (
+            "{timeoutSeconds: 2}",
+            "needs one of httpGet, tcpSocket and grpc",
+        ),
+        (
+            "{httpGet: {port: 80}, tcpSocket: {port: 80}}",
+            "takes only one of httpGet, tcpSocket and grpc",
+        ),
+        ("{grpc: {port: 0}}", ".grpc.port: must be 1-65535"),
+        ("{tcpSocket: {port: 0}}", ".tcpSocket.port: must be 1-65535"),
+        ("{exec: {command: [true]}}", "exec"),
+    ] {
+        let yaml = format!("app_probes:\n  /app-health/web/livez: {probe}\n");
+        let error = match remora_proxy::config::parse_yaml(&yaml) {
+            Err(error) => error.to_string(),
+            Ok(config) => {
+                let telemetry = remora_proxy::telemetry::Telemetry::new();
+                remora_proxy::snapshot::Snapshot::compile(
+                    config,
+                    None,
+                    &telemetry,
+                    0,
+                    remora_proxy::snapshot::Mode::Check,
+                )
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| panic!("{probe} accepted"))
+            }
+        };
+        assert!(
+            error.contains("app_probes") && error.contains(says),
+            "{probe}: {error}"
+        );
+    }
 }
 
 /// Reads `GET /tap` lines from the admin server until it ends the stream.
