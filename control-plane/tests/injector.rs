@@ -380,6 +380,41 @@ async fn replicas_share_one_certificate_and_publish_its_ca_bundle() {
     )
     .unwrap();
     assert_eq!(Some(&ca), first.ca_pem.as_ref());
+
+    // A `helm upgrade` re-applies the configuration without the bundle:
+    // it is written back at once (the watch), not at the next 30 s check.
+    let mut reset = api
+        .get(
+            fake::MUTATING_WEBHOOKS,
+            "default",
+            "remora-sidecar-injector",
+        )
+        .unwrap();
+    for webhook in reset["webhooks"].as_array_mut().unwrap() {
+        webhook["clientConfig"]
+            .as_object_mut()
+            .unwrap()
+            .remove("caBundle");
+    }
+    api.apply(fake::MUTATING_WEBHOOKS, reset);
+    let written_back = std::time::Instant::now();
+    support::eventually("the caBundle is written back", 10, || {
+        let configuration = api
+            .get(
+                fake::MUTATING_WEBHOOKS,
+                "default",
+                "remora-sidecar-injector",
+            )
+            .unwrap();
+        let ok = configuration["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["clientConfig"]["caBundle"].is_string());
+        async move { ok }
+    })
+    .await;
+    eprintln!("caBundle written back in {:?}", written_back.elapsed());
     for replica in [&first, &second] {
         let (status, _) = post(replica, &ca, "/inject", fixture("deployment-pod.json"))
             .await
