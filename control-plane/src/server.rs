@@ -226,6 +226,11 @@ impl ControlPlane {
             identifier: format!("remora-control-plane/{}", env!("CARGO_PKG_VERSION")).into(),
             ca: options.ca.clone(),
             cert_lifetime: options.cert_lifetime,
+            // Pods are the entries: one that is not read yet will be.
+            hold_unknown_nodes: matches!(
+                options.source,
+                Source::Kubernetes(..) | Source::Manifests(_)
+            ),
         };
         let service = AdsServer::new(shared).into_service();
         let signer = options.ca.clone().map(|ca| {

@@ -514,3 +514,54 @@ async fn the_ca_root_is_shared_and_service_account_tokens_get_certificates() {
     let refused = sign("sa-token-web-0", other).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
+
+/// A sidecar that connects before its pod is read gets nothing (an empty
+/// answer would make it ready with no listeners, and its application's
+/// first calls would find nothing behind the capture), then its pod's
+/// resources as soon as the pod is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_ahead_of_its_pod_gets_nothing_until_the_pod_is_read() {
+    use remora_xds_proto::discovery::DeltaDiscoveryRequest;
+    use remora_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let api = api_server().await;
+    let cp = control_plane(&api).await;
+    eventually("the control plane is ready", 10, || ready(&cp)).await;
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.xds_address))
+            .await
+            .unwrap();
+    let (tx, requests) = tokio::sync::mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(remora_xds_proto::core::Node {
+            id: "web-1.shop".into(),
+            ..Default::default()
+        }),
+        type_url: remora_xds_proto::type_url::LISTENER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), responses.message())
+            .await
+            .is_err(),
+        "nothing is sent before the pod is read"
+    );
+    api.apply(PODS, pod("web-1", "web", "10.1.0.12"));
+    let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("the pod's listeners once it is read")
+        .unwrap()
+        .expect("the stream is open");
+    let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+    assert!(
+        names.contains(&"outbound|capture") && names.iter().any(|n| n.starts_with("inbound|")),
+        "{names:?}"
+    );
+    drop(tx);
+}

@@ -211,6 +211,9 @@ impl AdsStream for Stream {
     /// names it holds that are gone; nothing if it is up to date (except the
     /// first response of a subscription, which is always sent).
     async fn respond(&mut self, t: usize, published: Option<Instant>) -> Result<(), Closed> {
+        if self.core.held() {
+            return Ok(());
+        }
         // A push after a new mesh version looks at what changed alone,
         // when this stream was up to date with the version before.
         let changes = published.and_then(|_| self.changes(t));

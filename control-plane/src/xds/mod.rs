@@ -100,6 +100,11 @@ pub struct Shared {
     pub ca: Option<Arc<crate::ca::Ca>>,
     /// The lifetime of those nodes' certificates.
     pub cert_lifetime: std::time::Duration,
+    /// A node no entry matches is answered nothing until one does (pods:
+    /// a sidecar that connects before its pod is read must not become
+    /// ready with no listeners); else it is answered empty sets (a mesh
+    /// file's fleets).
+    pub hold_unknown_nodes: bool,
 }
 
 pub struct AdsServer {
@@ -247,10 +252,18 @@ struct StreamCore<R> {
     /// The node's certificate and roots, if its token entitles it to them.
     secrets: Option<secrets::NodeSecrets>,
     nonces: u64,
+    /// Whether a proxy entry matches the node.
+    matched: bool,
     tx: mpsc::Sender<Result<R, Status>>,
 }
 
 impl<R> StreamCore<R> {
+    /// Nothing is sent: no entry matches the node yet, and the source says
+    /// to wait for one ([`Shared::hold_unknown_nodes`]).
+    fn held(&self) -> bool {
+        !self.matched && self.shared.hold_unknown_nodes
+    }
+
     /// The index of a requested type; a type this server does not serve is
     /// logged, counted, and `None` (the request is ignored).
     fn type_index(&self, type_url: &str) -> Option<usize> {
@@ -272,6 +285,10 @@ impl<R> StreamCore<R> {
         if Arc::ptr_eq(&resources, &self.resources) {
             return false;
         }
+        if !self.matched && entry.is_some() {
+            tracing::info!(node = %self.node_id, "an entry matches the node now");
+        }
+        self.matched = entry.is_some();
         self.handle.entry_changed(entry);
         self.resources = resources;
         true
@@ -415,9 +432,16 @@ async fn drive<S: AdsStream>(
     }
     let state = shared.state.borrow_and_update().clone();
     let (resources, entry) = state.resources_for(&node_id);
-    if entry.is_none() {
-        tracing::warn!(node = %node_id, "no proxies[] entry matches this node; it gets no resources");
+    match (&entry, shared.hold_unknown_nodes) {
+        (Some(_), _) => {}
+        (None, true) => {
+            tracing::warn!(node = %node_id, "no pod matches this node (yet): nothing is sent until one does")
+        }
+        (None, false) => {
+            tracing::warn!(node = %node_id, "no proxies[] entry matches this node; it gets no resources")
+        }
     }
+    let matched = entry.is_some();
     let secrets = node_secrets(&shared, &node_id, S::node(&first));
     let handle = shared
         .registry
@@ -431,6 +455,7 @@ async fn drive<S: AdsStream>(
         resources,
         secrets,
         nonces: 0,
+        matched,
         tx,
     });
     let mut next = Some(first);

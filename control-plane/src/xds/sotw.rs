@@ -101,6 +101,9 @@ impl AdsStream for Stream {
     /// Sends the type's resources if they differ from what was last sent
     /// (a new subscription has sent nothing, so it always gets an answer).
     async fn respond(&mut self, t: usize, published: Option<Instant>) -> Result<(), Closed> {
+        if self.core.held() {
+            return Ok(());
+        }
         let version = self.version_of(t);
         if self.types[t].sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
