@@ -353,21 +353,23 @@ async fn replicas_share_one_certificate_and_publish_its_ca_bundle() {
     assert_eq!(secret["type"], "kubernetes.io/tls");
 
     // The caBundle is written (by either replica) and works for both.
-    let mut bundle = None;
-    support::eventually("the caBundle is written", 10, || {
-        let configuration = api
-            .get(
-                fake::MUTATING_WEBHOOKS,
-                "default",
-                "remora-sidecar-injector",
-            )
-            .unwrap();
-        let bundles: Vec<Value> = configuration["webhooks"]
+    // Every webhook's caBundle, as stored.
+    let bundles = || -> Vec<Value> {
+        api.get(
+            fake::MUTATING_WEBHOOKS,
+            "default",
+            "remora-sidecar-injector",
+        )
+        .unwrap()["webhooks"]
             .as_array()
             .unwrap()
             .iter()
             .map(|w| w["clientConfig"]["caBundle"].clone())
-            .collect();
+            .collect()
+    };
+    let mut bundle = None;
+    support::eventually("the caBundle is written", 10, || {
+        let bundles = bundles();
         bundle = bundles[0].as_str().map(str::to_string);
         let ok = bundles.iter().all(|b| b.is_string() && *b == bundles[0]);
         async move { ok }
@@ -399,18 +401,7 @@ async fn replicas_share_one_certificate_and_publish_its_ca_bundle() {
     api.apply(fake::MUTATING_WEBHOOKS, reset);
     let written_back = std::time::Instant::now();
     support::eventually("the caBundle is written back", 10, || {
-        let configuration = api
-            .get(
-                fake::MUTATING_WEBHOOKS,
-                "default",
-                "remora-sidecar-injector",
-            )
-            .unwrap();
-        let ok = configuration["webhooks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["clientConfig"]["caBundle"].is_string());
+        let ok = bundles().iter().all(Value::is_string);
         async move { ok }
     })
     .await;

@@ -298,6 +298,12 @@ fn set_logging(proxy: &Proxy, query: Option<&str>) -> Response<Full<Bytes>> {
 
 /// Decodes `%XX` and `+` in a query value (`info%2Cremora_proxy%3Ddebug`).
 fn percent_decode(value: &str) -> String {
+    unescape(value, true)
+}
+
+/// Decodes `%XX` escapes, and `+` as a space when `plus_is_space` (a query
+/// value; not a gRPC message, whose percent-encoding keeps `+`).
+pub(super) fn unescape(value: &str, plus_is_space: bool) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -313,7 +319,7 @@ fn percent_decode(value: &str) -> String {
                 i += 3;
                 continue;
             }
-            (None, b'+') => out.push(b' '),
+            (None, b'+') if plus_is_space => out.push(b' '),
             (None, byte) => out.push(byte),
         }
         i += 1;

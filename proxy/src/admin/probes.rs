@@ -149,7 +149,7 @@ async fn grpc_health(probe: &GrpcProbeConfig) -> Result<(StatusCode, String), St
     if code != "0" {
         return Err(format!(
             "gRPC status {code:?}: {}",
-            grpc_message(&field("grpc-message").unwrap_or_default())
+            super::unescape(&field("grpc-message").unwrap_or_default(), false)
         ));
     }
     let status = health_check_status(&body.to_bytes())?;
@@ -166,31 +166,6 @@ async fn grpc_health(probe: &GrpcProbeConfig) -> Result<(StatusCode, String), St
         StatusCode::SERVICE_UNAVAILABLE
     };
     Ok((code, format!("application health check: {name}\n")))
-}
-
-/// `grpc-message` decoded: `%XX` escapes (gRPC's percent-encoding).
-fn grpc_message(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = bytes
-            .get(i + 1..i + 3)
-            .filter(|_| bytes[i] == b'%')
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A `HealthCheckRequest { service }` in one uncompressed gRPC frame.
@@ -285,7 +260,10 @@ mod tests {
             Ok(2)
         );
         assert_eq!(health_check_status(&[0, 0, 0, 0, 0]), Ok(0));
-        assert_eq!(grpc_message("unknown%20service+a%"), "unknown service+a%");
+        assert_eq!(
+            super::super::unescape("unknown%20service+a%", false),
+            "unknown service+a%"
+        );
         for bad in [
             &[][..],
             &[1, 0, 0, 0, 2, 0x08, 1],
