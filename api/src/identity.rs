@@ -67,7 +67,9 @@ impl FromStr for SpiffeId {
     }
 }
 
-fn check_trust_domain(domain: &str) -> Result<(), String> {
+/// Checks a trust domain as SPIFFE allows it: lowercase letters, digits,
+/// `.`, `-` and `_`, at most 255 bytes.
+pub fn check_trust_domain(domain: &str) -> Result<(), String> {
     let valid = !domain.is_empty()
         && domain.len() <= 255
         && domain

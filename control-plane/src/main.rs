@@ -312,15 +312,11 @@ fn main() -> anyhow::Result<()> {
                     (mesh, 0)
                 }
                 remora_control_plane::Source::Manifests(dir) => {
-                    let mut settings = remora_control_plane::k8s::Settings {
+                    let settings = remora_control_plane::k8s::Settings {
                         mtls: default_mtls,
                         ..Default::default()
-                    };
-                    if let Some(domain) = trust_domain {
-                        remora_api::identity::SpiffeId::new(&domain, "default", "default")
-                            .map_err(|e| anyhow::anyhow!("--trust-domain {domain:?}: {e}"))?;
-                        settings.trust_domain = domain;
                     }
+                    .with_trust_domain(trust_domain.as_deref())?;
                     let (mesh, report) = remora_control_plane::k8s::manifests::load(dir, &settings)
                         .map_err(|errors| anyhow::anyhow!("invalid manifests {path}:\n{errors}"))?;
                     let mut rejected = 0;
@@ -410,17 +406,23 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--ca-secret needs --kubernetes (use --ca-dir with files)");
             }
             let ca_flags = ca.clone();
-            // The CA's: a mesh file's own, else --trust-domain.
-            let mesh_trust_domain = match &file_source {
+            // The CA's: a mesh file's own, else --trust-domain (checked
+            // before a root is generated for it).
+            let ca_trust_domain = match &file_source {
                 Some(source @ remora_control_plane::Source::MeshFile(_)) => source
                     .load(&remora_control_plane::k8s::Settings::default())
                     .ok()
                     .map(|m| m.trust_domain),
                 _ => None,
             };
-            let ca_trust_domain = mesh_trust_domain
-                .or_else(|| trust_domain.clone())
-                .unwrap_or_else(|| remora_api::identity::DEFAULT_TRUST_DOMAIN.into());
+            let ca_trust_domain = match ca_trust_domain {
+                Some(domain) => domain,
+                None => {
+                    remora_control_plane::k8s::Settings::default()
+                        .with_trust_domain(trust_domain.as_deref())?
+                        .trust_domain
+                }
+            };
             let ca = match ca.source() {
                 Some(ca_source) => Some(std::sync::Arc::new(ca_source.open(&ca_trust_domain)?)),
                 None => None,

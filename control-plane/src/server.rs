@@ -313,24 +313,19 @@ impl Drop for ControlPlane {
 /// What the source does not set, from the options: with a CA every proxy
 /// can have an identity, so mTLS is on unless the mesh says otherwise.
 fn settings(options: &Options) -> anyhow::Result<crate::k8s::Settings> {
-    let mut settings = crate::k8s::Settings {
+    if let (Some(_), Source::MeshFile(path)) = (&options.trust_domain, &options.source) {
+        anyhow::bail!(
+            "--trust-domain is for manifests and Kubernetes; the mesh file {} sets its own (trust_domain)",
+            path.display()
+        );
+    }
+    crate::k8s::Settings {
         mtls: if options.ca.is_some() {
             MtlsMode::Strict
         } else {
             MtlsMode::Disabled
         },
         ..Default::default()
-    };
-    if let Some(domain) = &options.trust_domain {
-        if let Source::MeshFile(path) = &options.source {
-            anyhow::bail!(
-                "--trust-domain is for manifests and Kubernetes; the mesh file {} sets its own (trust_domain)",
-                path.display()
-            );
-        }
-        remora_api::identity::SpiffeId::new(domain, "default", "default")
-            .map_err(|e| anyhow::anyhow!("--trust-domain {domain:?}: {e}"))?;
-        settings.trust_domain = domain.clone();
     }
-    Ok(settings)
+    .with_trust_domain(options.trust_domain.as_deref())
 }

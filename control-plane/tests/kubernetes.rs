@@ -196,7 +196,7 @@ async fn manifests_take_the_trust_domain_of_the_flag() {
         (
             remora_control_plane::Source::Manifests(example.clone()),
             "Corp.Example",
-            "--trust-domain \"Corp.Example\": trust domain",
+            "--trust-domain: trust domain \"Corp.Example\"",
         ),
     ] {
         let error = remora_control_plane::ControlPlane::start(options(source, None, Some(domain)))

@@ -86,6 +86,19 @@ pub struct Settings {
     pub mtls: MtlsMode,
 }
 
+impl Settings {
+    /// With `domain` (`--trust-domain`) as the trust domain, when given;
+    /// an error names the flag.
+    pub fn with_trust_domain(mut self, domain: Option<&str>) -> anyhow::Result<Settings> {
+        if let Some(domain) = domain {
+            remora_api::identity::check_trust_domain(domain)
+                .map_err(|e| anyhow::anyhow!("--trust-domain: {e}"))?;
+            self.trust_domain = domain.to_string();
+        }
+        Ok(self)
+    }
+}
+
 impl Default for Settings {
     fn default() -> Settings {
         Settings {

@@ -285,7 +285,7 @@ pub(crate) fn check(mesh: &Mesh) -> Vec<ConfigError> {
         }
     }
 
-    if let Err(e) = remora_api::identity::SpiffeId::new(&mesh.trust_domain, "default", "default") {
+    if let Err(e) = remora_api::identity::check_trust_domain(&mesh.trust_domain) {
         err("trust_domain".into(), e);
     }
     let mtls = mesh.mtls_mode() != remora_api::MtlsMode::Disabled;
